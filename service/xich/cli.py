@@ -1,0 +1,120 @@
+"""The ``xich`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import XichError
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _audit_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="cluster each class, measure Grad-CAM dominance on mosaics, rank clusters")
+    p.add_argument("--model", required=True, help="cifar:resnet20|32|44|56, torchvision:<arch>, python:<module>:<callable>")
+    p.add_argument("--weights", help="checkpoint: a state_dict, or a dict holding one under 'state_dict' or 'model'")
+    p.add_argument("--data", required=True, help="DIR with <split>/<class>/<image> (or <split>.tar[.gz]), a .tar[.gz], "
+                                                 "or cifar10:DIR / cifar100:DIR")
+    p.add_argument("--eval-split", default="test")
+    p.add_argument("--train-split", default="train", help="'' to skip the training-distribution table")
+    p.add_argument("--classes", help="comma-separated class names (default: all)")
+    p.add_argument("--clusters", type=int, default=5, help="P, clusters per class")
+    p.add_argument("--mosaics-per-pair", type=int, default=25, help="J, mosaics per cluster pair")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layer", default="auto", help="target layer name (default: last conv block before pooling)")
+    p.add_argument("--cam", default="auto", choices=["auto", "fast", "reference"])
+    p.add_argument("--tile-size", type=int, help="image side in a mosaic (default 32 for cifar:, 224 for torchvision:)")
+    p.add_argument("--mosaic-size", type=int, help="mosaic side (default 2 × tile size)")
+    p.add_argument("--normalize", default="imagenet", help="imagenet, cifar, none or m1,m2,m3/s1,s2,s3")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--json", help="write the audit document here")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xich", description="XAI-based intra-class hierarchies of image classifiers")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _audit_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return {"audit": cmd_audit}[args.command](args)
+    except XichError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import AuditConfig, run_audit
+
+    config = AuditConfig(
+        model=args.model, data=args.data, weights=args.weights, eval_split=args.eval_split,
+        train_split=args.train_split or None, clusters=args.clusters, mosaics_per_pair=args.mosaics_per_pair,
+        seed=args.seed, layer=args.layer, cam=args.cam, tile_size=args.tile_size, mosaic_size=args.mosaic_size,
+        normalize=args.normalize, classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
+        batch_size=args.batch_size, device=args.device,
+    )
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("loading model and data", total=None)
+
+        def step(label: str, total: int) -> None:
+            if bar.tasks[0].total is None:
+                bar.update(task, total=total, completed=0)
+            else:
+                bar.advance(task)
+            bar.update(task, description=f"class {label}")
+
+        result = run_audit(config, progress=step)
+        bar.advance(task)
+    print_summary(result)
+    if args.json:
+        result.write_json(args.json)
+        out.print(f"wrote {args.json}")
+    return 0
+
+
+def print_summary(result) -> None:
+    c = result.config
+    out.print(f"[bold]XICH audit[/] {result.run_id}  model {result.model['spec']}  layer {c['layer']}  "
+              f"cam {c['cam']}  P={c['clusters']} J={c['mosaics_per_pair']} seed={c['seed']}", highlight=False)
+    for cls in result.classes:
+        table = Table(title=f"{cls.name} (class {cls.index})", title_justify="left")
+        for col in ("rank", "cluster", "score", "eval size", "train count", "train share"):
+            table.add_column(col, justify="right")
+        for cl in sorted(cls.clusters, key=lambda x: x.rank):
+            table.add_row(str(cl.rank), str(cl.id), f"{cl.score:.3f}", str(cl.eval_size),
+                          "-" if cl.train_count is None else str(cl.train_count),
+                          "-" if cl.train_share is None else f"{cl.train_share:.3f}")
+        out.print(table)
+        sig = [(i, j) for i in range(len(cls.clusters)) for j in range(len(cls.clusters))
+               if cls.p_values_holm[i][j] < 0.05 and cls.dominance[i][j] > 0.5]
+        out.print("  hierarchy: " + " > ".join(map(str, cls.hierarchy))
+                  + ("" if cls.spearman_score_train_share is None
+                     else f"   spearman(score, train share) = {cls.spearman_score_train_share:+.2f}"), highlight=False)
+        out.print("  significant (Holm p < 0.05): " + (", ".join(
+            f"{i}>{j} (D={cls.dominance[i][j]:.2f}, p={cls.p_values_holm[i][j]:.1e})" for i, j in sig) or "none"),
+            highlight=False)
+        for note in cls.notes:
+            out.print(f"  note: {note}", highlight=False)
+    s = result.summary
+    if s["train_share_by_rank"]:
+        out.print("mean train share by dominance rank: "
+                  + "  ".join(f"{r}: {v:.3f}" for r, v in enumerate(s["train_share_by_rank"])), highlight=False)
+    if s["mean_spearman"] is not None:
+        out.print(f"mean spearman(score, train share) over classes: {s['mean_spearman']:+.3f}", highlight=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Evaluation and training splits from an image folder, a tarball of one, or CIFAR's python batches.
+
+Layouts accepted by :func:`open_dataset`:
+
+- ``DIR`` with ``DIR/<split>/<class>/<image>`` (torchvision ImageFolder per split);
+- ``DIR`` with ``DIR/<split>.tar`` or ``DIR/<split>.tar.gz`` holding ``<split>/<class>/<image>``;
+- ``FILE.tar`` / ``FILE.tar.gz`` holding ``[<top>/]<split>/<class>/<image>``;
+- ``cifar10:DIR`` / ``cifar100:DIR``: torchvision's CIFAR python format (DIR or its
+  ``cifar-10-batches-py`` / ``cifar-100-python`` folder). Image ids are ``index:<n>``.
+
+Image ids are paths relative to the split (``cat/0007.jpg``). Class indices follow the sorted class
+names of the evaluation split (ImageFolder's order).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import XichError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+class Split:
+    """One split: image ids per class, and a reader from id to an RGB uint8 array (H, W, 3).
+
+    The index is built on first use, so an archived split nobody asks for is never read.
+    """
+
+    def __init__(self, name: str, where: str, index: Callable[[], tuple[dict[str, list[str]], Callable[[str], np.ndarray]]]):
+        self.name, self.where, self._index_fn = name, where, index
+
+    @cached_property
+    def _index(self) -> tuple[dict[str, list[str]], Callable[[str], np.ndarray]]:
+        return self._index_fn()
+
+    @property
+    def images(self) -> dict[str, list[str]]:
+        return self._index[0]
+
+    def read(self, image_id: str) -> np.ndarray:
+        return self._index[1](image_id)
+
+    def load(self, ids: list[str], tile_size: int) -> torch.Tensor:
+        """Images as a uint8 tensor (N, 3, T, T), resized (bilinear) to the tile size when needed."""
+        out = np.empty((len(ids), tile_size, tile_size, 3), dtype=np.uint8)
+        for n, image_id in enumerate(ids):
+            arr = self.read(image_id)
+            if arr.shape[:2] != (tile_size, tile_size):
+                arr = np.asarray(Image.fromarray(arr).resize((tile_size, tile_size), Image.BILINEAR))
+            out[n] = arr
+        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class Dataset:
+    uri: str
+    classes: list[str]
+    splits: dict[str, Split]
+
+
+def open_dataset(uri: str, eval_split: str, train_split: str | None) -> Dataset:
+    """Open the evaluation split (required) and the training split (optional: None if absent)."""
+    kind, sep, rest = uri.partition(":")
+    if sep and kind in ("cifar10", "cifar100"):
+        splits = _cifar_splits(kind, Path(rest), uri)
+    else:
+        splits = _folder_splits(Path(uri), uri)
+    if eval_split not in splits:
+        raise XichError(f"--data {uri}: no evaluation split {eval_split!r} (found: {', '.join(sorted(splits)) or 'none'}); "
+                        f"set --eval-split")
+    opened = {eval_split: splits[eval_split]}
+    if train_split and train_split in splits:
+        opened[train_split] = splits[train_split]
+    classes = sorted(opened[eval_split].images)
+    return Dataset(uri, classes, opened)
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise XichError(f"unreadable image {where}: {exc}; remove or replace the file") from None
+
+
+def _check_classes(images: dict[str, list[str]], where: str) -> dict[str, list[str]]:
+    if not images:
+        raise XichError(f"{where}: no class folders with images; expected <split>/<class>/<image>")
+    for cls, ids in images.items():
+        if not ids:
+            raise XichError(f"class folder {where}/{cls} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                            f"add images or remove the folder")
+    return {c: sorted(images[c]) for c in sorted(images)}
+
+
+def _folder_split(root: Path) -> Split:
+    return Split(root.name, str(root), lambda: _folder_index(root))
+
+
+def _folder_index(root: Path):
+    images: dict[str, list[str]] = {}
+    for cls_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        images[cls_dir.name] = [
+            p.relative_to(root).as_posix() for p in cls_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        ]
+
+    def read(image_id: str) -> np.ndarray:
+        path = root / image_id
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise XichError(f"unreadable image {path}: {exc.strerror}") from None
+        return _decode(data, str(path))
+
+    return _check_classes(images, str(root)), read
+
+
+def _archive_splits(path: Path, uri: str, only: str | None = None) -> dict[str, Split]:
+    """Splits inside a tarball, read into memory once (compressed images are small)."""
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for info in tar:
+                if info.isfile() and Path(info.name).suffix.lower() in IMAGE_SUFFIXES:
+                    members[info.name.lstrip("./")] = tar.extractfile(info).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise XichError(f"--data {uri}: cannot read archive {path} ({exc})") from None
+    # <split>/<class>/<image>, possibly under one top folder
+    parts = {name: name.split("/") for name in members}
+    depth = min((len(p) for p in parts.values()), default=0)
+    skip = 1 if depth >= 4 else 0
+    by_split: dict[str, dict[str, list[str]]] = {}
+    for name, p in parts.items():
+        if len(p) < skip + 3:
+            continue
+        split, cls = p[skip], p[skip + 1]
+        if only is None or split == only:
+            by_split.setdefault(split, {}).setdefault(cls, []).append("/".join(p[skip + 1:]))
+    splits = {}
+    for split, images in by_split.items():
+        prefix = "/".join(parts[next(n for n in members if parts[n][skip] == split)][: skip + 1])
+
+        def read(image_id: str, prefix: str = prefix) -> np.ndarray:
+            return _decode(members[f"{prefix}/{image_id}"], f"{path}!{prefix}/{image_id}")
+
+        index = (_check_classes(images, f"{path}!{prefix}"), read)
+        splits[split] = Split(split, f"{path}!{prefix}", lambda index=index: index)
+    return splits
+
+
+def _is_archive(p: Path) -> bool:
+    return p.name.endswith((".tar", ".tar.gz", ".tgz"))
+
+
+def _folder_splits(root: Path, uri: str) -> dict[str, Split]:
+    if not root.exists():
+        raise XichError(f"--data {uri}: no such file or folder")
+    if root.is_file():
+        if not _is_archive(root):
+            raise XichError(f"--data {uri}: not a folder nor a .tar/.tar.gz archive")
+        return _archive_splits(root, uri)
+    splits = {p.name: _folder_split(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    for p in sorted(root.iterdir()):
+        if p.is_file() and _is_archive(p):
+            name = p.name.removesuffix(".gz").removesuffix(".tgz").removesuffix(".tar")
+            if name not in splits:
+                splits.update(_lazy_archive_split(p, name, uri))
+    return splits
+
+
+def _lazy_archive_split(path: Path, name: str, uri: str) -> dict[str, Split]:
+    """A ``<split>.tar[.gz]`` beside the split folders, read only if the audit asks for that split."""
+
+    def index():
+        splits = _archive_splits(path, uri, only=name)
+        if name not in splits:
+            raise XichError(f"--data {uri}: archive {path} holds no {name}/<class>/<image> files")
+        return splits[name]._index
+
+    return {name: Split(name, str(path), index)}
+
+
+def _cifar_splits(kind: str, root: Path, uri: str) -> dict[str, Split]:
+    folder = root / ("cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python")
+    folder = folder if folder.is_dir() else root
+    if kind == "cifar10":
+        files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+        meta_file, names_key, labels_key = "batches.meta", "label_names", "labels"
+    else:
+        files = {"train": ["train"], "test": ["test"]}
+        meta_file, names_key, labels_key = "meta", "fine_label_names", "fine_labels"
+    if not (folder / meta_file).is_file():
+        raise XichError(f"--data {uri}: no {kind.upper()} python batches in {root} (expected {folder / meta_file})")
+    names = _unpickle(folder / meta_file)[names_key]
+    splits = {}
+    for split, batch_files in files.items():
+        if not all((folder / f).is_file() for f in batch_files):
+            continue
+        batches = [_unpickle(folder / f) for f in batch_files]
+        data = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.concatenate([np.asarray(b[labels_key]) for b in batches])
+        images = {names[c]: [f"index:{n}" for n in np.flatnonzero(labels == c)] for c in range(len(names))}
+        images = {c: ids for c, ids in images.items() if ids}
+
+        def read(image_id: str, data: np.ndarray = data) -> np.ndarray:
+            return data[int(image_id.removeprefix("index:"))]
+
+        index = (_check_classes(images, str(folder)), read)
+        splits[split] = Split(split, str(folder), lambda index=index: index)
+    return splits
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+    except (OSError, pickle.UnpicklingError, EOFError) as exc:
+        raise XichError(f"cannot read CIFAR batch {path} ({exc})") from None
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}

@@ -1,0 +1,229 @@
+"""Building models from a spec, loading checkpoints, and finding the Grad-CAM target layer.
+
+Specs: ``cifar:resnet20|32|44|56`` (He et al. 2016 §4.2, option-A shortcuts), ``torchvision:<arch>``
+(random init, ``weights=None``; classes from the dataset) and ``python:<module>:<callable>``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import XichError
+
+CIFAR_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9}
+
+
+class _LambdaShortcut(nn.Module):
+    """Option-A shortcut: subsample by 2 and zero-pad channels (no parameters)."""
+
+    def __init__(self, planes: int):
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = _LambdaShortcut(planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32×32 inputs; layer names match the public CIFAR checkpoints."""
+
+    def __init__(self, n: int, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = self._stage(16, 16, n, 1)
+        self.layer2 = self._stage(16, 32, n, 2)
+        self.layer3 = self._stage(32, 64, n, 2)
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    @staticmethod
+    def _stage(in_planes: int, planes: int, n: int, stride: int) -> nn.Sequential:
+        blocks = [BasicBlock(in_planes, planes, stride)]
+        blocks += [BasicBlock(planes, planes, 1) for _ in range(n - 1)]
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+def build_model(spec: str, num_classes: int) -> nn.Module:
+    """A model in eval mode from its spec; raises XichError for an unknown spec."""
+    kind, _, rest = spec.partition(":")
+    if kind == "cifar":
+        if rest not in CIFAR_DEPTHS:
+            raise XichError(f"unknown CIFAR ResNet {rest!r} in --model {spec!r}: use one of "
+                            + ", ".join(f"cifar:{k}" for k in CIFAR_DEPTHS))
+        model = CifarResNet(CIFAR_DEPTHS[rest], num_classes)
+    elif kind == "torchvision":
+        import torchvision.models as tvm
+
+        try:
+            builder = tvm.get_model_builder(rest)
+        except ValueError:
+            raise XichError(f"unknown torchvision architecture {rest!r} in --model {spec!r}: "
+                            f"see torchvision.models.list_models() (e.g. torchvision:resnet18)") from None
+        model = builder(weights=None, num_classes=num_classes)
+    elif kind == "python":
+        model = _python_model(spec, rest, num_classes)
+    else:
+        raise XichError(f"unknown model spec {spec!r}: use cifar:resnet20, torchvision:<arch> "
+                        f"or python:<module>:<callable>")
+    return model.eval()
+
+
+def _python_model(spec: str, rest: str, num_classes: int) -> nn.Module:
+    module_name, _, attr = rest.partition(":")
+    if not module_name or not attr:
+        raise XichError(f"--model {spec!r}: write python:<module>:<callable>, e.g. python:mypkg.nets:make_net")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise XichError(f"--model {spec!r}: cannot import {module_name}:{attr} ({exc})") from None
+    takes_classes = "num_classes" in inspect.signature(fn).parameters
+    model = fn(num_classes=num_classes) if takes_classes else fn()
+    if not isinstance(model, nn.Module):
+        raise XichError(f"--model {spec!r}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def extract_state_dict(checkpoint: object, source: str) -> "OrderedDict[str, torch.Tensor]":
+    """The state_dict inside a checkpoint: itself, or under ``state_dict`` / ``model``; ``module.`` stripped."""
+    sd = checkpoint
+    if isinstance(sd, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise XichError(f"--weights {source}: not a state_dict (nor a dict holding one under 'state_dict' or 'model')")
+    return OrderedDict((k.removeprefix("module."), v) for k, v in sd.items())
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint strictly (``weights_only=True``); a mismatch names the first bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise XichError(f"--weights {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise XichError(f"--weights {path}: not a loadable PyTorch checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]})") from None
+    sd = extract_state_dict(checkpoint, str(path))
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key.endswith("num_batches_tracked"):
+            continue  # absent from older checkpoints; BatchNorm fills it in
+        if key not in sd:
+            raise XichError(f"--weights {path} does not fit the model: missing key {key!r}")
+        if sd[key].shape != tensor.shape:
+            raise XichError(f"--weights {path} does not fit the model: {key!r} has shape "
+                            f"{tuple(sd[key].shape)}, the model expects {tuple(tensor.shape)}")
+    extra = [k for k in sd if k not in expected]
+    if extra:
+        raise XichError(f"--weights {path} does not fit the model: unexpected key {extra[0]!r}")
+    model.load_state_dict(sd, strict=False)
+
+
+def find_target_layer(model: nn.Module, probe: torch.Tensor, name: str = "auto") -> str:
+    """Name of the Grad-CAM target layer.
+
+    ``auto``: the last module to finish that outputs a 4-D map with more than one spatial cell,
+    i.e. the last convolutional block before global pooling (``layer4`` in torchvision ResNets,
+    ``layer3`` in CIFAR ResNets; parents finish after their children, so blocks win over their
+    last ReLU). Otherwise ``name`` must be a module of the model.
+    """
+    modules = dict(model.named_modules())
+    if name != "auto":
+        if name not in modules or name == "":
+            candidates = [n for n in _map_outputs(model, probe)][-8:]
+            raise XichError(f"--layer {name!r} is not a module of the model; candidates: {', '.join(candidates)}")
+        return name
+    finished = _map_outputs(model, probe)
+    if not finished:
+        raise XichError("the model has no layer with a spatial (B, C, H, W) output: pass --layer NAME")
+    return finished[-1]
+
+
+def _map_outputs(model: nn.Module, probe: torch.Tensor) -> list[str]:
+    """Names of modules with a 4-D, H·W > 1 output, in the order of their last completion."""
+    order: dict[str, int] = {}
+    counter = [0]
+    handles = []
+
+    def make_hook(n: str):
+        def hook(_m, _i, out):
+            counter[0] += 1
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
+                order[n] = counter[0]
+        return hook
+
+    for n, m in model.named_modules():
+        if n:
+            handles.append(m.register_forward_hook(make_hook(n)))
+    try:
+        with torch.inference_mode():
+            model(probe)
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(order, key=order.__getitem__)
+
+
+def gap_linear_head(model: nn.Module, layer: nn.Module, probe: torch.Tensor) -> nn.Linear | None:
+    """The linear head if the logits are exactly Linear(GAP(layer output)), else None.
+
+    Checked on a probe batch rather than assumed from the architecture, so a model whose target
+    layer does not feed the pooling directly falls back to the reference Grad-CAM.
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return None
+    head = linears[-1]
+    seen: dict[str, torch.Tensor] = {}
+    h1 = layer.register_forward_hook(lambda _m, _i, o: seen.__setitem__("a", o))
+    h2 = head.register_forward_hook(lambda _m, i, _o: seen.__setitem__("x", i[0]))
+    try:
+        with torch.inference_mode():
+            logits = model(probe)
+    finally:
+        h1.remove()
+        h2.remove()
+    a, x = seen.get("a"), seen.get("x")
+    if not isinstance(a, torch.Tensor) or a.ndim != 4 or x is None or x.ndim != 2 or x.shape[1] != a.shape[1]:
+        return None
+    pooled = a.mean(dim=(2, 3))
+    with torch.inference_mode():
+        if torch.allclose(pooled, x, rtol=1e-4, atol=1e-5) and torch.allclose(head(pooled), logits, rtol=1e-4, atol=1e-4):
+            return head
+    return None

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"audit": cmd_audit}[args.command](args)
     except XichError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -75,7 +75,7 @@ def open_dataset(uri: str, eval_split: str, train_split: str | None) -> Dataset:
     if sep and kind in ("cifar10", "cifar100"):
         splits = _cifar_splits(kind, Path(rest), uri)
     else:
-        splits = _folder_splits(Path(uri), uri)
+        splits = _folder_splits(Path(uri), uri, {eval_split, train_split} - {None})
     if eval_split not in splits:
         raise XichError(f"--data {uri}: no evaluation split {eval_split!r} (found: {', '.join(sorted(splits)) or 'none'}); "
                         f"set --eval-split")
@@ -110,7 +110,7 @@ def _folder_split(root: Path) -> Split:
 
 def _folder_index(root: Path):
     images: dict[str, list[str]] = {}
-    for cls_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for cls_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images[cls_dir.name] = [
             p.relative_to(root).as_posix() for p in cls_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
         ]
@@ -126,8 +126,11 @@ def _folder_index(root: Path):
     return _check_classes(images, str(root)), read
 
 
-def _archive_splits(path: Path, uri: str, only: str | None = None) -> dict[str, Split]:
-    """Splits inside a tarball, read into memory once (compressed images are small)."""
+def _archive_splits(path: Path, uri: str, wanted: set[str]) -> dict[str, Split]:
+    """The ``wanted`` splits inside a tarball, read into memory once (compressed images are small).
+
+    Members are ``<split>/<class>/<image...>``, possibly under one top folder; anything else is ignored.
+    """
     members: dict[str, bytes] = {}
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -136,20 +139,19 @@ def _archive_splits(path: Path, uri: str, only: str | None = None) -> dict[str, 
                     members[info.name.lstrip("./")] = tar.extractfile(info).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise XichError(f"--data {uri}: cannot read archive {path} ({exc})") from None
-    # <split>/<class>/<image>, possibly under one top folder
-    parts = {name: name.split("/") for name in members}
-    depth = min((len(p) for p in parts.values()), default=0)
-    skip = 1 if depth >= 4 else 0
     by_split: dict[str, dict[str, list[str]]] = {}
-    for name, p in parts.items():
-        if len(p) < skip + 3:
+    prefixes: dict[str, str] = {}
+    for name in members:
+        p = name.split("/")
+        skip = 0 if p[0] in wanted else 1 if len(p) > 1 and p[1] in wanted else None
+        if skip is None or len(p) < skip + 3 or p[skip + 1].startswith("."):
             continue
-        split, cls = p[skip], p[skip + 1]
-        if only is None or split == only:
-            by_split.setdefault(split, {}).setdefault(cls, []).append("/".join(p[skip + 1:]))
+        split = p[skip]
+        prefixes.setdefault(split, "/".join(p[: skip + 1]))
+        by_split.setdefault(split, {}).setdefault(p[skip + 1], []).append("/".join(p[skip + 1:]))
     splits = {}
     for split, images in by_split.items():
-        prefix = "/".join(parts[next(n for n in members if parts[n][skip] == split)][: skip + 1])
+        prefix = prefixes[split]
 
         def read(image_id: str, prefix: str = prefix) -> np.ndarray:
             return _decode(members[f"{prefix}/{image_id}"], f"{path}!{prefix}/{image_id}")
@@ -163,13 +165,13 @@ def _is_archive(p: Path) -> bool:
     return p.name.endswith((".tar", ".tar.gz", ".tgz"))
 
 
-def _folder_splits(root: Path, uri: str) -> dict[str, Split]:
+def _folder_splits(root: Path, uri: str, wanted: set[str]) -> dict[str, Split]:
     if not root.exists():
         raise XichError(f"--data {uri}: no such file or folder")
     if root.is_file():
         if not _is_archive(root):
             raise XichError(f"--data {uri}: not a folder nor a .tar/.tar.gz archive")
-        return _archive_splits(root, uri)
+        return _archive_splits(root, uri, wanted)
     splits = {p.name: _folder_split(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
     for p in sorted(root.iterdir()):
         if p.is_file() and _is_archive(p):
@@ -183,7 +185,7 @@ def _lazy_archive_split(path: Path, name: str, uri: str) -> dict[str, Split]:
     """A ``<split>.tar[.gz]`` beside the split folders, read only if the audit asks for that split."""
 
     def index():
-        splits = _archive_splits(path, uri, only=name)
+        splits = _archive_splits(path, uri, {name})
         if name not in splits:
             raise XichError(f"--data {uri}: archive {path} holds no {name}/<class>/<image> files")
         return splits[name]._index

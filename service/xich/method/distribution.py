@@ -26,8 +26,8 @@ def training_distribution(train_labels: np.ndarray, n_clusters: int) -> tuple[np
 
 def score_share_spearman(scores: np.ndarray, shares: np.ndarray | None) -> float | None:
     """Spearman correlation of dominance score with train share; None where undefined."""
-    if shares is None or len(scores) < 2:
-        return None
+    if shares is None or len(scores) < 2 or np.ptp(scores) == 0 or np.ptp(shares) == 0:
+        return None  # a constant input has no rank correlation
     rho = stats.spearmanr(scores, shares).statistic
     return None if np.isnan(rho) else float(rho)
 

@@ -9,13 +9,15 @@ from scipy import stats
 def pair_p_value(d: np.ndarray) -> float:
     """Two-sided p-value of a one-sample t-test of the mosaics' d against 0.5.
 
-    NaN entries (excluded mosaics) are dropped. Fewer than two values, or values
-    with no spread that sit at 0.5, give no evidence against the null: 1.0.
+    NaN entries (excluded mosaics) are dropped. Fewer than two values give no evidence: 1.0.
+    Values with no spread give t = ±inf (p = 0) away from 0.5 and 1.0 at 0.5.
     """
     d = np.asarray(d, dtype=np.float64)
     d = d[~np.isnan(d)]
     if d.size < 2:
         return 1.0
+    if np.ptp(d) == 0:
+        return 1.0 if d[0] == 0.5 else 0.0
     p = float(stats.ttest_1samp(d, 0.5).pvalue)
     return 1.0 if np.isnan(p) else p
 

@@ -1,0 +1,121 @@
+"""A planted-bias image dataset: classes told apart by shape, subgroups by a visible nuisance.
+
+Each class has ``subgroups`` looks (shape colour and background texture). In ``train/`` one
+subgroup per class is rare (``rare_fraction`` of the class); in ``test/`` subgroups are balanced.
+The known answer — which subgroup is rare — is written to ``ground_truth.json`` so that an audit
+can be checked: the paper predicts the rare subgroup's cluster to be among the least dominant.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .errors import XichError
+
+SHAPES = ("circle", "square", "triangle", "cross", "diamond", "bar")
+TEXTURES = ("plain", "stripes", "checker", "dots", "gradient", "noise")
+SIZE = 32
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    classes: int = 4
+    subgroups: int = 4
+    rare_fraction: float = 0.03
+    train_per_class: int = 600
+    test_per_subgroup: int = 60
+    seed: int = 0
+
+
+def rare_subgroup(class_index: int, subgroups: int) -> int:
+    """The rare subgroup of a class: a different one for each class (cycling)."""
+    return (class_index + 1) % subgroups
+
+
+def write_synth(out: str | Path, spec: SynthSpec) -> dict:
+    """Write ``train/`` and ``test/`` image folders and ``ground_truth.json`` under ``out``; returns the truth."""
+    if not 2 <= spec.classes <= len(SHAPES):
+        raise XichError(f"--classes must be between 2 and {len(SHAPES)}, got {spec.classes}")
+    if not 2 <= spec.subgroups <= len(TEXTURES):
+        raise XichError(f"--subgroups must be between 2 and {len(TEXTURES)}, got {spec.subgroups}")
+    if not 0 < spec.rare_fraction < 1 / spec.subgroups:
+        raise XichError(f"--rare-fraction must be in (0, 1/subgroups), got {spec.rare_fraction}")
+    out = Path(out)
+    rng = np.random.default_rng(spec.seed)
+    truth: dict = {"subgroup": {}, "rare": {}}
+    for c, shape in enumerate(SHAPES[: spec.classes]):
+        rare = rare_subgroup(c, spec.subgroups)
+        truth["rare"][shape] = rare
+        n_rare = max(1, round(spec.rare_fraction * spec.train_per_class))
+        n_common = spec.train_per_class - n_rare
+        train_groups = [rare] * n_rare + [s for k in range(n_common) for s in [_common(k, rare, spec.subgroups)]]
+        test_groups = [s for s in range(spec.subgroups) for _ in range(spec.test_per_subgroup)]
+        for split, groups in (("train", train_groups), ("test", test_groups)):
+            folder = out / split / shape
+            folder.mkdir(parents=True, exist_ok=True)
+            for k, s in enumerate(rng.permutation(groups)):
+                rel = f"{split}/{shape}/{k:04d}.png"
+                draw_image(c, int(s), spec, rng).save(out / rel)
+                truth["subgroup"][rel] = int(s)
+    (out / "ground_truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True))
+    return truth
+
+
+def _common(k: int, rare: int, subgroups: int) -> int:
+    others = [s for s in range(subgroups) if s != rare]
+    return others[k % len(others)]
+
+
+def _palette(class_index: int, subgroup: int, spec: SynthSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Foreground and background colours of one (class, subgroup) look."""
+    hue = (subgroup / spec.subgroups + 0.07 * class_index) % 1.0
+    fg = tuple(int(255 * v) for v in colorsys.hsv_to_rgb(hue, 0.9, 0.95))
+    bg = tuple(int(255 * v) for v in colorsys.hsv_to_rgb((hue + 0.5) % 1.0, 0.35, 0.35))
+    return fg, bg
+
+
+def draw_image(class_index: int, subgroup: int, spec: SynthSpec, rng: np.random.Generator) -> Image.Image:
+    """One 32×32 RGB image: the class's shape, in the subgroup's colours, on its texture."""
+    fg, bg = _palette(class_index, subgroup, spec)
+    base = np.empty((SIZE, SIZE, 3), dtype=np.float32)
+    base[:] = bg
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    texture = TEXTURES[subgroup % len(TEXTURES)]
+    light = np.array(bg, dtype=np.float32) * 0.5 + 100
+    if texture == "stripes":
+        base[(xx + yy) % 6 < 3] = light
+    elif texture == "checker":
+        base[((xx // 4) + (yy // 4)) % 2 == 0] = light
+    elif texture == "dots":
+        base[(xx % 5 == 2) & (yy % 5 == 2)] = light
+    elif texture == "gradient":
+        base *= (0.4 + 0.9 * xx / SIZE)[..., None]
+    elif texture == "noise":
+        base += rng.normal(0, 40, size=base.shape)
+    base += rng.normal(0, 8, size=base.shape)
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    r = rng.uniform(7, 11)
+    cx, cy = rng.uniform(r + 1, SIZE - r - 1, size=2)
+    shape = SHAPES[class_index]
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fg)
+    elif shape == "square":
+        draw.rectangle([cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85], fill=fg)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=fg)
+    elif shape == "cross":
+        w = r * 0.35
+        draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fg)
+        draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fg)
+    elif shape == "diamond":
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fg)
+    else:  # bar
+        draw.rectangle([cx - r, cy - r * 0.3, cx + r, cy + r * 0.3], fill=fg)
+    return img

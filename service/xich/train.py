@@ -1,0 +1,121 @@
+"""The paper's training recipe (section 4): AdamW, label smoothing, linear warm-up then cosine annealing."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .audit import parse_normalize
+from .datasets import open_dataset
+from .errors import XichError
+from .models import build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    model: str
+    out: str
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    tile_size: int = 32
+    normalize: str = "imagenet"
+    train_split: str = "train"
+    eval_split: str = "test"
+    seed: int = 0
+    device: str | None = None
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine annealing to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(config: TrainConfig, on_epoch: Callable[[int, float, float], None] | None = None) -> list[dict]:
+    """Train ``config.model`` on the training split; save a plain state_dict to ``config.out``.
+
+    ``on_epoch(epoch, mean_loss, eval_accuracy)`` is called after each epoch; returns the history.
+    """
+    if config.epochs < 1:
+        raise XichError(f"--epochs must be at least 1, got {config.epochs}")
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ds = open_dataset(config.data, config.eval_split, config.train_split)
+    if config.train_split not in ds.splits:
+        raise XichError(f"--data {config.data}: no training split {config.train_split!r}")
+    x_train, y_train = _load(ds.splits[config.train_split], ds.classes, config.tile_size)
+    x_eval, y_eval = _load(ds.splits[config.eval_split], ds.classes, config.tile_size)
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in parse_normalize(config.normalize))
+    model = build_model(config.model, len(ds.classes)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, total, max(1, int(config.warmup_epochs * steps_per_epoch))))
+    gen = torch.Generator().manual_seed(config.seed)
+    history = []
+    for epoch in range(config.epochs):
+        model.train()
+        perm = torch.randperm(len(x_train), generator=gen)
+        losses = []
+        for start in range(0, len(perm), config.batch_size):
+            idx = perm[start:start + config.batch_size]
+            xb = x_train[idx].to(device).float() / 255
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            xb[flip] = xb[flip].flip(-1)
+            logits = model((xb - mean) / std)
+            loss = F.cross_entropy(logits, y_train[idx].to(device), label_smoothing=config.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        acc = evaluate(model, x_eval, y_eval, mean, std, device)
+        mean_loss = sum(losses) / len(losses)
+        history.append({"epoch": epoch + 1, "loss": mean_loss, "eval_accuracy": acc})
+        if on_epoch:
+            on_epoch(epoch + 1, mean_loss, acc)
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(model.eval().state_dict(), tmp)
+    tmp.replace(out)
+    return history
+
+
+def evaluate(model, x, y, mean, std, device, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on uint8 images ``x`` (N, 3, T, T) with labels ``y``."""
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for s in range(0, len(x), batch_size):
+            xb = (x[s:s + batch_size].to(device).float() / 255 - mean) / std
+            correct += (model(xb).argmax(1).cpu() == y[s:s + batch_size]).sum().item()
+    return correct / max(1, len(x))
+
+
+def _load(split, classes: list[str], tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for c, name in enumerate(classes):
+        ids = split.images.get(name, [])
+        if ids:
+            xs.append(split.load(ids, tile))
+            ys.append(torch.full((len(ids),), c, dtype=torch.long))
+    return torch.cat(xs), torch.cat(ys)
+
+

@@ -1,0 +1,157 @@
+"""`xich audit` on bad input: one clear message naming the input, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xich.cli import main
+
+CLASSES = ("cat", "dog")
+FAST = ["--model", "cifar:resnet20", "--clusters", "2", "--mosaics-per-pair", "2", "--train-split", "", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads and lose much (6x here) when another process holds the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_noise_dataset(root: Path, per_class: int = 6) -> Path:
+    """root/test/<class>/<NNNN>.png: 32×32 random-noise images, fixed seed."""
+    rng = np.random.default_rng(1234)
+    for cls in CLASSES:
+        d = root / "test" / cls
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return make_noise_dataset(tmp_path / "data")
+
+
+def _squash(text: str) -> str:
+    """Text without whitespace: rich wraps long messages at the console width (80 when not a terminal)."""
+    return "".join(text.split())
+
+
+def assert_says(err: str, *fragments: str) -> None:
+    for fragment in fragments:
+        assert _squash(fragment) in _squash(err), (fragment, err)
+
+
+def run_failing(capsys, argv: list[str], *names: str) -> str:
+    """Run the CLI, expect exit status 2 and one error message naming every one of ``names``."""
+    code = main(argv)
+    captured = capsys.readouterr()
+    both = captured.out + captured.err
+    assert code == 2, both
+    assert "Traceback" not in both
+    assert captured.err.count("error:") == 1, captured.err
+    assert_says(captured.err, *names)
+    return captured.err
+
+
+def test_missing_data_path(tmp_path, capsys):
+    missing = tmp_path / "no-such-dataset"
+    err = run_failing(capsys, ["audit", "--data", str(missing), *FAST], f"--data {missing}")
+    assert_says(err, "no such file or folder")
+
+
+def test_unknown_model_spec(data, capsys):
+    argv = ["audit", "--data", str(data), *FAST, "--model", "cifar:resnet99"]  # the last --model wins
+    err = run_failing(capsys, argv, "'cifar:resnet99'")
+    assert_says(err, "unknown CIFAR ResNet", "cifar:resnet20")
+
+
+def test_checkpoint_that_does_not_fit(data, tmp_path, capsys):
+    import torchvision
+
+    weights = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=2).state_dict(), weights)
+    err = run_failing(capsys, ["audit", "--data", str(data), *FAST, "--weights", str(weights)],
+                      str(weights), "'conv1.weight'")
+    assert_says(err, "does not fit the model")
+    # resnet18's conv1 is 7×7 with 64 filters, resnet20's 3×3 with 16
+    assert_says(err, "has shape (64, 3, 7, 7), the model expects (16, 3, 3, 3)")
+
+
+def test_missing_weights_file(data, tmp_path, capsys):
+    weights = tmp_path / "absent.th"
+    err = run_failing(capsys, ["audit", "--data", str(data), *FAST, "--weights", str(weights)], str(weights))
+    assert_says(err, "no such file")
+
+
+def test_class_folder_without_images(data, capsys):
+    (data / "test" / "zebra").mkdir()
+    (data / "test" / "zebra" / "labels.csv").write_text("a,b\n")
+    err = run_failing(capsys, ["audit", "--data", str(data), *FAST], str(data / "test" / "zebra"))
+    assert_says(err, "has no images")
+
+
+def test_unreadable_image(data, capsys):
+    # in the first class, so the error comes before any model work (a later class fails after earlier ones ran)
+    bad = data / "test" / "cat" / "0099.jpg"
+    bad.write_bytes(np.random.default_rng(5).integers(0, 256, size=500, dtype=np.uint8).tobytes())
+    err = run_failing(capsys, ["audit", "--data", str(data), *FAST], str(bad))
+    assert_says(err, "unreadable image")
+
+
+def test_unknown_class(data, capsys):
+    err = run_failing(capsys, ["audit", "--data", str(data), *FAST, "--classes", "cat,zebra"], "zebra")
+    assert_says(err, "--classes", "available: cat, dog")
+
+
+@pytest.mark.parametrize("spec", ["imagenett", "0.5,0.5/0.2,0.2", "0.5,0.5,0.5/0.2,0,0.2", "a,b,c/d,e,f"])
+def test_bad_normalize(data, capsys, spec):
+    err = run_failing(capsys, ["audit", "--data", str(data), *FAST, "--normalize", spec], f"--normalize '{spec}'")
+    assert_says(err, "positive stds")
+
+
+def test_unknown_eval_split(data, capsys):
+    err = run_failing(capsys, ["audit", "--data", str(data), *FAST, "--eval-split", "val"], f"--data {data}", "'val'")
+    assert_says(err, "found: test")
+
+
+def test_bad_counts(data, capsys):
+    run_failing(capsys, ["audit", "--data", str(data), *FAST, "--clusters", "0"], "--clusters")
+    run_failing(capsys, ["audit", "--data", str(data), *FAST, "--tile-size", "4"], "--tile-size")
+
+
+def test_audit_succeeds_and_writes_json(data, tmp_path, capsys):
+    out = tmp_path / "audit.json"
+    code = main(["audit", "--data", str(data), *FAST, "--json", str(out), "--seed", "3"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "error:" not in captured.err and "Traceback" not in captured.out + captured.err
+    assert "XICH audit" in captured.out
+    doc = json.loads(out.read_text())
+    assert {"run_id", "model", "dataset", "config", "classes", "summary"} <= set(doc)
+    assert doc["model"]["spec"] == "cifar:resnet20" and doc["model"]["weights"] is None
+    assert doc["dataset"]["uri"] == str(data) and doc["dataset"]["train_split"] is None
+    assert doc["config"]["layer"] == "layer3" and doc["config"]["tile_size"] == 32
+    assert doc["config"]["clusters"] == 2 and doc["config"]["seed"] == 3
+    assert [c["name"] for c in doc["classes"]] == list(CLASSES)
+    for cls in doc["classes"]:
+        sizes = [cl["eval_size"] for cl in cls["clusters"]]
+        assert sum(sizes) == 6  # every image of the class in exactly one cluster
+        members = sorted(m for cl in cls["clusters"] for m in cl["members"])
+        assert members == [f"{cls['name']}/{i:04d}.png" for i in range(6)]
+
+
+def test_error_message_is_not_hard_wrapped(tmp_path, capsys):
+    missing = tmp_path / ("a-rather-long-folder-name-for-a-dataset-" * 2) / "test-images"
+    assert main(["audit", "--data", str(missing), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"--data {missing}: no such file or folder" in err

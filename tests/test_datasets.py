@@ -1,0 +1,305 @@
+"""xich.datasets.open_dataset on tiny generated data: image folders, tarballs, CIFAR python batches."""
+
+from __future__ import annotations
+
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xich.datasets import open_dataset
+from xich.errors import XichError
+
+# class -> solid RGB colour; PNG is lossless, so every pixel of a tile must read back exactly
+COLOURS = {"dog": (0, 0, 255), "cat": (255, 0, 0), "bird": (0, 200, 30)}
+PER_CLASS = 3
+
+
+def _solid(colour: tuple[int, int, int], size: int = 32) -> Image.Image:
+    return Image.new("RGB", (size, size), colour)
+
+
+def make_image_folder(root: Path, splits: tuple[str, ...] = ("test", "train"), per_class: int = PER_CLASS) -> Path:
+    """root/<split>/<class>/<NNNN>.png, each image a solid colour of its class."""
+    for split in splits:
+        for cls, colour in COLOURS.items():
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(1, per_class + 1):
+                _solid(colour).save(d / f"{i:04d}.png")
+    return root
+
+
+def make_tarball(src: Path, dest: Path, top: str | None, splits: tuple[str, ...] = ("test", "train")) -> Path:
+    """A .tar.gz of src/<split>/..., under one top folder (``top``) or at the archive root."""
+    with tarfile.open(dest, "w:gz") as tar:
+        for split in splits:
+            tar.add(src / split, arcname=f"{top}/{split}" if top else split)
+    return dest
+
+
+EXPECTED_IDS = {cls: [f"{cls}/{i:04d}.png" for i in range(1, PER_CLASS + 1)] for cls in COLOURS}
+
+
+def _load_all(split, tile: int = 32) -> tuple[list[str], torch.Tensor]:
+    ids = [i for cls in sorted(split.images) for i in split.images[cls]]
+    return ids, split.load(ids, tile)
+
+
+# --- image folder -------------------------------------------------------------------------------
+
+def test_folder_ids_classes_and_pixels(tmp_path):
+    root = make_image_folder(tmp_path / "data")
+    ds = open_dataset(str(root), "test", "train")
+    assert ds.classes == ["bird", "cat", "dog"]  # sorted, ImageFolder's order
+    assert set(ds.splits) == {"test", "train"}
+    test = ds.splits["test"]
+    assert test.images == EXPECTED_IDS
+    ids, x = _load_all(test)
+    assert x.dtype == torch.uint8 and x.shape == (9, 3, 32, 32)
+    for n, image_id in enumerate(ids):
+        colour = COLOURS[image_id.split("/")[0]]
+        assert torch.equal(x[n], torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1).expand(3, 32, 32)), image_id
+
+
+def test_folder_resizes_to_tile_size(tmp_path):
+    root = make_image_folder(tmp_path / "data", splits=("test",))
+    split = open_dataset(str(root), "test", None).splits["test"]
+    for tile in (16, 48):
+        x = split.load(["cat/0001.png", "bird/0002.png"], tile)
+        assert x.shape == (2, 3, tile, tile) and x.dtype == torch.uint8
+        # bilinear resizing of a solid colour keeps the colour exactly
+        assert x[0, :, 0, 0].tolist() == [255, 0, 0] and bool((x[0] == x[0, :, :1, :1]).all())
+        assert x[1, :, tile - 1, tile - 1].tolist() == [0, 200, 30] and bool((x[1] == x[1, :, :1, :1]).all())
+
+
+def test_folder_image_of_other_size_and_mode_is_resized_rgb(tmp_path):
+    root = make_image_folder(tmp_path / "data", splits=("test",))
+    Image.new("L", (20, 40), 77).save(root / "test" / "cat" / "0009.png")  # greyscale, not square
+    Image.new("RGB", (32, 32), (10, 120, 240)).save(root / "test" / "dog" / "0009.jpg", quality=95)
+    split = open_dataset(str(root), "test", None).splits["test"]
+    assert split.images["cat"][-1] == "cat/0009.png" and split.images["dog"][-1] == "dog/0009.jpg"
+    x = split.load(["cat/0009.png", "dog/0009.jpg"], 32)
+    assert x.shape == (2, 3, 32, 32)
+    assert bool((x[0] == 77).all())  # grey level copied to the three channels
+    # JPEG is lossy: a solid colour comes back within a few levels
+    assert (x[1].float().mean(dim=(1, 2)) - torch.tensor([10.0, 120.0, 240.0])).abs().max() < 4
+
+
+def test_folder_without_train_split_and_train_split_not_requested(tmp_path):
+    root = make_image_folder(tmp_path / "data", splits=("test",))
+    assert set(open_dataset(str(root), "test", "train").splits) == {"test"}
+    root2 = make_image_folder(tmp_path / "data2")
+    assert set(open_dataset(str(root2), "test", None).splits) == {"test"}
+
+
+# --- tarballs -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("top", [None, "cifar-mini"])
+def test_tarball_matches_folder(tmp_path, top):
+    root = make_image_folder(tmp_path / "data")
+    archive = make_tarball(root, tmp_path / "data.tar.gz", top)
+    from_folder = open_dataset(str(root), "test", "train")
+    from_tar = open_dataset(str(archive), "test", "train")
+    assert from_tar.classes == from_folder.classes == ["bird", "cat", "dog"]
+    assert set(from_tar.splits) == {"test", "train"}
+    for name in ("test", "train"):
+        assert from_tar.splits[name].images == from_folder.splits[name].images == EXPECTED_IDS
+        ids_f, x_f = _load_all(from_folder.splits[name])
+        ids_t, x_t = _load_all(from_tar.splits[name])
+        assert ids_f == ids_t and torch.equal(x_f, x_t)
+    # members named "./test/..." (tar czf x.tar.gz -C root .) read the same
+    dot = tmp_path / "dot.tar.gz"
+    with tarfile.open(dot, "w:gz") as tar:
+        tar.add(root / "test", arcname="./test")
+    assert open_dataset(str(dot), "test", None).splits["test"].images == EXPECTED_IDS
+
+
+def test_folder_of_split_tarballs(tmp_path):
+    root = make_image_folder(tmp_path / "src")
+    data = tmp_path / "data"
+    data.mkdir()
+    make_tarball(root, data / "test.tar.gz", None, splits=("test",))
+    make_tarball(root, data / "train.tar.gz", None, splits=("train",))
+    ds = open_dataset(str(data), "test", "train")
+    assert ds.classes == ["bird", "cat", "dog"]
+    assert set(ds.splits) == {"test", "train"}
+    assert ds.splits["train"].images == EXPECTED_IDS
+    _, x_tar = _load_all(ds.splits["test"])
+    _, x_dir = _load_all(open_dataset(str(root), "test", None).splits["test"])
+    assert torch.equal(x_tar, x_dir)
+
+
+def test_split_tarball_without_its_split_folder_names_archive(tmp_path):
+    root = make_image_folder(tmp_path / "src", splits=("test",))
+    data = tmp_path / "data"
+    data.mkdir()
+    # train.tar.gz that holds test/<class>/... instead of train/<class>/...
+    make_tarball(root, data / "train.tar.gz", None, splits=("test",))
+    make_tarball(root, data / "test.tar.gz", None, splits=("test",))
+    ds = open_dataset(str(data), "test", "train")  # lazy: the train archive is not read yet
+    with pytest.raises(XichError, match=r"train\.tar\.gz holds no train/<class>/<image> files"):
+        ds.splits["train"].images
+
+
+# --- CIFAR-10 python batches ------------------------------------------------------------------
+
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _cifar_batch(rng: np.random.Generator, n: int) -> tuple[np.ndarray, list[int]]:
+    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    labels = [int(v) for v in rng.integers(0, 3, size=n)]  # only the first three classes occur
+    return data, labels
+
+
+def make_cifar10(root: Path, with_train: bool = True) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CIFAR_NAMES, "num_vis": 3072}, f)
+    data, labels = {}, {}
+    files = {"test": ["test_batch"]}
+    if with_train:
+        files["train"] = [f"data_batch_{i}" for i in range(1, 6)]
+    for split, names in files.items():
+        chunks, labs = [], []
+        for name in names:
+            d, lab = _cifar_batch(rng, 4)
+            with open(folder / name, "wb") as f:
+                pickle.dump({"batch_label": name, "data": d, "labels": lab}, f)
+            chunks.append(d)
+            labs += lab
+        data[split], labels[split] = np.concatenate(chunks), labs
+    return data, labels
+
+
+@pytest.mark.parametrize("point_at_batches_folder", [False, True])
+def test_cifar10_python_batches(tmp_path, point_at_batches_folder):
+    data, labels = make_cifar10(tmp_path / "c10")
+    where = tmp_path / "c10" / "cifar-10-batches-py" if point_at_batches_folder else tmp_path / "c10"
+    ds = open_dataset(f"cifar10:{where}", "test", "train")
+    assert set(ds.splits) == {"test", "train"}
+    test, train = ds.splits["test"], ds.splits["train"]
+    present = sorted({CIFAR_NAMES[c] for c in labels["test"]})
+    assert ds.classes == present
+    for split, s in (("test", test), ("train", train)):
+        assert sum(len(v) for v in s.images.values()) == len(labels[split])
+        for cls, ids in s.images.items():
+            assert ids and all(i.startswith("index:") for i in ids)
+            assert all(labels[split][int(i.removeprefix("index:"))] == CIFAR_NAMES.index(cls) for i in ids)
+    # train batches 1..5 are concatenated: index 19 is the last image of data_batch_5
+    assert len(data["train"]) == 20
+    x = train.load(["index:0", "index:19"], 32)
+    expected = torch.from_numpy(data["train"][[0, 19]].reshape(2, 3, 32, 32))  # CIFAR rows are R, G, B planes
+    assert x.dtype == torch.uint8 and torch.equal(x, expected)
+    # the HWC view is what read() returns
+    assert np.array_equal(test.read("index:2"), data["test"][2].reshape(3, 32, 32).transpose(1, 2, 0))
+    # resizing from the strided HWC view works and gives the requested size
+    assert test.load(["index:1"], 16).shape == (1, 3, 16, 16)
+
+
+def test_cifar10_without_train_batches(tmp_path):
+    make_cifar10(tmp_path / "c10", with_train=False)
+    ds = open_dataset(f"cifar10:{tmp_path / 'c10'}", "test", "train")
+    assert set(ds.splits) == {"test"}
+    with pytest.raises(XichError, match=r"no evaluation split 'train' \(found: test\)"):
+        open_dataset(f"cifar10:{tmp_path / 'c10'}", "train", None)
+
+
+def test_cifar10_missing_meta_names_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(XichError, match=r"no CIFAR10 python batches") as info:
+        open_dataset(f"cifar10:{tmp_path / 'empty'}", "test", None)
+    assert f"cifar10:{tmp_path / 'empty'}" in str(info.value)
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+def test_missing_path(tmp_path):
+    uri = str(tmp_path / "nowhere")
+    with pytest.raises(XichError) as info:
+        open_dataset(uri, "test", "train")
+    assert str(info.value) == f"--data {uri}: no such file or folder"
+
+
+def test_file_that_is_not_an_archive(tmp_path):
+    p = tmp_path / "data.zip"
+    p.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(XichError, match="not a folder nor a .tar/.tar.gz archive") as info:
+        open_dataset(str(p), "test", None)
+    assert str(p) in str(info.value)
+
+
+def test_corrupt_tarball(tmp_path):
+    p = tmp_path / "data.tar.gz"
+    p.write_bytes(b"\x1f\x8b\x08\x00garbage that is not gzip data")
+    with pytest.raises(XichError, match="cannot read archive") as info:
+        open_dataset(str(p), "test", None)
+    assert str(p) in str(info.value)
+
+
+def test_class_folder_without_images_in_train_split(tmp_path):
+    root = make_image_folder(tmp_path / "data")
+    (root / "train" / "empty").mkdir()
+    (root / "train" / "empty" / "notes.txt").write_text("not an image")
+    ds = open_dataset(str(root), "test", "train")  # the train index is built on first use
+    with pytest.raises(XichError) as info:
+        ds.splits["train"].images
+    assert f"class folder {root / 'train'}/empty has no images" in str(info.value)
+
+
+def test_class_folder_without_images_fails_at_open(tmp_path):
+    # open_dataset sorts the classes, so the eval split's index is built at open time
+    root = make_image_folder(tmp_path / "data", splits=("test",))
+    (root / "test" / "zebra").mkdir()
+    with pytest.raises(XichError, match=r"class folder .*/test/zebra has no images"):
+        open_dataset(str(root), "test", None)
+
+
+def test_unreadable_image_when_loaded(tmp_path):
+    root = make_image_folder(tmp_path / "data", splits=("test",))
+    bad = root / "test" / "cat" / "0004.jpg"
+    bad.write_bytes(b"\xff\xd8\xff this is not a JPEG")
+    ds = open_dataset(str(root), "test", None)
+    split = ds.splits["test"]
+    assert "cat/0004.jpg" in split.images["cat"]
+    assert split.load(["cat/0001.png"], 32).shape == (1, 3, 32, 32)  # good images still load
+    with pytest.raises(XichError) as info:
+        split.load(["cat/0001.png", "cat/0004.jpg"], 32)
+    assert f"unreadable image {bad}" in str(info.value)
+
+
+def test_unreadable_image_in_tarball_names_member(tmp_path):
+    root = make_image_folder(tmp_path / "data", splits=("test",))
+    (root / "test" / "dog" / "0004.png").write_bytes(b"garbage")
+    archive = make_tarball(root, tmp_path / "d.tar.gz", "top", splits=("test",))
+    split = open_dataset(str(archive), "test", None).splits["test"]
+    with pytest.raises(XichError) as info:
+        split.load(["dog/0004.png"], 32)
+    assert f"unreadable image {archive}!top/test/dog/0004.png" in str(info.value)
+
+
+def test_unknown_eval_split(tmp_path):
+    root = make_image_folder(tmp_path / "data")
+    with pytest.raises(XichError) as info:
+        open_dataset(str(root), "val", "train")
+    msg = str(info.value)
+    assert msg.startswith(f"--data {root}: no evaluation split 'val'")
+    assert "(found: test, train)" in msg and "--eval-split" in msg
+
+
+def test_tarball_with_nested_class_subfolders_matches_folder(tmp_path):
+    root = tmp_path / "data"
+    for cls, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+        (root / "test" / cls / "sub").mkdir(parents=True)
+        _solid(colour).save(root / "test" / cls / "sub" / "0001.png")
+    expected = {"cat": ["cat/sub/0001.png"], "dog": ["dog/sub/0001.png"]}
+    assert open_dataset(str(root), "test", None).splits["test"].images == expected
+    archive = make_tarball(root, tmp_path / "data.tar.gz", None, splits=("test",))
+    assert open_dataset(str(archive), "test", None).splits["test"].images == expected

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
 from xich.audit import AuditConfig, PreparedModel
 from xich.datasets import open_dataset
 from xich.method.dominance import mosaic_dominance, quadrant_relevance
@@ -63,8 +66,11 @@ def main() -> None:
                                   for s in range(0, n, args.batch)])
     t_batched = time.perf_counter() - t
 
+    # the paper's loop: one GradCAM object, one mosaic per call
     t = time.perf_counter()
-    ref_loop = np.concatenate([reference_cams(pm.model, pm.layer, mosaics[k:k + 1], [cls]) for k in range(n)])
+    with torch.enable_grad(), GradCAM(model=pm.model, target_layers=[pm.layer]) as cam:
+        ref_loop = np.concatenate([cam(input_tensor=mosaics[k:k + 1], targets=[ClassifierOutputTarget(cls)])
+                                   for k in range(n)])
     t_loop = time.perf_counter() - t
 
     d = {name: mosaic_dominance(quadrant_relevance(c), mask) for name, c in
@@ -76,6 +82,8 @@ def main() -> None:
     print(f"speed-up vs one-at-a-time library: {t_loop / t_fast:6.1f}x   (target >= 25x)")
     print(f"speed-up vs batched library:       {t_batched / t_fast:6.1f}x   (target >= 4x)")
     print(f"max |d_fast - d_library| over {n} mosaics: {diff:.2e}   (target < 1e-3)")
+    print(f"fast path throughput: {n / t_fast * 4 * 41e6 * 2 / 1e9:.0f} GFLOP/s "
+          f"(ResNet-20 is ~41 MMAC per 32x32 tile, x4 per 64x64 mosaic)")
     print(f"excluded (all-zero) mosaics: fast {int(np.isnan(d['fast']).sum())}, library {int(np.isnan(d['loop']).sum())}")
 
 

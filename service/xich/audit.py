@@ -21,12 +21,15 @@ from .method.dominance import dominance_matrix, mosaic_dominance, quadrant_relev
 from .method.embedding import gap, layer_output
 from .method.gradcam import gap_linear_cam, reference_cams, scale_cams
 from .method.hierarchy import hierarchy, hierarchy_scores
-from .method.mosaic import assemble_mosaics, plan_mosaics
+from .method.mosaic import MosaicPlan, assemble_mosaics, plan_mosaics
+from .method.per_image import class_softmax, dominance_correlations
 from .method.significance import p_value_matrices
 from .models import build_model, find_target_layer, gap_linear_head, load_weights
 from .result import AuditResult, ClassResult, ClusterResult, MosaicResult
 
 log = logging.getLogger(__name__)
+
+Explainer = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -53,6 +56,7 @@ class AuditConfig:
     classes: tuple[str, ...] | None = None
     batch_size: int = 128
     device: str | None = None
+    per_image: int = 0
 
 
 def parse_normalize(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -175,8 +179,13 @@ def default_tile_size(model_spec: str, split: Split) -> int:
     return int(split.read(first_class[0]).shape[0])
 
 
-def run_audit(config: AuditConfig, progress: Callable[[str, int], None] | None = None) -> AuditResult:
-    """Audit every selected class of the dataset; ``progress(label, total)`` is called per step."""
+def run_audit(config: AuditConfig, progress: Callable[[str, int], None] | None = None,
+              on_class: Callable[[ClassResult, Explainer], None] | None = None) -> AuditResult:
+    """Audit every selected class of the dataset.
+
+    ``progress(label, total)`` is called before each class; ``on_class(result, explain)`` after it,
+    with ``explain(image_ids) -> (rgb, cam)`` rendering a stored manifest while the model is loaded.
+    """
     _check_config(config)
     dataset = open_dataset(config.data, config.eval_split, config.train_split)
     eval_split = dataset.splits[config.eval_split]
@@ -200,8 +209,10 @@ def run_audit(config: AuditConfig, progress: Callable[[str, int], None] | None =
             ev_ids, ev_images, tr_images = pending.result()
             pending = pool.submit(load, selected[n + 1]) if n + 1 < len(selected) else None
             step(name, len(selected))
-            results.append(audit_class(prepared, config, dataset.classes.index(name), name, ev_ids, ev_images,
-                                       tr_images, mosaic_size))
+            index = dataset.classes.index(name)
+            results.append(audit_class(prepared, config, index, name, ev_ids, ev_images, tr_images, mosaic_size))
+            if on_class:
+                on_class(results[-1], _explainer(prepared, ev_ids, ev_images, index, mosaic_size))
 
     ranked = [np.array([c.train_share for c in sorted(r.clusters, key=lambda c: c.rank)]) for r in results
               if r.clusters and r.clusters[0].train_share is not None]
@@ -209,7 +220,7 @@ def run_audit(config: AuditConfig, progress: Callable[[str, int], None] | None =
     cfg = {
         "clusters": config.clusters, "mosaics_per_pair": config.mosaics_per_pair, "seed": config.seed,
         "layer": prepared.layer_name, "cam": prepared.cam, "tile_size": tile, "mosaic_size": mosaic_size,
-        "normalize": config.normalize,
+        "normalize": config.normalize, "per_image": config.per_image,
     }
     return AuditResult(
         run_id=uuid.uuid4().hex,
@@ -227,24 +238,17 @@ def audit_class(prepared: PreparedModel, config: AuditConfig, class_index: int, 
                 eval_images: torch.Tensor, train_images: torch.Tensor | None, mosaic_size: int) -> ClassResult:
     """Cluster one class, measure dominance on its mosaics, and relate it to the training split."""
     notes = []
-    embeddings, _ = prepared.embed(eval_images, config.batch_size)
+    embeddings, logits = prepared.embed(eval_images, config.batch_size)
     clustering = cluster_embeddings(embeddings, config.clusters, random_state=config.seed)
     P = clustering.n_clusters
     if P < config.clusters:
         notes.append(f"{P} cluster(s) instead of {config.clusters}: the class has only {P} distinct image(s)")
     labels = clustering.labels
 
-    rng = np.random.default_rng([config.seed, class_index])
-    plan = plan_mosaics(labels, P, config.mosaics_per_pair, rng)
     tiles = prepared.normalize(eval_images)
-    d = np.empty(len(plan))
-    for start in range(0, len(plan), config.batch_size):
-        sl = slice(start, start + config.batch_size)
-        mosaics = assemble_mosaics(tiles, plan.images[sl], mosaic_size)
-        relevance = quadrant_relevance(prepared.mosaic_cams(mosaics, class_index))
-        d[sl] = mosaic_dominance(relevance, plan.clusters[sl] == plan.pairs[sl, :1])
-
-    pair_d = {(i, j): d[(plan.pairs[:, 0] == i) & (plan.pairs[:, 1] == j)] for i in range(P) for j in range(i + 1, P)}
+    plan = plan_mosaics(labels, P, config.mosaics_per_pair, np.random.default_rng([config.seed, class_index]))
+    d = _mosaic_dominance(prepared, tiles, plan, class_index, mosaic_size, config.batch_size)
+    pair_d = _pair_values(plan, d, P)
     D = dominance_matrix(pair_d, P)
     p_raw, p_holm = p_value_matrices(pair_d, P)
     scores = hierarchy_scores(D)
@@ -277,7 +281,61 @@ def audit_class(prepared: PreparedModel, config: AuditConfig, class_index: int, 
         p_values_holm=p_holm.tolist(), hierarchy=order.tolist(),
         spearman_score_train_share=score_share_spearman(scores, shares), excluded_mosaics=excluded,
         mosaics=mosaics, notes=notes,
+        per_image=_per_image(prepared, config, class_index, eval_ids, tiles, logits, mosaic_size)
+        if config.per_image else None,
     )
+
+
+def _explainer(prepared: PreparedModel, eval_ids: list[str], eval_images: torch.Tensor, class_index: int,
+               mosaic_size: int) -> Explainer:
+    position = {image_id: k for k, image_id in enumerate(eval_ids)}
+
+    def explain(images: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.array([[position[i] for i in images]])
+        rgb = assemble_mosaics(eval_images.float(), idx, mosaic_size)[0].clamp(0, 255).byte().permute(1, 2, 0)
+        cam = prepared.mosaic_cams(assemble_mosaics(prepared.normalize(eval_images), idx, mosaic_size), class_index)[0]
+        return rgb.cpu().numpy(), cam
+
+    return explain
+
+
+def _mosaic_dominance(prepared: PreparedModel, tiles: torch.Tensor, plan: MosaicPlan, class_index: int,
+                      mosaic_size: int, batch_size: int) -> np.ndarray:
+    """d of ``plan.pairs[:, 0]`` on each planned mosaic (eq. 5–6); NaN where the map is all zero.
+
+    Identical manifests (frequent in per-image mode) are rendered and explained once.
+    """
+    unique, inverse = np.unique(plan.images, axis=0, return_inverse=True)
+    relevance = np.empty((len(unique), 4))
+    for start in range(0, len(unique), batch_size):
+        sl = slice(start, start + batch_size)
+        mosaics = assemble_mosaics(tiles, unique[sl], mosaic_size)
+        relevance[sl] = quadrant_relevance(prepared.mosaic_cams(mosaics, class_index))
+    return mosaic_dominance(relevance[inverse.ravel()], plan.clusters == plan.pairs[:, :1])
+
+
+def _pair_values(plan: MosaicPlan, d: np.ndarray, n: int) -> dict[tuple[int, int], np.ndarray]:
+    return {(i, j): d[(plan.pairs[:, 0] == i) & (plan.pairs[:, 1] == j)] for i in range(n) for j in range(i + 1, n)}
+
+
+def _per_image(prepared: PreparedModel, config: AuditConfig, class_index: int, eval_ids: list[str],
+               tiles: torch.Tensor, logits: np.ndarray, mosaic_size: int) -> dict:
+    """Fig. 3: a sample of images, each its own cluster; both images twice in each mosaic."""
+    rng = np.random.default_rng([config.seed, class_index, 1])
+    n = min(config.per_image, len(eval_ids))
+    sample = np.sort(rng.choice(len(eval_ids), size=n, replace=False))
+    plan = plan_mosaics(np.arange(n), n, config.mosaics_per_pair, rng)
+    plan = MosaicPlan(plan.pairs, sample[plan.images], plan.clusters)
+    d = _mosaic_dominance(prepared, tiles, plan, class_index, mosaic_size, config.batch_size)
+    scores = hierarchy_scores(dominance_matrix(_pair_values(plan, d, n), n))
+    logit = logits[sample, class_index]
+    prob = class_softmax(logits[sample], class_index)
+    return {
+        "images": [{"image": eval_ids[k], "score": float(s), "logit": float(lg), "softmax": float(p)}
+                   for k, s, lg, p in zip(sample, scores, logit, prob)],
+        "mosaics": len(plan),
+        **dominance_correlations(scores, logit, prob),
+    }
 
 
 def _check_config(config: AuditConfig) -> None:

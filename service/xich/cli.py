@@ -35,7 +35,10 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", default="imagenet", help="imagenet, cifar, none or m1,m2,m3/s1,s2,s3")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--per-image", type=int, default=0, metavar="N",
+                   help="also score N sampled images per class, each its own cluster (Fig. 3)")
     p.add_argument("--json", help="write the audit document here")
+    p.add_argument("--report", metavar="DIR", help="write an HTML report with the paper's figures here")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,10 +46,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _audit_parser(sub)
+    p = sub.add_parser("synth", help="write the planted-bias image dataset")
+    p.add_argument("--out", required=True)
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--subgroups", type=int, default=4)
+    p.add_argument("--rare-fraction", type=float, default=0.03)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("train", help="train a model with the paper's recipe (AdamW, label smoothing, warm-up + cosine)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--out", required=True, help="where to save the state_dict")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--tile-size", type=int, default=32)
+    p.add_argument("--normalize", default="imagenet")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p = sub.add_parser("demo", help="planted-bias data -> train -> audit -> report, all local")
+    p.add_argument("--out", default="xich-demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=8)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"audit": cmd_audit}[args.command](args)
+        return {"audit": cmd_audit, "synth": cmd_synth, "train": cmd_train, "demo": cmd_demo}[args.command](args)
     except XichError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
@@ -63,7 +87,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         train_split=args.train_split or None, clusters=args.clusters, mosaics_per_pair=args.mosaics_per_pair,
         seed=args.seed, layer=args.layer, cam=args.cam, tile_size=args.tile_size, mosaic_size=args.mosaic_size,
         normalize=args.normalize, classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
-        batch_size=args.batch_size, device=args.device,
+        batch_size=args.batch_size, device=args.device, per_image=args.per_image,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
@@ -76,12 +100,52 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 bar.advance(task)
             bar.update(task, description=f"class {label}")
 
-        result = run_audit(config, progress=step)
+        examples: dict = {}
+        collect = None
+        if args.report:
+            from .report import collect_examples
+
+            def collect(cls, explain):
+                examples[cls.name] = collect_examples(cls, explain)
+
+        result = run_audit(config, progress=step, on_class=collect)
         bar.advance(task)
     print_summary(result)
     if args.json:
         result.write_json(args.json)
         out.print(f"wrote {args.json}")
+    if args.report:
+        from .report import write_report
+
+        out.print(f"wrote {write_report(result, args.report, examples)}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import SynthSpec, write_synth
+
+    truth = write_synth(args.out, SynthSpec(classes=args.classes, subgroups=args.subgroups,
+                                            rare_fraction=args.rare_fraction, seed=args.seed))
+    out.print(f"wrote {len(truth['subgroup'])} images and ground_truth.json under {args.out}; "
+              f"rare subgroup per class: {truth['rare']}", highlight=False)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(data=args.data, model=args.model, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, tile_size=args.tile_size, normalize=args.normalize, seed=args.seed,
+                         device=args.device)
+    train(config, on_epoch=lambda e, loss, acc: out.print(f"epoch {e}: loss {loss:.4f}  eval accuracy {acc:.4f}"))
+    out.print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, seed=args.seed, epochs=args.epochs, say=lambda line: out.print(line, highlight=False))
     return 0
 
 
@@ -106,6 +170,11 @@ def print_summary(result) -> None:
         out.print("  significant (Holm p < 0.05): " + (", ".join(
             f"{i}>{j} (D={cls.dominance[i][j]:.2f}, p={cls.p_values_holm[i][j]:.1e})" for i, j in sig) or "none"),
             highlight=False)
+        if cls.per_image:
+            pi = cls.per_image
+            out.print(f"  per-image ({len(pi['images'])} images): " + "  ".join(
+                f"{k} {'n/a' if pi[k] is None else f'{pi[k]:+.2f}'}"
+                for k in ("pearson_logit", "spearman_logit", "pearson_softmax", "spearman_softmax")), highlight=False)
         for note in cls.notes:
             out.print(f"  note: {note}", highlight=False)
     s = result.summary

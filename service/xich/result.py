@@ -41,6 +41,7 @@ class ClassResult:
     excluded_mosaics: int
     mosaics: list[MosaicResult]
     notes: list[str] = field(default_factory=list)
+    per_image: dict | None = None
 
 
 @dataclass

@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+demo: $(STAMP)
+	$(VENV)/bin/xich demo --out xich-demo
+
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 

@@ -16,13 +16,7 @@ CLASSES = ("cat", "dog")
 FAST = ["--model", "cifar:resnet20", "--clusters", "2", "--mosaics-per-pair", "2", "--train-split", "", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads and lose much (6x here) when another process holds the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_noise_dataset(root: Path, per_class: int = 6) -> Path:

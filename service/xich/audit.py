@@ -95,7 +95,9 @@ class PreparedModel:
 
     def __init__(self, config: AuditConfig, num_classes: int, tile_size: int):
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = build_model(config.model, num_classes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # an audit without --weights is reproducible too
+            model = build_model(config.model, num_classes)
         if config.weights:
             load_weights(model, config.weights)
         self.model = model.to(self.device).eval()
@@ -180,17 +182,19 @@ def default_tile_size(model_spec: str, split: Split) -> int:
 
 
 def run_audit(config: AuditConfig, progress: Callable[[str, int], None] | None = None,
-              on_class: Callable[[ClassResult, Explainer], None] | None = None) -> AuditResult:
-    """Audit every selected class of the dataset.
+              on_class: Callable[[ClassResult, Explainer], None] | None = None, *,
+              skip_classes: frozenset[str] = frozenset(), run_id: str | None = None) -> AuditResult:
+    """Audit every selected class of the dataset (but ``skip_classes``, already audited elsewhere).
 
     ``progress(label, total)`` is called before each class; ``on_class(result, explain)`` after it,
     with ``explain(image_ids) -> (rgb, cam)`` rendering a stored manifest while the model is loaded.
+    The summary covers the classes audited here.
     """
     _check_config(config)
     dataset = open_dataset(config.data, config.eval_split, config.train_split)
     eval_split = dataset.splits[config.eval_split]
     train_split = dataset.splits.get(config.train_split) if config.train_split else None
-    selected = _select_classes(dataset, config.classes)
+    selected = [c for c in _select_classes(dataset, config.classes) if c not in skip_classes]
     tile = config.tile_size or default_tile_size(config.model, eval_split)
     mosaic_size = config.mosaic_size or 2 * tile
     prepared = PreparedModel(config, len(dataset.classes), tile)
@@ -214,24 +218,28 @@ def run_audit(config: AuditConfig, progress: Callable[[str, int], None] | None =
             if on_class:
                 on_class(results[-1], _explainer(prepared, ev_ids, ev_images, index, mosaic_size))
 
-    ranked = [np.array([c.train_share for c in sorted(r.clusters, key=lambda c: c.rank)]) for r in results
-              if r.clusters and r.clusters[0].train_share is not None]
-    rhos = [r.spearman_score_train_share for r in results if r.spearman_score_train_share is not None]
     cfg = {
         "clusters": config.clusters, "mosaics_per_pair": config.mosaics_per_pair, "seed": config.seed,
         "layer": prepared.layer_name, "cam": prepared.cam, "tile_size": tile, "mosaic_size": mosaic_size,
         "normalize": config.normalize, "per_image": config.per_image,
     }
     return AuditResult(
-        run_id=uuid.uuid4().hex,
+        run_id=run_id or uuid.uuid4().hex,
         model={"spec": config.model, "weights": config.weights},
         dataset={"uri": config.data, "eval_split": config.eval_split,
                  "train_split": config.train_split if train_split else None},
         config=cfg,
         classes=results,
-        summary={"train_share_by_rank": train_share_by_rank(ranked),
-                 "mean_spearman": float(np.mean(rhos)) if rhos else None},
+        summary=summarize(results),
     )
+
+
+def summarize(classes: list[ClassResult]) -> dict:
+    """Across classes: mean train share by dominance rank (Fig. 5) and mean Spearman(score, train share)."""
+    ranked = [np.array([c.train_share for c in sorted(r.clusters, key=lambda c: c.rank)]) for r in classes
+              if r.clusters and r.clusters[0].train_share is not None]
+    rhos = [r.spearman_score_train_share for r in classes if r.spearman_score_train_share is not None]
+    return {"train_share_by_rank": train_share_by_rank(ranked), "mean_spearman": float(np.mean(rhos)) if rhos else None}
 
 
 def audit_class(prepared: PreparedModel, config: AuditConfig, class_index: int, name: str, eval_ids: list[str],

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from .errors import XichError
 
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _audit_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,10 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
                    help="also score N sampled images per class, each its own cluster (Fig. 3)")
     p.add_argument("--json", help="write the audit document here")
     p.add_argument("--report", metavar="DIR", help="write an HTML report with the paper's figures here")
+    p.add_argument("--model-name", help="record under this model name (default: the model spec)")
+    p.add_argument("--model-version", help="record under this version (default: first 12 hex digits of the "
+                                           "weights' SHA-256)")
+    p.add_argument("--no-db", action="store_true", help="do not record the audit in the results database")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _audit_parser(sub)
+    p = sub.add_parser("db", help="migrate the results database (XICH_DATABASE_URL)")
+    p.add_argument("action", choices=["upgrade", "downgrade"])
+    p.add_argument("revision", nargs="?", help="target revision (default: head for upgrade, base for downgrade)")
     p = sub.add_parser("synth", help="write the planted-bias image dataset")
     p.add_argument("--out", required=True)
     p.add_argument("--classes", type=int, default=4)
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"audit": cmd_audit, "synth": cmd_synth, "train": cmd_train, "demo": cmd_demo}[args.command](args)
+        return {"audit": cmd_audit, "db": cmd_db, "synth": cmd_synth, "train": cmd_train, "demo": cmd_demo}[args.command](args)
     except XichError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
@@ -108,9 +115,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
             def collect(cls, explain):
                 examples[cls.name] = collect_examples(cls, explain)
 
-        result = run_audit(config, progress=step, on_class=collect)
+        if args.no_db:
+            result = run_audit(config, progress=step, on_class=collect)
+        else:
+            from .runs import recorded_audit
+            from .settings import get_settings
+
+            result = recorded_audit(config, database_url=get_settings().database_url, model_name=args.model_name,
+                                    model_version=args.model_version, progress=step, on_class=collect)
         bar.advance(task)
     print_summary(result)
+    if not args.no_db:
+        out.print(f"run id: {result.run_id}", highlight=False)
     if args.json:
         result.write_json(args.json)
         out.print(f"wrote {args.json}")
@@ -118,6 +134,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
         from .report import write_report
 
         out.print(f"wrote {write_report(result, args.report, examples)}")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from .migrate import downgrade, upgrade
+    from .settings import get_settings
+
+    url = get_settings().database_url
+    if args.action == "upgrade":
+        upgrade(url, args.revision or "head")
+    else:
+        downgrade(url, args.revision or "base")
+    out.print(f"database {args.action}d: {url.split('@')[-1]}", highlight=False)
     return 0
 
 

@@ -1,6 +1,7 @@
 """A planted-bias image dataset: classes told apart by shape, subgroups by a visible nuisance.
 
-Each class has ``subgroups`` looks (shape colour and background texture). In ``train/`` one
+Each class has ``subgroups`` looks: how the shape is drawn (filled, outline, hatched…), its colour,
+and the background texture. In ``train/`` one
 subgroup per class is rare (``rare_fraction`` of the class); in ``test/`` subgroups are balanced.
 The known answer — which subgroup is rare — is written to ``ground_truth.json`` so that an audit
 can be checked: the paper predicts the rare subgroup's cluster to be among the least dominant.
@@ -20,6 +21,7 @@ from .errors import XichError
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond", "bar")
 TEXTURES = ("plain", "stripes", "checker", "dots", "gradient", "noise")
+STYLES = ("diagonal", "antidiagonal", "horizontal", "vertical", "diagonal-wide", "horizontal-wide")
 SIZE = 32
 
 
@@ -33,9 +35,9 @@ class SynthSpec:
     seed: int = 0
 
 
-def rare_subgroup(class_index: int, subgroups: int) -> int:
-    """The rare subgroup of a class: a different one for each class (cycling)."""
-    return (class_index + 1) % subgroups
+def rare_subgroup(class_index: int, subgroups: int, seed: int = 0) -> int:
+    """The rare subgroup of a class: one look, rare in every class, chosen by the seed."""
+    return (subgroups - 1 + seed) % subgroups
 
 
 def write_synth(out: str | Path, spec: SynthSpec) -> dict:
@@ -50,7 +52,7 @@ def write_synth(out: str | Path, spec: SynthSpec) -> dict:
     rng = np.random.default_rng(spec.seed)
     truth: dict = {"subgroup": {}, "rare": {}}
     for c, shape in enumerate(SHAPES[: spec.classes]):
-        rare = rare_subgroup(c, spec.subgroups)
+        rare = rare_subgroup(c, spec.subgroups, spec.seed)
         truth["rare"][shape] = rare
         n_rare = max(1, round(spec.rare_fraction * spec.train_per_class))
         n_common = spec.train_per_class - n_rare
@@ -74,14 +76,14 @@ def _common(k: int, rare: int, subgroups: int) -> int:
 
 def _palette(class_index: int, subgroup: int, spec: SynthSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Foreground and background colours of one (class, subgroup) look."""
-    hue = (subgroup / spec.subgroups + 0.07 * class_index) % 1.0
+    hue = subgroup / spec.subgroups + 0.03 * class_index
     fg = tuple(int(255 * v) for v in colorsys.hsv_to_rgb(hue, 0.9, 0.95))
     bg = tuple(int(255 * v) for v in colorsys.hsv_to_rgb((hue + 0.5) % 1.0, 0.35, 0.35))
     return fg, bg
 
 
 def draw_image(class_index: int, subgroup: int, spec: SynthSpec, rng: np.random.Generator) -> Image.Image:
-    """One 32×32 RGB image: the class's shape, in the subgroup's colours, on its texture."""
+    """One 32×32 RGB image: the class's shape, drawn in the subgroup's style and colour, on its texture."""
     fg, bg = _palette(class_index, subgroup, spec)
     base = np.empty((SIZE, SIZE, 3), dtype=np.float32)
     base[:] = bg
@@ -98,24 +100,40 @@ def draw_image(class_index: int, subgroup: int, spec: SynthSpec, rng: np.random.
         base *= (0.4 + 0.9 * xx / SIZE)[..., None]
     elif texture == "noise":
         base += rng.normal(0, 40, size=base.shape)
+    mask = _styled(_shape_mask(SHAPES[class_index], rng), STYLES[subgroup % len(STYLES)], xx, yy)
+    base[mask] = fg
     base += rng.normal(0, 8, size=base.shape)
-    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+
+
+def _shape_mask(shape: str, rng: np.random.Generator) -> np.ndarray:
+    img = Image.new("L", (SIZE, SIZE), 0)
     draw = ImageDraw.Draw(img)
-    r = rng.uniform(7, 11)
+    r = rng.uniform(8, 12)
     cx, cy = rng.uniform(r + 1, SIZE - r - 1, size=2)
-    shape = SHAPES[class_index]
     if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fg)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     elif shape == "square":
-        draw.rectangle([cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85], fill=fg)
+        draw.rectangle([cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85], fill=255)
     elif shape == "triangle":
-        draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=fg)
+        draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=255)
     elif shape == "cross":
         w = r * 0.35
-        draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fg)
-        draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fg)
+        draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=255)
+        draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=255)
     elif shape == "diamond":
-        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fg)
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=255)
     else:  # bar
-        draw.rectangle([cx - r, cy - r * 0.3, cx + r, cy + r * 0.3], fill=fg)
-    return img
+        draw.rectangle([cx - r, cy - r * 0.3, cx + r, cy + r * 0.3], fill=255)
+    return np.asarray(img) > 127
+
+
+def _styled(mask: np.ndarray, style: str, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """The subgroup's way of drawing a shape: hatching of one orientation, half of the shape painted.
+
+    Every style paints the same share of the shape, so no look is brighter than another: what tells
+    looks apart is orientation, colour and background, not explanation energy by construction.
+    """
+    period = 6 if style.endswith("-wide") else 4
+    coord = {"diagonal": xx - yy, "antidiagonal": xx + yy, "horizontal": yy, "vertical": xx}[style.removesuffix("-wide")]
+    return mask & (coord % period < period // 2)

@@ -44,3 +44,11 @@ def test_assemble_places_tiles_in_quadrants():
     assert m[0, 0, 2:, 2:].unique().tolist() == [0.0]
     assert torch.equal(tiles, before)
     assert assemble_mosaics(tiles, np.array([[0, 1, 2, 3]]), mosaic_size=8).shape == (1, 3, 8, 8)
+
+
+def test_single_image_clusters_put_each_image_twice():
+    # per-image mode: every image its own cluster; J mosaics differ only in placement
+    plan = plan_mosaics(np.arange(4), 4, 5, np.random.default_rng(0))
+    assert len(plan) == 6 * 5
+    for (i, j), imgs in zip(plan.pairs, plan.images):
+        assert sorted(imgs.tolist()) == [i, i, j, j]

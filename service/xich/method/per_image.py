@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import stats
 
@@ -23,6 +25,8 @@ def dominance_correlations(scores: np.ndarray, logits: np.ndarray, softmax: np.n
     for name, other in (("logit", logits), ("softmax", softmax)):
         x, y = np.asarray(scores, dtype=np.float64), np.asarray(other, dtype=np.float64)
         defined = x.size >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0
-        out[f"pearson_{name}"] = float(np.clip(stats.pearsonr(x, y).statistic, -1, 1)) if defined else None
-        out[f"spearman_{name}"] = float(stats.spearmanr(x, y).statistic) if defined else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", stats.NearConstantInputWarning)  # near-constant is still defined
+            out[f"pearson_{name}"] = float(np.clip(stats.pearsonr(x, y).statistic, -1, 1)) if defined else None
+            out[f"spearman_{name}"] = float(stats.spearmanr(x, y).statistic) if defined else None
     return out

@@ -1,0 +1,125 @@
+"""The results database on SQLite and on a real PostgreSQL (a throwaway database per test session)."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from sqlalchemy import func, inspect, select
+from sqlalchemy.orm import Session
+
+from xich.audit import AuditConfig, run_audit
+from xich.db import AuditRun, Base, make_engine
+from xich.migrate import downgrade, upgrade
+from xich.runs import recorded_audit
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    name = f"xich_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:  # .ci/run starts PostgreSQL
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'xich.db'}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    downgrade(url)  # each test starts from an empty schema
+
+
+def _tables(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _row_counts(url: str) -> dict[str, int]:
+    engine = make_engine(url)
+    try:
+        with Session(engine) as s:
+            return {t.name: s.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+    finally:
+        engine.dispose()
+
+
+def _config(data, **kw) -> AuditConfig:
+    return AuditConfig(model="cifar:resnet20", data=str(data), clusters=3, mosaics_per_pair=3, per_image=3,
+                       device="cpu", **kw)
+
+
+def test_migrations_up_down_up(database_url):
+    upgrade(database_url)
+    assert {t.name for t in Base.metadata.sorted_tables} <= _tables(database_url)
+    downgrade(database_url)
+    assert _tables(database_url) <= {"alembic_version"}
+    upgrade(database_url)
+    assert {t.name for t in Base.metadata.sorted_tables} <= _tables(database_url)
+
+
+def test_stored_audit_reads_back_equal_to_its_json(database_url, synth_data, one_torch_thread):
+    config = _config(synth_data)
+    recorded = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
+    direct = run_audit(config, run_id=recorded.run_id)
+    assert recorded.to_dict() == direct.to_dict()
+    counts = _row_counts(database_url)
+    assert counts["mosaic"] == 3 * 3 * 3  # 3 classes x 3 pairs x J = 3
+    assert counts["pair_dominance"] == 3 * 9
+    assert counts["cluster_member"] == 3 * 12
+    assert counts["per_image_score"] == 3 * 3
+
+
+def test_rerun_changes_no_row(database_url, synth_data, one_torch_thread):
+    config = _config(synth_data)
+    first = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
+    before = _row_counts(database_url)
+    again = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
+    assert _row_counts(database_url) == before
+    assert again.to_dict() == first.to_dict()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_run_stopped_after_two_classes_resumes_and_completes(database_url, synth_data, one_torch_thread):
+    config = _config(synth_data)
+    seen = []
+
+    def stop_after_two(cls, _explain):
+        seen.append(cls.name)
+        if len(seen) == 2:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1",
+                       on_class=stop_after_two)
+    engine = make_engine(database_url)
+    with Session(engine) as s:
+        run = s.scalars(select(AuditRun)).one()
+        assert run.status == "failed" and "_Killed" in run.error
+    engine.dispose()
+    assert _row_counts(database_url)["run_class"] == 2
+
+    resumed_classes = []
+    result = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1",
+                            on_class=lambda cls, _e: resumed_classes.append(cls.name))
+    assert resumed_classes == [n for n in ["circle", "square", "triangle"] if n not in seen]
+    assert result.run_id == run.id
+    assert [c.name for c in result.classes] == ["circle", "square", "triangle"]
+    engine = make_engine(database_url)
+    with Session(engine) as s:
+        assert s.get(AuditRun, run.id).status == "complete"
+    engine.dispose()
+    assert result.to_dict() == run_audit(config, run_id=run.id).to_dict()

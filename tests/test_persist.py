@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
-import psycopg
 import pytest
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
@@ -13,29 +10,6 @@ from xich.audit import AuditConfig, run_audit
 from xich.db import AuditRun, Base, make_engine
 from xich.migrate import downgrade, upgrade
 from xich.runs import recorded_audit
-
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-
-
-@pytest.fixture(scope="session")
-def postgres_url():
-    name = f"xich_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:  # .ci/run starts PostgreSQL
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'xich.db'}"
-        return
-    url = request.getfixturevalue("postgres_url")
-    yield url
-    downgrade(url)  # each test starts from an empty schema
-
 
 def _tables(url: str) -> set[str]:
     engine = make_engine(url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -15,7 +15,7 @@ from torch import nn
 
 from .datasets import Dataset, Split, open_dataset
 from .errors import XichError
-from .method.clustering import assign_clusters, cluster_embeddings
+from .method.clustering import assign_clusters, cluster_embeddings, clustering_from_labels
 from .method.distribution import score_share_spearman, train_share_by_rank, training_distribution
 from .method.dominance import dominance_matrix, mosaic_dominance, quadrant_relevance
 from .method.embedding import gap, layer_output
@@ -183,12 +183,14 @@ def default_tile_size(model_spec: str, split: Split) -> int:
 
 def run_audit(config: AuditConfig, progress: Callable[[str, int], None] | None = None,
               on_class: Callable[[ClassResult, Explainer], None] | None = None, *,
-              skip_classes: frozenset[str] = frozenset(), run_id: str | None = None) -> AuditResult:
+              skip_classes: frozenset[str] = frozenset(), run_id: str | None = None,
+              frozen: Mapping[str, Mapping[str, int]] | None = None) -> AuditResult:
     """Audit every selected class of the dataset (but ``skip_classes``, already audited elsewhere).
 
     ``progress(label, total)`` is called before each class; ``on_class(result, explain)`` after it,
     with ``explain(image_ids) -> (rgb, cam)`` rendering a stored manifest while the model is loaded.
-    The summary covers the classes audited here.
+    The summary covers the classes audited here. ``frozen`` maps class name → (image id → cluster)
+    for classes whose membership comes from a frozen clustering.
     """
     _check_config(config)
     dataset = open_dataset(config.data, config.eval_split, config.train_split)
@@ -214,7 +216,8 @@ def run_audit(config: AuditConfig, progress: Callable[[str, int], None] | None =
             pending = pool.submit(load, selected[n + 1]) if n + 1 < len(selected) else None
             step(name, len(selected))
             index = dataset.classes.index(name)
-            results.append(audit_class(prepared, config, index, name, ev_ids, ev_images, tr_images, mosaic_size))
+            results.append(audit_class(prepared, config, index, name, ev_ids, ev_images, tr_images, mosaic_size,
+                                       (frozen or {}).get(name)))
             if on_class:
                 on_class(results[-1], _explainer(prepared, ev_ids, ev_images, index, mosaic_size))
 
@@ -243,14 +246,24 @@ def summarize(classes: list[ClassResult]) -> dict:
 
 
 def audit_class(prepared: PreparedModel, config: AuditConfig, class_index: int, name: str, eval_ids: list[str],
-                eval_images: torch.Tensor, train_images: torch.Tensor | None, mosaic_size: int) -> ClassResult:
-    """Cluster one class, measure dominance on its mosaics, and relate it to the training split."""
+                eval_images: torch.Tensor, train_images: torch.Tensor | None, mosaic_size: int,
+                frozen: Mapping[str, int] | None = None) -> ClassResult:
+    """Cluster one class, measure dominance on its mosaics, and relate it to the training split.
+
+    With ``frozen`` (image id → cluster, from a frozen clustering) membership is taken from it and
+    only the centres are recomputed, in this model's embedding space, to place the training images.
+    """
     notes = []
     embeddings, logits = prepared.embed(eval_images, config.batch_size)
-    clustering = cluster_embeddings(embeddings, config.clusters, random_state=config.seed)
+    if frozen is None:
+        clustering = cluster_embeddings(embeddings, config.clusters, random_state=config.seed)
+        if clustering.n_clusters < config.clusters:
+            notes.append(f"{clustering.n_clusters} cluster(s) instead of {config.clusters}: the class has only "
+                         f"{clustering.n_clusters} distinct image(s)")
+    else:
+        clustering = clustering_from_labels(embeddings, _frozen_labels(frozen, eval_ids, name))
+        notes.append("cluster membership from a frozen clustering")
     P = clustering.n_clusters
-    if P < config.clusters:
-        notes.append(f"{P} cluster(s) instead of {config.clusters}: the class has only {P} distinct image(s)")
     labels = clustering.labels
 
     tiles = prepared.normalize(eval_images)
@@ -292,6 +305,14 @@ def audit_class(prepared: PreparedModel, config: AuditConfig, class_index: int, 
         per_image=_per_image(prepared, config, class_index, eval_ids, tiles, logits, mosaic_size)
         if config.per_image else None,
     )
+
+
+def _frozen_labels(frozen: Mapping[str, int], eval_ids: list[str], name: str) -> np.ndarray:
+    missing = [i for i in eval_ids if i not in frozen]
+    if missing:
+        raise XichError(f"class {name}: {len(missing)} evaluation image(s) (e.g. {missing[0]}) are not in the frozen "
+                        f"clustering; audit the same dataset, or use --clustering own")
+    return np.array([frozen[i] for i in eval_ids])
 
 
 def _explainer(prepared: PreparedModel, eval_ids: list[str], eval_images: torch.Tensor, class_index: int,

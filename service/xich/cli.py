@@ -42,6 +42,8 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", help="record under this model name (default: the model spec)")
     p.add_argument("--model-version", help="record under this version (default: first 12 hex digits of the "
                                            "weights' SHA-256)")
+    p.add_argument("--clustering", default="auto", help="auto (reuse the model's frozen clustering if any), own, "
+                                                       "or reference:<model-version>")
     p.add_argument("--no-db", action="store_true", help="do not record the audit in the results database")
 
 
@@ -53,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("db", help="migrate the results database (XICH_DATABASE_URL)")
     p.add_argument("action", choices=["upgrade", "downgrade"])
     p.add_argument("revision", nargs="?", help="target revision (default: head for upgrade, base for downgrade)")
+    p = sub.add_parser("clustering", help="freeze a run's clustering so later model versions reuse its clusters")
+    p.add_argument("action", choices=["freeze"])
+    p.add_argument("--run", required=True, help="run id of a complete audit")
+    p = sub.add_parser("history", help="dominance history of a model across its audited versions")
+    p.add_argument("--model", required=True, help="model name (as recorded with --model-name)")
+    p.add_argument("--class", dest="class_name", help="only this class")
+    p.add_argument("--csv", action="store_true", help="CSV on standard output instead of a table")
     p = sub.add_parser("synth", help="write the planted-bias image dataset")
     p.add_argument("--out", required=True)
     p.add_argument("--classes", type=int, default=4)
@@ -77,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"audit": cmd_audit, "db": cmd_db, "synth": cmd_synth, "train": cmd_train, "demo": cmd_demo}[args.command](args)
+        return {"audit": cmd_audit, "db": cmd_db, "clustering": cmd_clustering, "history": cmd_history, "synth": cmd_synth, "train": cmd_train, "demo": cmd_demo}[args.command](args)
     except XichError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
@@ -122,7 +131,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             from .settings import get_settings
 
             result = recorded_audit(config, database_url=get_settings().database_url, model_name=args.model_name,
-                                    model_version=args.model_version, progress=step, on_class=collect)
+                                    model_version=args.model_version, clustering=args.clustering, progress=step,
+                                    on_class=collect)
         bar.advance(task)
     print_summary(result)
     if not args.no_db:
@@ -147,6 +157,60 @@ def cmd_db(args: argparse.Namespace) -> int:
     else:
         downgrade(url, args.revision or "base")
     out.print(f"database {args.action}d: {url.split('@')[-1]}", highlight=False)
+    return 0
+
+
+def _session():
+    from sqlalchemy.orm import Session
+
+    from .db import make_engine
+    from .migrate import upgrade
+    from .settings import get_settings
+
+    url = get_settings().database_url
+    upgrade(url)
+    return Session(make_engine(url))
+
+
+def cmd_clustering(args: argparse.Namespace) -> int:
+    from .persist import freeze_clustering
+
+    with _session() as session:
+        clustering = freeze_clustering(session=session, run_id=args.run)
+        out.print(f"froze clustering {clustering.key}: later audits of this model on this dataset reuse it",
+                  highlight=False)
+    return 0
+
+
+HISTORY_COLUMNS = ("model_version", "version_created_at", "run_id", "class_name", "cluster_key", "score", "rank",
+                   "train_share", "eval_size")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import csv
+
+    from sqlalchemy import text
+
+    sql = (f"SELECT {', '.join(HISTORY_COLUMNS)} FROM dominance_history WHERE model_name = :model"
+           + (" AND class_name = :cls" if args.class_name else "")
+           + " ORDER BY class_name, cluster_key, version_created_at, run_finished_at")
+    with _session() as session:
+        rows = session.execute(text(sql), {"model": args.model, "cls": args.class_name}).all()
+    if not rows:
+        raise XichError(f"--model {args.model}: no complete audit recorded under that name"
+                        + (f" for class {args.class_name}" if args.class_name else "")
+                        + "; record one with `xich audit --model-name NAME`")
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(HISTORY_COLUMNS)
+        writer.writerows(rows)
+        return 0
+    table = Table(title=f"dominance history of {args.model}", title_justify="left")
+    for col in HISTORY_COLUMNS:
+        table.add_column(col, justify="right" if col in ("score", "rank", "train_share", "eval_size") else "left")
+    for r in rows:
+        table.add_row(*("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r))
+    out.print(table)
     return 0
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from .db import (AuditRun, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
                  PerImageScore, RunClass, RunCluster, RunRankShare, utcnow)
+from .errors import XichError
 from .result import AuditResult, ClassResult, ClusterResult, MosaicResult
 
 
@@ -70,18 +71,24 @@ def get_or_create_dataset(*, session: Session, uri: str, fingerprint: str) -> Da
 
 
 def begin_run(*, session: Session, run_id: str, model_version: ModelVersion, dataset: Dataset, config: dict,
-              eval_split: str, train_split: str | None) -> AuditRun:
-    """The run for this (model version, dataset, config): the stored one if any, else a new one. Committed."""
+              eval_split: str, train_split: str | None, frozen: Clustering | None = None) -> AuditRun:
+    """The run for this (model version, dataset, config, clustering): the stored one if any, else a new one.
+
+    ``frozen``: reuse that clustering's clusters; otherwise the run gets a clustering of its own. Committed.
+    """
     digest = config_hash(config)
+    clustering_key = frozen.key if frozen else "own"
     run = session.scalar(select(AuditRun).where(
         AuditRun.model_version_id == model_version.id, AuditRun.dataset_id == dataset.id,
-        AuditRun.config_hash == digest, AuditRun.clustering_key == "own"))
+        AuditRun.config_hash == digest, AuditRun.clustering_key == clustering_key))
     if run is None:
-        clustering = Clustering(key=f"run:{run_id}", frozen=False, model_version_id=model_version.id,
-                                dataset_id=dataset.id)
-        session.add(clustering)
-        session.flush()
-        run = AuditRun(id=run_id, model_version_id=model_version.id, dataset_id=dataset.id, clustering_key="own",
+        clustering = frozen
+        if clustering is None:
+            clustering = Clustering(key=f"run:{run_id}", frozen=False, model_version_id=model_version.id,
+                                    dataset_id=dataset.id)
+            session.add(clustering)
+            session.flush()
+        run = AuditRun(id=run_id, model_version_id=model_version.id, dataset_id=dataset.id, clustering_key=clustering_key,
                        clustering_id=clustering.id, config_hash=digest, config=config, eval_split=eval_split,
                        train_split=train_split, status="queued")
         session.add(run)
@@ -106,11 +113,16 @@ def store_class(*, session: Session, run: AuditRun, cls: ClassResult) -> None:
                          notes=list(cls.notes), per_image_mosaics=pi.get("mosaics"),
                          **{k: pi.get(k) for k in ("pearson_logit", "spearman_logit", "pearson_softmax", "spearman_softmax")}))
     session.flush()
+    clustering = session.get(Clustering, run.clustering_id)
     for c in cls.clusters:
-        cluster = Cluster(clustering_id=run.clustering_id, class_name=cls.name, cluster_index=c.id, key=f"{cls.name}/{c.id}")
-        session.add(cluster)
-        session.flush()
-        session.add_all(ClusterMember(cluster_id=cluster.id, image_id=m) for m in c.members)
+        cluster = session.scalar(select(Cluster).where(Cluster.clustering_id == clustering.id,
+                                                       Cluster.class_name == cls.name, Cluster.cluster_index == c.id))
+        if cluster is None:  # a frozen clustering already holds its clusters and their members
+            cluster = Cluster(clustering_id=clustering.id, class_name=cls.name, cluster_index=c.id,
+                              key=f"{clustering.key}/{cls.name}/{c.id}")
+            session.add(cluster)
+            session.flush()
+            session.add_all(ClusterMember(cluster_id=cluster.id, image_id=m) for m in c.members)
         session.add(RunCluster(run_id=run.id, class_index=cls.index, cluster_index=c.id, cluster_id=cluster.id,
                                eval_size=c.eval_size, train_count=c.train_count, train_share=c.train_share,
                                score=c.score, rank=c.rank))
@@ -152,6 +164,38 @@ def fail_run(*, session: Session, run: AuditRun, error: str) -> None:
     session.rollback()
     run.status, run.error = "failed", error
     session.commit()
+
+
+def freeze_clustering(*, session: Session, run_id: str) -> Clustering:
+    """Freeze a complete run's clustering so that later versions' audits reuse its clusters."""
+    run = session.get(AuditRun, run_id)
+    if run is None or run.status != "complete":
+        raise XichError(f"--run {run_id}: no complete audit run with that id (see `xich history`)")
+    clustering = session.get(Clustering, run.clustering_id)
+    clustering.frozen = True
+    session.commit()
+    return clustering
+
+
+def frozen_clustering(*, session: Session, model_name: str, dataset: Dataset, version: str | None = None) -> Clustering | None:
+    """The newest frozen clustering of a model on a dataset (of one of its versions, if given)."""
+    query = (select(Clustering).join(ModelVersion, ModelVersion.id == Clustering.model_version_id)
+             .join(Model, Model.id == ModelVersion.model_id)
+             .where(Clustering.frozen.is_(True), Model.name == model_name, Clustering.dataset_id == dataset.id))
+    if version is not None:
+        query = query.where(ModelVersion.version == version)
+    return session.scalars(query.order_by(Clustering.created_at.desc(), Clustering.id.desc())).first()
+
+
+def frozen_membership(*, session: Session, clustering: Clustering) -> dict[str, dict[str, int]]:
+    """class name → (evaluation image id → cluster index) of a clustering."""
+    out: dict[str, dict[str, int]] = {}
+    rows = session.execute(select(Cluster.class_name, Cluster.cluster_index, ClusterMember.image_id)
+                           .join(ClusterMember, ClusterMember.cluster_id == Cluster.id)
+                           .where(Cluster.clustering_id == clustering.id))
+    for class_name, index, image_id in rows:
+        out.setdefault(class_name, {})[image_id] = index
+    return out
 
 
 def load_classes(*, session: Session, run_id: str) -> list[ClassResult]:

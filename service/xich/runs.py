@@ -16,11 +16,12 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from .audit import AuditConfig, Explainer, run_audit, summarize
-from .db import make_engine
+from .db import Clustering, Model, ModelVersion, make_engine
 from .errors import XichError
 from .migrate import upgrade
-from .persist import (begin_run, fail_run, file_sha256, finish_run, get_or_create_dataset, get_or_create_model_version,
-                      load_audit, load_classes, source_fingerprint, stored_classes, store_class)
+from .persist import (begin_run, fail_run, file_sha256, finish_run, frozen_clustering, frozen_membership,
+                      get_or_create_dataset, get_or_create_model_version, load_audit, load_classes, source_fingerprint,
+                      stored_classes, store_class)
 from .result import AuditResult, ClassResult
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,13 @@ _NOT_HASHED = ("batch_size", "device", "weights", "data")
 
 def recorded_audit(config: AuditConfig, *, database_url: str, model_name: str | None = None,
                    model_version: str | None = None, registry_metadata: dict | None = None,
-                   progress: Callable[[str, int], None] | None = None,
+                   clustering: str = "auto", progress: Callable[[str, int], None] | None = None,
                    on_class: Callable[[ClassResult, Explainer], None] | None = None) -> AuditResult:
-    """Run (or finish, or just read back) the audit of ``config``, stored in ``database_url``."""
+    """Run (or finish, or just read back) the audit of ``config``, stored in ``database_url``.
+
+    ``clustering``: ``own`` (cluster this run), ``reference:<model-version>`` (that version's frozen
+    clustering), or ``auto`` (the model's newest frozen clustering on this dataset, else own).
+    """
     weights_sha = file_sha256(config.weights) if config.weights and Path(config.weights).is_file() else None
     if config.weights and weights_sha is None:
         raise XichError(f"--weights {config.weights}: no such file")
@@ -50,9 +55,10 @@ def recorded_audit(config: AuditConfig, *, database_url: str, model_name: str | 
                 spec=config.model, weights_uri=config.weights, weights_sha256=weights_sha,
                 registry_metadata=registry_metadata)
             ds = get_or_create_dataset(session=session, uri=config.data, fingerprint=source_fingerprint(data_path))
+            frozen = _frozen(session, clustering, mv, ds)
             hashed = {k: v for k, v in asdict(config).items() if k not in _NOT_HASHED}
             run = begin_run(session=session, run_id=uuid.uuid4().hex, model_version=mv, dataset=ds, config=hashed,
-                            eval_split=config.eval_split, train_split=config.train_split)
+                            eval_split=config.eval_split, train_split=config.train_split, frozen=frozen)
             fingerprint_s = time.perf_counter() - t0
             if run.status == "complete":
                 log.info("run %s is complete; reading it back", run.id)
@@ -66,7 +72,8 @@ def recorded_audit(config: AuditConfig, *, database_url: str, model_name: str | 
 
             t1 = time.perf_counter()
             try:
-                result = run_audit(config, progress, store, skip_classes=done, run_id=run.id)
+                membership = frozen_membership(session=session, clustering=frozen) if frozen else None
+                result = run_audit(config, progress, store, skip_classes=done, run_id=run.id, frozen=membership)
             except BaseException as exc:
                 fail_run(session=session, run=run, error=f"{type(exc).__name__}: {exc}")
                 raise
@@ -77,3 +84,19 @@ def recorded_audit(config: AuditConfig, *, database_url: str, model_name: str | 
             return replace(result, classes=classes, summary=summarize(classes))
     finally:
         engine.dispose()
+
+
+def _frozen(session: Session, clustering: str, mv: ModelVersion, ds) -> Clustering | None:
+    model_name = session.get(Model, mv.model_id).name
+    if clustering == "own":
+        return None
+    if clustering == "auto":
+        return frozen_clustering(session=session, model_name=model_name, dataset=ds)
+    kind, _, version = clustering.partition(":")
+    if kind != "reference" or not version:
+        raise XichError(f"--clustering {clustering!r}: use auto, own or reference:<model-version>")
+    found = frozen_clustering(session=session, model_name=model_name, dataset=ds, version=version)
+    if found is None:
+        raise XichError(f"--clustering {clustering}: model {model_name!r} has no frozen clustering from version "
+                        f"{version!r} on this dataset; freeze one with `xich clustering freeze --run RUN`")
+    return found

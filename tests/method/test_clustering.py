@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.cluster import KMeans
 
-from xich.method.clustering import assign_clusters, cluster_embeddings
+from xich.method.clustering import assign_clusters, cluster_embeddings, clustering_from_labels
 
 
 def test_fewer_distinct_images_than_clusters():
@@ -25,3 +25,11 @@ def test_seeded_and_assign_matches_kmeans_predict():
     new = rng.normal(3, 3, size=(50, 3))
     np.testing.assert_array_equal(assign_clusters(a, new), km.predict(new))
     np.testing.assert_array_equal(assign_clusters(a, x), a.labels)
+
+
+def test_clustering_from_labels_keeps_membership_and_recentres():
+    x = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0]])
+    c = clustering_from_labels(x, np.array([1, 1, 0]))
+    assert c.labels.tolist() == [1, 1, 0] and c.n_clusters == 2
+    np.testing.assert_allclose(c.centers, [[10.0, 10.0], [1.0, 0.0]])
+    np.testing.assert_array_equal(assign_clusters(c, np.array([[9.0, 9.0], [0.5, 0.0]])), [0, 1])

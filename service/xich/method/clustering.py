@@ -48,6 +48,20 @@ def cluster_embeddings(embeddings: np.ndarray, n_clusters: int, *, random_state:
     return Clustering(km.labels_.astype(int), km.cluster_centers_, n_clusters)
 
 
+def clustering_from_labels(embeddings: np.ndarray, labels: np.ndarray) -> Clustering:
+    """A clustering with given membership (a frozen one); centres are the members' mean embeddings.
+
+    ``labels`` (N,) must use every id in 0..max(labels).
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    labels = np.asarray(labels, dtype=int)
+    k = int(labels.max()) + 1
+    if x.shape[0] != labels.shape[0] or set(labels.tolist()) != set(range(k)):
+        raise ValueError("labels must give every embedding a cluster and use every cluster id 0..k-1")
+    centers = np.stack([x[labels == c].mean(axis=0) for c in range(k)])
+    return Clustering(labels, centers, k)
+
+
 def assign_clusters(clustering: Clustering, embeddings: np.ndarray) -> np.ndarray:
     """Nearest centre for each row of ``embeddings`` (N, C) → int array (N,); K-Means' predict."""
     x = np.asarray(embeddings, dtype=np.float64)

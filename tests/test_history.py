@@ -1,0 +1,116 @@
+"""Two versions of one model on a frozen clustering: the views, `xich history` and the README's queries."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from xich.audit import AuditConfig
+from xich.db import AuditRun, make_engine
+from xich.models import build_model
+from xich.persist import freeze_clustering
+from xich.runs import recorded_audit
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _weights(path: Path, seed: int) -> str:
+    torch.manual_seed(seed)
+    torch.save(build_model("cifar:resnet20", 3).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture
+def two_versions(database_url, synth_data, tmp_path, one_torch_thread):
+    def audit(version: str, seed: int):
+        config = AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=_weights(tmp_path / f"{version}.pt", seed),
+                             clusters=3, mosaics_per_pair=4, device="cpu")
+        return recorded_audit(config, database_url=database_url, model_name="shapes", model_version=version)
+
+    v1 = audit("v1", 1)
+    engine = make_engine(database_url)
+    with Session(engine) as session:
+        freeze_clustering(session=session, run_id=v1.run_id)
+    v2 = audit("v2", 2)
+    yield engine, v1, v2
+    engine.dispose()
+
+
+def _rows(engine, sql: str, **params) -> list:
+    with engine.connect() as conn:
+        return conn.execute(text(sql), params).all()
+
+
+def test_new_version_reuses_the_frozen_clustering(two_versions):
+    engine, v1, v2 = two_versions
+    for c1, c2 in zip(v1.classes, v2.classes, strict=True):
+        assert [c.members for c in c1.clusters] == [c.members for c in c2.clusters]
+        assert "cluster membership from a frozen clustering" in c2.notes
+    with Session(engine) as session:
+        r1, r2 = session.get(AuditRun, v1.run_id), session.get(AuditRun, v2.run_id)
+        assert r1.clustering_id == r2.clustering_id and r2.clustering_key != "own"
+
+
+def test_views_return_the_expected_rows(two_versions):
+    engine, v1, v2 = two_versions
+    rows = _rows(engine, "SELECT model_version, class_name, cluster_key, score, rank, train_share, eval_size "
+                         "FROM dominance_history WHERE model_name = 'shapes'")
+    assert len(rows) == 2 * 3 * 3
+    by_version = {v: {(r.class_name, r.cluster_key) for r in rows if r.model_version == v} for v in ("v1", "v2")}
+    assert by_version["v1"] == by_version["v2"]  # stable keys across versions
+    for version, result in (("v1", v1), ("v2", v2)):
+        for cls in result.classes:
+            got = sorted((r.rank, r.eval_size, r.score) for r in rows if r.model_version == version and r.class_name == cls.name)
+            want = sorted((c.rank, c.eval_size, c.score) for c in cls.clusters)
+            assert [g[:2] for g in got] == [w[:2] for w in want]
+            assert [g[2] for g in got] == pytest.approx([w[2] for w in want])
+
+    pairs = _rows(engine, "SELECT model_version, class_name, cluster_i, cluster_j, dominance, p_value_holm "
+                          "FROM pairwise_dominance WHERE model_name = 'shapes'")
+    assert len(pairs) == 2 * 3 * 6
+    for r in pairs:
+        cls = next(c for c in (v1 if r.model_version == "v1" else v2).classes if c.name == r.class_name)
+        assert r.dominance == pytest.approx(cls.dominance[r.cluster_i][r.cluster_j])
+        assert r.p_value_holm == pytest.approx(cls.p_values_holm[r.cluster_i][r.cluster_j])
+
+    drift = _rows(engine, "SELECT class_name, from_version, to_version, spearman_rank_correlation, clusters_lost_rank "
+                          "FROM hierarchy_drift WHERE model_name = 'shapes' ORDER BY class_name")
+    assert [(r.class_name, r.from_version, r.to_version) for r in drift] == [
+        (c.name, "v1", "v2") for c in sorted(v1.classes, key=lambda c: c.name)]
+    for r in drift:
+        a = next(c for c in v1.classes if c.name == r.class_name).clusters
+        b = next(c for c in v2.classes if c.name == r.class_name).clusters
+        ranks_a, ranks_b = [c.rank for c in a], [c.rank for c in b]
+        assert r.spearman_rank_correlation == pytest.approx(stats.spearmanr(ranks_a, ranks_b).statistic)
+        assert r.clusters_lost_rank == sum(rb > ra for ra, rb in zip(ranks_a, ranks_b, strict=True))
+
+
+def test_readme_queries_run(two_versions):
+    engine, _, _ = two_versions
+    section = README.read_text().split("### Querying history in SQL", 1)[1]
+    queries = re.findall(r"```sql\n(.*?)```", section, flags=re.S)
+    assert len(queries) == 5
+    results = [_rows(engine, q.strip().rstrip(";")) for q in queries]
+    assert all(results[k] for k in (0, 1, 3, 4))  # query 3 may rightly find nothing significant
+    assert len(results[0]) == 18 and len(results[3]) == 3
+    assert {r.model_version for r in results[4]} == {"v1", "v2"}
+    assert np.isclose(sum(r.mean_train_share for r in results[4]), 2.0)  # shares by rank sum to 1 per version
+
+
+def test_history_command(two_versions, capsys, monkeypatch, database_url):
+    from xich.cli import main
+
+    monkeypatch.setenv("XICH_DATABASE_URL", database_url)
+    assert main(["history", "--model", "shapes", "--class", "circle", "--csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("model_version,version_created_at,run_id,class_name,cluster_key")
+    assert len(lines) == 1 + 2 * 3
+    assert main(["history", "--model", "nobody"]) == 2
+    assert "no complete audit recorded" in capsys.readouterr().err

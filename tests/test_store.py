@@ -394,3 +394,39 @@ def test_open_store_creates_the_bucket(seaweedfs, tmp_path):
     assert client.get_object(bucket, "a/b/k.txt").read() == b"v"
     assert open_store(f"s3://{bucket}", endpoint=seaweedfs.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
                       cache_dir=tmp_path).list() == ["a/b/k.txt"]
+
+
+def test_audit_reads_data_and_weights_from_s3(seaweedfs, synth_data, tmp_path, monkeypatch, capsys, one_torch_thread):
+    import torch
+
+    from xich.cli import main
+    from xich.models import build_model
+
+    bucket = f"xich-{uuid.uuid4().hex[:12]}"
+    store = open_store(f"s3://{bucket}", endpoint=seaweedfs.endpoint, access_key=seaweedfs.access_key,
+                       secret_key=seaweedfs.secret_key, cache_dir=tmp_path / "unused")
+    for path in sorted((synth_data / "test").rglob("*.png")):
+        store.put_file(f"shapes/{path.relative_to(synth_data).as_posix()}", path)
+    torch.manual_seed(0)
+    torch.save(build_model("cifar:resnet20", 3).state_dict(), tmp_path / "w.pt")
+    store.put_file("models/w.pt", tmp_path / "w.pt")
+    for name, value in (("ENDPOINT", seaweedfs.endpoint), ("ACCESS_KEY", seaweedfs.access_key),
+                        ("SECRET_KEY", seaweedfs.secret_key), ("CACHE_DIR", str(tmp_path / "cache")),
+                        ("DATABASE_URL", f"sqlite:///{tmp_path / 'xich.db'}")):
+        monkeypatch.setenv(f"XICH_S3_{name}" if name in ("ENDPOINT", "ACCESS_KEY", "SECRET_KEY") else f"XICH_{name}", value)
+    out = tmp_path / "audit.json"
+    argv = ["audit", "--model", "cifar:resnet20", "--data", f"s3://{bucket}/shapes/", "--weights",
+            f"s3://{bucket}/models/w.pt", "--train-split", "", "--clusters", "2", "--mosaics-per-pair", "2",
+            "--json", str(out)]
+    assert main(argv) == 0, capsys.readouterr()
+    doc = json.loads(out.read_text())
+    assert doc["dataset"]["uri"] == f"s3://{bucket}/shapes/"
+    assert doc["model"]["weights"] == f"s3://{bucket}/models/w.pt"
+    assert [c["name"] for c in doc["classes"]] == ["circle", "square", "triangle"]
+    assert sum(len(c["members"]) for cls in doc["classes"] for c in cls["clusters"]) == 36
+    cached = sorted(p for p in (tmp_path / "cache").rglob("*.png"))
+    assert len(cached) == 36
+    mtimes = [p.stat().st_mtime_ns for p in cached]
+    assert main(argv) == 0  # the rerun finds the stored run and the cached files
+    assert [p.stat().st_mtime_ns for p in cached] == mtimes
+    assert json.loads(out.read_text()) == doc

@@ -57,6 +57,8 @@ class AuditConfig:
     batch_size: int = 128
     device: str | None = None
     per_image: int = 0
+    data_uri: str | None = None  # where --data / --weights came from (s3://…) when read from a local copy
+    weights_uri: str | None = None
 
 
 def parse_normalize(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -228,8 +230,8 @@ def run_audit(config: AuditConfig, progress: Callable[[str, int], None] | None =
     }
     return AuditResult(
         run_id=run_id or uuid.uuid4().hex,
-        model={"spec": config.model, "weights": config.weights},
-        dataset={"uri": config.data, "eval_split": config.eval_split,
+        model={"spec": config.model, "weights": config.weights_uri or config.weights},
+        dataset={"uri": config.data_uri or config.data, "eval_split": config.eval_split,
                  "train_split": config.train_split if train_split else None},
         config=cfg,
         classes=results,

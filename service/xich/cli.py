@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=8)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings would precede our one error line
     try:
         return {"audit": cmd_audit, "db": cmd_db, "clustering": cmd_clustering, "history": cmd_history, "synth": cmd_synth, "train": cmd_train, "demo": cmd_demo}[args.command](args)
     except XichError as exc:
@@ -98,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import AuditConfig, run_audit
 
+    data, weights = _local_copy(args.data), _local_copy(args.weights)
     config = AuditConfig(
-        model=args.model, data=args.data, weights=args.weights, eval_split=args.eval_split,
+        model=args.model, data=data, weights=weights, data_uri=args.data, weights_uri=args.weights,
+        eval_split=args.eval_split,
         train_split=args.train_split or None, clusters=args.clusters, mosaics_per_pair=args.mosaics_per_pair,
         seed=args.seed, layer=args.layer, cam=args.cam, tile_size=args.tile_size, mosaic_size=args.mosaic_size,
         normalize=args.normalize, classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
@@ -240,6 +243,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.out, seed=args.seed, epochs=args.epochs, say=lambda line: out.print(line, highlight=False))
     return 0
+
+
+def _local_copy(uri: str | None) -> str | None:
+    """A local path for an ``s3://`` dataset or checkpoint (downloaded once, cached by content); others unchanged."""
+    if uri is None or not uri.startswith("s3://"):
+        return uri
+    from .settings import get_settings
+    from .store import fetch_uri
+
+    s = get_settings()
+    return str(fetch_uri(uri, endpoint=s.s3_endpoint, access_key=s.s3_access_key, secret_key=s.s3_secret_key,
+                         secure=s.s3_secure, cache_dir=s.cache_dir))
 
 
 def print_summary(result) -> None:

@@ -27,7 +27,7 @@ from .result import AuditResult, ClassResult
 log = logging.getLogger(__name__)
 
 # settings that change no number, or that are identified by their own rows (model version, dataset)
-_NOT_HASHED = ("batch_size", "device", "weights", "data")
+_NOT_HASHED = ("batch_size", "device", "weights", "data", "weights_uri", "data_uri")
 
 
 def recorded_audit(config: AuditConfig, *, database_url: str, model_name: str | None = None,
@@ -52,9 +52,10 @@ def recorded_audit(config: AuditConfig, *, database_url: str, model_name: str | 
             t0 = time.perf_counter()
             mv = get_or_create_model_version(
                 session=session, name=model_name or config.model, version=model_version or (weights_sha or "none")[:12],
-                spec=config.model, weights_uri=config.weights, weights_sha256=weights_sha,
+                spec=config.model, weights_uri=config.weights_uri or config.weights, weights_sha256=weights_sha,
                 registry_metadata=registry_metadata)
-            ds = get_or_create_dataset(session=session, uri=config.data, fingerprint=source_fingerprint(data_path))
+            ds = get_or_create_dataset(session=session, uri=config.data_uri or config.data,
+                                       fingerprint=source_fingerprint(data_path))
             frozen = _frozen(session, clustering, mv, ds)
             hashed = {k: v for k, v in asdict(config).items() if k not in _NOT_HASHED}
             run = begin_run(session=session, run_id=uuid.uuid4().hex, model_version=mv, dataset=ds, config=hashed,

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
@@ -97,3 +104,58 @@ def test_run_stopped_after_two_classes_resumes_and_completes(database_url, synth
         assert s.get(AuditRun, run.id).status == "complete"
     engine.dispose()
     assert result.to_dict() == run_audit(config, run_id=run.id).to_dict()
+
+
+def test_killed_process_resumes_and_completes(database_url, synth_data, tmp_path, one_torch_thread):
+    """SIGKILL the CLI once two classes are committed; the rerun audits only the third and completes."""
+    argv = [sys.executable, "-m", "xich.cli", "audit", "--model", "cifar:resnet20", "--data", str(synth_data),
+            "--clusters", "3", "--mosaics-per-pair", "40", "--device", "cpu", "--model-name", "shapes",
+            "--model-version", "v1", "--json", str(tmp_path / "audit.json")]
+    env = {**os.environ, "XICH_DATABASE_URL": database_url, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    stored = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            stored = _row_counts(database_url)["run_class"]
+        except Exception:  # schema not created yet
+            stored = 0
+        if stored >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the audit finished before it could be killed"
+    assert _row_counts(database_url)["run_class"] == 2
+    engine = make_engine(database_url)
+    with Session(engine) as s:
+        assert s.scalars(select(AuditRun)).one().status == "running"  # killed: never marked complete
+    engine.dispose()
+    assert not (tmp_path / "audit.json").exists()
+
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    engine = make_engine(database_url)
+    with Session(engine) as s:
+        run = s.scalars(select(AuditRun)).one()
+        assert run.status == "complete" and len(run.timings["resumed_classes"]) == 2
+    engine.dispose()
+    config = AuditConfig(model="cifar:resnet20", data=str(synth_data), clusters=3, mosaics_per_pair=40, device="cpu")
+    assert json.loads((tmp_path / "audit.json").read_text())["classes"] == run_audit(config).to_dict()["classes"]
+
+
+def test_cli_records_the_run_and_publishes_it_to_the_store(synth_data, tmp_path, monkeypatch, capsys,
+                                                            one_torch_thread):
+    from xich.cli import main
+
+    monkeypatch.setenv("XICH_DATABASE_URL", f"sqlite:///{tmp_path / 'xich.db'}")
+    monkeypatch.setenv("XICH_STORE_URL", str(tmp_path / "store"))
+    argv = ["audit", "--model", "cifar:resnet20", "--data", str(synth_data), "--clusters", "2",
+            "--mosaics-per-pair", "2", "--json", str(tmp_path / "a.json"), "--report", str(tmp_path / "report")]
+    assert main(argv) == 0
+    doc = json.loads((tmp_path / "a.json").read_text())
+    assert f"run id: {doc['run_id']}" in capsys.readouterr().out
+    run_dir = tmp_path / "store" / "runs" / doc["run_id"]
+    assert json.loads((run_dir / "audit.json").read_text()) == doc
+    assert (run_dir / "report" / "index.html").is_file()
+    assert _row_counts(f"sqlite:///{tmp_path / 'xich.db'}")["audit_run"] == 1

@@ -147,6 +147,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
         from .report import write_report
 
         out.print(f"wrote {write_report(result, args.report, examples)}")
+    if not args.no_db:
+        from .runs import publish_run
+        from .settings import get_settings
+
+        s = get_settings()
+        keys = publish_run(result, store_url=s.store_url, report_dir=args.report, endpoint=s.s3_endpoint,
+                           access_key=s.s3_access_key, secret_key=s.s3_secret_key, secure=s.s3_secure,
+                           cache_dir=s.cache_dir)
+        out.print(f"stored {len(keys)} file(s) under {s.store_url.rstrip('/')}/runs/{result.run_id}/", highlight=False)
     return 0
 
 

@@ -6,6 +6,7 @@ recomputed; failed or killed → only the classes not yet stored are audited.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -85,6 +86,21 @@ def recorded_audit(config: AuditConfig, *, database_url: str, model_name: str | 
             return replace(result, classes=classes, summary=summarize(classes))
     finally:
         engine.dispose()
+
+
+def publish_run(result: AuditResult, *, store_url: str, report_dir: str | Path | None = None, **store_options) -> list[str]:
+    """Put the audit document (and the report's files) in the object store under ``runs/<run id>/``."""
+    from .store import open_store
+
+    store = open_store(store_url, **store_options)
+    prefix = f"runs/{result.run_id}"
+    store.put_bytes(f"{prefix}/audit.json", json.dumps(result.to_dict(), indent=1, allow_nan=False).encode())
+    keys = [f"{prefix}/audit.json"]
+    if report_dir is not None:
+        for path in sorted(p for p in Path(report_dir).rglob("*") if p.is_file()):
+            keys.append(f"{prefix}/report/{path.relative_to(report_dir).as_posix()}")
+            store.put_file(keys[-1], path)
+    return keys
 
 
 def _frozen(session: Session, clustering: str, mv: ModelVersion, ds) -> Clustering | None:

@@ -1,10 +1,11 @@
 """A planted-bias image dataset: classes told apart by shape, subgroups by a visible nuisance.
 
-Each class has ``subgroups`` looks: how the shape is drawn (filled, outline, hatched…), its colour,
-and the background texture. In ``train/`` one
-subgroup per class is rare (``rare_fraction`` of the class); in ``test/`` subgroups are balanced.
-The known answer — which subgroup is rare — is written to ``ground_truth.json`` so that an audit
-can be checked: the paper predicts the rare subgroup's cluster to be among the least dominant.
+Each class has ``subgroups`` looks: the orientation of the hatching the shape is drawn with, its
+colour, and the background texture (every look paints the same share of the shape, so none is
+brighter by construction). In ``train/`` one look is rare in every class (``rare_fraction`` of the
+class; which look depends on the seed), so the model sees little of it anywhere; in ``test/`` looks are
+balanced. The known answer is written to ``ground_truth.json`` so that an audit can be checked: the
+paper predicts the rare look's cluster to be among the least dominant.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def write_synth(out: str | Path, spec: SynthSpec) -> dict:
         truth["rare"][shape] = rare
         n_rare = max(1, round(spec.rare_fraction * spec.train_per_class))
         n_common = spec.train_per_class - n_rare
-        train_groups = [rare] * n_rare + [s for k in range(n_common) for s in [_common(k, rare, spec.subgroups)]]
+        train_groups = [rare] * n_rare + [_common(k, rare, spec.subgroups) for k in range(n_common)]
         test_groups = [s for s in range(spec.subgroups) for _ in range(spec.test_per_subgroup)]
         for split, groups in (("train", train_groups), ("test", test_groups)):
             folder = out / split / shape

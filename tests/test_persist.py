@@ -10,12 +10,13 @@ import sys
 import time
 
 import pytest
+from alembic import command
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from xich.audit import AuditConfig, run_audit
 from xich.db import AuditRun, Base, make_engine
-from xich.migrate import downgrade, upgrade
+from xich.migrate import alembic_config, downgrade, upgrade
 from xich.runs import recorded_audit
 
 def _tables(url: str) -> set[str]:
@@ -43,6 +44,7 @@ def _config(data, **kw) -> AuditConfig:
 def test_migrations_up_down_up(database_url):
     upgrade(database_url)
     assert {t.name for t in Base.metadata.sorted_tables} <= _tables(database_url)
+    command.check(alembic_config(database_url))  # the migrations build exactly the models' schema
     downgrade(database_url)
     assert _tables(database_url) <= {"alembic_version"}
     upgrade(database_url)

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import XichError
+from .settings import Settings, get_settings
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import AuditConfig, run_audit
 
-    data, weights = _local_copy(args.data), _local_copy(args.weights)
+    settings = get_settings()
+    data, weights = _local_copy(args.data, settings), _local_copy(args.weights, settings)
     config = AuditConfig(
         model=args.model, data=data, weights=weights, data_uri=args.data, weights_uri=args.weights,
         eval_split=args.eval_split,
@@ -131,9 +133,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             result = run_audit(config, progress=step, on_class=collect)
         else:
             from .runs import recorded_audit
-            from .settings import get_settings
 
-            result = recorded_audit(config, database_url=get_settings().database_url, model_name=args.model_name,
+            result = recorded_audit(config, database_url=settings.database_url, model_name=args.model_name,
                                     model_version=args.model_version, clustering=args.clustering, progress=step,
                                     on_class=collect)
         bar.advance(task)
@@ -149,19 +150,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
         out.print(f"wrote {write_report(result, args.report, examples)}")
     if not args.no_db:
         from .runs import publish_run
-        from .settings import get_settings
 
-        s = get_settings()
-        keys = publish_run(result, store_url=s.store_url, report_dir=args.report, endpoint=s.s3_endpoint,
-                           access_key=s.s3_access_key, secret_key=s.s3_secret_key, secure=s.s3_secure,
-                           cache_dir=s.cache_dir)
-        out.print(f"stored {len(keys)} file(s) under {s.store_url.rstrip('/')}/runs/{result.run_id}/", highlight=False)
+        keys = publish_run(result, store_url=settings.store_url, report_dir=args.report, **_s3_options(settings))
+        out.print(f"stored {len(keys)} file(s) under {settings.store_url.rstrip('/')}/runs/{result.run_id}/",
+                  highlight=False)
     return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:
     from .migrate import downgrade, upgrade
-    from .settings import get_settings
 
     url = get_settings().database_url
     if args.action == "upgrade":
@@ -177,7 +174,6 @@ def _session():
 
     from .db import make_engine
     from .migrate import upgrade
-    from .settings import get_settings
 
     url = get_settings().database_url
     upgrade(url)
@@ -254,16 +250,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_copy(uri: str | None) -> str | None:
+def _s3_options(settings: Settings) -> dict:
+    return {"endpoint": settings.s3_endpoint, "access_key": settings.s3_access_key,
+            "secret_key": settings.s3_secret_key, "secure": settings.s3_secure, "cache_dir": settings.cache_dir}
+
+
+def _local_copy(uri: str | None, settings: Settings) -> str | None:
     """A local path for an ``s3://`` dataset or checkpoint (downloaded once, cached by content); others unchanged."""
     if uri is None or not uri.startswith("s3://"):
         return uri
-    from .settings import get_settings
     from .store import fetch_uri
 
-    s = get_settings()
-    return str(fetch_uri(uri, endpoint=s.s3_endpoint, access_key=s.s3_access_key, secret_key=s.s3_secret_key,
-                         secure=s.s3_secure, cache_dir=s.cache_dir))
+    return str(fetch_uri(uri, **_s3_options(settings)))
 
 
 def print_summary(result) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, ForeignKeyConstraint, Integer, MetaData, String, Text,
                         UniqueConstraint, create_engine, event)
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 RUN_STATUSES = ("queued", "running", "complete", "failed")
 
@@ -132,14 +132,22 @@ class RunClass(Base):
     spearman_softmax: Mapped[float | None] = mapped_column(Float)
 
 
-class RunCluster(Base):
+class _ClassRow:
+    """Columns and key of rows that belong to one class of one run."""
+
+    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    class_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple:
+        return (ForeignKeyConstraint(["run_id", "class_index"], ["run_class.run_id", "run_class.class_index"],
+                                     ondelete="CASCADE"),)
+
+
+class RunCluster(_ClassRow, Base):
     """A cluster's result in one run: dominance score, rank in the hierarchy, training distribution."""
 
     __tablename__ = "run_cluster"
-    __table_args__ = (ForeignKeyConstraint(["run_id", "class_index"], ["run_class.run_id", "run_class.class_index"],
-                                           ondelete="CASCADE"),)
-    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    class_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     cluster_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     cluster_id: Mapped[int] = mapped_column(ForeignKey("cluster.id"))
     eval_size: Mapped[int] = mapped_column(Integer)
@@ -149,14 +157,10 @@ class RunCluster(Base):
     rank: Mapped[int] = mapped_column(Integer)
 
 
-class PairDominance(Base):
+class PairDominance(_ClassRow, Base):
     """D_ij (eq. 8) with its t-test p-values, for every ordered pair i ≠ j and the diagonal."""
 
     __tablename__ = "pair_dominance"
-    __table_args__ = (ForeignKeyConstraint(["run_id", "class_index"], ["run_class.run_id", "run_class.class_index"],
-                                           ondelete="CASCADE"),)
-    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    class_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     cluster_i: Mapped[int] = mapped_column(Integer, primary_key=True)
     cluster_j: Mapped[int] = mapped_column(Integer, primary_key=True)
     dominance: Mapped[float] = mapped_column(Float)
@@ -165,14 +169,10 @@ class PairDominance(Base):
     n_mosaics: Mapped[int] = mapped_column(Integer)
 
 
-class Mosaic(Base):
+class Mosaic(_ClassRow, Base):
     """One mosaic's manifest and its dominance d of ``pair_i`` over ``pair_j`` (NULL when excluded)."""
 
     __tablename__ = "mosaic"
-    __table_args__ = (ForeignKeyConstraint(["run_id", "class_index"], ["run_class.run_id", "run_class.class_index"],
-                                           ondelete="CASCADE"),)
-    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    class_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     pair_i: Mapped[int] = mapped_column(Integer)
     pair_j: Mapped[int] = mapped_column(Integer)
@@ -187,12 +187,8 @@ class Mosaic(Base):
     d: Mapped[float | None] = mapped_column(Float)
 
 
-class PerImageScore(Base):
+class PerImageScore(_ClassRow, Base):
     __tablename__ = "per_image_score"
-    __table_args__ = (ForeignKeyConstraint(["run_id", "class_index"], ["run_class.run_id", "run_class.class_index"],
-                                           ondelete="CASCADE"),)
-    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    class_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[str] = mapped_column(String(1000))
     score: Mapped[float] = mapped_column(Float)

@@ -15,7 +15,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from xich.audit import AuditConfig, run_audit
-from xich.db import AuditRun, Base, make_engine
+from xich.db import AuditRun, Base, ModelVersion, make_engine
 from xich.migrate import alembic_config, downgrade, upgrade
 from xich.runs import recorded_audit
 
@@ -153,7 +153,10 @@ def test_cli_records_the_run_and_publishes_it_to_the_store(synth_data, tmp_path,
     monkeypatch.setenv("XICH_DATABASE_URL", f"sqlite:///{tmp_path / 'xich.db'}")
     monkeypatch.setenv("XICH_STORE_URL", str(tmp_path / "store"))
     argv = ["audit", "--model", "cifar:resnet20", "--data", str(synth_data), "--clusters", "2",
-            "--mosaics-per-pair", "2", "--json", str(tmp_path / "a.json"), "--report", str(tmp_path / "report")]
+            "--mosaics-per-pair", "2", "--json", str(tmp_path / "a.json"), "--report", str(tmp_path / "report"),
+            "--model-name", "shapes", "--registry-metadata", '{"stage": "staging", "registry_run": "abc123"}']
+    assert main(argv[:-1] + ["[1, 2]"]) == 2
+    assert "--registry-metadata: pass a JSON object" in capsys.readouterr().err
     assert main(argv) == 0
     doc = json.loads((tmp_path / "a.json").read_text())
     assert f"run id: {doc['run_id']}" in capsys.readouterr().out
@@ -161,3 +164,9 @@ def test_cli_records_the_run_and_publishes_it_to_the_store(synth_data, tmp_path,
     assert json.loads((run_dir / "audit.json").read_text()) == doc
     assert (run_dir / "report" / "index.html").is_file()
     assert _row_counts(f"sqlite:///{tmp_path / 'xich.db'}")["audit_run"] == 1
+    engine = make_engine(f"sqlite:///{tmp_path / 'xich.db'}")
+    with Session(engine) as s:
+        mv = s.scalars(select(ModelVersion)).one()
+        assert (mv.version, mv.weights_sha256) == ("none", None)  # no --weights: random init, version "none"
+        assert mv.registry_metadata == {"stage": "staging", "registry_run": "abc123"}
+    engine.dispose()

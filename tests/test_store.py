@@ -430,3 +430,23 @@ def test_audit_reads_data_and_weights_from_s3(seaweedfs, synth_data, tmp_path, m
     assert main(argv) == 0  # the rerun finds the stored run and the cached files
     assert [p.stat().st_mtime_ns for p in cached] == mtimes
     assert json.loads(out.read_text()) == doc
+
+
+def test_train_reads_data_from_and_writes_weights_to_s3(seaweedfs, synth_data, tmp_path, monkeypatch, one_torch_thread):
+    from xich.cli import main
+
+    bucket = f"xich-{uuid.uuid4().hex[:12]}"
+    store = open_store(f"s3://{bucket}", endpoint=seaweedfs.endpoint, access_key=seaweedfs.access_key,
+                       secret_key=seaweedfs.secret_key, cache_dir=tmp_path / "unused")
+    for path in sorted(synth_data.rglob("*.png")):
+        store.put_file(f"shapes/{path.relative_to(synth_data).as_posix()}", path)
+    monkeypatch.setenv("XICH_S3_ENDPOINT", seaweedfs.endpoint)
+    monkeypatch.setenv("XICH_S3_ACCESS_KEY", seaweedfs.access_key)
+    monkeypatch.setenv("XICH_S3_SECRET_KEY", seaweedfs.secret_key)
+    monkeypatch.setenv("XICH_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["train", "--data", f"s3://{bucket}/shapes/", "--model", "cifar:resnet20", "--epochs", "1",
+                 "--out", f"s3://{bucket}/models/v1.pt"]) == 0
+    import torch
+
+    state = torch.load(io.BytesIO(store.get_bytes("models/v1.pt")), weights_only=True)
+    assert state["linear.weight"].shape == (3, 64)

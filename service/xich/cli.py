@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -43,6 +45,8 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", help="record under this model name (default: the model spec)")
     p.add_argument("--model-version", help="record under this version (default: first 12 hex digits of the "
                                            "weights' SHA-256)")
+    p.add_argument("--registry-metadata", metavar="JSON", help="JSON object stored with the model version "
+                                                                "(e.g. your model registry's run id and stage)")
     p.add_argument("--clustering", default="auto", help="auto (reuse the model's frozen clustering if any), own, "
                                                        "or reference:<model-version>")
     p.add_argument("--no-db", action="store_true", help="do not record the audit in the results database")
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--out", required=True, help="where to save the state_dict")
+    p.add_argument("--out", required=True, help="where to save the state_dict (a path, or s3://bucket/key)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--tile-size", type=int, default=32)
@@ -135,7 +139,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             from .runs import recorded_audit
 
             result = recorded_audit(config, database_url=settings.database_url, model_name=args.model_name,
-                                    model_version=args.model_version, clustering=args.clustering, progress=step,
+                                    model_version=args.model_version,
+                                    registry_metadata=_json_object(args.registry_metadata, "--registry-metadata"), clustering=args.clustering, progress=step,
                                     on_class=collect)
         bar.advance(task)
     print_summary(result)
@@ -235,10 +240,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
-    config = TrainConfig(data=args.data, model=args.model, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+    settings = get_settings()
+    local_out = args.out
+    if args.out.startswith("s3://"):
+        local_out = str(Path(settings.cache_dir) / "trained" / Path(args.out).name)
+    config = TrainConfig(data=_local_copy(args.data, settings), model=args.model, out=local_out, epochs=args.epochs,
+                         batch_size=args.batch_size,
                          lr=args.lr, tile_size=args.tile_size, normalize=args.normalize, seed=args.seed,
                          device=args.device)
     train(config, on_epoch=lambda e, loss, acc: out.print(f"epoch {e}: loss {loss:.4f}  eval accuracy {acc:.4f}"))
+    if args.out.startswith("s3://"):
+        from .store import open_store
+
+        bucket, _, key = args.out.removeprefix("s3://").partition("/")
+        open_store(f"s3://{bucket}", **_s3_options(settings)).put_file(key, local_out)
     out.print(f"wrote {args.out}")
     return 0
 
@@ -248,6 +263,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.out, seed=args.seed, epochs=args.epochs, say=lambda line: out.print(line, highlight=False))
     return 0
+
+
+def _json_object(text: str | None, flag: str) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise XichError(f"{flag}: not valid JSON ({exc.msg} at character {exc.pos}); pass an object like "
+                        "'{\"stage\": \"staging\"}'") from None
+    if not isinstance(value, dict):
+        raise XichError(f"{flag}: pass a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _s3_options(settings: Settings) -> dict:

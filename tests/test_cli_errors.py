@@ -149,3 +149,24 @@ def test_error_message_is_not_hard_wrapped(tmp_path, capsys):
     assert main(["audit", "--data", str(missing), *FAST]) == 2
     err = capsys.readouterr().err
     assert f"--data {missing}: no such file or folder" in err
+
+
+@pytest.mark.parametrize("flags,names", [
+    (["--seed", "-1"], ["--seed"]),
+    (["--per-image", "-2"], ["--per-image"]),
+    (["--device", "cuda:7"], ["--device cuda:7"]),
+])
+def test_bad_numbers_and_device(data, capsys, flags, names):
+    run_failing(capsys, ["audit", "--data", str(data), *FAST, *flags], *names)
+
+
+def test_database_that_cannot_be_reached(data, capsys, monkeypatch):
+    monkeypatch.setenv("XICH_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    fast = [f for f in FAST if f != "--no-db"]
+    run_failing(capsys, ["audit", "--data", str(data), *fast], "XICH_DATABASE_URL")
+
+
+def test_unwritable_json_path(data, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    run_failing(capsys, ["audit", "--data", str(data), *FAST, "--json", str(tmp_path / "file" / "a.json")],
+                str(tmp_path / "file"))

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from xich.audit import AuditConfig
 from xich.db import AuditRun, make_engine
+from xich.errors import XichError
 from xich.models import build_model
 from xich.persist import freeze_clustering
 from xich.runs import recorded_audit
@@ -46,6 +47,41 @@ def two_versions(database_url, synth_data, tmp_path, one_torch_thread):
 def _rows(engine, sql: str, **params) -> list:
     with engine.connect() as conn:
         return conn.execute(text(sql), params).all()
+
+
+def test_rerunning_the_frozen_version_adds_no_row(two_versions, database_url, synth_data, tmp_path):
+    engine, v1, _ = two_versions
+    before = _rows(engine, "SELECT COUNT(*) FROM run_cluster")
+    config = AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=str(tmp_path / "v1.pt"),
+                         clusters=3, mosaics_per_pair=4, device="cpu")
+    again = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
+    assert again.run_id == v1.run_id and again.to_dict() == v1.to_dict()
+    assert _rows(engine, "SELECT COUNT(*) FROM run_cluster") == before
+    assert len(_rows(engine, "SELECT * FROM hierarchy_drift")) == 3
+
+
+def test_same_version_with_other_weights_is_refused(two_versions, database_url, synth_data, tmp_path):
+    config = AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=str(tmp_path / "v2.pt"),
+                         clusters=3, mosaics_per_pair=4, device="cpu")
+    with pytest.raises(XichError, match="give this model a new --model-version"):
+        recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
+
+
+def test_frozen_clustering_must_cover_the_audited_classes(database_url, synth_data, tmp_path, one_torch_thread):
+    def config(**kw):
+        return AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=_weights(tmp_path / "w.pt", 1),
+                           clusters=2, mosaics_per_pair=2, train_split=None, device="cpu", **kw)
+
+    first = recorded_audit(config(classes=("circle",)), database_url=database_url, model_name="m", model_version="a")
+    engine = make_engine(database_url)
+    with Session(engine) as session:
+        freeze_clustering(session=session, run_id=first.run_id)
+    engine.dispose()
+    with pytest.raises(XichError, match="not in the frozen clustering"):
+        recorded_audit(config(), database_url=database_url, model_name="m", model_version="a")
+    with pytest.raises(XichError, match="no frozen clustering from version 'zzz'"):
+        recorded_audit(config(), database_url=database_url, model_name="m", model_version="a",
+                       clustering="reference:zzz")
 
 
 def test_new_version_reuses_the_frozen_clustering(two_versions):

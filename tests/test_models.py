@@ -246,10 +246,13 @@ def test_find_target_layer_named():
     with pytest.raises(XichError) as info:
         find_target_layer(model, probe, "layer4")
     msg = str(info.value)
-    assert msg.startswith("--layer 'layer4' is not a module of the model; candidates:")
+    assert msg.startswith("--layer 'layer4' is not a module of the model with a spatial (B, C, H, W) output; "
+                          "candidates:")
     assert msg.rstrip().endswith("layer3")  # the last candidate is the auto choice
     with pytest.raises(XichError, match="not a module of the model"):
         find_target_layer(model, probe, "")
+    with pytest.raises(XichError, match="not a module of the model with a spatial"):
+        find_target_layer(model, probe, "linear")  # a module, but its output is not a feature map
 
 
 def test_find_target_layer_without_spatial_output():
@@ -310,3 +313,11 @@ def test_real_resnet20_classifies_cifar10_jpegs():
     with torch.inference_mode():
         accuracy = (model((x - mean) / std).argmax(1) == labels).float().mean().item()
     assert accuracy > 0.65  # 81 % on all 10,000 JPEGs (shared/data README); chance is 10 %
+
+
+def test_torchvision_resnet_at_cifar_tiles_keeps_layer4_and_the_fast_path():
+    # at 32 px tiles layer4 is 1x1, but on the 64 px mosaics Grad-CAM runs on it is 2x2
+    from xich.audit import AuditConfig, PreparedModel
+
+    pm = PreparedModel(AuditConfig(model="torchvision:resnet18", data="", device="cpu"), 10, 32)
+    assert (pm.layer_name, pm.cam) == ("layer4", "fast")

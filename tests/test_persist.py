@@ -63,13 +63,15 @@ def test_stored_audit_reads_back_equal_to_its_json(database_url, synth_data, one
     assert counts["per_image_score"] == 3 * 3
 
 
-def test_rerun_changes_no_row(database_url, synth_data, one_torch_thread):
-    config = _config(synth_data)
+@pytest.mark.parametrize("train_split", ["train", "missing"])
+def test_rerun_changes_no_row(database_url, synth_data, one_torch_thread, train_split):
+    config = _config(synth_data, train_split=train_split)
     first = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
     before = _row_counts(database_url)
     again = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
     assert _row_counts(database_url) == before
     assert again.to_dict() == first.to_dict()
+    assert again.dataset["train_split"] == (None if train_split == "missing" else "train")
 
 
 class _Killed(Exception):
@@ -163,6 +165,13 @@ def test_cli_records_the_run_and_publishes_it_to_the_store(synth_data, tmp_path,
     run_dir = tmp_path / "store" / "runs" / doc["run_id"]
     assert json.loads((run_dir / "audit.json").read_text()) == doc
     assert (run_dir / "report" / "index.html").is_file()
+    figures = sorted(p.name for p in (tmp_path / "report").glob("mosaics_*.png"))
+    assert figures
+    # a rerun reads the run back from the database and still renders the example mosaics from their manifests
+    for p in (tmp_path / "report").iterdir():
+        p.unlink()
+    assert main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "report").glob("mosaics_*.png")) == figures
     assert _row_counts(f"sqlite:///{tmp_path / 'xich.db'}")["audit_run"] == 1
     engine = make_engine(f"sqlite:///{tmp_path / 'xich.db'}")
     with Session(engine) as s:

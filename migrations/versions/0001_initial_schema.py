@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 19:02:47.222539
+Create Date: 2026-11-28 19:27:57.109570
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def upgrade() -> None:
     sa.Column('frozen', sa.Boolean(), nullable=False),
     sa.Column('model_version_id', sa.Integer(), nullable=False),
     sa.Column('dataset_id', sa.Integer(), nullable=False),
+    sa.Column('eval_split', sa.String(length=255), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['dataset_id'], ['dataset.id'], name=op.f('fk_clustering_dataset_id_dataset'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['model_version_id'], ['model_version.id'], name=op.f('fk_clustering_model_version_id_model_version'), ondelete='CASCADE'),
@@ -121,8 +122,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('run_id', 'rank', name=op.f('pk_run_rank_share'))
     )
     op.create_table('mosaic',
-    sa.Column('run_id', sa.String(length=32), nullable=False),
-    sa.Column('class_index', sa.Integer(), nullable=False),
     sa.Column('position', sa.Integer(), nullable=False),
     sa.Column('pair_i', sa.Integer(), nullable=False),
     sa.Column('pair_j', sa.Integer(), nullable=False),
@@ -135,35 +134,35 @@ def upgrade() -> None:
     sa.Column('cluster_bl', sa.Integer(), nullable=False),
     sa.Column('cluster_br', sa.Integer(), nullable=False),
     sa.Column('d', sa.Float(), nullable=True),
-    sa.ForeignKeyConstraint(['run_id', 'class_index'], ['run_class.run_id', 'run_class.class_index'], name=op.f('fk_mosaic_run_id_run_class'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('run_id', 'class_index', 'position', name=op.f('pk_mosaic'))
-    )
-    op.create_table('pair_dominance',
     sa.Column('run_id', sa.String(length=32), nullable=False),
     sa.Column('class_index', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['run_id', 'class_index'], ['run_class.run_id', 'run_class.class_index'], name=op.f('fk_mosaic_run_id_run_class'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('position', 'run_id', 'class_index', name=op.f('pk_mosaic'))
+    )
+    op.create_table('pair_dominance',
     sa.Column('cluster_i', sa.Integer(), nullable=False),
     sa.Column('cluster_j', sa.Integer(), nullable=False),
     sa.Column('dominance', sa.Float(), nullable=False),
     sa.Column('p_value', sa.Float(), nullable=False),
     sa.Column('p_value_holm', sa.Float(), nullable=False),
     sa.Column('n_mosaics', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['run_id', 'class_index'], ['run_class.run_id', 'run_class.class_index'], name=op.f('fk_pair_dominance_run_id_run_class'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('run_id', 'class_index', 'cluster_i', 'cluster_j', name=op.f('pk_pair_dominance'))
-    )
-    op.create_table('per_image_score',
     sa.Column('run_id', sa.String(length=32), nullable=False),
     sa.Column('class_index', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['run_id', 'class_index'], ['run_class.run_id', 'run_class.class_index'], name=op.f('fk_pair_dominance_run_id_run_class'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('cluster_i', 'cluster_j', 'run_id', 'class_index', name=op.f('pk_pair_dominance'))
+    )
+    op.create_table('per_image_score',
     sa.Column('position', sa.Integer(), nullable=False),
     sa.Column('image_id', sa.String(length=1000), nullable=False),
     sa.Column('score', sa.Float(), nullable=False),
     sa.Column('logit', sa.Float(), nullable=False),
     sa.Column('softmax', sa.Float(), nullable=False),
-    sa.ForeignKeyConstraint(['run_id', 'class_index'], ['run_class.run_id', 'run_class.class_index'], name=op.f('fk_per_image_score_run_id_run_class'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('run_id', 'class_index', 'position', name=op.f('pk_per_image_score'))
-    )
-    op.create_table('run_cluster',
     sa.Column('run_id', sa.String(length=32), nullable=False),
     sa.Column('class_index', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['run_id', 'class_index'], ['run_class.run_id', 'run_class.class_index'], name=op.f('fk_per_image_score_run_id_run_class'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('position', 'run_id', 'class_index', name=op.f('pk_per_image_score'))
+    )
+    op.create_table('run_cluster',
     sa.Column('cluster_index', sa.Integer(), nullable=False),
     sa.Column('cluster_id', sa.Integer(), nullable=False),
     sa.Column('eval_size', sa.Integer(), nullable=False),
@@ -171,9 +170,11 @@ def upgrade() -> None:
     sa.Column('train_share', sa.Float(), nullable=True),
     sa.Column('score', sa.Float(), nullable=False),
     sa.Column('rank', sa.Integer(), nullable=False),
+    sa.Column('run_id', sa.String(length=32), nullable=False),
+    sa.Column('class_index', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['cluster_id'], ['cluster.id'], name=op.f('fk_run_cluster_cluster_id_cluster')),
     sa.ForeignKeyConstraint(['run_id', 'class_index'], ['run_class.run_id', 'run_class.class_index'], name=op.f('fk_run_cluster_run_id_run_class'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('run_id', 'class_index', 'cluster_index', name=op.f('pk_run_cluster'))
+    sa.PrimaryKeyConstraint('cluster_index', 'run_id', 'class_index', name=op.f('pk_run_cluster'))
     )
 
 

@@ -95,8 +95,8 @@ class PreparedModel:
     the copy is checked against the eager model on a probe and dropped if it disagrees.
     """
 
-    def __init__(self, config: AuditConfig, num_classes: int, tile_size: int):
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    def __init__(self, config: AuditConfig, num_classes: int, tile_size: int, mosaic_size: int | None = None):
+        self.device = _device(config.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # an audit without --weights is reproducible too
             model = build_model(config.model, num_classes)
@@ -106,7 +106,9 @@ class PreparedModel:
         mean, std = parse_normalize(config.normalize)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        probe = self.normalize(torch.zeros(2, 3, tile_size, tile_size, dtype=torch.uint8, device=self.device)
+        # the probe has the mosaics' size: the Grad-CAM layer must keep a spatial map there
+        side = mosaic_size or 2 * tile_size
+        probe = self.normalize(torch.zeros(2, 3, side, side, dtype=torch.uint8, device=self.device)
                                + torch.arange(2, device=self.device, dtype=torch.uint8).view(2, 1, 1, 1) * 120)
         with torch.inference_mode():
             out = self.model(probe)
@@ -119,8 +121,6 @@ class PreparedModel:
         if config.cam == "fast" and self.head is None:
             raise XichError(f"--cam fast: layer {self.layer_name!r} does not feed a global-average-pool → linear head; "
                             f"use --cam reference or --cam auto")
-        if config.cam not in ("auto", "fast", "reference"):
-            raise XichError(f"--cam {config.cam!r}: use auto, fast or reference")
         self.cam = "reference" if config.cam == "reference" or self.head is None else "fast"
         self._tap = _Tap(self.model, self.layer).eval()
         self._traced: dict[tuple[int, ...], Callable] = {}
@@ -173,6 +173,17 @@ class PreparedModel:
         return scale_cams(raw, size).cpu().numpy()
 
 
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise XichError(f"--device {name}: not usable here ({str(exc).splitlines()[0]}); use cpu or cuda") from None
+    return device
+
+
 def default_tile_size(model_spec: str, split: Split) -> int:
     """32 for cifar: models, 224 for torchvision: ones, else the first evaluation image's height."""
     if model_spec.startswith("cifar:"):
@@ -194,14 +205,18 @@ def run_audit(config: AuditConfig, progress: Callable[[str, int], None] | None =
     The summary covers the classes audited here. ``frozen`` maps class name → (image id → cluster)
     for classes whose membership comes from a frozen clustering.
     """
-    _check_config(config)
+    check_config(config)
     dataset = open_dataset(config.data, config.eval_split, config.train_split)
     eval_split = dataset.splits[config.eval_split]
     train_split = dataset.splits.get(config.train_split) if config.train_split else None
     selected = [c for c in _select_classes(dataset, config.classes) if c not in skip_classes]
+    if frozen is not None and any(c not in frozen for c in selected):
+        missing = [c for c in selected if c not in frozen]
+        raise XichError(f"class(es) {', '.join(missing)} are not in the frozen clustering; audit its classes "
+                        f"(--classes {','.join(sorted(frozen))}) or use --clustering own")
     tile = config.tile_size or default_tile_size(config.model, eval_split)
     mosaic_size = config.mosaic_size or 2 * tile
-    prepared = PreparedModel(config, len(dataset.classes), tile)
+    prepared = PreparedModel(config, len(dataset.classes), tile, mosaic_size)
     step = progress or (lambda label, total: None)
 
     results: list[ClassResult] = []
@@ -263,7 +278,11 @@ def audit_class(prepared: PreparedModel, config: AuditConfig, class_index: int, 
             notes.append(f"{clustering.n_clusters} cluster(s) instead of {config.clusters}: the class has only "
                          f"{clustering.n_clusters} distinct image(s)")
     else:
-        clustering = clustering_from_labels(embeddings, _frozen_labels(frozen, eval_ids, name))
+        try:
+            clustering = clustering_from_labels(embeddings, _frozen_labels(frozen, eval_ids, name))
+        except ValueError:
+            raise XichError(f"class {name}: the frozen clustering leaves a cluster without evaluation images here; "
+                            f"audit the dataset it was made on, or use --clustering own") from None
         notes.append("cluster membership from a frozen clustering")
     P = clustering.n_clusters
     labels = clustering.labels
@@ -307,6 +326,20 @@ def audit_class(prepared: PreparedModel, config: AuditConfig, class_index: int, 
         per_image=_per_image(prepared, config, class_index, eval_ids, tiles, logits, mosaic_size)
         if config.per_image else None,
     )
+
+
+def explain_stored(config: AuditConfig, result: AuditResult, classes: list[ClassResult]):
+    """Yield (class, explain) for stored classes, with the model and images loaded again.
+
+    For reports of runs read back from the database: their mosaics are rendered from the manifests.
+    """
+    dataset = open_dataset(config.data, config.eval_split, None)
+    split = dataset.splits[config.eval_split]
+    tile, mosaic_size = result.config["tile_size"], result.config["mosaic_size"]
+    prepared = PreparedModel(config, len(dataset.classes), tile, mosaic_size)
+    for cls in classes:
+        ids = split.images[cls.name]
+        yield cls, _explainer(prepared, ids, split.load(ids, tile), cls.index, mosaic_size)
 
 
 def _frozen_labels(frozen: Mapping[str, int], eval_ids: list[str], name: str) -> np.ndarray:
@@ -369,10 +402,16 @@ def _per_image(prepared: PreparedModel, config: AuditConfig, class_index: int, e
     }
 
 
-def _check_config(config: AuditConfig) -> None:
+def check_config(config: AuditConfig) -> None:
+    """Refuse settings that cannot work, with the flag to change."""
     for name in ("clusters", "mosaics_per_pair", "batch_size"):
         if getattr(config, name) < 1:
             raise XichError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    for name in ("seed", "per_image"):
+        if getattr(config, name) < 0:
+            raise XichError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(config, name)}")
+    if config.cam not in ("auto", "fast", "reference"):
+        raise XichError(f"--cam {config.cam!r}: use auto, fast or reference")
     for name in ("tile_size", "mosaic_size"):
         value = getattr(config, name)
         if value is not None and value < 8:

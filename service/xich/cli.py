@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -96,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     except XichError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
+    except OSError as exc:  # an output path that cannot be written, a disk that is full…
+        err.print(f"[bold red]error:[/] {exc.filename or ''}: {exc.strerror or exc}; check the path and its "
+                  f"permissions", highlight=False, soft_wrap=True)
+        return 2
+    except SQLAlchemyError as exc:
+        err.print(f"[bold red]error:[/] results database (XICH_DATABASE_URL): {str(exc).splitlines()[0]}; "
+                  f"check that the server runs and the URL is right, or use --no-db", highlight=False, soft_wrap=True)
+        return 2
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
@@ -150,8 +159,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         result.write_json(args.json)
         out.print(f"wrote {args.json}")
     if args.report:
-        from .report import write_report
+        from .audit import explain_stored
+        from .report import collect_examples, write_report
 
+        stored = [cls for cls in result.classes if cls.name not in examples]  # read back, not recomputed
+        if stored:
+            for cls, explain in explain_stored(config, result, stored):
+                examples[cls.name] = collect_examples(cls, explain)
         out.print(f"wrote {write_report(result, args.report, examples)}")
     if not args.no_db:
         from .runs import publish_run

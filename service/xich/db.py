@@ -65,6 +65,7 @@ class Clustering(Base):
     frozen: Mapped[bool] = mapped_column(Boolean, default=False)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id", ondelete="CASCADE"))
     dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"))
+    eval_split: Mapped[str] = mapped_column(String(255))  # image ids are relative to this split
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

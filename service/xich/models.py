@@ -163,13 +163,12 @@ def find_target_layer(model: nn.Module, probe: torch.Tensor, name: str = "auto")
     ``layer3`` in CIFAR ResNets; parents finish after their children, so blocks win over their
     last ReLU). Otherwise ``name`` must be a module of the model.
     """
-    modules = dict(model.named_modules())
-    if name != "auto":
-        if name not in modules or name == "":
-            candidates = [n for n in _map_outputs(model, probe)][-8:]
-            raise XichError(f"--layer {name!r} is not a module of the model; candidates: {', '.join(candidates)}")
-        return name
     finished = _map_outputs(model, probe)
+    if name != "auto":
+        if name not in finished:
+            raise XichError(f"--layer {name!r} is not a module of the model with a spatial (B, C, H, W) output; "
+                            f"candidates: {', '.join(finished[-8:])}")
+        return name
     if not finished:
         raise XichError("the model has no layer with a spatial (B, C, H, W) output: pass --layer NAME")
     return finished[-1]

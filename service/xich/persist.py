@@ -47,6 +47,7 @@ def config_hash(config: dict) -> str:
 
 def get_or_create_model_version(*, session: Session, name: str, version: str, spec: str, weights_uri: str | None,
                                 weights_sha256: str | None, registry_metadata: dict | None = None) -> ModelVersion:
+    """The model version ``name``/``version``; an existing one must have the same spec and weights."""
     model = session.scalar(select(Model).where(Model.name == name))
     if model is None:
         model = Model(name=name)
@@ -58,6 +59,12 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
                           weights_sha256=weights_sha256, registry_metadata=registry_metadata or {})
         session.add(mv)
         session.flush()
+    elif (mv.spec, mv.weights_sha256) != (spec, weights_sha256):
+        raise XichError(f"--model-version {version}: model {name!r} version {version!r} was recorded with "
+                        f"{mv.spec} and weights sha256 {mv.weights_sha256 or 'none'}, not {spec} and "
+                        f"{weights_sha256 or 'none'}; give this model a new --model-version")
+    elif registry_metadata is not None and registry_metadata != mv.registry_metadata:
+        mv.registry_metadata = registry_metadata
     return mv
 
 
@@ -77,15 +84,17 @@ def begin_run(*, session: Session, run_id: str, model_version: ModelVersion, dat
     ``frozen``: reuse that clustering's clusters; otherwise the run gets a clustering of its own. Committed.
     """
     digest = config_hash(config)
-    clustering_key = frozen.key if frozen else "own"
-    run = session.scalar(select(AuditRun).where(
-        AuditRun.model_version_id == model_version.id, AuditRun.dataset_id == dataset.id,
-        AuditRun.config_hash == digest, AuditRun.clustering_key == clustering_key))
+    same = select(AuditRun).where(AuditRun.model_version_id == model_version.id, AuditRun.dataset_id == dataset.id,
+                                  AuditRun.config_hash == digest)
+    # a frozen clustering's own run (the one it was frozen from) is found by the clustering it made
+    run = session.scalar(same.where(AuditRun.clustering_id == frozen.id) if frozen
+                         else same.where(AuditRun.clustering_key == "own"))
     if run is None:
+        clustering_key = frozen.key if frozen else "own"
         clustering = frozen
         if clustering is None:
             clustering = Clustering(key=f"run:{run_id}", frozen=False, model_version_id=model_version.id,
-                                    dataset_id=dataset.id)
+                                    dataset_id=dataset.id, eval_split=eval_split)
             session.add(clustering)
             session.flush()
         run = AuditRun(id=run_id, model_version_id=model_version.id, dataset_id=dataset.id, clustering_key=clustering_key,
@@ -149,8 +158,13 @@ def store_class(*, session: Session, run: AuditRun, cls: ClassResult) -> None:
     session.commit()
 
 
-def finish_run(*, session: Session, run: AuditRun, resolved_config: dict, summary: dict, timings: dict) -> None:
-    """Mark the run complete with its summary; only called once every class is stored."""
+def finish_run(*, session: Session, run: AuditRun, resolved_config: dict, train_split: str | None, summary: dict,
+               timings: dict) -> None:
+    """Mark the run complete with its summary; only called once every class is stored.
+
+    ``train_split`` is the split actually used (None when the dataset had no such split).
+    """
+    run.train_split = train_split
     session.execute(RunRankShare.__table__.delete().where(RunRankShare.run_id == run.id))
     session.add_all(RunRankShare(run_id=run.id, rank=r, mean_train_share=v)
                     for r, v in enumerate(summary["train_share_by_rank"]))
@@ -177,11 +191,13 @@ def freeze_clustering(*, session: Session, run_id: str) -> Clustering:
     return clustering
 
 
-def frozen_clustering(*, session: Session, model_name: str, dataset: Dataset, version: str | None = None) -> Clustering | None:
-    """The newest frozen clustering of a model on a dataset (of one of its versions, if given)."""
+def frozen_clustering(*, session: Session, model_name: str, dataset: Dataset, eval_split: str,
+                      version: str | None = None) -> Clustering | None:
+    """The newest frozen clustering of a model on a dataset's split (of one of its versions, if given)."""
     query = (select(Clustering).join(ModelVersion, ModelVersion.id == Clustering.model_version_id)
              .join(Model, Model.id == ModelVersion.model_id)
-             .where(Clustering.frozen.is_(True), Model.name == model_name, Clustering.dataset_id == dataset.id))
+             .where(Clustering.frozen.is_(True), Model.name == model_name, Clustering.dataset_id == dataset.id,
+                    Clustering.eval_split == eval_split))
     if version is not None:
         query = query.where(ModelVersion.version == version)
     return session.scalars(query.order_by(Clustering.created_at.desc(), Clustering.id.desc())).first()

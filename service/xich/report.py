@@ -152,7 +152,7 @@ def write_report(result: AuditResult, out_dir: str | Path, examples: dict[str, l
         parts.append('<h2>Training distribution by dominance rank (Fig. 4/5)</h2>'
                      '<img class="figure" data-kind="training-distribution" src="training_distribution.png">')
     for cls in result.classes:
-        slug = _slug(cls.name)
+        slug = f"{cls.index}-{_slug(cls.name)}"
         parts.append(f"<h2>{html.escape(cls.name)}</h2>")
         parts.append(_cluster_table(cls))
         plot_matrices(cls, out / f"matrices_{slug}.png")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from .audit import AuditConfig, Explainer, run_audit, summarize
+from .audit import AuditConfig, Explainer, check_config, run_audit, summarize
 from .db import Clustering, Model, ModelVersion, make_engine
 from .errors import XichError
 from .migrate import upgrade
@@ -40,6 +40,7 @@ def recorded_audit(config: AuditConfig, *, database_url: str, model_name: str | 
     ``clustering``: ``own`` (cluster this run), ``reference:<model-version>`` (that version's frozen
     clustering), or ``auto`` (the model's newest frozen clustering on this dataset, else own).
     """
+    check_config(config)
     weights_sha = file_sha256(config.weights) if config.weights and Path(config.weights).is_file() else None
     if config.weights and weights_sha is None:
         raise XichError(f"--weights {config.weights}: no such file")
@@ -57,7 +58,7 @@ def recorded_audit(config: AuditConfig, *, database_url: str, model_name: str | 
                 registry_metadata=registry_metadata)
             ds = get_or_create_dataset(session=session, uri=config.data_uri or config.data,
                                        fingerprint=source_fingerprint(data_path))
-            frozen = _frozen(session, clustering, mv, ds)
+            frozen = _frozen(session, clustering, mv, ds, config.eval_split)
             hashed = {k: v for k, v in asdict(config).items() if k not in _NOT_HASHED}
             run = begin_run(session=session, run_id=uuid.uuid4().hex, model_version=mv, dataset=ds, config=hashed,
                             eval_split=config.eval_split, train_split=config.train_split, frozen=frozen)
@@ -80,7 +81,8 @@ def recorded_audit(config: AuditConfig, *, database_url: str, model_name: str | 
                 fail_run(session=session, run=run, error=f"{type(exc).__name__}: {exc}")
                 raise
             classes = load_classes(session=session, run_id=run.id)
-            finish_run(session=session, run=run, resolved_config=result.config, summary=summarize(classes),
+            finish_run(session=session, run=run, resolved_config=result.config,
+                       train_split=result.dataset["train_split"], summary=summarize(classes),
                        timings={"fingerprint_s": fingerprint_s, "audit_s": time.perf_counter() - t1,
                                 "resumed_classes": sorted(done)})
             return replace(result, classes=classes, summary=summarize(classes))
@@ -103,16 +105,16 @@ def publish_run(result: AuditResult, *, store_url: str, report_dir: str | Path |
     return keys
 
 
-def _frozen(session: Session, clustering: str, mv: ModelVersion, ds) -> Clustering | None:
+def _frozen(session: Session, clustering: str, mv: ModelVersion, ds, eval_split: str) -> Clustering | None:
     model_name = session.get(Model, mv.model_id).name
     if clustering == "own":
         return None
     if clustering == "auto":
-        return frozen_clustering(session=session, model_name=model_name, dataset=ds)
+        return frozen_clustering(session=session, model_name=model_name, dataset=ds, eval_split=eval_split)
     kind, _, version = clustering.partition(":")
     if kind != "reference" or not version:
         raise XichError(f"--clustering {clustering!r}: use auto, own or reference:<model-version>")
-    found = frozen_clustering(session=session, model_name=model_name, dataset=ds, version=version)
+    found = frozen_clustering(session=session, model_name=model_name, dataset=ds, eval_split=eval_split, version=version)
     if found is None:
         raise XichError(f"--clustering {clustering}: model {model_name!r} has no frozen clustering from version "
                         f"{version!r} on this dataset; freeze one with `xich clustering freeze --run RUN`")

@@ -51,13 +51,16 @@ def train(config: TrainConfig, on_epoch: Callable[[int, float, float], None] | N
 
     ``on_epoch(epoch, mean_loss, eval_accuracy)`` is called after each epoch; returns the history.
     """
-    if config.epochs < 1:
-        raise XichError(f"--epochs must be at least 1, got {config.epochs}")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise XichError(f"--epochs and --batch-size must be at least 1, got {config.epochs} and {config.batch_size}")
     torch.manual_seed(config.seed)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ds = open_dataset(config.data, config.eval_split, config.train_split)
     if config.train_split not in ds.splits:
         raise XichError(f"--data {config.data}: no training split {config.train_split!r}")
+    if not set(ds.splits[config.train_split].images) & set(ds.classes):
+        raise XichError(f"--data {config.data}: the {config.train_split!r} split has none of the evaluation classes "
+                        f"({', '.join(ds.classes)})")
     x_train, y_train = _load(ds.splits[config.train_split], ds.classes, config.tile_size)
     x_eval, y_eval = _load(ds.splits[config.eval_split], ds.classes, config.tile_size)
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in parse_normalize(config.normalize))

@@ -61,10 +61,14 @@ def main() -> None:
     fast = np.concatenate([pm.mosaic_cams(mosaics[s:s + args.batch], cls) for s in range(0, n, args.batch)])
     t_fast = time.perf_counter() - t
 
-    t = time.perf_counter()
-    ref_batched = np.concatenate([reference_cams(pm.model, pm.layer, mosaics[s:s + args.batch], [cls] * len(mosaics[s:s + args.batch]))
-                                  for s in range(0, n, args.batch)])
-    t_batched = time.perf_counter() - t
+    # the library batched: its best of a few batch sizes, so the comparison is not against a bad choice
+    t_batched, ref_batched, best_batch = float("inf"), None, None
+    for batch in sorted({16, 32, args.batch}):
+        t = time.perf_counter()
+        cams = np.concatenate([reference_cams(pm.model, pm.layer, mosaics[s:s + batch], [cls] * len(mosaics[s:s + batch]))
+                               for s in range(0, n, batch)])
+        if time.perf_counter() - t < t_batched:
+            t_batched, ref_batched, best_batch = time.perf_counter() - t, cams, batch
 
     # the paper's loop: one GradCAM object, one mosaic per call
     t = time.perf_counter()
@@ -77,10 +81,10 @@ def main() -> None:
          (("fast", fast), ("batched", ref_batched), ("loop", ref_loop))}
     diff = max(np.nanmax(np.abs(d["fast"] - d["batched"])), np.nanmax(np.abs(d["fast"] - d["loop"])))
     print(f"library, one mosaic at a time: {t_loop:8.3f} s  ({n / t_loop:8.1f} mosaics/s)")
-    print(f"library, batched ({args.batch}):       {t_batched:8.3f} s  ({n / t_batched:8.1f} mosaics/s)")
+    print(f"library, batched (best: {best_batch}):  {t_batched:8.3f} s  ({n / t_batched:8.1f} mosaics/s)")
     print(f"xich fast path, batched ({args.batch}): {t_fast:8.3f} s  ({n / t_fast:8.1f} mosaics/s)")
     print(f"speed-up vs one-at-a-time library: {t_loop / t_fast:6.1f}x   (target >= 25x)")
-    print(f"speed-up vs batched library:       {t_batched / t_fast:6.1f}x   (target >= 4x)")
+    print(f"speed-up vs batched library:       {t_batched / t_fast:6.1f}x   (target >= 4x; library at its best batch size)")
     print(f"max |d_fast - d_library| over {n} mosaics: {diff:.2e}   (target < 1e-3)")
     print(f"fast path throughput: {n / t_fast * 4 * 41e6 * 2 / 1e9:.0f} GFLOP/s "
           f"(ResNet-20 is ~41 MMAC per 32x32 tile, x4 per 64x64 mosaic)")

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 Explainer = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 
+PIXELS_PER_CHUNK = 64 * 32 * 32  # CPU inference chunk: 64 CIFAR tiles, or 16 mosaics of 64×64
+
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -130,9 +132,18 @@ class PreparedModel:
         return (images.to(self.device).float() / 255.0 - self.mean) / self.std
 
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(feature map, logits) of a normalised batch, under inference mode."""
+        """(feature map, logits) of a normalised batch, under inference mode.
+
+        On the CPU the batch runs in chunks of about PIXELS_PER_CHUNK input pixels, which keep the
+        activations in cache: measured here, 16 mosaics of 64×64 run ~1.3× faster per mosaic than 64.
+        """
+        step = batch.shape[0] if self.device.type != "cpu" else max(1, PIXELS_PER_CHUNK // (batch.shape[2] * batch.shape[3]))
         with torch.inference_mode():
-            return self._runner(batch)(batch)
+            run = self._runner(batch)
+            if step >= batch.shape[0]:
+                return run(batch)
+            parts = [run(batch[k:k + step]) for k in range(0, batch.shape[0], step)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _runner(self, batch: torch.Tensor) -> Callable:
         key = tuple(batch.shape[1:])

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .db import (AuditRun, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
@@ -155,7 +156,10 @@ def store_class(*, session: Session, run: AuditRun, cls: ClassResult) -> None:
         PerImageScore(run_id=run.id, class_index=cls.index, position=k, image_id=r["image"], score=r["score"],
                       logit=r["logit"], softmax=r["softmax"])
         for k, r in enumerate(pi.get("images", [])))
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # another process resuming the same run stored this class first: same numbers
+        session.rollback()
 
 
 def finish_run(*, session: Session, run: AuditRun, resolved_config: dict, train_split: str | None, summary: dict,

@@ -117,6 +117,14 @@ def store_class(*, session: Session, run: AuditRun, cls: ClassResult) -> None:
     """Every number of one class's result, in one transaction; a class already stored is left as it is."""
     if session.get(RunClass, (run.id, cls.index)) is not None:
         return
+    try:
+        _add_class_rows(session, run, cls)
+        session.commit()
+    except IntegrityError:  # another process resuming the same run stored this class first: same numbers
+        session.rollback()
+
+
+def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult) -> None:
     pi = cls.per_image or {}
     session.add(RunClass(run_id=run.id, class_index=cls.index, class_name=cls.name, clustering_id=run.clustering_id,
                          excluded_mosaics=cls.excluded_mosaics, spearman_score_train_share=cls.spearman_score_train_share,
@@ -156,10 +164,6 @@ def store_class(*, session: Session, run: AuditRun, cls: ClassResult) -> None:
         PerImageScore(run_id=run.id, class_index=cls.index, position=k, image_id=r["image"], score=r["score"],
                       logit=r["logit"], softmax=r["softmax"])
         for k, r in enumerate(pi.get("images", [])))
-    try:
-        session.commit()
-    except IntegrityError:  # another process resuming the same run stored this class first: same numbers
-        session.rollback()
 
 
 def finish_run(*, session: Session, run: AuditRun, resolved_config: dict, train_split: str | None, summary: dict,

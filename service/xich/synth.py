@@ -1,10 +1,10 @@
 """A planted-bias image dataset: classes told apart by shape, subgroups by a visible nuisance.
 
-Each class has ``subgroups`` looks: the orientation of the hatching the shape is drawn with, its
-colour, and the background texture (every look paints the same share of the shape, so none is
-brighter by construction). In ``train/`` one look is rare in every class (``rare_fraction`` of the
-class; which look depends on the seed), so the model sees little of it anywhere; in ``test/`` looks are
-balanced. The known answer is written to ``ground_truth.json`` so that an audit can be checked: the
+Each image is hatching: the shape is a patch hatched in one orientation on a background hatched in the
+perpendicular one, so only the change of orientation draws it. A class has ``subgroups`` looks: the
+hatching orientation (and a colour); every look paints half the pixels, so none is brighter by
+construction. In ``train/`` one look is rare in every class (``rare_fraction`` of the class; which look
+depends on the seed), so the model sees little of it anywhere; in ``test/`` looks are balanced. The known answer is written to ``ground_truth.json`` so that an audit can be checked: the
 paper predicts the rare look's cluster to be among the least dominant.
 """
 
@@ -21,8 +21,9 @@ from PIL import Image, ImageDraw
 from .errors import XichError
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond", "bar")
-TEXTURES = ("plain", "stripes", "checker", "dots", "gradient", "noise")
-STYLES = ("diagonal", "antidiagonal", "horizontal", "vertical", "diagonal-wide", "horizontal-wide")
+# a look's hatching orientation, and the perpendicular one its background is hatched with
+ORIENTATIONS = {"diagonal": "antidiagonal", "antidiagonal": "diagonal", "horizontal": "vertical",
+                "vertical": "horizontal"}
 SIZE = 32
 
 
@@ -31,7 +32,7 @@ class SynthSpec:
     classes: int = 4
     subgroups: int = 4
     rare_fraction: float = 0.03
-    train_per_class: int = 600
+    train_per_class: int = 200
     test_per_subgroup: int = 60
     seed: int = 0
 
@@ -45,8 +46,9 @@ def write_synth(out: str | Path, spec: SynthSpec) -> dict:
     """Write ``train/`` and ``test/`` image folders and ``ground_truth.json`` under ``out``; returns the truth."""
     if not 2 <= spec.classes <= len(SHAPES):
         raise XichError(f"--classes must be between 2 and {len(SHAPES)}, got {spec.classes}")
-    if not 2 <= spec.subgroups <= len(TEXTURES):
-        raise XichError(f"--subgroups must be between 2 and {len(TEXTURES)}, got {spec.subgroups}")
+    if not 2 <= spec.subgroups <= len(ORIENTATIONS):
+        raise XichError(f"--subgroups must be between 2 and {len(ORIENTATIONS)} (one per hatching orientation), "
+                        f"got {spec.subgroups}")
     if not 0 < spec.rare_fraction < 1 / spec.subgroups:
         raise XichError(f"--rare-fraction must be in (0, 1/subgroups), got {spec.rare_fraction}")
     out = Path(out)
@@ -84,25 +86,17 @@ def _palette(class_index: int, subgroup: int, spec: SynthSpec) -> tuple[tuple[in
 
 
 def draw_image(class_index: int, subgroup: int, spec: SynthSpec, rng: np.random.Generator) -> Image.Image:
-    """One 32×32 RGB image: the class's shape, drawn in the subgroup's style and colour, on its texture."""
+    """One 32×32 RGB image: the class's shape as a patch of hatching in the subgroup's orientation, on
+    hatching at the perpendicular orientation, both in the subgroup's colour: only the change of
+    orientation draws the shape, so recognising it takes features of that orientation."""
     fg, bg = _palette(class_index, subgroup, spec)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    orientation = list(ORIENTATIONS)[subgroup]
+    mask = _shape_mask(SHAPES[class_index], rng)
+    painted = (_hatching(ORIENTATIONS[orientation], xx, yy) & ~mask) | (_hatching(orientation, xx, yy) & mask)
     base = np.empty((SIZE, SIZE, 3), dtype=np.float32)
     base[:] = bg
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    texture = TEXTURES[subgroup % len(TEXTURES)]
-    light = np.array(bg, dtype=np.float32) * 0.5 + 100
-    if texture == "stripes":
-        base[(xx + yy) % 6 < 3] = light
-    elif texture == "checker":
-        base[((xx // 4) + (yy // 4)) % 2 == 0] = light
-    elif texture == "dots":
-        base[(xx % 5 == 2) & (yy % 5 == 2)] = light
-    elif texture == "gradient":
-        base *= (0.4 + 0.9 * xx / SIZE)[..., None]
-    elif texture == "noise":
-        base += rng.normal(0, 40, size=base.shape)
-    mask = _styled(_shape_mask(SHAPES[class_index], rng), STYLES[subgroup % len(STYLES)], xx, yy)
-    base[mask] = fg
+    base[painted] = fg
     base += rng.normal(0, 8, size=base.shape)
     return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
 
@@ -129,12 +123,7 @@ def _shape_mask(shape: str, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(img) > 127
 
 
-def _styled(mask: np.ndarray, style: str, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
-    """The subgroup's way of drawing a shape: hatching of one orientation, half of the shape painted.
-
-    Every style paints the same share of the shape, so no look is brighter than another: what tells
-    looks apart is orientation, colour and background, not explanation energy by construction.
-    """
-    period = 6 if style.endswith("-wide") else 4
-    coord = {"diagonal": xx - yy, "antidiagonal": xx + yy, "horizontal": yy, "vertical": xx}[style.removesuffix("-wide")]
-    return mask & (coord % period < period // 2)
+def _hatching(orientation: str, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Stripes two pixels wide every four pixels; every orientation paints half of the image."""
+    coord = {"diagonal": xx - yy, "antidiagonal": xx + yy, "horizontal": yy, "vertical": xx}[orientation]
+    return coord % 4 < 2

@@ -25,11 +25,9 @@ from .method.mosaic import MosaicPlan, assemble_mosaics, plan_mosaics
 from .method.per_image import class_softmax, dominance_correlations
 from .method.significance import p_value_matrices
 from .models import build_model, find_target_layer, gap_linear_head, load_weights
-from .result import AuditResult, ClassResult, ClusterResult, MosaicResult
+from .result import AuditResult, ClassResult, ClusterResult, Explainer, MosaicResult
 
 log = logging.getLogger(__name__)
-
-Explainer = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 
 PIXELS_PER_CHUNK = 64 * 32 * 32  # CPU inference chunk: 64 CIFAR tiles, or 16 mosaics of 64×64
 

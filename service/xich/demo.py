@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +16,6 @@ from .report import collect_examples, write_report
 from .result import AuditResult
 from .synth import SynthSpec, write_synth
 from .train import TrainConfig, train
-
-log = logging.getLogger(__name__)
 
 MODEL = "cifar:resnet20"
 

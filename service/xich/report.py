@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .result import AuditResult, ClassResult  # noqa: E402
+from .result import AuditResult, ClassResult, Explainer  # noqa: E402
 
-Explainer = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # image ids (TL, TR, BL, BR) -> rgb, cam
 
 
 @dataclass

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
+
+
+Explainer = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # image ids (TL, TR, BL, BR) -> (rgb, cam)
 
 
 @dataclass
@@ -56,10 +62,14 @@ class AuditResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_json(self) -> str:
+        """The audit document; never contains NaN."""
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
+
     def write_json(self, path: str | Path) -> None:
         """Write the JSON document atomically (temporary file, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        tmp.write_text(self.to_json())
         tmp.replace(path)

@@ -6,7 +6,6 @@ recomputed; failed or killed → only the classes not yet stored are audited.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -16,14 +15,14 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from .audit import AuditConfig, Explainer, check_config, run_audit, summarize
+from .audit import AuditConfig, check_config, run_audit, summarize
 from .db import Clustering, Model, ModelVersion, make_engine
 from .errors import XichError
 from .migrate import upgrade
 from .persist import (begin_run, fail_run, file_sha256, finish_run, frozen_clustering, frozen_membership,
                       get_or_create_dataset, get_or_create_model_version, load_audit, load_classes, source_fingerprint,
                       stored_classes, store_class)
-from .result import AuditResult, ClassResult
+from .result import AuditResult, ClassResult, Explainer
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ def publish_run(result: AuditResult, *, store_url: str, report_dir: str | Path |
 
     store = open_store(store_url, **store_options)
     prefix = f"runs/{result.run_id}"
-    store.put_bytes(f"{prefix}/audit.json", json.dumps(result.to_dict(), indent=1, allow_nan=False).encode())
+    store.put_bytes(f"{prefix}/audit.json", result.to_json().encode())
     keys = [f"{prefix}/audit.json"]
     if report_dir is not None:
         for path in sorted(p for p in Path(report_dir).rglob("*") if p.is_file()):

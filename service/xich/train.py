@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,8 +14,6 @@ from .audit import parse_normalize
 from .datasets import open_dataset
 from .errors import XichError
 from .models import build_model
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -15,17 +15,18 @@ from torch import nn
 
 from .datasets import Dataset, Split, open_dataset
 from .errors import XichError
+from .labels import LabelList, model_indices, resolve_labels
 from .method.clustering import assign_clusters, cluster_embeddings, clustering_from_labels
-from .method.distribution import score_share_spearman, train_share_by_rank, training_distribution
+from .method.distribution import score_share_spearman, training_distribution
 from .method.dominance import dominance_matrix, mosaic_dominance, quadrant_relevance
 from .method.embedding import gap, layer_output
 from .method.gradcam import gap_linear_cam, reference_cams, scale_cams
 from .method.hierarchy import hierarchy, hierarchy_scores
-from .method.mosaic import MosaicPlan, assemble_mosaics, plan_mosaics
+from .method.mosaic import MosaicPlan, assemble_mosaics, image_sets, plan_mosaics
 from .method.per_image import class_softmax, dominance_correlations
-from .method.significance import p_value_matrices
-from .models import build_model, find_target_layer, gap_linear_head, load_weights
-from .result import AuditResult, ClassResult, ClusterResult, Explainer, MosaicResult
+from .method.significance import confidence_intervals, p_value_matrices, set_means
+from .models import build_model, find_target_layer, gap_linear_head, head_name, load_weights, read_checkpoint
+from .result import AuditResult, ClassResult, ClusterResult, Explainer, MosaicResult, summarize
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class AuditConfig:
     batch_size: int = 128
     device: str | None = None
     per_image: int = 0
+    labels: str | None = None  # --labels: a built-in set or a file (see labels.py)
     data_uri: str | None = None  # where --data / --weights came from (s3://…) when read from a local copy
     weights_uri: str | None = None
 
@@ -95,13 +97,9 @@ class PreparedModel:
     the copy is checked against the eager model on a probe and dropped if it disagrees.
     """
 
-    def __init__(self, config: AuditConfig, num_classes: int, tile_size: int, mosaic_size: int | None = None):
+    def __init__(self, config: AuditConfig, model: nn.Module, num_classes: int, tile_size: int,
+                 mosaic_size: int | None = None):
         self.device = _device(config.device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)  # an audit without --weights is reproducible too
-            model = build_model(config.model, num_classes)
-        if config.weights:
-            load_weights(model, config.weights)
         self.model = model.to(self.device).eval()
         mean, std = parse_normalize(config.normalize)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
@@ -114,7 +112,7 @@ class PreparedModel:
             out = self.model(probe)
         if out.ndim != 2 or out.shape[1] != num_classes:
             raise XichError(f"--model {config.model}: outputs shape {tuple(out.shape)}, expected (batch, {num_classes}) "
-                            f"for the dataset's {num_classes} classes")
+                            f"for its {num_classes} labels")
         self.layer_name = find_target_layer(self.model, probe, config.layer)
         self.layer = dict(self.model.named_modules())[self.layer_name]
         self.head = gap_linear_head(self.model, self.layer, probe)
@@ -203,84 +201,155 @@ def default_tile_size(model_spec: str, split: Split) -> int:
     return int(split.read(first_class[0]).shape[0])
 
 
-def run_audit(config: AuditConfig, progress: Callable[[str, int], None] | None = None,
-              on_class: Callable[[ClassResult, Explainer], None] | None = None, *,
-              skip_classes: frozenset[str] = frozenset(), run_id: str | None = None,
-              frozen: Mapping[str, Mapping[str, int]] | None = None) -> AuditResult:
-    """Audit every selected class of the dataset (but ``skip_classes``, already audited elsewhere).
+@dataclass
+class ClassImages:
+    """One class's pixels: evaluation images (and their ids) and the training split's images."""
 
-    ``progress(label, total)`` is called before each class; ``on_class(result, explain)`` after it,
-    with ``explain(image_ids) -> (rgb, cam)`` rendering a stored manifest while the model is loaded.
-    The summary covers the classes audited here. ``frozen`` maps class name → (image id → cluster)
-    for classes whose membership comes from a frozen clustering.
-    """
+    name: str
+    index: int  # the model's output for this class
+    eval_ids: list[str]
+    eval_images: torch.Tensor  # uint8 (N, 3, T, T)
+    train_images: torch.Tensor | None
+
+
+@dataclass
+class OpenedAudit:
+    """Everything an audit needs before its first class: data opened, labels matched, model prepared."""
+
+    config: AuditConfig
+    dataset: Dataset
+    eval_split: Split
+    train_split: Split | None
+    labels: LabelList
+    indices: dict[str, int]  # selected class → model output index, in output order
+    prepared: PreparedModel
+    tile_size: int
+    mosaic_size: int
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.indices)
+
+    def load(self, name: str) -> ClassImages:
+        ids = self.eval_split.images[name]
+        train = None
+        if self.train_split is not None:
+            tr_ids = self.train_split.images.get(name, [])
+            train = self.train_split.load(tr_ids, self.tile_size)
+        return ClassImages(name, self.indices[name], ids, self.eval_split.load(ids, self.tile_size), train)
+
+    def iter_classes(self, names: list[str]) -> Iterator[ClassImages]:
+        """The classes' images in turn; the next class is decoded while the caller works on this one."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self.load, names[0]) if names else None
+            for n in range(len(names)):
+                images = pending.result()
+                pending = pool.submit(self.load, names[n + 1]) if n + 1 < len(names) else None
+                yield images
+
+    def resolved_config(self) -> dict:
+        """The document's ``config``: what was asked, with ``auto`` values resolved."""
+        c = self.config
+        return {"clusters": c.clusters, "mosaics_per_pair": c.mosaics_per_pair, "seed": c.seed,
+                "layer": self.prepared.layer_name, "cam": self.prepared.cam, "tile_size": self.tile_size,
+                "mosaic_size": self.mosaic_size, "normalize": c.normalize, "per_image": c.per_image}
+
+    def settings(self) -> dict:
+        """The settings that change numbers: what identifies a run besides model version, data and clustering.
+
+        Architecture and weights belong to the model version, P to the clustering; batch size, device,
+        --cam (fast and reference agree), class order and per-image mode change no number of the run.
+        """
+        mean, std = parse_normalize(self.config.normalize)
+        return {"mosaics_per_pair": self.config.mosaics_per_pair,
+                "seed": self.config.seed, "tile_size": self.tile_size, "mosaic_size": self.mosaic_size,
+                "normalize": [list(mean), list(std)], "layer": self.prepared.layer_name,
+                "classes": sorted(self.indices)}
+
+
+def open_audit(config: AuditConfig) -> OpenedAudit:
+    """Validate the settings, open the dataset, match its classes to the model's labels, prepare the model."""
     check_config(config)
     dataset = open_dataset(config.data, config.eval_split, config.train_split)
     eval_split = dataset.splits[config.eval_split]
     train_split = dataset.splits.get(config.train_split) if config.train_split else None
-    selected = [c for c in _select_classes(dataset, config.classes) if c not in skip_classes]
-    if frozen is not None and any(c not in frozen for c in selected):
-        missing = [c for c in selected if c not in frozen]
-        raise XichError(f"class(es) {', '.join(missing)} are not in the frozen clustering; audit its classes "
-                        f"(--classes {','.join(sorted(frozen))}) or use --clustering own")
+    selected = _select_classes(dataset, config.classes)
     tile = config.tile_size or default_tile_size(config.model, eval_split)
     mosaic_size = config.mosaic_size or 2 * tile
-    prepared = PreparedModel(config, len(dataset.classes), tile, mosaic_size)
-    step = progress or (lambda label, total: None)
+    model, labels, indices = load_model(config, dataset.classes)
+    indices = dict(sorted(((c, indices[c]) for c in selected), key=lambda kv: kv[1]))
+    prepared = PreparedModel(config, model, len(labels.names), tile, mosaic_size)
+    return OpenedAudit(config, dataset, eval_split, train_split, labels, indices, prepared, tile, mosaic_size)
 
-    results: list[ClassResult] = []
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # decode the next class's images while the model works on this one
-        def load(name: str):
-            ev_ids = eval_split.images[name]
-            tr_ids = train_split.images.get(name, []) if train_split else []
-            return ev_ids, eval_split.load(ev_ids, tile), (train_split.load(tr_ids, tile) if train_split else None)
 
-        pending = pool.submit(load, selected[0]) if selected else None
-        for n, name in enumerate(selected):
-            ev_ids, ev_images, tr_images = pending.result()
-            pending = pool.submit(load, selected[n + 1]) if n + 1 < len(selected) else None
-            step(name, len(selected))
-            index = dataset.classes.index(name)
-            results.append(audit_class(prepared, config, index, name, ev_ids, ev_images, tr_images, mosaic_size,
-                                       (frozen or {}).get(name)))
-            if on_class:
-                on_class(results[-1], _explainer(prepared, ev_ids, ev_images, index, mosaic_size))
+def load_model(config: AuditConfig, dataset_classes: list[str]) -> tuple[nn.Module, LabelList, dict[str, int]]:
+    """The model with its weights, its label list and each dataset class's output index."""
+    sd, ckpt_labels = read_checkpoint(config.weights) if config.weights else (None, None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # an audit without --weights is reproducible too
+        model = build_model(config.model, len(dataset_classes))
+        head = head_name(model)
+        outputs = int(sd[f"{head}.weight"].shape[0]) if sd is not None and f"{head}.weight" in sd else None
+        labels = resolve_labels(labels_arg=config.labels, checkpoint_labels=ckpt_labels, model_spec=config.model,
+                                head_outputs=outputs, dataset_classes=dataset_classes)
+        indices = model_indices(labels, dataset_classes, outputs, head)
+        if len(labels.names) != len(dataset_classes):
+            torch.manual_seed(config.seed)
+            model = build_model(config.model, len(labels.names))
+    if sd is not None:
+        load_weights(model, config.weights, sd)
+    return model.eval(), labels, indices
 
-    cfg = {
-        "clusters": config.clusters, "mosaics_per_pair": config.mosaics_per_pair, "seed": config.seed,
-        "layer": prepared.layer_name, "cam": prepared.cam, "tile_size": tile, "mosaic_size": mosaic_size,
-        "normalize": config.normalize, "per_image": config.per_image,
-    }
+
+def run_audit(config: AuditConfig, progress: Callable[[str, int], None] | None = None,
+              on_class: Callable[[ClassResult, Explainer], None] | None = None, run_id: str | None = None) -> AuditResult:
+    """Audit every selected class of the dataset, unrecorded (the results database is ``runs.recorded_audit``).
+
+    ``progress(label, total)`` is called before each class; ``on_class(result, explain)`` after it,
+    with ``explain(image_ids) -> (rgb, cam)`` rendering a manifest while the model is loaded.
+    """
+    opened = open_audit(config)
+    results = []
+    for images in opened.iter_classes(opened.classes):
+        if progress:
+            progress(images.name, len(opened.classes))
+        results.append(audit_class(opened, images))
+        if on_class:
+            on_class(results[-1], explainer(opened, images))
+    return assemble_result(opened, results, run_id or uuid.uuid4().hex)
+
+
+def assemble_result(opened: OpenedAudit, classes: list[ClassResult], run_id: str, model: dict | None = None,
+                    notes: list[str] | None = None) -> AuditResult:
+    """The audit document of ``classes`` (in model output order), with its summary."""
+    config = opened.config
+    classes = sorted(classes, key=lambda c: c.index)
     return AuditResult(
-        run_id=run_id or uuid.uuid4().hex,
-        model={"spec": config.model, "weights": config.weights_uri or config.weights},
+        run_id=run_id,
+        model=model or {"spec": config.model, "weights": config.weights_uri or config.weights},
+        labels={"source": opened.labels.source, "names": list(opened.labels.names)},
         dataset={"uri": config.data_uri or config.data, "eval_split": config.eval_split,
-                 "train_split": config.train_split if train_split else None},
-        config=cfg,
-        classes=results,
-        summary=summarize(results),
+                 "train_split": config.train_split if opened.train_split is not None else None},
+        config=opened.resolved_config(),
+        classes=classes,
+        summary=summarize(classes),
+        notes=list(notes or []),
     )
 
 
-def summarize(classes: list[ClassResult]) -> dict:
-    """Across classes: mean train share by dominance rank (Fig. 5) and mean Spearman(score, train share)."""
-    ranked = [np.array([c.train_share for c in sorted(r.clusters, key=lambda c: c.rank)]) for r in classes
-              if r.clusters and r.clusters[0].train_share is not None]
-    rhos = [r.spearman_score_train_share for r in classes if r.spearman_score_train_share is not None]
-    return {"train_share_by_rank": train_share_by_rank(ranked), "mean_spearman": float(np.mean(rhos)) if rhos else None}
+def _none(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
 
 
-def audit_class(prepared: PreparedModel, config: AuditConfig, class_index: int, name: str, eval_ids: list[str],
-                eval_images: torch.Tensor, train_images: torch.Tensor | None, mosaic_size: int,
-                frozen: Mapping[str, int] | None = None) -> ClassResult:
+def audit_class(opened: OpenedAudit, images: ClassImages, frozen: Mapping[str, int] | None = None) -> ClassResult:
     """Cluster one class, measure dominance on its mosaics, and relate it to the training split.
 
     With ``frozen`` (image id → cluster, from a frozen clustering) membership is taken from it and
     only the centres are recomputed, in this model's embedding space, to place the training images.
     """
+    config, prepared, name, eval_ids = opened.config, opened.prepared, images.name, images.eval_ids
     notes = []
-    embeddings, logits = prepared.embed(eval_images, config.batch_size)
+    embeddings, logits = prepared.embed(images.eval_images, config.batch_size)
     if frozen is None:
         clustering = cluster_embeddings(embeddings, config.clusters, random_state=config.seed)
         if clustering.n_clusters < config.clusters:
@@ -296,59 +365,96 @@ def audit_class(prepared: PreparedModel, config: AuditConfig, class_index: int, 
     P = clustering.n_clusters
     labels = clustering.labels
 
-    tiles = prepared.normalize(eval_images)
-    plan = plan_mosaics(labels, P, config.mosaics_per_pair, np.random.default_rng([config.seed, class_index]))
-    d = _mosaic_dominance(prepared, tiles, plan, class_index, mosaic_size, config.batch_size)
-    pair_d = _pair_values(plan, d, P)
-    D = dominance_matrix(pair_d, P)
-    p_raw, p_holm = p_value_matrices(pair_d, P)
-    scores = hierarchy_scores(D)
+    tiles = prepared.normalize(images.eval_images)
+    plan = plan_mosaics(labels, P, config.mosaics_per_pair, np.random.default_rng([config.seed, images.index]))
+    d = _mosaic_dominance(prepared, tiles, plan, images.index, opened.mosaic_size, config.batch_size)
+    stats = pair_statistics(plan, d, P)
+    scores = hierarchy_scores(stats.D)
     order, rank = hierarchy(scores)
     excluded = int(np.isnan(d).sum())
     if excluded:
         notes.append(f"{excluded} mosaic(s) excluded: their Grad-CAM map is zero everywhere")
+    if P > 1 and not order.size:
+        notes.append("no evidence: every mosaic's Grad-CAM map is zero, so the class has no hierarchy")
+    elif order.size < P and P > 1:
+        notes.append(f"cluster(s) {', '.join(map(str, np.flatnonzero(np.isnan(rank))))} without evidence: "
+                     f"no mosaic against them has a non-zero Grad-CAM map")
+    elif P == 1:
+        notes.append("a single cluster: no pair to compare, so no hierarchy")
 
     counts = shares = None
-    if train_images is not None:
-        train_emb, _ = prepared.embed(train_images, config.batch_size) if len(train_images) else (np.zeros((0, 1)), None)
+    if images.train_images is not None:
+        train_emb = (prepared.embed(images.train_images, config.batch_size)[0] if len(images.train_images)
+                     else np.zeros((0, embeddings.shape[1])))
         counts, shares = training_distribution(assign_clusters(clustering, train_emb), P)
+    ranked = ~np.isnan(scores)
     clusters = [
         ClusterResult(
             id=c, eval_size=int((labels == c).sum()),
             train_count=None if counts is None else int(counts[c]),
             train_share=None if shares is None else float(shares[c]),
-            score=float(scores[c]), rank=int(rank[c]),
+            score=_none(scores[c]), rank=None if np.isnan(rank[c]) else int(rank[c]),
             members=[eval_ids[k] for k in np.flatnonzero(labels == c)],
         )
         for c in range(P)
     ]
     mosaics = [
         MosaicResult(pair=plan.pairs[m].tolist(), images=[eval_ids[k] for k in plan.images[m]],
-                     clusters=plan.clusters[m].tolist(), d=None if np.isnan(d[m]) else float(d[m]))
+                     clusters=plan.clusters[m].tolist(), d=_none(d[m]))
         for m in range(len(plan))
     ]
+    ci = [[None if np.isnan(stats.ci_low[i, j]) else [float(stats.ci_low[i, j]), float(stats.ci_high[i, j])]
+           for j in range(P)] for i in range(P)]
     return ClassResult(
-        index=class_index, name=name, clusters=clusters, dominance=D.tolist(), p_values=p_raw.tolist(),
-        p_values_holm=p_holm.tolist(), hierarchy=order.tolist(),
-        spearman_score_train_share=score_share_spearman(scores, shares), excluded_mosaics=excluded,
-        mosaics=mosaics, notes=notes,
-        per_image=_per_image(prepared, config, class_index, eval_ids, tiles, logits, mosaic_size)
-        if config.per_image else None,
+        index=images.index, name=name, clusters=clusters,
+        dominance=[[_none(v) for v in row] for row in stats.D], dominance_ci=ci,
+        p_values=stats.p_raw.tolist(), p_values_holm=stats.p_holm.tolist(), distinct_sets=stats.n_sets.tolist(),
+        hierarchy=order.tolist(),
+        spearman_score_train_share=(score_share_spearman(scores[ranked], shares[ranked])
+                                    if shares is not None else None),
+        excluded_mosaics=excluded, mosaics=mosaics, notes=notes,
+        per_image=per_image_result(opened, images, tiles, logits) if config.per_image else None,
     )
 
 
-def explain_stored(config: AuditConfig, result: AuditResult, classes: list[ClassResult]):
-    """Yield (class, explain) for stored classes, with the model and images loaded again.
+@dataclass(frozen=True)
+class PairStatistics:
+    """Per-class P×P matrices: D (eq. 8; NaN without evidence), p-values, 95 % CI, distinct image sets."""
+
+    D: np.ndarray
+    p_raw: np.ndarray
+    p_holm: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    n_sets: np.ndarray
+
+
+def pair_statistics(plan: MosaicPlan, d: np.ndarray, n: int) -> PairStatistics:
+    """D from every defined mosaic; tests and intervals from each distinct image set counted once."""
+    sets = image_sets(plan.images)
+    pair_d, pair_sets = {}, {}
+    n_sets = np.zeros((n, n), dtype=int)
+    for i in range(n):
+        for j in range(i + 1, n):
+            sel = (plan.pairs[:, 0] == i) & (plan.pairs[:, 1] == j)
+            pair_d[i, j] = d[sel]
+            pair_sets[i, j] = set_means(d[sel], sets[sel])
+            n_sets[i, j] = n_sets[j, i] = pair_sets[i, j].size
+    D = dominance_matrix(pair_d, n)
+    p_raw, p_holm = p_value_matrices(pair_sets, n)
+    lo, hi = confidence_intervals(pair_sets, D)
+    return PairStatistics(D, p_raw, p_holm, lo, hi, n_sets)
+
+
+def explain_stored(opened: OpenedAudit, classes: list[ClassResult]):
+    """Yield (class, explain) for stored classes, with their images loaded again.
 
     For reports of runs read back from the database: their mosaics are rendered from the manifests.
     """
-    dataset = open_dataset(config.data, config.eval_split, None)
-    split = dataset.splits[config.eval_split]
-    tile, mosaic_size = result.config["tile_size"], result.config["mosaic_size"]
-    prepared = PreparedModel(config, len(dataset.classes), tile, mosaic_size)
     for cls in classes:
-        ids = split.images[cls.name]
-        yield cls, _explainer(prepared, ids, split.load(ids, tile), cls.index, mosaic_size)
+        ids = opened.eval_split.images[cls.name]
+        images = ClassImages(cls.name, cls.index, ids, opened.eval_split.load(ids, opened.tile_size), None)
+        yield cls, explainer(opened, images)
 
 
 def _frozen_labels(frozen: Mapping[str, int], eval_ids: list[str], name: str) -> np.ndarray:
@@ -359,14 +465,16 @@ def _frozen_labels(frozen: Mapping[str, int], eval_ids: list[str], name: str) ->
     return np.array([frozen[i] for i in eval_ids])
 
 
-def _explainer(prepared: PreparedModel, eval_ids: list[str], eval_images: torch.Tensor, class_index: int,
-               mosaic_size: int) -> Explainer:
-    position = {image_id: k for k, image_id in enumerate(eval_ids)}
+def explainer(opened: OpenedAudit, images: ClassImages) -> Explainer:
+    """``explain(image ids TL, TR, BL, BR) -> (rgb, cam)`` for one class, while the model is loaded."""
+    position = {image_id: k for k, image_id in enumerate(images.eval_ids)}
+    prepared, mosaic_size = opened.prepared, opened.mosaic_size
 
-    def explain(images: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.array([[position[i] for i in images]])
-        rgb = assemble_mosaics(eval_images.float(), idx, mosaic_size)[0].clamp(0, 255).byte().permute(1, 2, 0)
-        cam = prepared.mosaic_cams(assemble_mosaics(prepared.normalize(eval_images), idx, mosaic_size), class_index)[0]
+    def explain(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.array([[position[i] for i in ids]])
+        rgb = assemble_mosaics(images.eval_images.float(), idx, mosaic_size)[0].clamp(0, 255).byte().permute(1, 2, 0)
+        cam = prepared.mosaic_cams(assemble_mosaics(prepared.normalize(images.eval_images), idx, mosaic_size),
+                                   images.index)[0]
         return rgb.cpu().numpy(), cam
 
     return explain
@@ -387,27 +495,31 @@ def _mosaic_dominance(prepared: PreparedModel, tiles: torch.Tensor, plan: Mosaic
     return mosaic_dominance(relevance[inverse.ravel()], plan.clusters == plan.pairs[:, :1])
 
 
-def _pair_values(plan: MosaicPlan, d: np.ndarray, n: int) -> dict[tuple[int, int], np.ndarray]:
-    return {(i, j): d[(plan.pairs[:, 0] == i) & (plan.pairs[:, 1] == j)] for i in range(n) for j in range(i + 1, n)}
-
-
-def _per_image(prepared: PreparedModel, config: AuditConfig, class_index: int, eval_ids: list[str],
-               tiles: torch.Tensor, logits: np.ndarray, mosaic_size: int) -> dict:
+def per_image_result(opened: OpenedAudit, images: ClassImages, tiles: torch.Tensor | None = None,
+                     logits: np.ndarray | None = None) -> dict:
     """Fig. 3: a sample of images, each its own cluster; both images twice in each mosaic."""
+    config, prepared = opened.config, opened.prepared
+    if tiles is None or logits is None:
+        tiles = prepared.normalize(images.eval_images)
+        logits = prepared.embed(images.eval_images, config.batch_size)[1]
+    eval_ids, class_index = images.eval_ids, images.index
     rng = np.random.default_rng([config.seed, class_index, 1])
     n = min(config.per_image, len(eval_ids))
     sample = np.sort(rng.choice(len(eval_ids), size=n, replace=False))
     plan = plan_mosaics(np.arange(n), n, config.mosaics_per_pair, rng)
     plan = MosaicPlan(plan.pairs, sample[plan.images], plan.clusters)
-    d = _mosaic_dominance(prepared, tiles, plan, class_index, mosaic_size, config.batch_size)
-    scores = hierarchy_scores(dominance_matrix(_pair_values(plan, d, n), n))
+    d = _mosaic_dominance(prepared, tiles, plan, class_index, opened.mosaic_size, config.batch_size)
+    pair_d = {(i, j): d[(plan.pairs[:, 0] == i) & (plan.pairs[:, 1] == j)] for i in range(n) for j in range(i + 1, n)}
+    scores = hierarchy_scores(dominance_matrix(pair_d, n))
+    keep = ~np.isnan(scores)  # an image without evidence has no score to correlate
     logit = logits[sample, class_index]
     prob = class_softmax(logits[sample], class_index)
     return {
-        "images": [{"image": eval_ids[k], "score": float(s), "logit": float(lg), "softmax": float(p)}
+        "requested": config.per_image,
+        "images": [{"image": eval_ids[k], "score": _none(s), "logit": float(lg), "softmax": float(p)}
                    for k, s, lg, p in zip(sample, scores, logit, prob)],
         "mosaics": len(plan),
-        **dominance_correlations(scores, logit, prob),
+        **dominance_correlations(scores[keep], logit[keep], prob[keep]),
     }
 
 

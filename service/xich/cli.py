@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-size", type=int, help="image side in a mosaic (default 32 for cifar:, 224 for torchvision:)")
     p.add_argument("--mosaic-size", type=int, help="mosaic side (default 2 × tile size)")
     p.add_argument("--normalize", default="imagenet", help="imagenet, cifar, none or m1,m2,m3/s1,s2,s3")
+    p.add_argument("--labels", help="the model's class names in output order: cifar10, cifar100, imagenet, or a file "
+                                    "with one name a line (default: the checkpoint's 'classes', CIFAR-10 for cifar: "
+                                    "models with 10 outputs, else the dataset's sorted class folders)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--per-image", type=int, default=0, metavar="N",
@@ -48,6 +52,9 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
                                            "weights' SHA-256)")
     p.add_argument("--registry-metadata", metavar="JSON", help="JSON object stored with the model version "
                                                                 "(e.g. your model registry's run id and stage)")
+    p.add_argument("--version-created-at", metavar="TIME", help="the registry's creation time of the version "
+                                                                 "(ISO 8601); orders versions in the history")
+    p.add_argument("--create-bucket", action="store_true", help="create the results store's S3 bucket if missing")
     p.add_argument("--clustering", default="auto", help="auto (reuse the model's frozen clustering if any), own, "
                                                        "or reference:<model-version>")
     p.add_argument("--no-db", action="store_true", help="do not record the audit in the results database")
@@ -68,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="model name (as recorded with --model-name)")
     p.add_argument("--class", dest="class_name", help="only this class")
     p.add_argument("--csv", action="store_true", help="CSV on standard output instead of a table")
+    p.add_argument("--report", metavar="DIR", help="write an HTML page of the model's history here")
     p = sub.add_parser("synth", help="write the planted-bias image dataset")
     p.add_argument("--out", required=True)
     p.add_argument("--classes", type=int, default=4)
@@ -111,9 +119,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import AuditConfig, run_audit
+    from .audit import AuditConfig, open_audit, run_audit
 
     settings = get_settings()
+    registered_at = _time(args.version_created_at, "--version-created-at")
+    registry_metadata = _json_object(args.registry_metadata, "--registry-metadata")
+    # every destination is checked before the first forward pass
+    _check_output_file(args.json, "--json")
+    _check_output_dir(args.report, "--report")
+    if not args.no_db:
+        from .store import open_store
+
+        open_store(settings.store_url, create_bucket=args.create_bucket, **_s3_options(settings)).check_writable()
     data, weights = _local_copy(args.data, settings), _local_copy(args.weights, settings)
     config = AuditConfig(
         model=args.model, data=data, weights=weights, data_uri=args.data, weights_uri=args.weights,
@@ -121,7 +138,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         train_split=args.train_split or None, clusters=args.clusters, mosaics_per_pair=args.mosaics_per_pair,
         seed=args.seed, layer=args.layer, cam=args.cam, tile_size=args.tile_size, mosaic_size=args.mosaic_size,
         normalize=args.normalize, classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
-        batch_size=args.batch_size, device=args.device, per_image=args.per_image,
+        batch_size=args.batch_size, device=args.device, per_image=args.per_image, labels=args.labels,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
@@ -148,9 +165,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             from .runs import recorded_audit
 
             result = recorded_audit(config, database_url=settings.database_url, model_name=args.model_name,
-                                    model_version=args.model_version,
-                                    registry_metadata=_json_object(args.registry_metadata, "--registry-metadata"), clustering=args.clustering, progress=step,
-                                    on_class=collect)
+                                    model_version=args.model_version, registry_metadata=registry_metadata,
+                                    registered_at=registered_at, clustering=args.clustering, progress=step,
+                                    on_class=collect, cache_dir=settings.cache_dir)
         bar.advance(task)
     print_summary(result)
     if not args.no_db:
@@ -164,7 +181,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
         stored = [cls for cls in result.classes if cls.name not in examples]  # read back, not recomputed
         if stored:
-            for cls, explain in explain_stored(config, result, stored):
+            for cls, explain in explain_stored(open_audit(config), stored):
                 examples[cls.name] = collect_examples(cls, explain)
         out.print(f"wrote {write_report(result, args.report, examples)}")
     if not args.no_db:
@@ -174,6 +191,42 @@ def cmd_audit(args: argparse.Namespace) -> int:
         out.print(f"stored {len(keys)} file(s) under {settings.store_url.rstrip('/')}/runs/{result.run_id}/",
                   highlight=False)
     return 0
+
+
+def _check_output_file(path: str | None, flag: str) -> None:
+    """An output file's folder exists (or is created) and takes a file; the file is written later."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise XichError(f"{flag} {path}: is a folder; give a file path")
+    _check_output_dir(str(target.parent), flag, shown=path)
+
+
+def _check_output_dir(path: str | None, flag: str, shown: str | None = None) -> None:
+    if path is None:
+        return
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".xich-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise XichError(f"{flag} {shown or path}: cannot write in {folder} ({exc.strerror or exc}); "
+                        f"check the path and its permissions") from None
+
+
+def _time(text: str | None, flag: str):
+    if text is None:
+        return None
+    from datetime import datetime, timezone
+
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise XichError(f"{flag} {text!r}: not an ISO 8601 time; write e.g. 2026-11-29T12:00:00Z") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -306,26 +359,32 @@ def _local_copy(uri: str | None, settings: Settings) -> str | None:
     return str(fetch_uri(uri, **_s3_options(settings)))
 
 
+def _f(value, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def print_summary(result) -> None:
     c = result.config
     out.print(f"[bold]XICH audit[/] {result.run_id}  model {result.model['spec']}  layer {c['layer']}  "
               f"cam {c['cam']}  P={c['clusters']} J={c['mosaics_per_pair']} seed={c['seed']}", highlight=False)
+    out.print(f"labels: {result.labels['source']}", highlight=False)
     for cls in result.classes:
-        table = Table(title=f"{cls.name} (class {cls.index})", title_justify="left")
+        table = Table(title=f"{cls.name} (model output {cls.index})", title_justify="left")
         for col in ("rank", "cluster", "score", "eval size", "train count", "train share"):
             table.add_column(col, justify="right")
-        for cl in sorted(cls.clusters, key=lambda x: x.rank):
-            table.add_row(str(cl.rank), str(cl.id), f"{cl.score:.3f}", str(cl.eval_size),
-                          "-" if cl.train_count is None else str(cl.train_count),
-                          "-" if cl.train_share is None else f"{cl.train_share:.3f}")
+        for cl in sorted(cls.clusters, key=lambda x: (x.rank is None, x.rank, x.id)):
+            table.add_row(_f(cl.rank, "d"), str(cl.id), _f(cl.score), str(cl.eval_size), _f(cl.train_count, "d"),
+                          _f(cl.train_share))
         out.print(table)
-        sig = [(i, j) for i in range(len(cls.clusters)) for j in range(len(cls.clusters))
-               if cls.p_values_holm[i][j] < 0.05 and cls.dominance[i][j] > 0.5]
-        out.print("  hierarchy: " + " > ".join(map(str, cls.hierarchy))
+        P = len(cls.clusters)
+        sig = [(i, j) for i in range(P) for j in range(P)
+               if cls.dominance[i][j] is not None and cls.p_values_holm[i][j] < 0.05 and cls.dominance[i][j] > 0.5]
+        out.print("  hierarchy: " + (" > ".join(map(str, cls.hierarchy)) or "none (no evidence)")
                   + ("" if cls.spearman_score_train_share is None
                      else f"   spearman(score, train share) = {cls.spearman_score_train_share:+.2f}"), highlight=False)
         out.print("  significant (Holm p < 0.05): " + (", ".join(
-            f"{i}>{j} (D={cls.dominance[i][j]:.2f}, p={cls.p_values_holm[i][j]:.1e})" for i, j in sig) or "none"),
+            f"{i}>{j} (D={cls.dominance[i][j]:.2f} [{cls.dominance_ci[i][j][0]:.2f}, {cls.dominance_ci[i][j][1]:.2f}], "
+            f"p={cls.p_values_holm[i][j]:.1e}, {cls.distinct_sets[i][j]} image sets)" for i, j in sig) or "none"),
             highlight=False)
         if cls.per_image:
             pi = cls.per_image
@@ -336,10 +395,14 @@ def print_summary(result) -> None:
             out.print(f"  note: {note}", highlight=False)
     s = result.summary
     if s["train_share_by_rank"]:
-        out.print("mean train share by dominance rank: "
+        out.print(f"mean train share by dominance rank ({s['classes_ranked']} fully ranked class(es)): "
                   + "  ".join(f"{r}: {v:.3f}" for r, v in enumerate(s["train_share_by_rank"])), highlight=False)
     if s["mean_spearman"] is not None:
         out.print(f"mean spearman(score, train share) over classes: {s['mean_spearman']:+.3f}", highlight=False)
+    if s["classes_without_evidence"]:
+        out.print(f"without a hierarchy (no evidence): {', '.join(s['classes_without_evidence'])}", highlight=False)
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False)
 
 
 if __name__ == "__main__":

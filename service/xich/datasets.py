@@ -14,7 +14,10 @@ names of the evaluation split (ImageFolder's order).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
 import pickle
 import tarfile
 from collections.abc import Callable
@@ -31,17 +34,21 @@ from .errors import XichError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
+Index = tuple[dict[str, list[str]], Callable[[str], np.ndarray], Callable[[str], bytes]]  # ids, decode, raw bytes
+
+
 class Split:
-    """One split: image ids per class, and a reader from id to an RGB uint8 array (H, W, 3).
+    """One split: image ids per class, a reader from id to an RGB uint8 array (H, W, 3), and each
+    image's raw bytes (for the content manifest that identifies a dataset).
 
     The index is built on first use, so an archived split nobody asks for is never read.
     """
 
-    def __init__(self, name: str, where: str, index: Callable[[], tuple[dict[str, list[str]], Callable[[str], np.ndarray]]]):
-        self.name, self.where, self._index_fn = name, where, index
+    def __init__(self, name: str, where: str, index: Callable[[], Index], root: Path | None = None):
+        self.name, self.where, self._index_fn, self.root = name, where, index, root
 
     @cached_property
-    def _index(self) -> tuple[dict[str, list[str]], Callable[[str], np.ndarray]]:
+    def _index(self) -> Index:
         return self._index_fn()
 
     @property
@@ -60,6 +67,51 @@ class Split:
                 arr = np.asarray(Image.fromarray(arr).resize((tile_size, tile_size), Image.BILINEAR))
             out[n] = arr
         return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+    def content_hashes(self, cache_dir: Path | None = None) -> dict[str, str]:
+        """sha256 of every image's bytes, by image id.
+
+        Archives and CIFAR batches are already in memory. A folder's hashes are kept in
+        ``cache_dir`` by (path, size, mtime), so a later audit of the same folder reads no image twice.
+        """
+        raw = self._index[2]
+        ids = [i for ids in self.images.values() for i in ids]
+        if self.root is None or cache_dir is None:
+            return {i: hashlib.sha256(raw(i)).hexdigest() for i in ids}
+        cache_file = Path(cache_dir) / "hashes" / (hashlib.sha256(str(self.root.resolve()).encode()).hexdigest() + ".json")
+        try:
+            cached = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cached = {}
+        out, fresh = {}, {}
+        for i in ids:
+            st = (self.root / i).stat()
+            key = [st.st_size, st.st_mtime_ns]
+            hit = cached.get(i)
+            out[i] = hit[2] if hit and hit[:2] == key else hashlib.sha256(raw(i)).hexdigest()
+            fresh[i] = key + [out[i]]
+        if fresh != cached:
+            try:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(fresh))
+                tmp.replace(cache_file)
+            except OSError:
+                pass  # a cache that cannot be written only costs a re-read next time
+        return out
+
+
+def content_fingerprint(splits: list[Split], cache_dir: Path | None = None) -> tuple[str, int]:
+    """A dataset's identity: sha256 of its manifest (split name, image id, image sha256), and its image count.
+
+    The same images in another folder, archive or bucket give the same fingerprint.
+    """
+    h, n = hashlib.sha256(), 0
+    for split in sorted(splits, key=lambda s: s.name):
+        for image_id, digest in sorted(split.content_hashes(cache_dir).items()):
+            h.update(f"{split.name}\t{image_id}\t{digest}\n".encode())
+            n += 1
+    return h.hexdigest(), n
 
 
 @dataclass
@@ -105,7 +157,7 @@ def _check_classes(images: dict[str, list[str]], where: str) -> dict[str, list[s
 
 
 def _folder_split(root: Path) -> Split:
-    return Split(root.name, str(root), lambda: _folder_index(root))
+    return Split(root.name, str(root), lambda: _folder_index(root), root=root)
 
 
 def _folder_index(root: Path):
@@ -115,15 +167,17 @@ def _folder_index(root: Path):
             p.relative_to(root).as_posix() for p in cls_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
         ]
 
-    def read(image_id: str) -> np.ndarray:
+    def raw(image_id: str) -> bytes:
         path = root / image_id
         try:
-            data = path.read_bytes()
+            return path.read_bytes()
         except OSError as exc:
             raise XichError(f"unreadable image {path}: {exc.strerror}") from None
-        return _decode(data, str(path))
 
-    return _check_classes(images, str(root)), read
+    def read(image_id: str) -> np.ndarray:
+        return _decode(raw(image_id), str(root / image_id))
+
+    return _check_classes(images, str(root)), read, raw
 
 
 def _archive_splits(path: Path, uri: str, wanted: set[str]) -> dict[str, Split]:
@@ -156,7 +210,10 @@ def _archive_splits(path: Path, uri: str, wanted: set[str]) -> dict[str, Split]:
         def read(image_id: str, prefix: str = prefix) -> np.ndarray:
             return _decode(members[f"{prefix}/{image_id}"], f"{path}!{prefix}/{image_id}")
 
-        index = (_check_classes(images, f"{path}!{prefix}"), read)
+        def raw(image_id: str, prefix: str = prefix) -> bytes:
+            return members[f"{prefix}/{image_id}"]
+
+        index = (_check_classes(images, f"{path}!{prefix}"), read, raw)
         splits[split] = Split(split, f"{path}!{prefix}", lambda index=index: index)
     return splits
 
@@ -218,7 +275,10 @@ def _cifar_splits(kind: str, root: Path, uri: str) -> dict[str, Split]:
         def read(image_id: str, data: np.ndarray = data) -> np.ndarray:
             return data[int(image_id.removeprefix("index:"))]
 
-        index = (_check_classes(images, str(folder)), read)
+        def raw(image_id: str, data: np.ndarray = data) -> bytes:
+            return data[int(image_id.removeprefix("index:"))].tobytes()
+
+        index = (_check_classes(images, str(folder)), read, raw)
         splits[split] = Split(split, str(folder), lambda index=index: index)
     return splits
 

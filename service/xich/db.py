@@ -10,12 +10,16 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, ForeignKeyConstraint, Integer, MetaData, String, Text,
-                        UniqueConstraint, create_engine, event)
+from sqlalchemy import (JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, ForeignKeyConstraint, Index, Integer,
+                        MetaData, String, Text, UniqueConstraint, create_engine, event)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 RUN_STATUSES = ("queued", "running", "complete", "failed")
+
+# JSONB on PostgreSQL (indexable, compared by value), JSON text elsewhere
+JSONDoc = JSON().with_variant(JSONB(), "postgresql")
 
 
 def utcnow() -> datetime:
@@ -44,16 +48,21 @@ class ModelVersion(Base):
     spec: Mapped[str] = mapped_column(String(500))
     weights_uri: Mapped[str | None] = mapped_column(Text)
     weights_sha256: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    registry_metadata: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)  # first recorded
+    registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # the registry's creation time
+    registry_metadata: Mapped[dict] = mapped_column(JSONDoc, default=dict)
+    labels: Mapped[list | None] = mapped_column(JSONDoc)  # class names in output order
+    labels_source: Mapped[str | None] = mapped_column(String(255))
 
 
 class Dataset(Base):
+    """A dataset is its images' content: the same images in another folder or bucket are the same dataset."""
+
     __tablename__ = "dataset"
-    __table_args__ = (UniqueConstraint("uri", "fingerprint"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    uri: Mapped[str] = mapped_column(Text)
-    fingerprint: Mapped[str] = mapped_column(String(64))
+    uri: Mapped[str] = mapped_column(Text)  # where it was first seen
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the manifest (split, image id, sha256)
+    n_images: Mapped[int | None] = mapped_column(Integer)
 
 
 class Clustering(Base):
@@ -63,8 +72,8 @@ class Clustering(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     key: Mapped[str] = mapped_column(String(255), unique=True)
     frozen: Mapped[bool] = mapped_column(Boolean, default=False)
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id", ondelete="CASCADE"))
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"), index=True)
     eval_split: Mapped[str] = mapped_column(String(255))  # image ids are relative to this split
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -77,7 +86,7 @@ class Cluster(Base):
     class_name: Mapped[str] = mapped_column(String(255))
     cluster_index: Mapped[int] = mapped_column(Integer)
     key: Mapped[str] = mapped_column(String(300))
-    center: Mapped[list | None] = mapped_column(JSON)
+    center: Mapped[list | None] = mapped_column(JSONDoc)
 
 
 class ClusterMember(Base):
@@ -87,23 +96,26 @@ class ClusterMember(Base):
 
 
 class AuditRun(Base):
+    """One audit: keyed by model version, dataset, clustering and the settings that change numbers."""
+
     __tablename__ = "audit_run"
-    __table_args__ = (UniqueConstraint("model_version_id", "dataset_id", "config_hash", "clustering_key"),)
+    __table_args__ = (UniqueConstraint("model_version_id", "dataset_id", "config_hash", "clustering_key"),
+                      CheckConstraint("status IN ('queued', 'running', 'complete', 'failed')", name="status"))
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id", ondelete="CASCADE"))
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"))
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"), index=True)
     clustering_key: Mapped[str] = mapped_column(String(255))  # "own", or the key of a frozen clustering
-    clustering_id: Mapped[int | None] = mapped_column(ForeignKey("clustering.id"))
-    config_hash: Mapped[str] = mapped_column(String(64))
-    config: Mapped[dict] = mapped_column(JSON)  # what the hash covers: the audit's settings and inputs
-    resolved_config: Mapped[dict | None] = mapped_column(JSON)  # the document's "config" (layer, cam, sizes…)
+    clustering_id: Mapped[int | None] = mapped_column(ForeignKey("clustering.id"), index=True)
+    config_hash: Mapped[str] = mapped_column(String(64))  # the settings key: sha256 of ``config``
+    config: Mapped[dict] = mapped_column(JSONDoc)  # the settings that change numbers (AuditConfig's allow-list)
+    resolved_config: Mapped[dict | None] = mapped_column(JSONDoc)  # the document's "config" (layer, cam, sizes…)
     eval_split: Mapped[str] = mapped_column(String(255))
     train_split: Mapped[str | None] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default="queued")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    timings: Mapped[dict] = mapped_column(JSON, default=dict)
+    timings: Mapped[dict] = mapped_column(JSONDoc, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     mean_spearman: Mapped[float | None] = mapped_column(Float)
 
@@ -122,10 +134,12 @@ class RunClass(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("audit_run.id", ondelete="CASCADE"), primary_key=True)
     class_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     class_name: Mapped[str] = mapped_column(String(255))
-    clustering_id: Mapped[int] = mapped_column(ForeignKey("clustering.id"))
+    clustering_id: Mapped[int] = mapped_column(ForeignKey("clustering.id"), index=True)
     excluded_mosaics: Mapped[int] = mapped_column(Integer)
     spearman_score_train_share: Mapped[float | None] = mapped_column(Float)
-    notes: Mapped[list] = mapped_column(JSON, default=list)
+    notes: Mapped[list] = mapped_column(JSONDoc, default=list)
+    worker: Mapped[str | None] = mapped_column(String(255))  # host:pid of the process that computed the class
+    per_image_n: Mapped[int | None] = mapped_column(Integer)  # --per-image N of the stored per-image results
     per_image_mosaics: Mapped[int | None] = mapped_column(Integer)
     pearson_logit: Mapped[float | None] = mapped_column(Float)
     spearman_logit: Mapped[float | None] = mapped_column(Float)
@@ -141,8 +155,10 @@ class _ClassRow:
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple:
+        # the primary keys lead with the row's own position, so reaching a run's rows needs this index
         return (ForeignKeyConstraint(["run_id", "class_index"], ["run_class.run_id", "run_class.class_index"],
-                                     ondelete="CASCADE"),)
+                                     ondelete="CASCADE"),
+                Index(f"ix_{cls.__tablename__}_run_id_class_index", "run_id", "class_index"))
 
 
 class RunCluster(_ClassRow, Base):
@@ -150,24 +166,31 @@ class RunCluster(_ClassRow, Base):
 
     __tablename__ = "run_cluster"
     cluster_index: Mapped[int] = mapped_column(Integer, primary_key=True)
-    cluster_id: Mapped[int] = mapped_column(ForeignKey("cluster.id"))
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("cluster.id"), index=True)
     eval_size: Mapped[int] = mapped_column(Integer)
     train_count: Mapped[int | None] = mapped_column(Integer)
     train_share: Mapped[float | None] = mapped_column(Float)
-    score: Mapped[float] = mapped_column(Float)
-    rank: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float | None] = mapped_column(Float)  # NULL: no evidence against any other cluster
+    rank: Mapped[int | None] = mapped_column(Integer)
 
 
 class PairDominance(_ClassRow, Base):
-    """D_ij (eq. 8) with its t-test p-values, for every ordered pair i ≠ j and the diagonal."""
+    """D_ij (eq. 8) with its 95 % CI and t-test p-values, for every ordered pair i ≠ j and the diagonal.
+
+    ``dominance`` is NULL for a pair without evidence (no mosaic with a non-zero map); the CI is NULL
+    where fewer than two distinct image sets (or no spread) leave it undefined.
+    """
 
     __tablename__ = "pair_dominance"
     cluster_i: Mapped[int] = mapped_column(Integer, primary_key=True)
     cluster_j: Mapped[int] = mapped_column(Integer, primary_key=True)
-    dominance: Mapped[float] = mapped_column(Float)
+    dominance: Mapped[float | None] = mapped_column(Float)
+    ci_low: Mapped[float | None] = mapped_column(Float)
+    ci_high: Mapped[float | None] = mapped_column(Float)
     p_value: Mapped[float] = mapped_column(Float)
     p_value_holm: Mapped[float] = mapped_column(Float)
-    n_mosaics: Mapped[int] = mapped_column(Integer)
+    n_mosaics: Mapped[int] = mapped_column(Integer)  # mosaics with a defined d
+    n_sets: Mapped[int] = mapped_column(Integer, default=0)  # distinct image sets among them
 
 
 class Mosaic(_ClassRow, Base):
@@ -192,7 +215,7 @@ class PerImageScore(_ClassRow, Base):
     __tablename__ = "per_image_score"
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[str] = mapped_column(String(1000))
-    score: Mapped[float] = mapped_column(Float)
+    score: Mapped[float | None] = mapped_column(Float)
     logit: Mapped[float] = mapped_column(Float)
     softmax: Mapped[float] = mapped_column(Float)
 

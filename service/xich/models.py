@@ -129,8 +129,12 @@ def extract_state_dict(checkpoint: object, source: str) -> "OrderedDict[str, tor
     return OrderedDict((k.removeprefix("module."), v) for k, v in sd.items())
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a checkpoint strictly (``weights_only=True``); a mismatch names the first bad key."""
+def read_checkpoint(path: str | Path) -> tuple["OrderedDict[str, torch.Tensor]", list[str] | None]:
+    """A checkpoint's state_dict (``module.`` stripped) and the label list it carries, if any.
+
+    Always loaded with ``weights_only=True``. A dict checkpoint may carry the model's class names,
+    in output order, under ``classes`` (or ``labels``).
+    """
     path = Path(path)
     if not path.is_file():
         raise XichError(f"--weights {path}: no such file")
@@ -139,7 +143,28 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
         raise XichError(f"--weights {path}: not a loadable PyTorch checkpoint ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:200]})") from None
-    sd = extract_state_dict(checkpoint, str(path))
+    labels = None
+    if isinstance(checkpoint, dict):
+        labels = checkpoint.get("classes", checkpoint.get("labels"))
+        if labels is not None and not (isinstance(labels, (list, tuple)) and all(isinstance(n, str) for n in labels)):
+            raise XichError(f"--weights {path}: its 'classes' entry must be a list of class names (str)")
+    return extract_state_dict(checkpoint, str(path)), (list(labels) if labels is not None else None)
+
+
+def head_name(model: nn.Module) -> str | None:
+    """Name of the model's last ``nn.Linear`` (the classifier head), or None."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else None
+
+
+def load_weights(model: nn.Module, path: str | Path, sd: "OrderedDict[str, torch.Tensor] | None" = None) -> None:
+    """Load a checkpoint strictly (``weights_only=True``); a mismatch names the first bad key.
+
+    ``sd``: the state_dict already read by :func:`read_checkpoint` (``path`` then only names it).
+    """
+    path = Path(path)
+    if sd is None:
+        sd, _ = read_checkpoint(path)
     expected = model.state_dict()
     for key, tensor in expected.items():
         if key.endswith("num_batches_tracked"):

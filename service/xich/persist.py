@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from .db import (AuditRun, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
                  PerImageScore, RunClass, RunCluster, RunRankShare, utcnow)
 from .errors import XichError
-from .result import AuditResult, ClassResult, ClusterResult, MosaicResult
+from .result import AuditResult, ClassResult, ClusterResult, MosaicResult, summarize
 
 
 def file_sha256(path: str | Path) -> str:
@@ -29,26 +30,20 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def source_fingerprint(path: str | Path) -> str:
-    """Content fingerprint of a dataset: the file's bytes, or every file's relative path and bytes under a folder."""
-    path = Path(path)
-    if path.is_file():
-        return file_sha256(path)
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(p.relative_to(path).as_posix().encode() + b"\0")
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def config_hash(config: dict) -> str:
-    """sha256 of the canonical JSON of the settings that decide an audit's numbers."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def settings_key(settings: dict) -> str:
+    """sha256 of the canonical JSON of the settings that change an audit's numbers."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def get_or_create_model_version(*, session: Session, name: str, version: str, spec: str, weights_uri: str | None,
-                                weights_sha256: str | None, registry_metadata: dict | None = None) -> ModelVersion:
-    """The model version ``name``/``version``; an existing one must have the same spec and weights."""
+                                weights_sha256: str | None, registry_metadata: dict | None = None,
+                                labels: list[str] | None = None, labels_source: str | None = None,
+                                registered_at: datetime | None = None) -> ModelVersion:
+    """The model version ``name``/``version``; an existing one must have the same spec, weights and labels.
+
+    ``registered_at``: the registry's creation time of the version, which orders versions in the
+    history views (else the time the version was first recorded).
+    """
     model = session.scalar(select(Model).where(Model.name == name))
     if model is None:
         model = Model(name=name)
@@ -57,41 +52,63 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
     mv = session.scalar(select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == version))
     if mv is None:
         mv = ModelVersion(model_id=model.id, version=version, spec=spec, weights_uri=weights_uri,
-                          weights_sha256=weights_sha256, registry_metadata=registry_metadata or {})
+                          weights_sha256=weights_sha256, registry_metadata=registry_metadata or {},
+                          labels=labels, labels_source=labels_source, registered_at=registered_at)
         session.add(mv)
         session.flush()
-    elif (mv.spec, mv.weights_sha256) != (spec, weights_sha256):
+        return mv
+    if (mv.spec, mv.weights_sha256) != (spec, weights_sha256):
         raise XichError(f"--model-version {version}: model {name!r} version {version!r} was recorded with "
                         f"{mv.spec} and weights sha256 {mv.weights_sha256 or 'none'}, not {spec} and "
                         f"{weights_sha256 or 'none'}; give this model a new --model-version")
-    elif registry_metadata is not None and registry_metadata != mv.registry_metadata:
+    if (labels is not None and mv.labels is not None and _known(labels_source) and _known(mv.labels_source)
+            and list(mv.labels) != list(labels)):
+        raise XichError(f"--labels: model {name!r} version {version!r} was recorded with another label list "
+                        f"({mv.labels_source}: {', '.join(mv.labels[:6])}…), not ({labels_source}: "
+                        f"{', '.join(labels[:6])}…); a version's labels are part of the model: pass the same "
+                        f"--labels or give a new --model-version")
+    if labels is not None and (mv.labels is None or (_known(labels_source) and not _known(mv.labels_source))):
+        mv.labels, mv.labels_source = labels, labels_source
+    if registry_metadata is not None and registry_metadata != mv.registry_metadata:
         mv.registry_metadata = registry_metadata
+    if registered_at is not None:
+        mv.registered_at = registered_at
     return mv
 
 
-def get_or_create_dataset(*, session: Session, uri: str, fingerprint: str) -> Dataset:
-    ds = session.scalar(select(Dataset).where(Dataset.uri == uri, Dataset.fingerprint == fingerprint))
+def _known(labels_source: str | None) -> bool:
+    """Whether a label list is the model's own (not the dataset's folders standing in for it)."""
+    return labels_source is not None and not labels_source.startswith("dataset")
+
+
+def get_or_create_dataset(*, session: Session, uri: str, fingerprint: str, n_images: int | None = None) -> Dataset:
+    """The dataset with this content fingerprint (wherever it was first seen), or a new one at ``uri``."""
+    ds = session.scalar(select(Dataset).where(Dataset.fingerprint == fingerprint))
     if ds is None:
-        ds = Dataset(uri=uri, fingerprint=fingerprint)
+        ds = Dataset(uri=uri, fingerprint=fingerprint, n_images=n_images)
         session.add(ds)
         session.flush()
     return ds
 
 
-def begin_run(*, session: Session, run_id: str, model_version: ModelVersion, dataset: Dataset, config: dict,
-              eval_split: str, train_split: str | None, frozen: Clustering | None = None) -> AuditRun:
-    """The run for this (model version, dataset, config, clustering): the stored one if any, else a new one.
+def begin_run(*, session: Session, run_id: str, model_version: ModelVersion, dataset: Dataset, settings: dict,
+              eval_split: str, train_split: str | None, frozen: Clustering | None = None,
+              clusters: int | None = None) -> AuditRun:
+    """The run for this (model version, dataset, settings, clustering): the stored one if any, else a new one.
 
-    ``frozen``: reuse that clustering's clusters; otherwise the run gets a clustering of its own. Committed.
+    ``settings``: the allow-list of settings that change numbers (``OpenedAudit.settings``).
+    ``frozen``: reuse that clustering's clusters; otherwise the run gets a clustering of its own, made
+    with ``clusters`` (P) per class — P is part of an own clustering's key, as a frozen one fixes it. Committed.
     """
-    digest = config_hash(config)
+    digest = settings_key(settings)
+    config = settings
     same = select(AuditRun).where(AuditRun.model_version_id == model_version.id, AuditRun.dataset_id == dataset.id,
                                   AuditRun.config_hash == digest)
     # a frozen clustering's own run (the one it was frozen from) is found by the clustering it made
     run = session.scalar(same.where(AuditRun.clustering_id == frozen.id) if frozen
-                         else same.where(AuditRun.clustering_key == "own"))
+                         else same.where(AuditRun.clustering_key == f"own:P={clusters}"))
     if run is None:
-        clustering_key = frozen.key if frozen else "own"
+        clustering_key = frozen.key if frozen else f"own:P={clusters}"
         clustering = frozen
         if clustering is None:
             clustering = Clustering(key=f"run:{run_id}", frozen=False, model_version_id=model_version.id,
@@ -113,23 +130,47 @@ def stored_classes(*, session: Session, run: AuditRun) -> set[str]:
     return set(session.scalars(select(RunClass.class_name).where(RunClass.run_id == run.id)))
 
 
-def store_class(*, session: Session, run: AuditRun, cls: ClassResult) -> None:
-    """Every number of one class's result, in one transaction; a class already stored is left as it is."""
+def store_class(*, session: Session, run: AuditRun, cls: ClassResult, worker: str | None = None) -> None:
+    """Every number of one class's result, in one transaction; a class already stored is left as it is.
+
+    ``worker`` names the process that computed it (host:pid).
+    """
     if session.get(RunClass, (run.id, cls.index)) is not None:
         return
     try:
-        _add_class_rows(session, run, cls)
+        _add_class_rows(session, run, cls, worker)
         session.commit()
-    except IntegrityError:  # another process resuming the same run stored this class first: same numbers
+    except IntegrityError:  # stored first by a process that did not take the class lock: same numbers
         session.rollback()
 
 
-def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult) -> None:
-    pi = cls.per_image or {}
-    session.add(RunClass(run_id=run.id, class_index=cls.index, class_name=cls.name, clustering_id=run.clustering_id,
-                         excluded_mosaics=cls.excluded_mosaics, spearman_score_train_share=cls.spearman_score_train_share,
-                         notes=list(cls.notes), per_image_mosaics=pi.get("mosaics"),
-                         **{k: pi.get(k) for k in ("pearson_logit", "spearman_logit", "pearson_softmax", "spearman_softmax")}))
+PER_IMAGE_STATS = ("pearson_logit", "spearman_logit", "pearson_softmax", "spearman_softmax")
+
+
+def store_per_image(*, session: Session, run: AuditRun, class_index: int, per_image: dict) -> None:
+    """Per-image results (Fig. 3) of a stored class, replacing any stored before. Committed."""
+    rc = session.get(RunClass, (run.id, class_index))
+    session.execute(PerImageScore.__table__.delete().where(PerImageScore.run_id == run.id,
+                                                          PerImageScore.class_index == class_index))
+    _set_per_image(session, rc, per_image)
+    session.commit()
+
+
+def _set_per_image(session: Session, rc: RunClass, pi: dict) -> None:
+    rc.per_image_n, rc.per_image_mosaics = pi.get("requested"), pi.get("mosaics")
+    for k in PER_IMAGE_STATS:
+        setattr(rc, k, pi.get(k))
+    session.add_all(
+        PerImageScore(run_id=rc.run_id, class_index=rc.class_index, position=k, image_id=r["image"], score=r["score"],
+                      logit=r["logit"], softmax=r["softmax"])
+        for k, r in enumerate(pi.get("images", [])))
+
+
+def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult, worker: str | None) -> None:
+    rc = RunClass(run_id=run.id, class_index=cls.index, class_name=cls.name, clustering_id=run.clustering_id,
+                  excluded_mosaics=cls.excluded_mosaics, spearman_score_train_share=cls.spearman_score_train_share,
+                  notes=list(cls.notes), worker=worker)
+    session.add(rc)
     session.flush()
     clustering = session.get(Clustering, run.clustering_id)
     for c in cls.clusters:
@@ -151,8 +192,10 @@ def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult) -> None:
             counts[tuple(m.pair)] = counts.get(tuple(m.pair), 0) + 1
     session.add_all(
         PairDominance(run_id=run.id, class_index=cls.index, cluster_i=i, cluster_j=j, dominance=cls.dominance[i][j],
+                      ci_low=(cls.dominance_ci[i][j] or [None, None])[0], ci_high=(cls.dominance_ci[i][j] or [None, None])[1],
                       p_value=cls.p_values[i][j], p_value_holm=cls.p_values_holm[i][j],
-                      n_mosaics=counts.get((min(i, j), max(i, j)), 0) if i != j else 0)
+                      n_mosaics=counts.get((min(i, j), max(i, j)), 0) if i != j else 0,
+                      n_sets=cls.distinct_sets[i][j])
         for i in range(P) for j in range(P))
     session.add_all(
         Mosaic(run_id=run.id, class_index=cls.index, position=k, pair_i=m.pair[0], pair_j=m.pair[1],
@@ -160,18 +203,23 @@ def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult) -> None:
                cluster_tl=m.clusters[0], cluster_tr=m.clusters[1], cluster_bl=m.clusters[2], cluster_br=m.clusters[3],
                d=m.d)
         for k, m in enumerate(cls.mosaics))
-    session.add_all(
-        PerImageScore(run_id=run.id, class_index=cls.index, position=k, image_id=r["image"], score=r["score"],
-                      logit=r["logit"], softmax=r["softmax"])
-        for k, r in enumerate(pi.get("images", [])))
+    if cls.per_image is not None:
+        _set_per_image(session, rc, cls.per_image)
 
 
-def finish_run(*, session: Session, run: AuditRun, resolved_config: dict, train_split: str | None, summary: dict,
-               timings: dict) -> None:
-    """Mark the run complete with its summary; only called once every class is stored.
+def finish_run(*, session: Session, run: AuditRun, classes: list[str], resolved_config: dict, train_split: str | None,
+               summary: dict, timings: dict) -> None:
+    """Mark the run complete with its summary, if every one of ``classes`` is stored; else XichError.
 
     ``train_split`` is the split actually used (None when the dataset had no such split).
     """
+    missing = sorted(set(classes) - stored_classes(session=session, run=run))
+    if missing:
+        raise XichError(f"run {run.id}: class(es) {', '.join(missing)} are not stored, so the run is not complete; "
+                        f"rerun the same audit to finish it")
+    session.refresh(run)
+    if run.status == "complete":
+        return  # another process finished it first
     run.train_split = train_split
     session.execute(RunRankShare.__table__.delete().where(RunRankShare.run_id == run.id))
     session.add_all(RunRankShare(run_id=run.id, rank=r, mean_train_share=v)
@@ -183,8 +231,11 @@ def finish_run(*, session: Session, run: AuditRun, resolved_config: dict, train_
 
 
 def fail_run(*, session: Session, run: AuditRun, error: str) -> None:
+    """Mark the run failed with ``error`` (unless another process completed it meanwhile)."""
     session.rollback()
-    run.status, run.error = "failed", error
+    session.refresh(run)
+    if run.status != "complete":
+        run.status, run.error = "failed", error
     session.commit()
 
 
@@ -235,12 +286,15 @@ def load_classes(*, session: Session, run_id: str) -> list[ClassResult]:
                     for r in rows]
         P = len(clusters)
         D = [[0.5] * P for _ in range(P)]
+        ci = [[None] * P for _ in range(P)]
         p = [[1.0] * P for _ in range(P)]
         q = [[1.0] * P for _ in range(P)]
+        n_sets = [[0] * P for _ in range(P)]
         for pd in session.scalars(select(PairDominance).where(PairDominance.run_id == run_id,
                                                                PairDominance.class_index == rc.class_index)):
-            D[pd.cluster_i][pd.cluster_j], p[pd.cluster_i][pd.cluster_j] = pd.dominance, pd.p_value
-            q[pd.cluster_i][pd.cluster_j] = pd.p_value_holm
+            i, j = pd.cluster_i, pd.cluster_j
+            D[i][j], p[i][j], q[i][j], n_sets[i][j] = pd.dominance, pd.p_value, pd.p_value_holm, pd.n_sets
+            ci[i][j] = None if pd.ci_low is None else [pd.ci_low, pd.ci_high]
         mosaics = [MosaicResult(pair=[m.pair_i, m.pair_j], images=[m.image_tl, m.image_tr, m.image_bl, m.image_br],
                                 clusters=[m.cluster_tl, m.cluster_tr, m.cluster_bl, m.cluster_br], d=m.d)
                    for m in session.scalars(select(Mosaic).where(Mosaic.run_id == run_id,
@@ -252,12 +306,12 @@ def load_classes(*, session: Session, run_id: str) -> list[ClassResult]:
                       for s in session.scalars(select(PerImageScore).where(PerImageScore.run_id == run_id,
                                                                            PerImageScore.class_index == rc.class_index)
                                                .order_by(PerImageScore.position))]
-            per_image = {"images": images, "mosaics": rc.per_image_mosaics,
-                         **{k: getattr(rc, k) for k in ("pearson_logit", "spearman_logit", "pearson_softmax",
-                                                        "spearman_softmax")}}
+            per_image = {"requested": rc.per_image_n, "images": images, "mosaics": rc.per_image_mosaics,
+                         **{k: getattr(rc, k) for k in PER_IMAGE_STATS}}
         out.append(ClassResult(
-            index=rc.class_index, name=rc.class_name, clusters=clusters, dominance=D, p_values=p, p_values_holm=q,
-            hierarchy=[c.id for c in sorted(clusters, key=lambda c: c.rank)],
+            index=rc.class_index, name=rc.class_name, clusters=clusters, dominance=D, dominance_ci=ci, p_values=p,
+            p_values_holm=q, distinct_sets=n_sets,
+            hierarchy=[c.id for c in sorted((c for c in clusters if c.rank is not None), key=lambda c: c.rank)],
             spearman_score_train_share=rc.spearman_score_train_share, excluded_mosaics=rc.excluded_mosaics,
             mosaics=mosaics, notes=list(rc.notes), per_image=per_image))
     return out
@@ -270,10 +324,11 @@ def load_audit(*, session: Session, run_id: str) -> AuditResult:
     ds = session.get(Dataset, run.dataset_id)
     shares = session.scalars(select(RunRankShare.mean_train_share).where(RunRankShare.run_id == run_id)
                              .order_by(RunRankShare.rank)).all()
+    classes = load_classes(session=session, run_id=run_id)
     return AuditResult(
         run_id=run.id, model={"spec": mv.spec, "weights": mv.weights_uri},
+        labels={"source": mv.labels_source, "names": list(mv.labels or [])},
         dataset={"uri": ds.uri, "eval_split": run.eval_split, "train_split": run.train_split},
-        config=dict(run.resolved_config or {}), classes=load_classes(session=session, run_id=run_id),
-        summary={"train_share_by_rank": list(shares), "mean_spearman": run.mean_spearman})
+        config=dict(run.resolved_config or {}), classes=classes, summary=summarize(classes))
 
 

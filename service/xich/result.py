@@ -9,18 +9,22 @@ from pathlib import Path
 
 import numpy as np
 
+from .method.distribution import train_share_by_rank
+
 
 Explainer = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # image ids (TL, TR, BL, BR) -> (rgb, cam)
 
 
 @dataclass
 class ClusterResult:
+    """``score`` and ``rank`` are None for a cluster without evidence (no defined mosaic against any other)."""
+
     id: int
     eval_size: int
     train_count: int | None
     train_share: float | None
-    score: float
-    rank: int
+    score: float | None
+    rank: int | None
     members: list[str]
 
 
@@ -36,12 +40,18 @@ class MosaicResult:
 
 @dataclass
 class ClassResult:
+    """One class: ``index`` is the model's output for it; ``dominance[i][j]`` is None for a pair without
+    evidence; ``dominance_ci[i][j]`` is [low, high] (95 %, t-based on distinct image sets) or None;
+    ``distinct_sets[i][j]`` counts the pair's distinct image sets; ``hierarchy`` lists the ranked clusters."""
+
     index: int
     name: str
     clusters: list[ClusterResult]
-    dominance: list[list[float]]
+    dominance: list[list[float | None]]
+    dominance_ci: list[list[list[float] | None]]
     p_values: list[list[float]]
     p_values_holm: list[list[float]]
+    distinct_sets: list[list[int]]
     hierarchy: list[int]
     spearman_score_train_share: float | None
     excluded_mosaics: int
@@ -54,10 +64,12 @@ class ClassResult:
 class AuditResult:
     run_id: str
     model: dict
+    labels: dict  # {"source", "names"}: the model's label list in output order
     dataset: dict
     config: dict
     classes: list[ClassResult]
     summary: dict
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,3 +85,17 @@ class AuditResult:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(self.to_json())
         tmp.replace(path)
+
+
+def summarize(classes: list[ClassResult]) -> dict:
+    """Across classes: mean train share by dominance rank (Fig. 5) and mean Spearman(score, train share).
+
+    Only classes whose every cluster has a rank (evidence against the others) enter the rank
+    table: a class with unranked clusters would shift every rank below them.
+    """
+    ranked = [np.array([c.train_share for c in sorted(r.clusters, key=lambda c: c.rank)]) for r in classes
+              if r.clusters and r.clusters[0].train_share is not None and all(c.rank is not None for c in r.clusters)
+              and len(r.clusters) > 1]
+    rhos = [r.spearman_score_train_share for r in classes if r.spearman_score_train_share is not None]
+    return {"train_share_by_rank": train_share_by_rank(ranked), "mean_spearman": float(np.mean(rhos)) if rhos else None,
+            "classes_ranked": len(ranked), "classes_without_evidence": [r.name for r in classes if not r.hierarchy]}

@@ -33,7 +33,15 @@ def test_all_zero_cam_has_no_dominance():
     d = mosaic_dominance(np.zeros((1, 4)), np.array([[True, True, False, False]]))
     assert np.isnan(d[0])
     assert pair_dominance(np.array([np.nan, 0.8, 0.6])) == pytest.approx(0.7)
-    assert pair_dominance(np.array([np.nan])) == 0.5
+    assert np.isnan(pair_dominance(np.array([np.nan])))  # no evidence is not a tie
+
+
+def test_pair_without_evidence_is_nan_in_both_directions():
+    D = dominance_matrix({(0, 1): np.array([np.nan, np.nan]), (0, 2): np.array([0.8, 0.6]),
+                          (1, 2): np.array([np.nan])}, 3)
+    assert np.isnan(D[0, 1]) and np.isnan(D[1, 0]) and np.isnan(D[1, 2]) and np.isnan(D[2, 1])
+    assert D[0, 2] == pytest.approx(0.7) and D[2, 0] == pytest.approx(0.3)
+    np.testing.assert_allclose(np.diag(D), 0.5)
 
 
 def test_dominance_matrix_hand_computed():

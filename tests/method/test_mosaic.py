@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xich.method.mosaic import assemble_mosaics, plan_mosaics
+from xich.method.mosaic import assemble_mosaics, image_sets, plan_mosaics
 
 
 def _plan(seed=0):
@@ -52,3 +52,23 @@ def test_single_image_clusters_put_each_image_twice():
     assert len(plan) == 6 * 5
     for (i, j), imgs in zip(plan.pairs, plan.images):
         assert sorted(imgs.tolist()) == [i, i, j, j]
+
+
+def test_image_sets_are_distinct_when_clusters_allow():
+    labels = np.array([0] * 6 + [1] * 5)  # C(6,2) * C(5,2) = 150 possible sets
+    plan = plan_mosaics(labels, 2, 25, np.random.default_rng(0))
+    assert len(set(image_sets(plan.images).tolist())) == 25
+
+
+def test_few_possible_sets_are_each_used_and_then_rearranged():
+    labels = np.array([0, 1, 1])  # one image against two: C(1)=1 x C(2,2)=1 -> a single possible set
+    plan = plan_mosaics(labels, 2, 5, np.random.default_rng(0))
+    assert len(plan) == 5 and len(set(image_sets(plan.images).tolist())) == 1
+    labels = np.array([0, 0, 0, 1, 1])  # C(3,2)=3 x 1 = 3 sets for 7 mosaics: every set, 2-3 times each
+    plan = plan_mosaics(labels, 2, 7, np.random.default_rng(1))
+    counts = np.bincount(image_sets(plan.images))
+    assert counts.size == 3 and counts.min() >= 2 and counts.max() <= 3
+
+
+def test_image_sets_ignore_quadrant_order():
+    assert image_sets(np.array([[1, 2, 3, 4], [4, 3, 2, 1], [1, 2, 3, 5]])).tolist() == [0, 0, 1]

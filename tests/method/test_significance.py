@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import stats
 
-from xich.method.significance import holm, p_value_matrices, pair_p_value
+from xich.method.significance import (confidence_intervals, holm, p_value_matrices, pair_confidence_interval,
+                                      pair_p_value, set_means)
 
 
 def test_holm_hand_computed():
@@ -30,10 +31,47 @@ def test_pair_p_value_matches_scipy_and_ignores_excluded():
     assert pair_p_value(d) == pytest.approx(stats.ttest_1samp([0.6, 0.7, 0.55, 0.8], 0.5).pvalue)
 
 
-def test_pair_p_value_degenerate_cases_are_not_nan():
+def test_pair_p_value_degenerate_cases_are_one_never_zero():
     assert pair_p_value(np.array([0.9])) == 1.0
     assert pair_p_value(np.array([0.5, 0.5, 0.5])) == 1.0
-    assert pair_p_value(np.array([0.7, 0.7])) == 0.0  # no spread, away from 0.5: t is infinite
+    assert pair_p_value(np.array([0.7, 0.7])) == 1.0  # no spread is no evidence, not an infinite t
+
+
+def test_pseudo_replicated_mosaics_give_no_significance():
+    # three copies of one mosaic (a cluster of one image against one of one): one distinct set
+    d = np.array([0.62, 0.62, 0.62])
+    assert set_means(d, np.zeros(3, dtype=int)).tolist() == [pytest.approx(0.62)]
+    assert pair_p_value(set_means(d, np.zeros(3, dtype=int))) == 1.0
+    # the same four images in other arrangements: averaged to one value per set
+    d = np.array([0.7, 0.8, 0.65, 0.75, 0.9])
+    sets = np.array([0, 0, 0, 1, 1])
+    np.testing.assert_allclose(set_means(d, sets), [np.mean([0.7, 0.8, 0.65]), np.mean([0.75, 0.9])])
+    assert pair_p_value(set_means(d, np.zeros(5, dtype=int))) == 1.0
+
+
+def test_set_means_drop_excluded_mosaics_and_empty_sets():
+    d = np.array([np.nan, 0.4, np.nan, 0.8])
+    np.testing.assert_allclose(set_means(d, np.array([0, 0, 1, 2])), [0.4, 0.8])  # set 1 had no defined mosaic
+
+
+def test_confidence_interval_hand_computed():
+    # values 0.6, 0.7, 0.8: mean .7, sd .1, t_{.975,2} = 4.302653 -> half-width 4.302653 * .1 / sqrt(3)
+    half = 4.302652729911275 * 0.1 / np.sqrt(3)
+    lo, hi = pair_confidence_interval(np.array([0.6, 0.7, 0.8]), 0.7)
+    assert lo == pytest.approx(0.7 - half) and hi == pytest.approx(min(1.0, 0.7 + half))
+    assert np.isnan(pair_confidence_interval(np.array([0.6]), 0.6)).all()
+    assert np.isnan(pair_confidence_interval(np.array([0.6, 0.6]), 0.6)).all()
+
+
+@given(arrays(np.float64, st.integers(2, 20), elements=st.floats(0, 1)))
+def test_confidence_interval_contains_d_and_mirrors(values):
+    D = np.array([[0.5, values.mean()], [1 - values.mean(), 0.5]])
+    lo, hi = confidence_intervals({(0, 1): values}, D)
+    if np.isnan(lo[0, 1]):
+        assert np.ptp(values) == 0
+        return
+    assert 0 <= lo[0, 1] <= D[0, 1] + 1e-12 and D[0, 1] - 1e-12 <= hi[0, 1] <= 1
+    assert lo[1, 0] == pytest.approx(1 - hi[0, 1]) and hi[1, 0] == pytest.approx(1 - lo[0, 1])
 
 
 def test_p_value_matrices_symmetric_and_holm_per_class():

@@ -70,12 +70,12 @@ def mosaic_dominance(relevance: np.ndarray, in_cluster_i: np.ndarray) -> np.ndar
 def pair_dominance(d: np.ndarray) -> float:
     """D_{γi,γj}: mean of the defined per-mosaic dominances of one pair (eq. 8).
 
-    NaN entries (mosaics with an all-zero map) are excluded. With no defined
-    mosaic at all, there is no evidence either way and 0.5 is returned.
+    NaN entries (mosaics with an all-zero map) are excluded. With no defined mosaic at all the
+    pair has no evidence either way, which is not a tie: NaN is returned.
     """
     d = np.asarray(d, dtype=np.float64)
     d = d[~np.isnan(d)]
-    return float(d.mean()) if d.size else 0.5
+    return float(d.mean()) if d.size else float("nan")
 
 
 def dominance_matrix(pair_d: dict[tuple[int, int], np.ndarray], n_clusters: int) -> np.ndarray:
@@ -91,9 +91,11 @@ def dominance_matrix(pair_d: dict[tuple[int, int], np.ndarray], n_clusters: int)
     Returns
     -------
     array (P, P)
-        ``D[i, j]`` from eq. 8, ``D[j, i] = 1 - D[i, j]`` (eq. 7), diagonal 0.5.
+        ``D[i, j]`` from eq. 8, ``D[j, i] = 1 - D[i, j]`` (eq. 7), diagonal 0.5; NaN for a pair
+        without evidence (no defined mosaic) or not in ``pair_d``.
     """
-    D = np.full((n_clusters, n_clusters), 0.5)
+    D = np.full((n_clusters, n_clusters), np.nan)
+    np.fill_diagonal(D, 0.5)
     for (i, j), d in pair_d.items():
         if not 0 <= i < n_clusters or not 0 <= j < n_clusters or i == j:
             raise ValueError(f"pair ({i}, {j}) is not a pair of distinct clusters among {n_clusters}")

@@ -1,4 +1,9 @@
-"""Significance of dominance: t-test against 0.5 per pair, Holm correction per class (section 3.4)."""
+"""Significance of dominance: t-test against 0.5 per pair, Holm correction per class (section 3.4).
+
+The unit of evidence is a distinct *image set* (the four images of a mosaic, whatever their
+quadrants): rearranging the same four images is no new sample, so each set's mosaics are first
+averaged (:func:`set_means`) and the tests and intervals count each set once.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,50 @@ import numpy as np
 from scipy import stats
 
 
-def pair_p_value(d: np.ndarray) -> float:
-    """Two-sided p-value of a one-sample t-test of the mosaics' d against 0.5.
+def set_means(d: np.ndarray, sets: np.ndarray) -> np.ndarray:
+    """Mean d of each distinct image set of one pair → array (S,), sets ordered by id.
 
-    NaN entries (excluded mosaics) are dropped. Fewer than two values give no evidence: 1.0.
-    Values with no spread give t = ±inf (p = 0) away from 0.5 and 1.0 at 0.5.
+    Parameters
+    ----------
+    d : array (J,) — per-mosaic dominance; NaN for excluded mosaics (all-zero map).
+    sets : int array (J,) — the image-set id of each mosaic (:func:`xich.method.mosaic.image_sets`).
+
+    Sets whose mosaics are all excluded are dropped.
     """
-    d = np.asarray(d, dtype=np.float64)
-    d = d[~np.isnan(d)]
-    if d.size < 2:
+    d, sets = np.asarray(d, dtype=np.float64), np.asarray(sets)
+    if d.shape != sets.shape:
+        raise ValueError(f"d {d.shape} and sets {sets.shape} must have the same shape")
+    keep = ~np.isnan(d)
+    ids = np.unique(sets[keep])
+    return np.array([d[keep & (sets == k)].mean() for k in ids])
+
+
+def pair_p_value(values: np.ndarray) -> float:
+    """Two-sided p-value of a one-sample t-test of a pair's per-set d against 0.5.
+
+    ``values`` holds one value per distinct image set (:func:`set_means`); NaN entries are dropped.
+    Fewer than two sets, or values with no spread, give no evidence for a difference: 1.0 (never 0).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size < 2 or np.ptp(v) == 0:
         return 1.0
-    if np.ptp(d) == 0:
-        return 1.0 if d[0] == 0.5 else 0.0
-    p = float(stats.ttest_1samp(d, 0.5).pvalue)
+    p = float(stats.ttest_1samp(v, 0.5).pvalue)
     return 1.0 if np.isnan(p) else p
+
+
+def pair_confidence_interval(values: np.ndarray, center: float, level: float = 0.95) -> tuple[float, float]:
+    """t-based confidence interval for D around ``center`` (the pair's D, eq. 8), clipped to [0, 1].
+
+    Half-width ``t_{(1+level)/2, S-1} · s / √S`` with s the standard deviation of the S per-set
+    values. (NaN, NaN) where it is undefined: fewer than two sets, or no spread.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size < 2 or np.ptp(v) == 0 or np.isnan(center):
+        return float("nan"), float("nan")
+    half = float(stats.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return max(0.0, center - half), min(1.0, center + half)
 
 
 def holm(p_values: np.ndarray) -> np.ndarray:
@@ -38,17 +73,32 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     return adjusted
 
 
-def p_value_matrices(pair_d: dict[tuple[int, int], np.ndarray], n_clusters: int) -> tuple[np.ndarray, np.ndarray]:
+def p_value_matrices(pair_sets: dict[tuple[int, int], np.ndarray], n_clusters: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric P×P matrices of raw and Holm-corrected p-values (diagonal 1.0).
 
+    ``pair_sets`` maps each unordered pair i < j to its per-set values (:func:`set_means`).
     The test of d_ji = 1 - d_ij against 0.5 has the same p-value, so the matrix is symmetric;
     Holm's family is the class's P(P-1)/2 unordered pairs.
     """
     raw = np.ones((n_clusters, n_clusters))
     adj = np.ones((n_clusters, n_clusters))
-    pairs = sorted(pair_d)
-    ps = np.array([pair_p_value(pair_d[pair]) for pair in pairs])
+    pairs = sorted(pair_sets)
+    ps = np.array([pair_p_value(pair_sets[pair]) for pair in pairs])
     for (i, j), p, q in zip(pairs, ps, holm(ps)):
         raw[i, j] = raw[j, i] = p
         adj[i, j] = adj[j, i] = q
     return raw, adj
+
+
+def confidence_intervals(pair_sets: dict[tuple[int, int], np.ndarray], D: np.ndarray,
+                         level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """P×P lower and upper bounds of D's confidence intervals; [j, i] is the complement of [i, j].
+
+    NaN where undefined (see :func:`pair_confidence_interval`) and on the diagonal.
+    """
+    P = D.shape[0]
+    lo, hi = np.full((P, P), np.nan), np.full((P, P), np.nan)
+    for (i, j), values in pair_sets.items():
+        lo[i, j], hi[i, j] = pair_confidence_interval(values, D[i, j], level)
+        lo[j, i], hi[j, i] = 1.0 - hi[i, j], 1.0 - lo[i, j]
+    return lo, hi

@@ -1,0 +1,107 @@
+"""A model's label list: the class name of each output, in output order.
+
+Grad-CAM must explain the logit of the image's own class, so a dataset class is matched to the
+model's output **by name**, never by its position among the dataset's folders. Where the label
+list comes from, first found wins:
+
+1. ``--labels``: a built-in set (``cifar10``, ``cifar100``, ``imagenet``) or a file, one name a line;
+2. the checkpoint: ``{"state_dict": ..., "classes": [...]}`` (or ``"labels"``);
+3. a ``cifar:`` model whose checkpoint has 10 outputs: CIFAR-10's order;
+4. the evaluation split's sorted class folders (ImageFolder's order), recorded as such.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import XichError
+
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+# CIFAR-100's fine labels in their label order (alphabetical, as in the dataset's `meta` file)
+CIFAR100 = tuple("""
+apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle
+caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant flatfish
+forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle
+mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine
+possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar
+sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale
+willow_tree wolf woman worm
+""".split())
+
+
+def _imagenet() -> tuple[str, ...]:
+    from torchvision.models._meta import _IMAGENET_CATEGORIES  # shipped in the package: no download
+
+    return tuple(_IMAGENET_CATEGORIES)
+
+
+BUILTIN = {"cifar10": lambda: CIFAR10, "cifar100": lambda: CIFAR100, "imagenet": _imagenet}
+
+
+@dataclass(frozen=True)
+class LabelList:
+    """Class names in the model's output order, and where they came from (for the audit document)."""
+
+    names: tuple[str, ...]
+    source: str
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+
+def read_labels(spec: str) -> LabelList:
+    """``--labels``: a built-in set's name, or a text file with one class name a line."""
+    if spec in BUILTIN:
+        return LabelList(BUILTIN[spec](), f"builtin:{spec}")
+    path = Path(spec)
+    if not path.is_file():
+        raise XichError(f"--labels {spec}: neither a built-in label set ({', '.join(BUILTIN)}) nor a file; "
+                        f"give a file with one class name a line")
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise XichError(f"--labels {spec}: cannot read it ({exc}); give a UTF-8 text file, one name a line") from None
+    return checked(names, f"file:{path}", f"--labels {spec}")
+
+
+def checked(names: list[str], source: str, where: str) -> LabelList:
+    """A label list with at least one name and no name twice."""
+    if not names:
+        raise XichError(f"{where}: the label list is empty; give one class name per model output")
+    seen: set[str] = set()
+    twice = [n for n in names if n in seen or seen.add(n)]
+    if twice:
+        raise XichError(f"{where}: class name(s) {', '.join(sorted(set(twice)))} appear twice in the label list")
+    return LabelList(tuple(names), source)
+
+
+def resolve_labels(*, labels_arg: str | None, checkpoint_labels: list[str] | None, model_spec: str,
+                   head_outputs: int | None, dataset_classes: list[str]) -> LabelList:
+    """The model's label list, by the precedence in this module's docstring.
+
+    ``head_outputs`` is the checkpoint's number of outputs when known (None without weights).
+    """
+    if labels_arg:
+        return read_labels(labels_arg)
+    if checkpoint_labels is not None:
+        return checked(list(checkpoint_labels), "checkpoint", "--weights")
+    if model_spec.startswith("cifar:") and head_outputs == len(CIFAR10):
+        return LabelList(CIFAR10, "builtin:cifar10 (default of cifar: models with 10 outputs)")
+    return LabelList(tuple(dataset_classes), "dataset (the evaluation split's sorted class folders)")
+
+
+def model_indices(labels: LabelList, dataset_classes: list[str], head_outputs: int | None,
+                  head_name: str | None) -> dict[str, int]:
+    """Each dataset class's output index; every dataset class must be a label, and the labels fit the head."""
+    if head_outputs is not None and head_outputs != len(labels.names):
+        raise XichError(f"the label list ({labels.source}) has {len(labels.names)} names but the checkpoint's "
+                        f"{head_name or 'output layer'} has {head_outputs} outputs; pass --labels with "
+                        f"{head_outputs} names in the model's output order")
+    unknown = [c for c in dataset_classes if c not in labels.names]
+    if unknown:
+        raise XichError(f"dataset class(es) {', '.join(unknown)} are not among the model's labels ({labels.source}: "
+                        f"{', '.join(labels.names[:12])}{' …' if len(labels.names) > 12 else ''}); rename the "
+                        f"folders to the model's class names or pass --labels")
+    return {c: labels.index(c) for c in dataset_classes}

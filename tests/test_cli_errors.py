@@ -170,3 +170,15 @@ def test_unwritable_json_path(data, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     run_failing(capsys, ["audit", "--data", str(data), *FAST, "--json", str(tmp_path / "file" / "a.json")],
                 str(tmp_path / "file"))
+
+
+# --- train ---------------------------------------------------------------------------------------------
+
+def test_train_on_a_device_that_is_not_here(data, tmp_path, capsys):
+    out = tmp_path / "w.pt"
+    argv = ["train", "--data", str(data), "--model", "cifar:resnet20", "--out", str(out), "--device", "cuda:7"]
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    err = run_failing(capsys, argv, "--device cuda:7")
+    assert_says(err, "not usable here", "use cpu or cuda")
+    assert not out.exists()

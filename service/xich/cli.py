@@ -105,9 +105,27 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[bold red]error:[/] results database (XICH_DATABASE_URL): {str(exc).splitlines()[0]}; "
                   f"check that the server runs and the URL is right, or use --no-db", highlight=False, soft_wrap=True)
         return 2
+    except RuntimeError as exc:
+        if not _out_of_memory(exc):
+            raise
+        err.print(f"[bold red]error:[/] out of memory on the device ({_first_sentences(exc)}); lower --batch-size "
+                  f"or use --device cpu", highlight=False, soft_wrap=True)
+        return 2
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch's out-of-memory error; torch is not imported for it (``xich --help`` stays fast)."""
+    torch = sys.modules.get("torch")  # if torch was never imported, nothing here ran out of device memory
+    return torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ()))
+
+
+def _first_sentences(exc: BaseException, n: int = 2) -> str:
+    """The start of a long torch message ("CUDA out of memory. Tried to allocate 2.00 GiB"), on one line."""
+    text = " ".join(str(exc).split())
+    return ". ".join(text.split(". ")[:n]).rstrip(".")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -105,6 +105,13 @@ def test_unreadable_image(data, capsys):
     assert_says(err, "unreadable image")
 
 
+def test_decompression_bomb(data, capsys, monkeypatch):
+    huge = data / "test" / "cat" / "0099.png"
+    Image.new("RGB", (100, 100), (9, 9, 9)).save(huge)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # PIL refuses over 2x this: 10,000 px here, not 1,024
+    err = run_failing(capsys, ["audit", "--data", str(data), *FAST], f"image {huge}")
+    assert_says(err, "too large to decode safely", "shrink it or remove the file")
+
 def test_unknown_class(data, capsys):
     err = run_failing(capsys, ["audit", "--data", str(data), *FAST, "--classes", "cat,zebra"], "zebra")
     assert_says(err, "--classes", "available: cat, dog")

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--normalize", default="imagenet")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
+    p.add_argument("--create-bucket", action="store_true", help="create the bucket of an s3:// --out if it is missing")
     p = sub.add_parser("demo", help="planted-bias data -> train -> audit -> report, all local")
     p.add_argument("--out", default="xich-demo")
     p.add_argument("--seed", type=int, default=0)
@@ -273,19 +274,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
     settings = get_settings()
-    local_out = args.out
+    local_out, store = args.out, None
     if args.out.startswith("s3://"):
+        from .store import open_store
+
+        # before training, not after: a missing bucket or refused credentials must not cost the epochs
+        bucket, _, key = args.out.removeprefix("s3://").partition("/")
+        if not key or key.endswith("/"):
+            raise XichError(f"--out {args.out}: name the object to write, e.g. s3://{bucket or 'bucket'}/models/model.pt")
+        store = open_store(f"s3://{bucket}", create_bucket=args.create_bucket, **_s3_options(settings))
+        store.check_writable()
         local_out = str(Path(settings.cache_dir) / "trained" / Path(args.out).name)
     config = TrainConfig(data=_local_copy(args.data, settings), model=args.model, out=local_out, epochs=args.epochs,
                          batch_size=args.batch_size,
                          lr=args.lr, tile_size=args.tile_size, normalize=args.normalize, seed=args.seed,
                          device=args.device)
     train(config, on_epoch=lambda e, loss, acc: out.print(f"epoch {e}: loss {loss:.4f}  eval accuracy {acc:.4f}"))
-    if args.out.startswith("s3://"):
-        from .store import open_store
-
-        bucket, _, key = args.out.removeprefix("s3://").partition("/")
-        open_store(f"s3://{bucket}", **_s3_options(settings)).put_file(key, local_out)
+    if store is not None:
+        store.put_file(key, local_out)
     out.print(f"wrote {args.out}")
     return 0
 

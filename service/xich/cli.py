@@ -281,7 +281,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         # before training, not after: a missing bucket or refused credentials must not cost the epochs
         bucket, _, key = args.out.removeprefix("s3://").partition("/")
         if not key or key.endswith("/"):
-            raise XichError(f"--out {args.out}: name the object to write, e.g. s3://{bucket or 'bucket'}/models/model.pt")
+            raise XichError(f"--out {args.out}: name the object to write, "
+                            f"e.g. s3://{bucket or 'bucket'}/models/model.pt")
         store = open_store(f"s3://{bucket}", create_bucket=args.create_bucket, **_s3_options(settings))
         store.check_writable()
         local_out = str(Path(settings.cache_dir) / "trained" / Path(args.out).name)

@@ -114,7 +114,8 @@ def _python_model(spec: str, rest: str, num_classes: int) -> nn.Module:
     except (ImportError, AttributeError) as exc:
         raise XichError(f"--model {spec!r}: cannot import {module_name}:{attr} ({exc})") from None
     except Exception as exc:  # the module itself fails while it is imported
-        raise XichError(f"--model {spec!r}: importing {module_name} failed ({_describe(exc)}); fix the module") from None
+        raise XichError(f"--model {spec!r}: importing {module_name} failed ({_describe(exc)}); "
+                        f"fix the module") from None
     if not callable(fn):
         raise XichError(f"--model {spec!r}: {module_name}.{attr} is a {type(fn).__name__}, not a callable that "
                         f"returns a torch.nn.Module")

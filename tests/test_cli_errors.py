@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +105,13 @@ def test_unreadable_image(data, capsys):
     assert_says(err, "unreadable image")
 
 
+def test_decompression_bomb(data, capsys, monkeypatch):
+    huge = data / "test" / "cat" / "0099.png"
+    Image.new("RGB", (100, 100), (9, 9, 9)).save(huge)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # PIL refuses over 2x this: 10,000 px here, not 1,024
+    err = run_failing(capsys, ["audit", "--data", str(data), *FAST], f"image {huge}")
+    assert_says(err, "too large to decode safely", "shrink it or remove the file")
+
 def test_unknown_class(data, capsys):
     err = run_failing(capsys, ["audit", "--data", str(data), *FAST, "--classes", "cat,zebra"], "zebra")
     assert_says(err, "--classes", "available: cat, dog")
@@ -170,3 +180,76 @@ def test_unwritable_json_path(data, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     run_failing(capsys, ["audit", "--data", str(data), *FAST, "--json", str(tmp_path / "file" / "a.json")],
                 str(tmp_path / "file"))
+
+
+# --- train ---------------------------------------------------------------------------------------------
+
+def test_train_on_a_device_that_is_not_here(data, tmp_path, capsys):
+    out = tmp_path / "w.pt"
+    argv = ["train", "--data", str(data), "--model", "cifar:resnet20", "--out", str(out), "--device", "cuda:7"]
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    err = run_failing(capsys, argv, "--device cuda:7")
+    assert_says(err, "not usable here", "use cpu or cuda")
+    assert not out.exists()
+
+
+# --- python: models that fail at run time ----------------------------------------------------------------
+
+FAILING_NETS = "xich_test_failing_nets"
+
+
+@pytest.fixture
+def failing_nets(tmp_path, monkeypatch) -> str:
+    """A user module with a factory that raises and a model whose forward runs out of device memory."""
+    (tmp_path / f"{FAILING_NETS}.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+
+        def make_broken(num_classes):
+            raise FileNotFoundError(2, "No such file or directory", "/nonexistent/pretrained.pt")
+
+
+        class OutOfMemory(nn.Module):
+            def __init__(self, num_classes):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 8, 3, padding=1)
+                self.head = nn.Linear(8, num_classes)
+
+            def forward(self, x):
+                # what CUDA's caching allocator raises when a batch does not fit
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                             "capacity of 79.19 GiB of which 1.05 GiB is free.")
+
+
+        def make_oom(num_classes):
+            return OutOfMemory(num_classes)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield FAILING_NETS
+    sys.modules.pop(FAILING_NETS, None)
+
+
+def _runs(db: Path) -> list[tuple[str, str | None]]:
+    """(status, error) of every audit run recorded in the SQLite file ``db``."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT status, error FROM audit_run").fetchall()
+
+
+def test_python_model_factory_that_raises(data, failing_nets, capsys):
+    spec = f"python:{failing_nets}:make_broken"
+    err = run_failing(capsys, ["audit", "--data", str(data), *FAST, "--model", spec], repr(spec))
+    assert_says(err, "make_broken() raised FileNotFoundError", "/nonexistent/pretrained.pt")
+
+
+def test_out_of_memory_on_the_device(data, failing_nets, tmp_path, capsys, monkeypatch):
+    db = tmp_path / "xich.db"
+    monkeypatch.setenv("XICH_DATABASE_URL", f"sqlite:///{db}")
+    spec = f"python:{failing_nets}:make_oom"
+    err = run_failing(capsys, ["audit", "--data", str(data), *FAST, "--model", spec],
+                      "out of memory on the device (CUDA out of memory. Tried to allocate 2.00 GiB)",
+                      "lower --batch-size or use --device cpu")
+    assert "GPU 0 has a total capacity" not in err  # only the start of torch's long message
+    [(status, error)] = _runs(db)  # the run is recorded as failed, so a rerun resumes it
+    assert status == "failed" and error.startswith("OutOfMemoryError: CUDA out of memory")

@@ -303,3 +303,80 @@ def test_tarball_with_nested_class_subfolders_matches_folder(tmp_path):
     assert open_dataset(str(root), "test", None).splits["test"].images == expected
     archive = make_tarball(root, tmp_path / "data.tar.gz", None, splits=("test",))
     assert open_dataset(str(archive), "test", None).splits["test"].images == expected
+
+
+def test_decompression_bomb_names_the_file(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "data", splits=("test",))
+    huge = root / "test" / "cat" / "0004.png"
+    Image.new("RGB", (100, 100), (255, 0, 0)).save(huge)
+    # PIL refuses images over twice MAX_IMAGE_PIXELS (default ~179 Mpx): lowered, a 100x100 PNG is such a bomb
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    split = open_dataset(str(root), "test", None).splits["test"]
+    assert split.load(["cat/0001.png"], 32).shape == (1, 3, 32, 32)  # 32x32 = 1,024 px: under the limit
+    with pytest.raises(XichError) as info:
+        split.load(["cat/0001.png", "cat/0004.png"], 32)
+    msg = str(info.value)
+    assert msg.startswith(f"image {huge} is too large to decode safely (Image size (10000 pixels) exceeds limit")
+    assert msg.endswith("shrink it or remove the file") and "\n" not in msg
+
+
+# --- CIFAR batches are unpickled without running code -------------------------------------------------------
+
+def _malicious_pickle(path: Path, marker: Path) -> None:
+    """A pickle (protocol 0, written by hand) that calls os.system("touch MARKER") when plain pickle loads it."""
+    path.write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+
+
+@pytest.mark.parametrize("member", ["batches.meta", "test_batch"])
+def test_cifar_batch_that_would_run_code_is_refused(tmp_path, member):
+    make_cifar10(tmp_path / "c10", with_train=False)
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "c10" / "cifar-10-batches-py" / member
+    _malicious_pickle(bad, marker)
+    with pytest.raises(XichError) as info:
+        open_dataset(f"cifar10:{tmp_path / 'c10'}", "test", None)
+    msg = str(info.value)
+    assert msg.startswith(f"CIFAR batch {bad}: XICH refuses to unpickle os.system") and "\n" not in msg
+    assert not marker.exists()  # the command did not run
+    with open(bad, "rb") as f:  # the file is truly malicious: plain pickle runs the command
+        pickle.load(f)
+    assert marker.exists()
+
+
+def test_cifar_batch_with_another_global_is_refused(tmp_path):
+    make_cifar10(tmp_path / "c10", with_train=False)
+    bad = tmp_path / "c10" / "cifar-10-batches-py" / "test_batch"
+    with open(bad, "wb") as f:  # harmless, but a numpy scalar is not in a real batch: only what is, is admitted
+        pickle.dump({"data": np.zeros((1, 3072), np.uint8), "labels": [0], "batch_label": np.float64(1.0)}, f)
+    with pytest.raises(XichError, match=r"test_batch: XICH refuses to unpickle numpy\._core\.multiarray\.scalar"):
+        open_dataset(f"cifar10:{tmp_path / 'c10'}", "test", None)
+
+
+def test_cifar_batch_that_is_not_a_dict_or_lacks_its_entries(tmp_path):
+    make_cifar10(tmp_path / "c10", with_train=False)
+    folder = tmp_path / "c10" / "cifar-10-batches-py"
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump([np.zeros((1, 3072), np.uint8)], f)
+    with pytest.raises(XichError, match=r"test_batch: it holds a list, not a dict"):
+        open_dataset(f"cifar10:{tmp_path / 'c10'}", "test", None)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((1, 3072), np.uint8)}, f)
+    with pytest.raises(XichError, match=r"test_batch: no 'labels' entry"):
+        open_dataset(f"cifar10:{tmp_path / 'c10'}", "test", None)
+
+
+def test_cifar_batch_from_numpy_arrays_and_lists_loads(tmp_path):
+    """What the restricted unpickler admits is enough for a batch written by numpy and pickle (protocols 3-5)."""
+    folder = tmp_path / "c10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, size=(6, 3072), dtype=np.uint8)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": ["cat", "dog"], b"num_vis": 3072}, f, protocol=3)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"data": data, b"labels": [0, 1, 0, 1, 1, 0],
+                     b"filenames": [f"img_{i}.png".encode() for i in range(6)]}, f, protocol=4)
+    ds = open_dataset(f"cifar10:{tmp_path / 'c10'}", "test", None)
+    assert ds.classes == ["cat", "dog"]
+    assert ds.splits["test"].images == {"cat": ["index:0", "index:2", "index:5"], "dog": ["index:1", "index:3", "index:4"]}
+    assert np.array_equal(ds.splits["test"].read("index:4"), data[4].reshape(3, 32, 32).transpose(1, 2, 0))

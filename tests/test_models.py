@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections import OrderedDict
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from xich.errors import XichError
-from xich.models import build_model, find_target_layer, gap_linear_head, load_weights
+from xich.models import build_model, find_target_layer, gap_linear_head, load_weights, probe_logits, read_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RESNET20_CKPT = SHARED_DATA / "cifar-resnet" / "resnet20-12fca82f.th"
@@ -206,9 +207,9 @@ def test_non_checkpoint_files(tmp_path):
     with pytest.raises(XichError, match="not a loadable PyTorch checkpoint") as info:
         load_weights(model, text)
     assert str(text) in str(info.value)
-    # a whole pickled module is refused by weights_only=True
+    # a whole pickled module is refused by weights_only=True (see test_pickled_whole_model_is_refused_plainly)
     torch.save(nn.Linear(2, 2), tmp_path / "module.pt")
-    with pytest.raises(XichError, match="not a loadable PyTorch checkpoint"):
+    with pytest.raises(XichError, match="holds a pickled Python object"):
         load_weights(model, tmp_path / "module.pt")
     # loadable, but no state_dict inside
     torch.save({"epoch": 3, "notes": "hello"}, tmp_path / "meta.pt")
@@ -321,3 +322,198 @@ def test_torchvision_resnet_at_cifar_tiles_keeps_layer4_and_the_fast_path():
 
     pm = PreparedModel(AuditConfig(model="torchvision:resnet18", data="", device="cpu"), 10, 32)
     assert (pm.layer_name, pm.cam) == ("layer4", "fast")
+
+
+# --- python: models that fail, and forward passes that do not return logits ---------------------------------
+
+FAULTY_NETS = "xich_test_faulty_nets"
+
+
+@pytest.fixture
+def faulty_nets(tmp_path, monkeypatch) -> str:
+    """A user module of models that go wrong in the ways real ones do; yields its name."""
+    (tmp_path / f"{FAULTY_NETS}.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+
+        class Net(nn.Module):
+            def __init__(self, num_classes, returns="logits"):
+                super().__init__()
+                self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+                self.head = nn.Linear(8, num_classes)
+                self.returns = returns
+
+            def forward(self, x):
+                f = self.features(x)
+                logits = self.head(f.mean(dim=(2, 3)))
+                if self.returns == "tuple":  # e.g. Inception's auxiliary logits
+                    return logits, f
+                if self.returns == "dict":  # e.g. a HuggingFace-style output
+                    return {"logits": logits}
+                return f if self.returns == "map" else logits
+
+
+        def make_net(num_classes):
+            return Net(num_classes)
+
+        def make_tuple(num_classes):
+            return Net(num_classes, "tuple")
+
+        def make_dict(num_classes):
+            return Net(num_classes, "dict")
+
+        def make_map(num_classes):
+            return Net(num_classes, "map")
+
+        def make_32px_only(num_classes):
+            return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
+
+        def make_broken(num_classes):
+            return torch.load("/nonexistent/pretrained.pt", weights_only=True)
+
+        NOT_CALLABLE = 3
+    """))
+    (tmp_path / "xich_test_unimportable_nets.py").write_text("raise RuntimeError('needs CUDA_HOME to build its ops')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield FAULTY_NETS
+    for name in (FAULTY_NETS, "xich_test_unimportable_nets"):
+        sys.modules.pop(name, None)
+
+
+def test_python_factory_that_raises_names_spec_and_exception(faulty_nets):
+    spec = f"python:{faulty_nets}:make_broken"
+    with pytest.raises(XichError) as info:
+        build_model(spec, 3)
+    msg = str(info.value)
+    assert msg.startswith(f"--model {spec!r}: make_broken() raised FileNotFoundError: ")
+    assert "/nonexistent/pretrained.pt" in msg and "\n" not in msg
+
+
+def test_python_module_that_fails_to_import_or_names_no_callable(faulty_nets):
+    with pytest.raises(XichError, match=r"importing xich_test_unimportable_nets failed \(RuntimeError: needs CUDA_HOME"):
+        build_model("python:xich_test_unimportable_nets:make", 3)
+    with pytest.raises(XichError, match=rf"{faulty_nets}.NOT_CALLABLE is a int, not a callable"):
+        build_model(f"python:{faulty_nets}:NOT_CALLABLE", 3)
+
+
+def test_probe_logits_returns_the_logits(faulty_nets):
+    spec = f"python:{faulty_nets}:make_net"
+    model = build_model(spec, 3)
+    probe = torch.randn(2, 3, 64, 64)
+    logits = probe_logits(model, probe, spec, 3)
+    with torch.inference_mode():
+        assert torch.equal(logits, model(probe)) and logits.shape == (2, 3)
+    assert probe_logits(model, probe, spec).shape == (2, 3)  # any number of classes when not given
+
+
+@pytest.mark.parametrize("factory, fragment", [
+    ("make_tuple", "returns a tuple; XICH needs a model whose forward returns the logits tensor (batch, classes): wrap it"),
+    ("make_dict", "returns a dict; XICH needs a model whose forward returns the logits tensor"),
+    ("make_map", "outputs shape (2, 8, 64, 64) for a batch of 2, expected (2, 3) for the model's 3 labels"),
+])
+def test_probe_logits_refuses_what_is_not_logits(faulty_nets, factory, fragment):
+    spec = f"python:{faulty_nets}:{factory}"
+    with pytest.raises(XichError) as info:
+        probe_logits(build_model(spec, 3), torch.randn(2, 3, 64, 64), spec, 3)
+    assert str(info.value).startswith(f"--model {spec!r}: ") and fragment in str(info.value)
+
+
+def test_probe_logits_wrong_number_of_classes(faulty_nets):
+    spec = f"python:{faulty_nets}:make_net"
+    with pytest.raises(XichError, match=r"outputs shape \(2, 5\) for a batch of 2, expected \(2, 3\) for the model's 3"):
+        probe_logits(build_model(spec, 5), torch.randn(2, 3, 64, 64), spec, 3)
+
+
+def test_probe_logits_names_a_forward_that_fails(faulty_nets):
+    spec = f"python:{faulty_nets}:make_32px_only"
+    model = build_model(spec, 3)
+    assert probe_logits(model, torch.randn(2, 3, 32, 32), spec, 3).shape == (2, 3)
+    with pytest.raises(XichError) as info:  # the mosaics are 64 px: a 32-px-only model cannot take them
+        probe_logits(model, torch.randn(2, 3, 64, 64), spec, 3)
+    msg = str(info.value)
+    assert msg.startswith(f"--model {spec!r}: the forward pass failed on a (2, 3, 64, 64) input batch (RuntimeError: ")
+    assert "--tile-size" in msg and "\n" not in msg
+
+
+def test_probe_logits_lets_out_of_memory_through():
+    class OutOfMemory(nn.Module):
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(torch.OutOfMemoryError):  # the CLI reports it with its own advice (--batch-size)
+        probe_logits(OutOfMemory(), torch.randn(2, 3, 8, 8), "python:m:oom", 3)
+
+
+# --- whole pickled models, and checkpoints that carry their labels ---------------------------------------------
+
+def test_pickled_whole_model_is_refused_plainly(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(build_model("cifar:resnet20", 10), path)  # torch.save(model), not model.state_dict()
+    with pytest.raises(XichError) as info:
+        load_weights(build_model("cifar:resnet20", 10), path)
+    msg = str(info.value)
+    assert msg.startswith(f"--weights {path}: holds a pickled Python object (a whole model?), which XICH does not "
+                          f"unpickle for safety; save model.state_dict() instead")
+    assert "xich.models.CifarResNet" in msg
+    assert "\x1b" not in msg and "\n" not in msg  # torch's own text carries terminal colour codes
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")
+def test_unloadable_file_shows_the_reason_not_torchs_advice(tmp_path):
+    import pickle
+
+    path = tmp_path / "plain.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"a": 1}, f, protocol=4)  # a plain pickle, not torch's zip format
+    with pytest.raises(XichError) as info:
+        read_checkpoint(path)
+    msg = str(info.value)
+    assert msg.startswith(f"--weights {path}: not a loadable PyTorch checkpoint (UnpicklingError: ")
+    assert "weights_only" not in msg and "\x1b" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("key", ["classes", "labels"])
+def test_read_checkpoint_with_labels(tmp_path, source, key):
+    model = source[0]
+    prefixed = OrderedDict((f"module.{k}", v) for k, v in model.state_dict().items())
+    names = [f"class{i}" for i in range(10)]
+    torch.save({"state_dict": prefixed, key: names, "epoch": 7}, tmp_path / "w.pt")
+    sd, labels = read_checkpoint(tmp_path / "w.pt")
+    assert labels == names
+    assert list(sd) == list(model.state_dict()) and all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+    fresh = build_model("cifar:resnet20", 10)
+    load_weights(fresh, tmp_path / "w.pt")  # load_weights ignores the labels
+    with torch.inference_mode():
+        assert torch.equal(fresh(source[1]), source[2])
+
+
+def test_read_checkpoint_without_labels(tmp_path, source):
+    sd = source[0].state_dict()
+    torch.save(sd, tmp_path / "plain.pt")
+    torch.save({"model": sd, "optimizer": {"lr": 0.1}}, tmp_path / "under_model.pt")
+    for name in ("plain.pt", "under_model.pt"):
+        read, labels = read_checkpoint(str(tmp_path / name))
+        assert labels is None and list(read) == list(sd)
+
+
+@pytest.mark.parametrize("labels, fragment", [
+    (["cat", 3], "'classes' must be a non-empty list of class names (str), got a list holding int 3"),
+    ("cat,dog", "'classes' must be a non-empty list of class names (str), got str"),
+    ([], "got an empty list"),
+    (["cat", "dog", "cat"], "'classes' names class 'cat' twice"),
+])
+def test_read_checkpoint_refuses_bad_labels(tmp_path, source, labels, fragment):
+    path = tmp_path / "w.pt"
+    torch.save({"state_dict": source[0].state_dict(), "classes": labels}, path)
+    with pytest.raises(XichError) as info:
+        read_checkpoint(path)
+    assert str(info.value).startswith(f"--weights {path}: ") and fragment in str(info.value)
+
+
+@pytest.mark.shared_data
+def test_real_resnet20_checkpoint_has_no_labels():
+    if not RESNET20_CKPT.is_file():
+        pytest.skip(f"../shared/data absent: {RESNET20_CKPT} not found")
+    sd, labels = read_checkpoint(RESNET20_CKPT)
+    assert labels is None and "conv1.weight" in sd and not any(k.startswith("module.") for k in sd)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # the wheel installs `weed` beside the interpreter (.venv/bin); PATH for a system-wide install
 WEED = shutil.which("weed", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 ACCESS_KEY, SECRET_KEY = "xichtest", "xichtest-secret"
+READER_KEY, READER_SECRET = "xichreader", "xichreader-secret"  # may read and list, not write
 START_TIMEOUT_S, STOP_TIMEOUT_S = 60, 5
 
 
@@ -95,9 +96,11 @@ def seaweedfs() -> Iterator[S3Server]:
     # short folder: weed puts glog files and some unix sockets in $TMPDIR; socket paths are limited to ~100 chars
     work = Path(tempfile.mkdtemp(prefix="xich-weed-"))
     (work / "data").mkdir()
-    (work / "s3.json").write_text(json.dumps({"identities": [{
-        "name": "xich", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+    (work / "s3.json").write_text(json.dumps({"identities": [
+        {"name": "xich", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+         "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
+        {"name": "reader", "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
+         "actions": ["Read", "List"]}]}))
     ports = {name: _free_port() for name in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc",
                                              "s3", "s3.grpc")}
     cmd = [WEED, "server", f"-dir={work / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -147,6 +150,7 @@ def backend(request, tmp_path) -> Backend:
     server: S3Server = request.getfixturevalue("seaweedfs")
     bucket = f"xich-{uuid.uuid4().hex[:12]}"
     client = server.client()
+    client.make_bucket(bucket)  # open_store creates no bucket unless asked to
     return Backend("s3", f"s3://{bucket}/runs", {"endpoint": server.endpoint, "access_key": server.access_key,
                                                      "secret_key": server.secret_key, "cache_dir": tmp_path / "cache"},
                    lambda store, key: client.remove_object(bucket, f"runs/{key}"))
@@ -355,7 +359,7 @@ def test_nothing_listening_on_the_endpoint(tmp_path):
 def test_wrong_credentials_name_the_url(seaweedfs, tmp_path):
     bucket = f"xich-{uuid.uuid4().hex[:12]}"
     open_store(f"s3://{bucket}", endpoint=seaweedfs.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
-               cache_dir=tmp_path).put_bytes("m.pt", b"x")
+               cache_dir=tmp_path, create_bucket=True).put_bytes("m.pt", b"x")
     for access_key, secret_key in ((ACCESS_KEY, "wrong-secret"), ("nobody", "wrong-secret")):
         with pytest.raises(XichError, match=rf"s3://{bucket}/p: .*refused access .*access key and secret key"):
             open_store(f"s3://{bucket}/p", endpoint=seaweedfs.endpoint, access_key=access_key, secret_key=secret_key)
@@ -376,18 +380,18 @@ def test_missing_bucket_on_read(seaweedfs, tmp_path):
 
 def test_fetch_redownloads_a_tampered_cache(seaweedfs, tmp_path):
     store = open_store(f"s3://xich-{uuid.uuid4().hex[:12]}", endpoint=seaweedfs.endpoint, access_key=ACCESS_KEY,
-                       secret_key=SECRET_KEY, cache_dir=tmp_path)
+                       secret_key=SECRET_KEY, cache_dir=tmp_path, create_bucket=True)
     store.put_bytes("w/model.pt", b"good")
     store.fetch("w/model.pt").write_bytes(b"evil")  # a cached copy edited by hand is not trusted
     assert store.fetch("w/model.pt").read_bytes() == b"good"
 
 
-def test_open_store_creates_the_bucket(seaweedfs, tmp_path):
+def test_open_store_creates_the_bucket_when_asked(seaweedfs, tmp_path):
     bucket = f"xich-{uuid.uuid4().hex[:12]}"
     client = seaweedfs.client()
     assert not client.bucket_exists(bucket)
     store = open_store(f"s3://{bucket}/a/b/", endpoint=f"http://{seaweedfs.endpoint}", access_key=ACCESS_KEY,
-                       secret_key=SECRET_KEY, cache_dir=tmp_path)
+                       secret_key=SECRET_KEY, cache_dir=tmp_path, create_bucket=True)
     assert client.bucket_exists(bucket)
     store.put_bytes("k.txt", b"v")
     assert store.uri("k.txt") == f"s3://{bucket}/a/b/k.txt"
@@ -395,6 +399,97 @@ def test_open_store_creates_the_bucket(seaweedfs, tmp_path):
     assert open_store(f"s3://{bucket}", endpoint=seaweedfs.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
                       cache_dir=tmp_path).list() == ["a/b/k.txt"]
 
+
+
+def test_missing_bucket_is_not_created(seaweedfs, tmp_path):
+    bucket = f"xich-{uuid.uuid4().hex[:12]}"  # e.g. a misspelled name
+    with pytest.raises(XichError) as info:
+        open_store(f"s3://{bucket}/runs", endpoint=seaweedfs.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
+                   cache_dir=tmp_path)
+    assert str(info.value) == (f"results store s3://{bucket}/runs: bucket {bucket} does not exist at "
+                               f"{seaweedfs.endpoint}; create it, or pass --create-bucket")
+    assert not seaweedfs.client().bucket_exists(bucket)
+
+
+# --- check_writable ----------------------------------------------------------------------------------------------
+
+def test_check_writable_leaves_nothing_behind(backend):
+    store = backend.open()
+    store.check_writable()
+    store.check_writable()
+    if backend.name == "local":
+        assert [p.name for p in Path(backend.url).iterdir()] == []  # the folder is made, the probe removed
+    else:
+        bucket = backend.url.removeprefix("s3://").split("/")[0]
+        client = Minio(backend.options["endpoint"], access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False)
+        assert list(client.list_objects(bucket, recursive=True)) == []
+
+
+def test_local_store_under_a_file_is_not_writable(tmp_path):
+    (tmp_path / "file").write_text("")
+    root = tmp_path / "file" / "store"
+    store = open_store(str(root))  # a local store is opened without touching the disk
+    with pytest.raises(XichError) as info:
+        store.check_writable()
+    assert str(info.value).startswith(f"results store {root}: cannot write there (Not a directory); check the "
+                                      f"folder's permissions")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_local_read_only_folder_is_not_writable(tmp_path):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    try:
+        with pytest.raises(XichError, match=r"results store .*/ro: cannot write there \(Permission denied\)"):
+            open_store(str(tmp_path / "ro")).check_writable()
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+
+
+def test_s3_read_only_credentials_are_not_writable(seaweedfs, tmp_path):
+    bucket = f"xich-{uuid.uuid4().hex[:12]}"
+    seaweedfs.client().make_bucket(bucket)
+    store = open_store(f"s3://{bucket}/runs", endpoint=seaweedfs.endpoint, access_key=READER_KEY,
+                       secret_key=READER_SECRET, cache_dir=tmp_path)  # reading is allowed
+    with pytest.raises(XichError, match=rf"^s3://{bucket}/runs: S3 endpoint {seaweedfs.endpoint} refused access"):
+        store.check_writable()
+    assert list(seaweedfs.client().list_objects(bucket, recursive=True)) == []
+
+
+def test_s3_bucket_removed_after_open_is_not_writable(seaweedfs, tmp_path):
+    bucket = f"xich-{uuid.uuid4().hex[:12]}"
+    store = open_store(f"s3://{bucket}", endpoint=seaweedfs.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
+                       cache_dir=tmp_path, create_bucket=True)
+    seaweedfs.client().remove_bucket(bucket)
+    with pytest.raises(XichError, match=rf"results store s3://{bucket}: bucket {bucket} does not exist at"):
+        store.check_writable()
+
+
+def test_s3_unreachable_endpoint_is_not_writable(tmp_path):
+    from xich.store import _s3_store  # open_store would already fail on it: test the check itself
+
+    endpoint = f"127.0.0.1:{_free_port()}"
+    store = _s3_store("s3://bkt/runs", "bkt", "runs", endpoint, ACCESS_KEY, SECRET_KEY, False, tmp_path)
+    with pytest.raises(XichError, match=rf"^s3://bkt/runs: cannot reach S3 endpoint {endpoint} "):
+        store.check_writable()
+
+
+def test_train_to_a_missing_bucket_fails_before_training(seaweedfs, synth_data, tmp_path, monkeypatch, capsys):
+    from xich.cli import main
+
+    bucket = f"xich-{uuid.uuid4().hex[:12]}"
+    for name, value in (("S3_ENDPOINT", seaweedfs.endpoint), ("S3_ACCESS_KEY", ACCESS_KEY),
+                        ("S3_SECRET_KEY", SECRET_KEY), ("CACHE_DIR", str(tmp_path / "cache"))):
+        monkeypatch.setenv(f"XICH_{name}", value)
+    assert main(["train", "--data", str(synth_data), "--model", "cifar:resnet20", "--epochs", "1",
+                 "--out", f"s3://{bucket}/models/v1.pt"]) == 2
+    captured = capsys.readouterr()
+    assert "epoch" not in captured.out and "Traceback" not in captured.out + captured.err
+    assert " ".join(captured.err.split()) == (f"error: results store s3://{bucket}: bucket {bucket} does not exist at "
+                                              f"{seaweedfs.endpoint}; create it, or pass --create-bucket")
+    assert not seaweedfs.client().bucket_exists(bucket)
+    assert main(["train", "--data", str(synth_data), "--model", "cifar:resnet20", "--out", f"s3://{bucket}"]) == 2
+    assert "--out s3://" in capsys.readouterr().err  # no object name
 
 def test_audit_reads_data_and_weights_from_s3(seaweedfs, synth_data, tmp_path, monkeypatch, capsys, one_torch_thread):
     import torch
@@ -404,7 +499,7 @@ def test_audit_reads_data_and_weights_from_s3(seaweedfs, synth_data, tmp_path, m
 
     bucket = f"xich-{uuid.uuid4().hex[:12]}"
     store = open_store(f"s3://{bucket}", endpoint=seaweedfs.endpoint, access_key=seaweedfs.access_key,
-                       secret_key=seaweedfs.secret_key, cache_dir=tmp_path / "unused")
+                       secret_key=seaweedfs.secret_key, cache_dir=tmp_path / "unused", create_bucket=True)
     for path in sorted((synth_data / "test").rglob("*.png")):
         store.put_file(f"shapes/{path.relative_to(synth_data).as_posix()}", path)
     torch.manual_seed(0)
@@ -437,7 +532,7 @@ def test_train_reads_data_from_and_writes_weights_to_s3(seaweedfs, synth_data, t
 
     bucket = f"xich-{uuid.uuid4().hex[:12]}"
     store = open_store(f"s3://{bucket}", endpoint=seaweedfs.endpoint, access_key=seaweedfs.access_key,
-                       secret_key=seaweedfs.secret_key, cache_dir=tmp_path / "unused")
+                       secret_key=seaweedfs.secret_key, cache_dir=tmp_path / "unused", create_bucket=True)
     for path in sorted(synth_data.rglob("*.png")):
         store.put_file(f"shapes/{path.relative_to(synth_data).as_posix()}", path)
     monkeypatch.setenv("XICH_S3_ENDPOINT", seaweedfs.endpoint)

@@ -25,7 +25,9 @@ from .method.hierarchy import hierarchy, hierarchy_scores
 from .method.mosaic import MosaicPlan, assemble_mosaics, image_sets, plan_mosaics
 from .method.per_image import class_softmax, dominance_correlations
 from .method.significance import confidence_intervals, p_value_matrices, set_means
-from .models import build_model, find_target_layer, gap_linear_head, head_name, load_weights, read_checkpoint
+from .device import resolve_device
+from .models import (build_model, find_target_layer, gap_linear_head, head_name, load_weights, probe_logits,
+                     read_checkpoint)
 from .result import AuditResult, ClassResult, ClusterResult, Explainer, MosaicResult, summarize
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,7 @@ class PreparedModel:
 
     def __init__(self, config: AuditConfig, model: nn.Module, num_classes: int, tile_size: int,
                  mosaic_size: int | None = None):
-        self.device = _device(config.device)
+        self.device = resolve_device(config.device)
         self.model = model.to(self.device).eval()
         mean, std = parse_normalize(config.normalize)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
@@ -108,11 +110,7 @@ class PreparedModel:
         side = mosaic_size or 2 * tile_size
         probe = self.normalize(torch.zeros(2, 3, side, side, dtype=torch.uint8, device=self.device)
                                + torch.arange(2, device=self.device, dtype=torch.uint8).view(2, 1, 1, 1) * 120)
-        with torch.inference_mode():
-            out = self.model(probe)
-        if out.ndim != 2 or out.shape[1] != num_classes:
-            raise XichError(f"--model {config.model}: outputs shape {tuple(out.shape)}, expected (batch, {num_classes}) "
-                            f"for its {num_classes} labels")
+        probe_logits(self.model, probe, config.model, num_classes)
         self.layer_name = find_target_layer(self.model, probe, config.layer)
         self.layer = dict(self.model.named_modules())[self.layer_name]
         self.head = gap_linear_head(self.model, self.layer, probe)
@@ -178,17 +176,6 @@ class PreparedModel:
         fmap, _ = self.forward(mosaics)
         raw = gap_linear_cam(fmap, self.head.weight.detach(), torch.tensor(classes, device=self.device))
         return scale_cams(raw, size).cpu().numpy()
-
-
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-        torch.empty(1, device=device)
-    except (RuntimeError, AssertionError) as exc:
-        raise XichError(f"--device {name}: not usable here ({str(exc).splitlines()[0]}); use cpu or cuda") from None
-    return device
 
 
 def default_tile_size(model_spec: str, split: Split) -> int:

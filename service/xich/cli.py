@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--normalize", default="imagenet")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
+    p.add_argument("--create-bucket", action="store_true", help="create the bucket of an s3:// --out if it is missing")
     p = sub.add_parser("demo", help="planted-bias data -> train -> audit -> report, all local")
     p.add_argument("--out", default="xich-demo")
     p.add_argument("--seed", type=int, default=0)
@@ -113,9 +114,27 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[bold red]error:[/] results database (XICH_DATABASE_URL): {str(exc).splitlines()[0]}; "
                   f"check that the server runs and the URL is right, or use --no-db", highlight=False, soft_wrap=True)
         return 2
+    except RuntimeError as exc:
+        if not _out_of_memory(exc):
+            raise
+        err.print(f"[bold red]error:[/] out of memory on the device ({_first_sentences(exc)}); lower --batch-size "
+                  f"or use --device cpu", highlight=False, soft_wrap=True)
+        return 2
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch's out-of-memory error; torch is not imported for it (``xich --help`` stays fast)."""
+    torch = sys.modules.get("torch")  # if torch was never imported, nothing here ran out of device memory
+    return torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ()))
+
+
+def _first_sentences(exc: BaseException, n: int = 2) -> str:
+    """The start of a long torch message ("CUDA out of memory. Tried to allocate 2.00 GiB"), on one line."""
+    text = " ".join(str(exc).split())
+    return ". ".join(text.split(". ")[:n]).rstrip(".")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -308,19 +327,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
     settings = get_settings()
-    local_out = args.out
+    local_out, store = args.out, None
     if args.out.startswith("s3://"):
+        from .store import open_store
+
+        # before training, not after: a missing bucket or refused credentials must not cost the epochs
+        bucket, _, key = args.out.removeprefix("s3://").partition("/")
+        if not key or key.endswith("/"):
+            raise XichError(f"--out {args.out}: name the object to write, "
+                            f"e.g. s3://{bucket or 'bucket'}/models/model.pt")
+        store = open_store(f"s3://{bucket}", create_bucket=args.create_bucket, **_s3_options(settings))
+        store.check_writable()
         local_out = str(Path(settings.cache_dir) / "trained" / Path(args.out).name)
     config = TrainConfig(data=_local_copy(args.data, settings), model=args.model, out=local_out, epochs=args.epochs,
                          batch_size=args.batch_size,
                          lr=args.lr, tile_size=args.tile_size, normalize=args.normalize, seed=args.seed,
                          device=args.device)
     train(config, on_epoch=lambda e, loss, acc: out.print(f"epoch {e}: loss {loss:.4f}  eval accuracy {acc:.4f}"))
-    if args.out.startswith("s3://"):
-        from .store import open_store
-
-        bucket, _, key = args.out.removeprefix("s3://").partition("/")
-        open_store(f"s3://{bucket}", **_s3_options(settings)).put_file(key, local_out)
+    if store is not None:
+        store.put_file(key, local_out)
     out.print(f"wrote {args.out}")
     return 0
 

@@ -142,6 +142,9 @@ def _decode(data: bytes, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return np.asarray(img.convert("RGB"))
+    except Image.DecompressionBombError as exc:  # PIL refuses to decode a pixel count that could exhaust memory
+        raise XichError(f"image {where} is too large to decode safely ({str(exc).rstrip('.')}); "
+                        f"shrink it or remove the file") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise XichError(f"unreadable image {where}: {exc}; remove or replace the file") from None
 
@@ -261,12 +264,12 @@ def _cifar_splits(kind: str, root: Path, uri: str) -> dict[str, Split]:
         meta_file, names_key, labels_key = "meta", "fine_label_names", "fine_labels"
     if not (folder / meta_file).is_file():
         raise XichError(f"--data {uri}: no {kind.upper()} python batches in {root} (expected {folder / meta_file})")
-    names = _unpickle(folder / meta_file)[names_key]
+    names = _unpickle(folder / meta_file, (names_key,))[names_key]
     splits = {}
     for split, batch_files in files.items():
         if not all((folder / f).is_file() for f in batch_files):
             continue
-        batches = [_unpickle(folder / f) for f in batch_files]
+        batches = [_unpickle(folder / f, ("data", labels_key)) for f in batch_files]
         data = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = np.concatenate([np.asarray(b[labels_key]) for b in batches])
         images = {names[c]: [f"index:{n}" for n in np.flatnonzero(labels == c)] for c in range(len(names))}
@@ -283,10 +286,50 @@ def _cifar_splits(kind: str, root: Path, uri: str) -> dict[str, Split]:
     return splits
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path, keys: tuple[str, ...]) -> dict:
+    """A CIFAR python batch holding ``keys``, read with :class:`_CifarUnpickler` (a data file must not run code)."""
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError) as exc:
+            d = _CifarUnpickler(f, path).load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
         raise XichError(f"cannot read CIFAR batch {path} ({exc})") from None
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    if not isinstance(d, dict):
+        raise XichError(f"cannot read CIFAR batch {path}: it holds a {type(d).__name__}, not a dict; "
+                        f"replace it with the file from the original download")
+    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise XichError(f"cannot read CIFAR batch {path}: no {missing[0]!r} entry; replace it with the file from the "
+                        f"original download")
+    return d
+
+
+def _cifar_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR batch refers to: numpy's array reconstruction, under numpy 1's and 2's module names."""
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+    # resolved here, not by importing the module the file names: numpy 2 warns on every numpy.core access
+    return {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, lists, dicts, strings and numbers; refuses every other global.
+
+    Plain ``pickle.load`` calls whatever the file names (``os.system`` included), so a tampered batch
+    would run code. ``latin1`` reads the Python 2 byte strings of the original batches.
+    """
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="latin1")
+        self.path = path
+        self.allowed = _cifar_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self.allowed:
+            return self.allowed[(module, name)]
+        raise XichError(f"CIFAR batch {self.path}: XICH refuses to unpickle {module}.{name} (a CIFAR batch holds only "
+                        f"numpy arrays, lists and strings); replace the file with the one from the original download")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from torch import nn
 from .errors import XichError
 
 CIFAR_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9}
+LABEL_KEYS = ("classes", "labels")  # where a checkpoint dict may keep the model's class names, in output order
+# terminal colour and style codes (CSI sequences): torch puts some in its error messages
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
 class _LambdaShortcut(nn.Module):
@@ -109,11 +113,68 @@ def _python_model(spec: str, rest: str, num_classes: int) -> nn.Module:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise XichError(f"--model {spec!r}: cannot import {module_name}:{attr} ({exc})") from None
-    takes_classes = "num_classes" in inspect.signature(fn).parameters
-    model = fn(num_classes=num_classes) if takes_classes else fn()
+    except Exception as exc:  # the module itself fails while it is imported
+        raise XichError(f"--model {spec!r}: importing {module_name} failed ({_describe(exc)}); "
+                        f"fix the module") from None
+    if not callable(fn):
+        raise XichError(f"--model {spec!r}: {module_name}.{attr} is a {type(fn).__name__}, not a callable that "
+                        f"returns a torch.nn.Module")
+    model = _call_factory(fn, spec, attr, num_classes)
     if not isinstance(model, nn.Module):
         raise XichError(f"--model {spec!r}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _call_factory(fn, spec: str, attr: str, num_classes: int) -> object:
+    """``fn(num_classes=...)`` if it takes that parameter, else ``fn()``; its own errors name the spec."""
+    try:
+        takes_classes = "num_classes" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a readable signature
+        takes_classes = False
+    try:
+        return fn(num_classes=num_classes) if takes_classes else fn()
+    except Exception as exc:  # user code: any type
+        raise XichError(f"--model {spec!r}: {attr}() raised {_describe(exc)}; fix the factory or its "
+                        f"arguments") from None
+
+
+def probe_logits(model: nn.Module, probe: torch.Tensor, spec: str, num_outputs: int | None = None) -> torch.Tensor:
+    """The model's output on ``probe`` (B, 3, H, W), checked to be logits of shape (B, num_outputs).
+
+    Grad-CAM and the dominance scores read one logit per class, so a forward that returns a tuple
+    (auxiliary heads), a dict (HuggingFace-style outputs) or a map is refused with a message naming
+    ``spec``, as is a forward that fails on the probe (e.g. an input size the model does not take).
+    Out-of-memory errors pass through unchanged: the CLI reports them with their own advice.
+    """
+    try:
+        with torch.inference_mode():
+            out = model(probe)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # user code: any type
+        raise XichError(f"--model {spec!r}: the forward pass failed on a {_shape(probe)} input batch "
+                        f"({_describe(exc)}); check the input size it expects (--tile-size, --mosaic-size) "
+                        f"and --layer") from None
+    if not isinstance(out, torch.Tensor):  # a tuple of auxiliary heads, a dict or output dataclass, …
+        raise XichError(f"--model {spec!r}: returns a {type(out).__name__}; XICH needs a model whose forward returns "
+                        f"the logits tensor (batch, classes): wrap it")
+    classes = "classes" if num_outputs is None else str(num_outputs)
+    if out.ndim != 2 or out.shape[0] != probe.shape[0] or (num_outputs is not None and out.shape[1] != num_outputs):
+        raise XichError(f"--model {spec!r}: outputs shape {_shape(out)} for a batch of {probe.shape[0]}, expected "
+                        f"({probe.shape[0]}, {classes})"
+                        + (f" for the model's {num_outputs} labels" if num_outputs is not None else ""))
+    return out
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(d) for d in t.shape) + ")"
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: first line`` of an exception from user or library code, short enough for one error line."""
+    text = _ANSI.sub("", str(exc)).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
 def extract_state_dict(checkpoint: object, source: str) -> "OrderedDict[str, torch.Tensor]":
@@ -129,26 +190,66 @@ def extract_state_dict(checkpoint: object, source: str) -> "OrderedDict[str, tor
     return OrderedDict((k.removeprefix("module."), v) for k, v in sd.items())
 
 
-def read_checkpoint(path: str | Path) -> tuple["OrderedDict[str, torch.Tensor]", list[str] | None]:
-    """A checkpoint's state_dict (``module.`` stripped) and the label list it carries, if any.
+def read_checkpoint(path: str | Path) -> "tuple[OrderedDict[str, torch.Tensor], list[str] | None]":
+    """The state_dict of a checkpoint file (``module.`` stripped) and its label list, if it carries one.
 
-    Always loaded with ``weights_only=True``. A dict checkpoint may carry the model's class names,
-    in output order, under ``classes`` (or ``labels``).
+    Accepted: a state_dict, or a dict holding one under ``state_dict`` or ``model`` and optionally the
+    class names under ``classes`` (or ``labels``): ``{"state_dict": ..., "classes": ["cat", "dog"]}``.
+    Loaded with ``weights_only=True``: a file that needs arbitrary unpickling is refused.
     """
     path = Path(path)
     if not path.is_file():
         raise XichError(f"--weights {path}: no such file")
+    checkpoint = _torch_load(path)
+    return extract_state_dict(checkpoint, str(path)), _labels(checkpoint, path)
+
+
+def _torch_load(path: Path) -> object:
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise XichError(f"--weights {path}: not a loadable PyTorch checkpoint ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200]})") from None
-    labels = None
-    if isinstance(checkpoint, dict):
-        labels = checkpoint.get("classes", checkpoint.get("labels"))
-        if labels is not None and not (isinstance(labels, (list, tuple)) and all(isinstance(n, str) for n in labels)):
-            raise XichError(f"--weights {path}: its 'classes' entry must be a list of class names (str)")
-    return extract_state_dict(checkpoint, str(path)), (list(labels) if labels is not None else None)
+        raise _load_error(path, exc) from None
+
+
+def _load_error(path: Path, exc: Exception) -> XichError:
+    """One line for a failed ``torch.load``, without torch's terminal colour codes."""
+    text = _ANSI.sub("", str(exc))
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:  # weights_only refuses classes and functions: torch.save(model), an optimizer, a numpy array…
+        return XichError(f"--weights {path}: holds a pickled Python object (a whole model?), which XICH does not "
+                         f"unpickle for safety; save model.state_dict() instead (the file refers to {found.group(1)})")
+    # torch's first line advises weights_only=False, which XICH refuses to do: show the reason instead
+    _, sep, reason = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (reason if sep else text).splitlines() if line.strip()]
+    return XichError(f"--weights {path}: not a loadable PyTorch checkpoint ({type(exc).__name__}: "
+                     f"{(lines[0] if lines else '')[:200]})")
+
+
+def _labels(checkpoint: object, path: Path) -> list[str] | None:
+    """The class names under the first of :data:`LABEL_KEYS` the checkpoint dict has; None if it has none."""
+    if not isinstance(checkpoint, dict) or all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return None  # a bare state_dict: a key named 'classes' there is a tensor of the model, not its labels
+    key = next((k for k in LABEL_KEYS if k in checkpoint), None)
+    if key is None:
+        return None
+    labels = checkpoint[key]
+    if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(x, str) for x in labels):
+        raise XichError(f"--weights {path}: {key!r} must be a non-empty list of class names (str), got "
+                        f"{_label_kind(labels)}; save the names in the model's output order, e.g. "
+                        f"{{'state_dict': ..., {key!r}: ['cat', 'dog']}}")
+    duplicate = next((x for i, x in enumerate(labels) if x in labels[:i]), None)
+    if duplicate is not None:
+        raise XichError(f"--weights {path}: {key!r} names class {duplicate!r} twice; each output needs its own name")
+    return list(labels)
+
+
+def _label_kind(labels: object) -> str:
+    if isinstance(labels, (list, tuple)):
+        if not labels:
+            return f"an empty {type(labels).__name__}"
+        odd = next(x for x in labels if not isinstance(x, str))
+        return f"a {type(labels).__name__} holding {type(odd).__name__} {odd!r}"[:120]
+    return type(labels).__name__
 
 
 def head_name(model: nn.Module) -> str | None:

@@ -81,9 +81,17 @@ class Store:
         """The object's URL (``file:///...`` or ``s3://bucket/...``)."""
         raise NotImplementedError
 
+    def check_writable(self) -> None:
+        """Write and remove a small probe object; :class:`XichError` naming the store if that fails.
+
+        Called before long work whose results go here, so that a read-only folder, a missing bucket or
+        refused credentials fail in seconds rather than after the audit.
+        """
+        raise NotImplementedError
+
 
 def open_store(url: str, *, endpoint: str | None = None, access_key: str | None = None, secret_key: str | None = None,
-               secure: bool = False, cache_dir: str | os.PathLike | None = None) -> Store:
+               secure: bool = False, cache_dir: str | os.PathLike | None = None, create_bucket: bool = False) -> Store:
     """Open a store at ``url``: a local folder (``file:///abs/path`` or a path) or ``s3://bucket[/prefix]``.
 
     Parameters
@@ -98,13 +106,19 @@ def open_store(url: str, *, endpoint: str | None = None, access_key: str | None 
         Use HTTPS.
     cache_dir
         Where S3 downloads are kept (default :func:`default_cache_dir`). Unused for local folders.
+    create_bucket
+        Create a missing S3 bucket. Off by default: a misspelled bucket name should fail, not be created.
 
-    The local folder is created by the first write; a missing S3 bucket is created here.
+    The local folder is created by the first write. A missing S3 bucket is :class:`XichError` unless
+    ``create_bucket``.
     """
     if url.startswith("s3://"):
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         store = _s3_store(url, bucket, prefix, endpoint, access_key, secret_key, secure, cache_dir)
-        store.create_bucket()
+        if create_bucket:
+            store.create_bucket()
+        else:
+            store.require_bucket()
         return store
     return LocalStore(_local_path(url))
 
@@ -180,6 +194,19 @@ class LocalStore(Store):
     def uri(self, key: str) -> str:
         return (self.root / key).as_uri()
 
+    def check_writable(self) -> None:
+        probe = self.root / f"{TMP_PREFIX}probe-{secrets.token_hex(4)}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(probe, "xb") as f:
+                f.write(b"xich")
+            probe.unlink()
+        except OSError as exc:
+            with suppress(OSError):
+                probe.unlink(missing_ok=True)
+            raise XichError(f"results store {self.root}: cannot write there ({exc.strerror or exc}); check the "
+                            f"folder's permissions and free space, or set XICH_STORE_URL") from None
+
 
 def _local_path(url: str) -> Path:
     if url.startswith("file:"):
@@ -235,7 +262,29 @@ class S3Store(Store):
         except ValueError as exc:  # the SDK's checks of bucket and object names
             raise XichError(f"{url}: {exc}") from None
 
+    def require_bucket(self) -> None:
+        """:class:`XichError` if the bucket does not exist (nothing is created)."""
+        with self._errors(self.url):
+            if not self.client.bucket_exists(self.bucket):
+                raise XichError(f"results store {self.url}: bucket {self.bucket} does not exist at {self.endpoint}; "
+                                f"create it, or pass --create-bucket")
+
+    def check_writable(self) -> None:
+        self.require_bucket()
+        name = f"{self.prefix}{TMP_PREFIX}probe-{secrets.token_hex(4)}"
+        with self._errors(self.url):
+            self.client.put_object(self.bucket, name, io.BytesIO(b"xich"), 4)
+            try:
+                self.client.remove_object(self.bucket, name)
+            except S3Error as exc:
+                if exc.code not in CREDENTIAL_CODES:
+                    raise
+                # XICH never deletes: a put-only policy is enough for it, at the cost of this probe object
+                log.warning("%s: may not delete the probe object s3://%s/%s (%s); it stays", self.url, self.bucket,
+                            name, exc.code)
+
     def create_bucket(self) -> None:
+        """Create the bucket if it does not exist."""
         with self._errors(self.url):
             if not self.client.bucket_exists(self.bucket):
                 try:
@@ -279,7 +328,8 @@ class S3Store(Store):
         return True
 
     def list(self, prefix: str = "") -> list[str]:
-        return sorted(name[len(self.prefix):] for name, _, _ in self._objects(self.prefix + prefix))
+        return sorted(name[len(self.prefix):] for name, _, _ in self._objects(self.prefix + prefix)
+                      if not name.rpartition("/")[2].startswith(TMP_PREFIX))  # e.g. a probe nobody may delete
 
     def _objects(self, name_prefix: str) -> list[tuple[str, str, int]]:
         """(object name, ETag, size) of every object whose name starts with ``name_prefix``."""

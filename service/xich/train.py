@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .audit import parse_normalize
 from .datasets import open_dataset
+from .device import resolve_device
 from .errors import XichError
 from .models import build_model
 
@@ -51,7 +52,7 @@ def train(config: TrainConfig, on_epoch: Callable[[int, float, float], None] | N
     if config.epochs < 1 or config.batch_size < 1:
         raise XichError(f"--epochs and --batch-size must be at least 1, got {config.epochs} and {config.batch_size}")
     torch.manual_seed(config.seed)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(config.device)
     ds = open_dataset(config.data, config.eval_split, config.train_split)
     if config.train_split not in ds.splits:
         raise XichError(f"--data {config.data}: no training split {config.train_split!r}")

@@ -25,6 +25,7 @@ from xich.datasets import open_dataset
 from xich.method.dominance import mosaic_dominance, quadrant_relevance
 from xich.method.gradcam import reference_cams
 from xich.method.mosaic import assemble_mosaics, plan_mosaics
+from xich.models import build_model, load_weights
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -38,7 +39,10 @@ def main() -> None:
     weights = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
     real = weights.is_file()
     config = AuditConfig(model="cifar:resnet20", data="", weights=str(weights) if real else None, device="cpu")
-    pm = PreparedModel(config, 10, 32)
+    model = build_model(config.model, 10)
+    if real:
+        load_weights(model, weights)
+    pm = PreparedModel(config, model, 10, 32)
     if real:
         ds = open_dataset(str(SHARED / "cifar10-jpeg"), "test", None)
         split = ds.splits["test"]

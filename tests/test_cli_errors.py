@@ -218,9 +218,13 @@ def failing_nets(tmp_path, monkeypatch) -> str:
                 self.head = nn.Linear(8, num_classes)
 
             def forward(self, x):
-                # what CUDA's caching allocator raises when a batch does not fit
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
-                                             "capacity of 79.19 GiB of which 1.05 GiB is free.")
+                if torch.jit.is_tracing():  # data-dependent control flow: XICH runs it eagerly
+                    raise RuntimeError("not traceable")
+                if x.shape[0] > 2:  # the 2-image probe fits; a real batch does not
+                    # what CUDA's caching allocator raises when a batch does not fit
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                                 "capacity of 79.19 GiB of which 1.05 GiB is free.")
+                return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
         def make_oom(num_classes):
@@ -253,3 +257,26 @@ def test_out_of_memory_on_the_device(data, failing_nets, tmp_path, capsys, monke
     assert "GPU 0 has a total capacity" not in err  # only the start of torch's long message
     [(status, error)] = _runs(db)  # the run is recorded as failed, so a rerun resumes it
     assert status == "failed" and error.startswith("OutOfMemoryError: CUDA out of memory")
+
+
+def test_unwritable_results_store_fails_before_any_forward_pass(data, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    db = tmp_path / "xich.db"
+    monkeypatch.setenv("XICH_DATABASE_URL", f"sqlite:///{db}")
+    monkeypatch.setenv("XICH_STORE_URL", str(blocker / "store"))
+    run_failing(capsys, ["audit", "--data", str(data), *FAST], "results store", str(blocker / "store"))
+    assert not db.exists()  # refused before the database was touched, let alone a model run
+
+
+def test_unwritable_json_and_report_paths_fail_before_any_forward_pass(data, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    db = tmp_path / "xich.db"
+    monkeypatch.setenv("XICH_DATABASE_URL", f"sqlite:///{db}")
+    run_failing(capsys, ["audit", "--data", str(data), *FAST, "--json", str(blocker / "audit.json")],
+                "--json", str(blocker / "audit.json"), "cannot write")
+    run_failing(capsys, ["audit", "--data", str(data), *FAST, "--report", str(blocker / "report")],
+                "--report", "cannot write")
+    run_failing(capsys, ["audit", "--data", str(data), *FAST, "--json", str(tmp_path)], "is a folder")
+    assert not db.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import tarfile
 from pathlib import Path
@@ -380,3 +381,55 @@ def test_cifar_batch_from_numpy_arrays_and_lists_loads(tmp_path):
     assert ds.classes == ["cat", "dog"]
     assert ds.splits["test"].images == {"cat": ["index:0", "index:2", "index:5"], "dog": ["index:1", "index:3", "index:4"]}
     assert np.array_equal(ds.splits["test"].read("index:4"), data[4].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def _tree(root: Path, images: dict[str, bytes]) -> Path:
+    for rel, data in images.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_dataset_identity_is_its_images_content_wherever_they_are(tmp_path):
+    from xich.datasets import content_fingerprint
+
+    images = {f"test/{c}/{k}.png": _png(10 * n + k) for n, c in enumerate(("cat", "dog")) for k in range(3)}
+    a = _tree(tmp_path / "a", images)
+    b = _tree(tmp_path / "elsewhere" / "b", images)
+    with tarfile.open(tmp_path / "c.tar.gz", "w:gz") as tar:
+        tar.add(a / "test", arcname="test")
+
+    def fp(uri: str) -> tuple[str, int]:
+        return content_fingerprint([open_dataset(uri, "test", None).splits["test"]])
+
+    assert fp(str(a)) == fp(str(b)) == fp(str(tmp_path / "c.tar.gz"))
+    assert fp(str(a))[1] == 6
+    (b / "test/dog/2.png").write_bytes(_png(99))
+    assert fp(str(b))[0] != fp(str(a))[0]
+
+
+def test_folder_hashes_are_cached_by_size_and_mtime(tmp_path):
+    """A second fingerprint of an unchanged folder reads no image: a file rewritten behind the cache's back
+    (same size, same mtime) keeps its cached hash; touching it makes the cache read it again."""
+    import os
+
+    from xich.datasets import content_fingerprint
+
+    root = _tree(tmp_path / "d", {"test/cat/0.bin.png": b"A" * 64, "test/cat/1.png": b"B" * 64})
+    cache = tmp_path / "cache"
+    split = lambda: open_dataset(str(root), "test", None).splits["test"]  # noqa: E731
+    first = content_fingerprint([split()], cache)
+    path = root / "test/cat/1.png"
+    st = path.stat()
+    path.write_bytes(b"C" * 64)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert content_fingerprint([split()], cache) == first  # served from the cache: the file was not read
+    assert content_fingerprint([split()]) != first  # without the cache the new bytes count
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert content_fingerprint([split()], cache) != first

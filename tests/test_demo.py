@@ -14,9 +14,10 @@ def test_locate_rare_hand_built():
         _cluster(0, 0, ["circle/0.png", "circle/1.png"], 0.6),
         _cluster(1, 2, ["circle/2.png", "circle/3.png", "circle/4.png"], 0.1),
         _cluster(2, 1, ["circle/5.png"], 0.3)],
-        dominance=[], p_values=[], p_values_holm=[], hierarchy=[0, 2, 1], spearman_score_train_share=None,
+        dominance=[], dominance_ci=[], p_values=[], p_values_holm=[], distinct_sets=[], hierarchy=[0, 2, 1], spearman_score_train_share=None,
         excluded_mosaics=0, mosaics=[])
-    result = AuditResult(run_id="r", model={}, dataset={"eval_split": "test"}, config={}, classes=[cls], summary={})
+    result = AuditResult(run_id="r", model={}, labels={}, dataset={"eval_split": "test"}, config={}, classes=[cls],
+                         summary={})
     truth = {"rare": {"circle": 1},
              "subgroup": {"test/circle/0.png": 0, "test/circle/1.png": 1, "test/circle/2.png": 1,
                           "test/circle/3.png": 1, "test/circle/4.png": 2, "test/circle/5.png": 2}}

@@ -232,3 +232,29 @@ def test_registry_time_orders_versions(database_url, synth_data, one_torch_threa
         assert [(r.from_version, r.to_version) for r in drift] == [("early", "late")]
     finally:
         engine.dispose()
+
+
+def test_same_images_elsewhere_are_the_same_dataset_and_keep_the_frozen_clustering(database_url, synth_data,
+                                                                                    tmp_path, one_torch_thread):
+    import shutil
+
+    moved = tmp_path / "moved-copy"
+    shutil.copytree(synth_data, moved)
+
+    def audit(data: Path, version: str):
+        config = AuditConfig(model="cifar:resnet20", data=str(data), clusters=2, mosaics_per_pair=2, device="cpu",
+                             weights=_weights(tmp_path / f"{version}.pt", 1))
+        return recorded_audit(config, database_url=database_url, model_name="moved", model_version=version)
+
+    first = audit(synth_data, "a")
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            freeze_clustering(session=session, run_id=first.run_id)
+        second = audit(moved, "b")
+        assert any("frozen clustering" in n for n in second.notes)
+        assert _rows(engine, "SELECT COUNT(*) FROM dataset")[0][0] == 1
+        assert [[c.members for c in cls.clusters] for cls in second.classes] == \
+               [[c.members for c in cls.clusters] for cls in first.classes]
+    finally:
+        engine.dispose()

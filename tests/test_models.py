@@ -320,7 +320,8 @@ def test_torchvision_resnet_at_cifar_tiles_keeps_layer4_and_the_fast_path():
     # at 32 px tiles layer4 is 1x1, but on the 64 px mosaics Grad-CAM runs on it is 2x2
     from xich.audit import AuditConfig, PreparedModel
 
-    pm = PreparedModel(AuditConfig(model="torchvision:resnet18", data="", device="cpu"), 10, 32)
+    pm = PreparedModel(AuditConfig(model="torchvision:resnet18", data="", device="cpu"),
+                       build_model("torchvision:resnet18", 10), 10, 32)
     assert (pm.layer_name, pm.cam) == ("layer4", "fast")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from xich.audit import AuditConfig, run_audit
-from xich.db import AuditRun, Base, ModelVersion, make_engine
+from xich.db import AuditRun, Base, ModelVersion, RunClass, make_engine
 from xich.migrate import alembic_config, downgrade, upgrade
 from xich.runs import recorded_audit
 
@@ -184,3 +185,27 @@ def test_cli_records_the_run_and_publishes_it_to_the_store(synth_data, tmp_path,
         assert (mv.version, mv.weights_sha256) == ("none", None)  # no --weights: random init, version "none"
         assert mv.registry_metadata == {"stage": "staging", "registry_run": "abc123"}
     engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "sqlite"], indirect=True)
+def test_two_processes_auditing_one_version_compute_each_class_once(database_url, synth_data, tmp_path):
+    """Two real processes start the same audit at once: each class is computed by one of them, both succeed."""
+    argv = [sys.executable, "-m", "xich.cli", "-v", "audit", "--model", "cifar:resnet20", "--data", str(synth_data),
+            "--clusters", "3", "--mosaics-per-pair", "150", "--device", "cpu", "--model-name", "shapes",
+            "--model-version", "v1"]
+    env = {**os.environ, "XICH_DATABASE_URL": database_url, "OMP_NUM_THREADS": "1",
+           "XICH_STORE_URL": str(tmp_path / "store")}
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
+    computed = [re.findall(r"class (\w+) computed and stored by (\S+)", err) for _, err in outputs]
+    assert sorted(name for found in computed for name, _ in found) == ["circle", "square", "triangle"]
+    engine = make_engine(database_url)
+    with Session(engine) as s:
+        run = s.scalars(select(AuditRun)).one()
+        workers = dict(s.execute(select(RunClass.class_name, RunClass.worker).where(RunClass.run_id == run.id)).all())
+        assert run.status == "complete"
+    engine.dispose()
+    assert workers == {name: worker for found in computed for name, worker in found}
+    assert all(found for found in computed), "the two processes did not overlap: one computed nothing"

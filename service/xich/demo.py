@@ -27,15 +27,15 @@ class RareFinding:
     cluster: int
     rare_in_cluster: int
     rare_total: int
-    rank: int
+    rank: int | None  # None: the cluster has no evidence, so no rank
     n_clusters: int
     train_share: float | None
-    score: float
+    score: float | None
 
     @property
     def found(self) -> bool:
         """The rare subgroup's cluster is the least or second-least dominant."""
-        return self.rank >= self.n_clusters - 2
+        return self.rank is not None and self.rank >= self.n_clusters - 2
 
 
 def locate_rare(result: AuditResult, truth: dict) -> list[RareFinding]:

@@ -25,9 +25,17 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate to ``revision``; processes that start at once on an empty database migrate it one at a time."""
+    from .db import make_engine
+    from .locks import named_lock
+
     cfg = alembic_config(url)
-    with _revision_errors(cfg, url, revision):
-        command.upgrade(cfg, revision)
+    engine = make_engine(url)
+    try:
+        with named_lock(engine, "xich:migrate"), _revision_errors(cfg, url, revision):
+            command.upgrade(cfg, revision)
+    finally:
+        engine.dispose()
 
 
 def downgrade(url: str, revision: str = "base") -> None:

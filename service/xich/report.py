@@ -58,7 +58,8 @@ def collect_examples(cls: ClassResult, explain: Explainer, per_pair: int = 2) ->
     return out
 
 
-def _slug(name: str) -> str:
+def file_slug(name: str) -> str:
+    """``name`` (a class name) made safe for a file name."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
 
 
@@ -206,7 +207,7 @@ def write_report(result: AuditResult, out_dir: str | Path, examples: dict[str, l
     if any(c.per_image for c in result.classes):
         parts.append(_per_image_finding(result))
     for cls in result.classes:
-        slug = f"{cls.index}-{_slug(cls.name)}"
+        slug = f"{cls.index}-{file_slug(cls.name)}"
         parts.append(f"<h2>{html.escape(cls.name)}</h2>")
         parts.append(_cluster_table(cls))
         plot_matrices(cls, out / f"matrices_{slug}.png")

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 import torch
+from PIL import Image
 
 from xich.migrate import downgrade
 from xich.synth import SynthSpec, write_synth
@@ -60,3 +65,31 @@ def database_url(request, tmp_path):
     url = request.getfixturevalue("postgres_url")
     yield url
     downgrade(url)  # each test starts from an empty schema
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def headless_chromium(tmp_path):
+    """``render(page) -> (decoded, total, screenshot)``: open an HTML report in headless Debian chromium.
+
+    ``decoded/total`` is the page's ``data-figures-loaded`` marker (figures that decoded, figures on
+    the page); ``screenshot`` is a 1200x2000 RGB array of the page. Skips when chromium is missing.
+    """
+    if CHROMIUM is None:
+        pytest.skip("Debian chromium not installed (.ci/run installs it)")
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files"]
+
+    def render(page: Path) -> tuple[int, int, np.ndarray]:
+        dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+        loaded = re.search(r'data-figures-loaded="(\d+)/(\d+)"', dom)
+        assert loaded, dom[:500]
+        shot = tmp_path / "page.png"
+        subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri()],
+                       capture_output=True, timeout=120)
+        return int(loaded.group(1)), int(loaded.group(2)), np.asarray(Image.open(shot).convert("RGB"))
+
+    return render

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
 
 from xich.audit import AuditConfig, run_audit
-from xich.report import collect_examples, example_pairs, write_report
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from xich.report import _dominance_heatmap, collect_examples, example_pairs, write_report
+from xich.result import AuditResult, ClassResult, ClusterResult, MosaicResult, summarize
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +31,8 @@ def test_per_image_mode_counts_and_correlations(report):
         assert len(pi["images"]) == 4
         assert pi["mosaics"] == 4 * 3 // 2 * 3  # all pairs of the 4 images, J = 3 each
         assert len({r["image"] for r in pi["images"]}) == 4
-        assert all(0 <= r["softmax"] <= 1 and 0 <= r["score"] <= 1 for r in pi["images"])
+        assert pi["requested"] == 4
+        assert all(0 <= r["softmax"] <= 1 and (r["score"] is None or 0 <= r["score"] <= 1) for r in pi["images"])
         for key in ("pearson_logit", "spearman_logit", "pearson_softmax", "spearman_softmax"):
             assert pi[key] is None or -1 <= pi[key] <= 1
 
@@ -63,26 +62,127 @@ def test_one_figure_per_kind(report):
 
 def test_example_pairs_pick_extremes(report):
     result, _, _ = report
-    cls = result.classes[0]
-    D = np.array(cls.dominance)
-    (_, i, j), (_, k, m) = example_pairs(cls)
-    assert D[i, j] == max(D[a, b] for a in range(3) for b in range(3) if a != b)
-    assert abs(D[k, m] - 0.5) == min(abs(D[a, b] - 0.5) for a in range(3) for b in range(a + 1, 3))
+    for cls in result.classes:
+        D = cls.dominance
+        defined = [(a, b) for a in range(3) for b in range(3) if a != b and D[a][b] is not None]
+        if not defined:
+            assert example_pairs(cls) == []
+            continue
+        (_, i, j), (_, k, m) = example_pairs(cls)
+        assert D[i][j] == max(D[a][b] for a, b in defined)
+        assert abs(D[k][m] - 0.5) == min(abs(D[a][b] - 0.5) for a, b in defined if a < b)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (.ci/run installs it)")
-def test_page_renders_in_headless_chromium(report, tmp_path):
+def test_page_renders_in_headless_chromium(report, headless_chromium):
     _, _, page = report
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files"]
-    dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    loaded = re.search(r'data-figures-loaded="(\d+)/(\d+)"', dom)
-    assert loaded, dom[:500]
-    assert loaded.group(1) == loaded.group(2) != "0"
-    shot = tmp_path / "page.png"
-    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri()],
-                   capture_output=True, timeout=120)
-    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    decoded, total, pixels = headless_chromium(page)
+    assert decoded == total > 0
     assert pixels.shape[:2] == (2000, 1200)
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100  # figures drawn, not a blank page
+
+
+# A hand-built audit: "cat" has a pair without evidence and an unranked cluster (2), "dog" is fully
+# ranked (one pair with a single image set, so no CI) and has per-image scores, "bird" has no evidence.
+
+def _cluster(id: int, rank: int | None, score: float | None, share: float) -> ClusterResult:
+    return ClusterResult(id=id, eval_size=4, train_count=int(share * 100), train_share=share, score=score, rank=rank,
+                         members=[f"img{id}_{k}.png" for k in range(4)])
+
+
+def _class(index: int, name: str, clusters: list[ClusterResult], D: list, ci: list, sets: list,
+           per_image: dict | None = None) -> ClassResult:
+    P = len(clusters)
+    p = [[1.0 if i == j or D[i][j] is None else 0.01 for j in range(P)] for i in range(P)]
+    mosaics = [MosaicResult(pair=[i, j], images=[f"img{i}_0.png", f"img{j}_0.png", f"img{i}_1.png", f"img{j}_1.png"],
+                            clusters=[i, j, i, j], d=D[i][j]) for i in range(P) for j in range(i + 1, P)]
+    hierarchy = [c.id for c in sorted((c for c in clusters if c.rank is not None), key=lambda c: c.rank)]
+    return ClassResult(index=index, name=name, clusters=clusters, dominance=D, dominance_ci=ci, p_values=p,
+                       p_values_holm=p, distinct_sets=sets, hierarchy=hierarchy, spearman_score_train_share=None,
+                       excluded_mosaics=0, mosaics=mosaics, per_image=per_image)
+
+
+@pytest.fixture
+def hand_built() -> AuditResult:
+    cat = _class(0, "cat", [_cluster(0, 1, 0.4, 0.5), _cluster(1, 0, 0.6, 0.3), _cluster(2, None, None, 0.2)],
+                 D=[[0.5, 0.4, None], [0.6, 0.5, None], [None, None, 0.5]],
+                 ci=[[None, [0.3, 0.5], None], [[0.5, 0.7], None, None], [None, None, None]],
+                 sets=[[0, 6, 0], [6, 0, 0], [0, 0, 0]])
+    per_image = {"requested": 5, "mosaics": 30, "pearson_logit": 0.88, "spearman_logit": 0.93,
+                 "pearson_softmax": 0.41, "spearman_softmax": 0.52,
+                 "images": [{"image": f"i{k}.png", "score": None if k == 4 else 0.3 + 0.1 * k, "logit": 1.0 + k,
+                             "softmax": 0.2 * k} for k in range(5)]}
+    dog = _class(1, "dog", [_cluster(0, 0, 0.7, 0.6), _cluster(1, 2, 0.35, 0.1), _cluster(2, 1, 0.45, 0.3)],
+                 D=[[0.5, 0.8, 0.6], [0.2, 0.5, 0.5], [0.4, 0.5, 0.5]],
+                 ci=[[None, [0.7, 0.9], None], [[0.1, 0.3], None, [0.4, 0.6]], [None, [0.4, 0.6], None]],
+                 sets=[[0, 6, 1], [6, 0, 5], [1, 5, 0]], per_image=per_image)
+    bird = _class(2, "bird", [_cluster(0, None, None, 0.5), _cluster(1, None, None, 0.5)],
+                  D=[[0.5, None], [None, 0.5]], ci=[[None, None], [None, None]], sets=[[0, 0], [0, 0]])
+    bird.notes.append("no evidence: every mosaic's Grad-CAM map is zero, so the class has no hierarchy")
+    classes = [cat, dog, bird]
+    return AuditResult(run_id="hand-built", model={"spec": "cifar:resnet20", "weights": None},
+                       labels={"source": "checkpoint 'classes'", "names": ["cat", "dog", "bird"]},
+                       dataset={"uri": "/data/pets"}, config={"clusters": 3}, classes=classes,
+                       summary=summarize(classes), notes=["labels matched to the dataset's folders by name"])
+
+
+def test_no_evidence_is_shown_not_hidden(hand_built, tmp_path):
+    page = write_report(hand_built, tmp_path)
+    text = page.read_text()
+    assert "checkpoint &#x27;classes&#x27;" in text and "labels matched to the dataset&#x27;s folders by name" in text
+    cat = text.split("<h2>cat</h2>", 1)[1].split("<h2>", 1)[0]
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>(\d+)</td><td>([^<]*)</td>.*?<td class='flag'>([^<]*)</td></tr>", cat)
+    assert rows == [("0", "1", "0.600", ""), ("1", "0", "0.400", ""), ("—", "2", "—", "no evidence")]
+    scope = re.search(r"<p class='summary-scope'>(.*?)</p>", text).group(1)
+    assert "mean over the 1 class(es)" in scope
+    assert "no evidence at all: bird" in scope and "some clusters without evidence: cat" in scope
+    assert "without a hierarchy (no evidence): bird" in text
+    kinds = re.findall(r'data-kind="([a-z-]+)"', text)
+    assert kinds.count("matrices") == 3 and kinds.count("training-distribution") == 1 and kinds.count("per-image") == 1
+
+
+def test_per_image_numbers_and_finding_are_printed(hand_built, tmp_path):
+    text = write_report(hand_built, tmp_path).read_text()
+    table = re.search(r"<table class='correlations'>(.*?)</table>", text).group(1)
+    assert re.findall(r"<td>([^<]*)</td>", table) == ["+0.88", "+0.41", "+0.93", "+0.52"]
+    assert "5 image(s) of 5 requested, 4 with a score; 30 mosaics" in text
+    finding = re.search(r"<p class='finding'>(.*?)</p>", text, flags=re.S).group(1)
+    assert "Spearman 0.91–0.98" in finding and "w·A" in finding and "Fig. 3" in finding
+    assert "<b class='measured'>+0.93</b>" in finding
+
+
+def test_dominance_cells_say_no_evidence_never_a_tie(hand_built):
+    cat = hand_built.classes[0]
+    fig, ax = plt.subplots()
+    try:
+        _dominance_heatmap(ax, cat, fontsize=8)
+        cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    finally:
+        plt.close(fig)
+    assert cells == {(0, 1): "0.40\n[0.30, 0.50]\n6 sets", (1, 0): "0.60\n[0.50, 0.70]\n6 sets",
+                     (0, 2): "no\nevidence", (2, 0): "no\nevidence", (1, 2): "no\nevidence", (2, 1): "no\nevidence"}
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert sorted((round(p.get_y() + 0.5), round(p.get_x() + 0.5)) for p in hatched) == [(0, 2), (1, 2), (2, 0), (2, 1)]
+
+
+def test_single_image_set_has_no_interval(hand_built):
+    fig, ax = plt.subplots()
+    try:
+        _dominance_heatmap(ax, hand_built.classes[1], fontsize=8)
+        cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    finally:
+        plt.close(fig)
+    assert cells[0, 2] == "0.60\n1 set" and cells[1, 2] == "0.50\n[0.40, 0.60]\n5 sets"
+
+
+def test_example_pairs_skip_pairs_without_evidence(hand_built):
+    cat, dog, bird = hand_built.classes
+    assert example_pairs(cat) == [("most dominant", 1, 0), ("least dominant", 0, 1)]
+    assert example_pairs(dog) == [("most dominant", 0, 1), ("least dominant", 1, 2)]
+    assert example_pairs(bird) == []
+
+
+def test_hand_built_page_renders(hand_built, tmp_path, headless_chromium):
+    page = write_report(hand_built, tmp_path / "report")
+    decoded, total, pixels = headless_chromium(page)
+    assert decoded == total == 5  # training distribution, three matrices, one per-image figure
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100

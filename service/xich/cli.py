@@ -293,8 +293,15 @@ def cmd_history(args: argparse.Namespace) -> int:
     sql = (f"SELECT {', '.join(HISTORY_COLUMNS)} FROM dominance_history WHERE model_name = :model"
            + (" AND class_name = :cls" if args.class_name else "")
            + " ORDER BY class_name, cluster_key, version_created_at, run_finished_at")
+    page = None
     with _session() as session:
         rows = session.execute(text(sql), {"model": args.model, "cls": args.class_name}).all()
+        if rows and args.report:
+            from .history_report import write_history_report
+
+            _check_output_dir(args.report, "--report")
+            page = write_history_report(session_or_engine=session, model_name=args.model, out_dir=args.report,
+                                        class_name=args.class_name)
     if not rows:
         raise XichError(f"--model {args.model}: no complete audit recorded under that name"
                         + (f" for class {args.class_name}" if args.class_name else "")
@@ -303,6 +310,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         writer = csv.writer(sys.stdout)
         writer.writerow(HISTORY_COLUMNS)
         writer.writerows(rows)
+        if page is not None:
+            err.print(f"wrote {page}", highlight=False)  # standard output stays CSV
         return 0
     table = Table(title=f"dominance history of {args.model}", title_justify="left")
     for col in HISTORY_COLUMNS:
@@ -310,6 +319,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     for r in rows:
         table.add_row(*("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r))
     out.print(table)
+    if page is not None:
+        out.print(f"wrote {page}", highlight=False)
     return 0
 
 

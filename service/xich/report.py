@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .result import AuditResult, ClassResult, Explainer  # noqa: E402
-
 
 
 @dataclass
@@ -31,14 +31,17 @@ class Example:
 
 
 def example_pairs(cls: ClassResult) -> list[tuple[str, int, int]]:
-    """The most dominant pair (largest D_ij) and the least dominant one (D_ij closest to 0.5)."""
-    D = np.array(cls.dominance)
-    P = D.shape[0]
-    if P < 2:
+    """The most dominant pair (largest D_ij) and the least dominant one (D_ij closest to 0.5).
+
+    Pairs without evidence (D_ij None) are never picked; a class with none defined has no examples.
+    """
+    D = cls.dominance
+    P = len(D)
+    off = [(i, j) for i in range(P) for j in range(P) if i != j and D[i][j] is not None]
+    if not off:
         return []
-    off = [(i, j) for i in range(P) for j in range(P) if i != j]
-    i, j = max(off, key=lambda p: (D[p], -p[0], -p[1]))
-    k, m = min(((a, b) for a, b in off if a < b), key=lambda p: (abs(D[p] - 0.5), p))
+    i, j = max(off, key=lambda p: (D[p[0]][p[1]], -p[0], -p[1]))
+    k, m = min(((a, b) for a, b in off if a < b), key=lambda p: (abs(D[p[0]][p[1]] - 0.5), p))
     return [("most dominant", i, j), ("least dominant", k, m)]
 
 
@@ -55,8 +58,17 @@ def collect_examples(cls: ClassResult, explain: Explainer, per_pair: int = 2) ->
     return out
 
 
-def _slug(name: str) -> str:
+def file_slug(name: str) -> str:
+    """``name`` (a class name) made safe for a file name."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
+
+
+def _axes_for_matrix(ax, P: int, title: str) -> None:
+    ax.set_xticks(range(P))
+    ax.set_yticks(range(P))
+    ax.set_xlabel("cluster j")
+    ax.set_ylabel("cluster i")
+    ax.set_title(title, fontsize=10)
 
 
 def _heatmap(ax, M: np.ndarray, title: str, fmt: str, cmap: str, vmin: float, vmax: float) -> None:
@@ -66,18 +78,42 @@ def _heatmap(ax, M: np.ndarray, title: str, fmt: str, cmap: str, vmin: float, vm
         for j in range(P):
             ax.text(j, i, format(M[i, j], fmt), ha="center", va="center", fontsize=8,
                     color="white" if (M[i, j] - vmin) / (vmax - vmin + 1e-12) < 0.35 else "black")
-    ax.set_xticks(range(P))
-    ax.set_yticks(range(P))
-    ax.set_xlabel("cluster j")
-    ax.set_ylabel("cluster i")
-    ax.set_title(title, fontsize=10)
+    _axes_for_matrix(ax, P, title)
+    plt.colorbar(im, ax=ax, fraction=0.046)
+
+
+def _dominance_heatmap(ax, cls: ClassResult, fontsize: float) -> None:
+    """D_ij with its 95 % CI and distinct image sets in each cell; a pair without evidence is hatched
+    and says so (it is not a tie, so it is not drawn as 0.5); the diagonal is left grey."""
+    P = len(cls.dominance)
+    D = np.array([[np.nan if v is None else v for v in row] for row in cls.dominance], dtype=float)
+    np.fill_diagonal(D, np.nan)
+    im = ax.imshow(np.ma.masked_invalid(D), cmap="RdBu_r", vmin=0, vmax=1)
+    for i in range(P):
+        for j in range(P):
+            cell = dict(xy=(j - 0.5, i - 0.5), width=1, height=1, linewidth=0)
+            if i == j:
+                ax.add_patch(plt.Rectangle(**cell, facecolor="#dddddd"))
+            elif cls.dominance[i][j] is None:
+                ax.add_patch(plt.Rectangle(**cell, facecolor="#f2f2f2", edgecolor="#999999", hatch="///"))
+                ax.text(j, i, "no\nevidence", ha="center", va="center", fontsize=fontsize, color="#444444",
+                        bbox=dict(facecolor="#f2f2f2", edgecolor="none", pad=1))
+            else:
+                d, ci, n = cls.dominance[i][j], cls.dominance_ci[i][j], cls.distinct_sets[i][j]
+                lines = [f"{d:.2f}"] + ([f"[{ci[0]:.2f}, {ci[1]:.2f}]"] if ci is not None else []) + [
+                    f"{n} set{'' if n == 1 else 's'}"]
+                ax.text(j, i, "\n".join(lines), ha="center", va="center", fontsize=fontsize,
+                        color="white" if abs(d - 0.5) > 0.3 else "black")
+    _axes_for_matrix(ax, P, f"{cls.name}: dominance D(i over j), 95% CI, image sets")
     plt.colorbar(im, ax=ax, fraction=0.046)
 
 
 def plot_matrices(cls: ClassResult, path: Path) -> None:
-    """Fig. 2 (top): dominance matrix D_ij and Holm-corrected p-values."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    _heatmap(axes[0], np.array(cls.dominance), f"{cls.name}: dominance D(i over j)", ".2f", "RdBu_r", 0, 1)
+    """Fig. 2 (top): dominance matrix D_ij (with CI and distinct image sets) and Holm-corrected p-values."""
+    P = len(cls.dominance)
+    side = max(4.5, 1.0 * P + 1.5)  # room for three lines of text per cell
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side, side - 0.5))
+    _dominance_heatmap(axes[0], cls, fontsize=8 if P <= 4 else 7 if P <= 6 else 5.5)
     p = np.array(cls.p_values_holm)
     _heatmap(axes[1], p, f"{cls.name}: p-value (t-test vs 0.5, Holm)", ".0e" if p.min() < 0.01 else ".2f", "viridis", 0, 1)
     fig.tight_layout()
@@ -101,15 +137,27 @@ def plot_examples(examples: list[Example], path: Path) -> None:
     plt.close(fig)
 
 
+def _ranked(cls: ClassResult) -> list:
+    """The class's clusters that have a rank, most dominant first."""
+    return sorted((c for c in cls.clusters if c.rank is not None), key=lambda c: c.rank)
+
+
 def plot_training_distribution(result: AuditResult, path: Path) -> None:
-    """Fig. 4/5: training share of each cluster by its dominance rank, per class and across classes."""
+    """Fig. 4/5: training share of each ranked cluster by its dominance rank, per class and across classes.
+
+    Clusters without evidence have no rank and are not drawn; the bars are the summary's mean over
+    fully ranked classes.
+    """
     fig, ax = plt.subplots(figsize=(7, 4))
     for cls in result.classes:
-        ranked = sorted(cls.clusters, key=lambda c: c.rank)
+        ranked = _ranked(cls)
         if ranked and ranked[0].train_share is not None:
             ax.plot([c.rank for c in ranked], [c.train_share for c in ranked], marker="o", alpha=0.5, label=cls.name)
     by_rank = result.summary["train_share_by_rank"]
-    ax.bar(range(len(by_rank)), by_rank, color="gray", alpha=0.35, label="mean over classes")
+    if by_rank:
+        ax.bar(range(len(by_rank)), by_rank, color="gray", alpha=0.35,
+               label=f"mean over {result.summary['classes_ranked']} fully ranked class(es)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("dominance rank (0 = most dominant)")
     ax.set_ylabel("share of the class's training images")
     ax.set_title("Training distribution by dominance rank")
@@ -120,19 +168,23 @@ def plot_training_distribution(result: AuditResult, path: Path) -> None:
 
 
 def plot_per_image(cls: ClassResult, path: Path) -> None:
-    """Fig. 3: per-image dominance score against class logit and softmax probability."""
+    """Fig. 3: per-image dominance score against class logit and softmax probability (images with a score)."""
     pi = cls.per_image
-    score = [r["score"] for r in pi["images"]]
+    scored = [r for r in pi["images"] if r["score"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
     for ax, key in zip(axes, ("logit", "softmax")):
-        ax.scatter([r[key] for r in pi["images"]], score, s=14)
+        ax.scatter([r[key] for r in scored], [r["score"] for r in scored], s=14)
         rho = pi[f"spearman_{key}"]
-        ax.set_title(f"{cls.name}: dominance vs {key} (Spearman {'n/a' if rho is None else f'{rho:+.2f}'})", fontsize=9)
+        ax.set_title(f"{cls.name}: dominance vs {key} (Spearman {_signed(rho)})", fontsize=9)
         ax.set_xlabel(key)
         ax.set_ylabel("per-image dominance score")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _signed(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.2f}"
 
 
 def write_report(result: AuditResult, out_dir: str | Path, examples: dict[str, list[Example]] | None = None,
@@ -144,13 +196,18 @@ def write_report(result: AuditResult, out_dir: str | Path, examples: dict[str, l
     parts = [f"<h1>XICH audit {html.escape(result.run_id)}</h1>",
              f"<p>model <code>{html.escape(result.model['spec'])}</code> weights "
              f"<code>{html.escape(str(result.model['weights']))}</code>; data <code>{html.escape(result.dataset['uri'])}</code>; "
-             + ", ".join(f"{k}={html.escape(str(v))}" for k, v in result.config.items()) + "</p>", extra_html]
+             + ", ".join(f"{k}={html.escape(str(v))}" for k, v in result.config.items()) + "</p>",
+             _labels_and_notes(result), extra_html]
     if any(c.clusters and c.clusters[0].train_share is not None for c in result.classes):
-        plot_training_distribution(result, out / "training_distribution.png")
-        parts.append('<h2>Training distribution by dominance rank (Fig. 4/5)</h2>'
-                     '<img class="figure" data-kind="training-distribution" src="training_distribution.png">')
+        parts.append("<h2>Training distribution by dominance rank (Fig. 4/5)</h2>")
+        if any(_ranked(c) for c in result.classes):
+            plot_training_distribution(result, out / "training_distribution.png")
+            parts.append('<img class="figure" data-kind="training-distribution" src="training_distribution.png">')
+        parts.append(_left_out_of_summary(result))
+    if any(c.per_image for c in result.classes):
+        parts.append(_per_image_finding(result))
     for cls in result.classes:
-        slug = f"{cls.index}-{_slug(cls.name)}"
+        slug = f"{cls.index}-{file_slug(cls.name)}"
         parts.append(f"<h2>{html.escape(cls.name)}</h2>")
         parts.append(_cluster_table(cls))
         plot_matrices(cls, out / f"matrices_{slug}.png")
@@ -160,30 +217,101 @@ def write_report(result: AuditResult, out_dir: str | Path, examples: dict[str, l
             parts.append(f'<img class="figure" data-kind="mosaics" src="mosaics_{slug}.png">')
         if cls.per_image:
             plot_per_image(cls, out / f"per_image_{slug}.png")
-            parts.append(f'<img class="figure" data-kind="per-image" src="per_image_{slug}.png">')
+            parts.append(f'<div class="beside"><img class="figure" data-kind="per-image" src="per_image_{slug}.png">'
+                         f"{_correlation_table(cls)}</div>")
         parts += [f"<p class='note'>{html.escape(n)}</p>" for n in cls.notes]
-    page = out / "index.html"
-    tmp = page.with_name("index.html.tmp")
-    tmp.write_text(_PAGE.replace("{body}", "\n".join(parts)))
-    tmp.replace(page)
-    return page
+    return write_page(out_dir=out, title="XICH audit report", body="\n".join(parts))
+
+
+def _labels_and_notes(result: AuditResult) -> str:
+    names = result.labels.get("names") or []
+    text = (f"<p>labels: <code>{html.escape(str(result.labels.get('source')))}</code> "
+            f"({len(names)} name{'' if len(names) == 1 else 's'} in output order)</p>")
+    missing = result.summary.get("classes_without_evidence") or []
+    if missing:
+        text += ("<p class='note'>without a hierarchy (no evidence): "
+                 + html.escape(", ".join(missing)) + "</p>")
+    if result.notes:
+        text += "<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in result.notes) + "</ul>"
+    return text
+
+
+def _left_out_of_summary(result: AuditResult) -> str:
+    """Which classes the mean by rank leaves out, and why (the summary counts fully ranked classes only)."""
+    without = result.summary.get("classes_without_evidence") or []
+    partial = [c.name for c in result.classes if c.name not in without and any(k.rank is None for k in c.clusters)]
+    text = (f"<p class='summary-scope'>Bars: mean over the {result.summary.get('classes_ranked', 0)} class(es) "
+            f"whose every cluster has a rank. Clusters without evidence are not drawn.")
+    if without:
+        text += " Left out, no evidence at all: " + html.escape(", ".join(without)) + "."
+    if partial:
+        text += " Left out, some clusters without evidence: " + html.escape(", ".join(partial)) + "."
+    if not without and not partial:
+        text += " No class was left out."
+    return text + "</p>"
+
+
+def _per_image_finding(result: AuditResult) -> str:
+    """The fixed statement of what per-image mode shows, with this run's measured value."""
+    rhos = sorted(c.per_image["spearman_logit"] for c in result.classes
+                  if c.per_image and c.per_image["spearman_logit"] is not None)
+    if not rhos:
+        measured = "undefined in every class (fewer than 3 images with a score, or constant values)"
+    elif len(rhos) == 1:
+        measured = f"{rhos[0]:+.2f}"
+    else:
+        measured = (f"{rhos[0]:+.2f} to {rhos[-1]:+.2f} over {len(rhos)} classes "
+                    f"(median {float(np.median(rhos)):+.2f})")
+    return ("<h2>Per-image dominance and the logit (Fig. 3)</h2>"
+            "<p class='finding'>On ResNet-20/CIFAR-10, per-image dominance follows the class logit "
+            "(Spearman 0.91–0.98), contrary to the paper's Fig. 3 claim that they are non-correlated. "
+            "The reason is the head: with global average pooling followed by a linear layer, Grad-CAM's "
+            "energy and the logit are both built from w·A (the class's weights times the last block's "
+            f"activations). In this run ({html.escape(result.model['spec'])}), Spearman(dominance, logit) "
+            f"is <b class='measured'>{measured}</b>.</p>")
+
+
+def _correlation_table(cls: ClassResult) -> str:
+    pi = cls.per_image
+    scored = sum(r["score"] is not None for r in pi["images"])
+    rows = "".join(f"<tr><th>{name}</th>" + "".join(f"<td>{_signed(pi[f'{kind}_{key}'])}</td>"
+                                                     for key in ("logit", "softmax")) + "</tr>"
+                   for name, kind in (("Pearson", "pearson"), ("Spearman", "spearman")))
+    return (f"<div><table class='correlations'><tr><th></th><th>logit</th><th>softmax</th></tr>{rows}</table>"
+            f"<p>{len(pi['images'])} image(s) of {pi.get('requested', len(pi['images']))} requested, "
+            f"{scored} with a score; {pi['mosaics']} mosaics</p></div>")
 
 
 def _cluster_table(cls: ClassResult) -> str:
     rows = "".join(
-        f"<tr><td>{c.rank}</td><td>{c.id}</td><td>{c.score:.3f}</td><td>{c.eval_size}</td>"
+        f"<tr><td>{'—' if c.rank is None else c.rank}</td><td>{c.id}</td>"
+        f"<td>{'—' if c.score is None else f'{c.score:.3f}'}</td><td>{c.eval_size}</td>"
         f"<td>{'-' if c.train_count is None else c.train_count}</td>"
-        f"<td>{'-' if c.train_share is None else f'{c.train_share:.3f}'}</td></tr>"
-        for c in sorted(cls.clusters, key=lambda c: c.rank))
+        f"<td>{'-' if c.train_share is None else f'{c.train_share:.3f}'}</td>"
+        f"<td class='flag'>{'no evidence' if c.rank is None else ''}</td></tr>"
+        for c in sorted(cls.clusters, key=lambda c: (c.rank is None, c.rank or 0, c.id)))
     return ("<table><tr><th>rank</th><th>cluster</th><th>score</th><th>eval size</th><th>train count</th>"
-            f"<th>train share</th></tr>{rows}</table>")
+            f"<th>train share</th><th>evidence</th></tr>{rows}</table>")
+
+
+def write_page(*, out_dir: str | Path, title: str, body: str) -> Path:
+    """Write ``out_dir/index.html`` atomically around ``body`` (HTML); every ``img.figure`` in it is
+    counted by the page's load marker (``data-figures-loaded="decoded/total"`` on ``body``).
+    Returns the page's path."""
+    page = Path(out_dir) / "index.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    tmp = page.with_name("index.html.tmp")
+    tmp.write_text(_PAGE.replace("{title}", html.escape(title)).replace("{body}", body))
+    tmp.replace(page)
+    return page
 
 
 _PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>XICH audit report</title>
+<html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{font-family:sans-serif;max-width:1100px;margin:1em auto}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img.figure{display:block;max-width:100%;margin:8px 0}
-.note{color:#a50}</style></head>
+.note{color:#a50}.flag{color:#a50}.beside{display:flex;flex-wrap:wrap;gap:16px;align-items:center}
+.beside img.figure{max-width:70%}</style></head>
 <body>
 {body}
 <script>

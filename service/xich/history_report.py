@@ -1,0 +1,268 @@
+"""A model's dominance history as one HTML page, read from the SQL views and never recomputed.
+
+One section per settings key (a run's ``config_hash``), so numbers from different settings never
+share a figure or a table. Per class: each cluster's rank and score across the versions (ordered by
+registry time, else first record; view ``dominance_history``), the drift between consecutive versions
+on one clustering (view ``hierarchy_drift``), the pairs without evidence (view ``pairwise_dominance``)
+and the training share of the least dominant cluster (Fig. 4/5 of the XICH paper, version by version).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from sqlalchemy import Engine, text  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from .errors import XichError  # noqa: E402
+from .report import file_slug, write_page  # noqa: E402
+
+HISTORY_SQL = """
+SELECT model_version, version_created_at, run_id, run_finished_at, settings_key, clustering_key, dataset_uri,
+       class_name, cluster_key, score, rank, train_share, eval_size
+FROM dominance_history WHERE model_name = :model
+"""
+DRIFT_SQL = """
+SELECT class_name, from_version, to_version, from_run_id, to_run_id, settings_key, clustering_key,
+       clusters_compared, spearman_rank_correlation, clusters_lost_rank
+FROM hierarchy_drift WHERE model_name = :model
+"""
+# each unordered pair once; a pair without evidence has no dominance
+EVIDENCE_SQL = """
+SELECT run_id, class_name, COUNT(*) AS pairs, SUM(CASE WHEN dominance IS NULL THEN 1 ELSE 0 END) AS without_evidence
+FROM pairwise_dominance WHERE model_name = :model AND cluster_i < cluster_j
+GROUP BY run_id, class_name
+"""
+KEY_CHARS = 12  # the short form of a settings key (a SHA-256) on the page
+
+
+@dataclass(frozen=True)
+class _Section:
+    """The rows of one settings key, with its versions in history order."""
+
+    settings_key: str
+    versions: list[str]
+    history: list
+    drift: list
+    evidence: dict[tuple[str, str], tuple[int, int]]  # (run id, class) -> (pairs, pairs without evidence)
+
+
+def write_history_report(*, session_or_engine: Session | Engine, model_name: str, out_dir: str | Path,
+                         class_name: str | None = None) -> Path:
+    """Write ``out_dir/index.html`` and its figures for ``model_name``'s recorded audits; returns the page's path.
+
+    ``class_name`` limits the page to one class. Raises :class:`XichError` when the model has no
+    complete audit (of that class).
+    """
+    params = {"model": model_name}
+    history = _read(session_or_engine, HISTORY_SQL, params)
+    drift = _read(session_or_engine, DRIFT_SQL, params)
+    evidence = {(r.run_id, r.class_name): (int(r.pairs), int(r.without_evidence or 0))
+                for r in _read(session_or_engine, EVIDENCE_SQL, params)}
+    if class_name is not None:
+        history = [r for r in history if r.class_name == class_name]
+        drift = [r for r in drift if r.class_name == class_name]
+    if not history:
+        raise XichError(f"model {model_name!r}: no complete audit recorded under that name"
+                        + (f" for class {class_name}" if class_name else ""))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = _sections(history, drift, evidence)
+    versions = {r.model_version for r in history}
+    parts = [f"<h1>XICH history of {html.escape(model_name)}</h1>",
+             f"<p>{len(versions)} version(s), {len({r.run_id for r in history})} complete run(s), "
+             f"{len(sections)} settings key(s)"
+             + (f"; class {html.escape(class_name)} only" if class_name else "")
+             + ". Read from the views <code>dominance_history</code>, <code>hierarchy_drift</code> and "
+               "<code>pairwise_dominance</code>; versions are ordered by their registry time, else their first "
+               "record. A gap in a line: the cluster has no rank or score in that version (no evidence).</p>"]
+    for number, section in enumerate(sections):
+        parts += _section_html(section, number, out)
+    return write_page(out_dir=out, title=f"XICH history of {model_name}", body="\n".join(parts))
+
+
+def _read(session_or_engine: Session | Engine, sql: str, params: dict) -> list:
+    if isinstance(session_or_engine, Engine):
+        with session_or_engine.connect() as conn:
+            return conn.execute(text(sql), params).all()
+    return session_or_engine.execute(text(sql), params).all()
+
+
+def _sections(history: list, drift: list, evidence: dict) -> list[_Section]:
+    """Group by settings key, first recorded first; versions by creation time (then name)."""
+    keys = sorted({r.settings_key for r in history},
+                  key=lambda k: min(str(r.run_finished_at) for r in history if r.settings_key == k))
+    sections = []
+    for key in keys:
+        rows = [r for r in history if r.settings_key == key]
+        created = {r.model_version: r.version_created_at for r in rows}
+        versions = sorted(created, key=lambda v: (str(created[v]), v))
+        sections.append(_Section(key, versions, rows, [r for r in drift if r.settings_key == key], evidence))
+    return sections
+
+
+def _section_html(section: _Section, number: int, out: Path) -> list[str]:
+    datasets = sorted({r.dataset_uri for r in section.history})
+    clusterings = sorted({r.clustering_key for r in section.history})
+    parts = [f"<h2 data-settings-key='{html.escape(section.settings_key)}'>Settings "
+             f"<code>{html.escape(section.settings_key[:KEY_CHARS])}</code></h2>",
+             f"<p>versions {html.escape(' → '.join(section.versions))}; data "
+             + ", ".join(f"<code>{html.escape(d)}</code>" for d in datasets) + "; clustering(s) "
+             + ", ".join(f"<code>{html.escape(c)}</code>" for c in clusterings) + "</p>",
+             "<h3>Drift between consecutive versions</h3>", _drift_table(section),
+             "<h3>Least dominant cluster's training share</h3>"]
+    if any(r.train_share is not None and r.rank is not None for r in section.history):
+        name = f"least_dominant_{number}.png"
+        plot_least_dominant_share(section, out / name)
+        parts.append(f'<img class="figure" data-kind="least-dominant-share" src="{name}">')
+    parts.append(_least_dominant_table(section))
+    for cls in sorted({r.class_name for r in section.history}):
+        name = f"ranks_{number}_{file_slug(cls)}.png"
+        plot_class_history(section, cls, out / name)
+        parts += [f"<h3>{html.escape(cls)}</h3>",
+                  f'<img class="figure" data-kind="rank-history" src="{name}">', _evidence_line(section, cls)]
+    return parts
+
+
+def _cluster_label(key: str, keys: set[str]) -> str:
+    """``cluster 2`` when the class has one clustering here, else the clustering's key with the id."""
+    clustering, _, index = key.rpartition("/")
+    clustering = clustering.rpartition("/")[0]  # drop the class name
+    if len({k.rsplit("/", 2)[0] for k in keys}) == 1:
+        return f"cluster {index}"
+    return f"{clustering[:KEY_CHARS + 4]}… cluster {index}"
+
+
+def plot_class_history(section: _Section, class_name: str, path: Path) -> None:
+    """Rank (left; 0 = most dominant, ``x`` on the last row: no evidence) and score (right) of each
+    cluster of one class across the section's versions, one line per cluster key."""
+    rows = [r for r in section.history if r.class_name == class_name]
+    x_of = {v: k for k, v in enumerate(section.versions)}
+    keys = {r.cluster_key for r in rows}
+    max_rank = max((r.rank for r in rows if r.rank is not None), default=0)
+    fig, (ax_rank, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for n, key in enumerate(sorted(keys)):
+        mine = {r.model_version: r for r in rows if r.cluster_key == key}
+        xs = range(len(section.versions))
+        ranks = [_nan(mine[v].rank) if v in mine else math.nan for v in section.versions]
+        scores = [_nan(mine[v].score) if v in mine else math.nan for v in section.versions]
+        line, = ax_rank.plot(xs, ranks, marker="o", label=_cluster_label(key, keys))
+        ax_score.plot(xs, scores, marker="o", color=line.get_color())
+        unranked = [x_of[v] + 0.06 * (n - (len(keys) - 1) / 2) for v, r in mine.items() if r.rank is None]
+        ax_rank.scatter(unranked, [max_rank + 1] * len(unranked), marker="x", color=line.get_color())  # side by side
+    ax_rank.set_ylim(max_rank + 1.5, -0.5)
+    ax_rank.set_yticks(range(max_rank + 2), [str(k) for k in range(max_rank + 1)] + ["no evidence"])
+    ax_rank.set_ylabel("dominance rank (0 = most dominant)")
+    ax_rank.set_title(f"{class_name}: rank by version", fontsize=10)
+    ax_score.axhline(0.5, color="gray", lw=0.8, ls="--")
+    ax_score.set_ylim(0, 1)
+    ax_score.set_ylabel("score (mean D against the others)")
+    ax_score.set_title(f"{class_name}: score by version", fontsize=10)
+    for ax in (ax_rank, ax_score):
+        ax.set_xticks(range(len(section.versions)), section.versions, rotation=30 if len(section.versions) > 6 else 0)
+        ax.set_xlim(-0.5, len(section.versions) - 0.5)
+        ax.set_xlabel("model version")
+    ax_rank.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _least_dominant(section: _Section) -> dict[tuple[str, str, str], object]:
+    """(class, clustering key, version) -> the view row of the ranked cluster with the largest rank."""
+    found: dict[tuple[str, str, str], object] = {}
+    for r in section.history:
+        if r.rank is None:
+            continue
+        at = (r.class_name, r.clustering_key, r.model_version)
+        if at not in found or r.rank > found[at].rank:
+            found[at] = r
+    return found
+
+
+def plot_least_dominant_share(section: _Section, path: Path) -> None:
+    """Training share of each class's least dominant cluster by version (one line per class and clustering)."""
+    least = _least_dominant(section)
+    series = sorted({(cls, clustering) for cls, clustering, _ in least})
+    several = len({clustering for _, clustering in series}) > 1
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for cls, clustering in series:
+        ys = [_nan(least[cls, clustering, v].train_share) if (cls, clustering, v) in least else math.nan
+              for v in section.versions]
+        ax.plot(range(len(section.versions)), ys, marker="o",
+                label=f"{cls} ({clustering[:KEY_CHARS + 4]}…)" if several else cls)
+    ax.set_xticks(range(len(section.versions)), section.versions, rotation=30 if len(section.versions) > 6 else 0)
+    ax.set_xlim(-0.5, len(section.versions) - 0.5)
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("model version")
+    ax.set_ylabel("share of the class's training images")
+    ax.set_title("Least dominant cluster's training share", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _least_dominant_table(section: _Section) -> str:
+    least = _least_dominant(section)
+    audited = {(r.class_name, r.model_version) for r in section.history}
+    head = "".join(f"<th>{html.escape(v)}</th>" for v in section.versions)
+    rows = []
+    for cls in sorted({r.class_name for r in section.history}):
+        cells = []
+        for v in section.versions:
+            found = [r for (c, _, version), r in sorted(least.items()) if c == cls and version == v]
+            if not found:
+                cells.append("<td class='flag'>no evidence</td>" if (cls, v) in audited else "<td></td>")
+                continue
+            cells.append("<td>" + "; ".join(
+                f"{'-' if r.train_share is None else f'{r.train_share:.3f}'} "
+                f"(cluster {html.escape(r.cluster_key.rsplit('/', 1)[-1])}, rank {r.rank})" for r in found) + "</td>")
+        rows.append(f"<tr><th>{html.escape(cls)}</th>{''.join(cells)}</tr>")
+    return f"<table class='least-dominant'><tr><th>class</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _drift_table(section: _Section) -> str:
+    if not section.drift:
+        return ("<p class='note'>No drift to show: it needs two versions audited on one clustering with these "
+                "settings (freeze a run's clustering with <code>xich clustering freeze --run RUN</code>).</p>")
+    order = {v: k for k, v in enumerate(section.versions)}
+    rows = "".join(
+        f"<tr><td>{html.escape(r.class_name)}</td><td>{html.escape(r.from_version)}</td>"
+        f"<td>{html.escape(r.to_version)}</td>"
+        f"<td>{'n/a' if r.spearman_rank_correlation is None else f'{r.spearman_rank_correlation:+.2f}'}</td>"
+        f"<td>{r.clusters_lost_rank}</td><td>{r.clusters_compared}</td>"
+        f"<td><code>{html.escape(r.settings_key[:KEY_CHARS])}</code></td>"
+        f"<td><code>{html.escape(r.clustering_key)}</code></td></tr>"
+        for r in sorted(section.drift, key=lambda r: (r.class_name, order.get(r.to_version, -1), r.clustering_key)))
+    return ("<table class='drift'><tr><th>class</th><th>from</th><th>to</th><th>Spearman of ranks</th>"
+            "<th>clusters that lost rank</th><th>clusters compared</th><th>settings</th><th>clustering</th></tr>"
+            f"{rows}</table><p>Spearman over the clusters ranked in both versions (n/a with fewer than two).</p>")
+
+
+def _evidence_line(section: _Section, cls: str) -> str:
+    runs = defaultdict(list)
+    for r in section.history:
+        if r.class_name == cls:
+            runs[r.model_version].append(r.run_id)
+    counts = []
+    for v in section.versions:
+        for run in sorted(set(runs.get(v, []))):
+            if (run, cls) in section.evidence:
+                pairs, without = section.evidence[run, cls]
+                counts.append(f"{html.escape(v)}: {without} of {pairs}")
+    return "<p class='evidence'>pairs without evidence: " + (", ".join(counts) or "none recorded") + "</p>"
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)

@@ -1,0 +1,139 @@
+"""`xich history --report`: one model's history as an HTML page, read from the views."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from xich.audit import AuditConfig
+from xich.cli import main
+from xich.db import make_engine
+from xich.errors import XichError
+from xich.history_report import write_history_report
+from xich.models import build_model
+from xich.persist import freeze_clustering
+from xich.runs import recorded_audit
+
+
+def _weights(path: Path, seed: int) -> str:
+    torch.manual_seed(seed)
+    torch.save(build_model("cifar:resnet20", 3).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture
+def two_versions(database_url, synth_data, tmp_path, one_torch_thread):
+    """Versions v1 and v2 of model 'shapes' on v1's frozen clustering (as in test_history.py)."""
+    def audit(version: str, seed: int):
+        config = AuditConfig(model="cifar:resnet20", data=str(synth_data),
+                             weights=_weights(tmp_path / f"{version}.pt", seed), clusters=3, mosaics_per_pair=4,
+                             device="cpu")
+        return recorded_audit(config, database_url=database_url, model_name="shapes", model_version=version)
+
+    v1 = audit("v1", 1)
+    engine = make_engine(database_url)
+    with Session(engine) as session:
+        freeze_clustering(session=session, run_id=v1.run_id)
+    v2 = audit("v2", 2)
+    yield engine, v1, v2
+    engine.dispose()
+
+
+def _drift_rows(page: Path) -> list[tuple[str, ...]]:
+    table = re.search(r"<table class='drift'>(.*?)</table>", page.read_text(), flags=re.S).group(1)
+    return [tuple(re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td>(.*?)</td>", row))
+            for row in re.findall(r"<tr>(<td>.*?)</tr>", table)]
+
+
+def test_history_report_through_the_cli(two_versions, database_url, tmp_path, monkeypatch, capsys, headless_chromium):
+    engine, v1, _ = two_versions
+    monkeypatch.setenv("XICH_DATABASE_URL", database_url)
+    out = tmp_path / "history"
+    assert main(["history", "--model", "shapes", "--report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "dominance history of shapes" in printed and f"wrote {out / 'index.html'}" in printed
+    page = out / "index.html"
+    text_ = page.read_text()
+
+    with engine.connect() as conn:
+        drift = conn.execute(text("SELECT class_name, spearman_rank_correlation, clusters_lost_rank, "
+                                  "clusters_compared, settings_key FROM hierarchy_drift "
+                                  "WHERE model_name = 'shapes'")).all()
+    rows = _drift_rows(page)
+    assert [r[:3] for r in rows] == [(c.name, "v1", "v2") for c in sorted(v1.classes, key=lambda c: c.name)]
+    for row, view in zip(rows, sorted(drift), strict=True):
+        rho = "n/a" if view.spearman_rank_correlation is None else f"{view.spearman_rank_correlation:+.2f}"
+        assert row[3:7] == (rho, str(view.clusters_lost_rank), str(view.clusters_compared), view.settings_key[:12])
+
+    kinds = re.findall(r'data-kind="([a-z-]+)"', text_)
+    assert kinds.count("rank-history") == len(v1.classes) and kinds.count("least-dominant-share") <= 1
+    assert text_.count("<h2 data-settings-key=") == 1
+    assert "versions v1 → v2" in text_
+
+    decoded, total, pixels = headless_chromium(page)
+    assert decoded == total == len(kinds) > 0
+    assert pixels.shape[:2] == (2000, 1200)
+
+
+def test_history_report_csv_keeps_standard_output_clean(two_versions, database_url, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XICH_DATABASE_URL", database_url)
+    out = tmp_path / "history"
+    assert main(["history", "--model", "shapes", "--class", "circle", "--csv", "--report", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0].startswith("model_version,") and "wrote" not in captured.out
+    assert f"wrote {out / 'index.html'}" in captured.err
+    text_ = (out / "index.html").read_text()
+    assert "<h3>circle</h3>" in text_ and "<h3>square</h3>" not in text_
+    assert [r[0] for r in _drift_rows(out / "index.html")] == ["circle"]
+
+
+def test_history_report_from_an_engine(two_versions, tmp_path):
+    engine, v1, v2 = two_versions
+    page = write_history_report(session_or_engine=engine, model_name="shapes", out_dir=tmp_path / "h")
+    text_ = page.read_text()
+    least = re.search(r"<table class='least-dominant'>(.*?)</table>", text_, flags=re.S).group(1)
+    for cls1, cls2 in zip(v1.classes, v2.classes, strict=True):
+        row = re.search(rf"<tr><th>{cls1.name}</th>(.*?)</tr>", least).group(1)
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        for cell, cls in zip(cells, (cls1, cls2), strict=True):
+            if not cls.hierarchy:
+                assert cell == "no evidence"
+                continue
+            last = next(c for c in cls.clusters if c.id == cls.hierarchy[-1])
+            assert cell == f"{last.train_share:.3f} (cluster {last.id}, rank {last.rank})"
+    with pytest.raises(XichError, match="no complete audit"):
+        write_history_report(session_or_engine=engine, model_name="nobody", out_dir=tmp_path / "none")
+
+
+def test_each_settings_key_is_its_own_section(two_versions, database_url, synth_data, tmp_path):
+    engine, v1, _ = two_versions
+    for version in ("v1", "v2"):  # the same versions again with J = 2: a second settings key
+        config = AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=str(tmp_path / f"{version}.pt"),
+                             clusters=3, mosaics_per_pair=2, device="cpu")
+        recorded_audit(config, database_url=database_url, model_name="shapes", model_version=version)
+    with Session(engine) as session:
+        page = write_history_report(session_or_engine=session, model_name="shapes", out_dir=tmp_path / "h")
+    sections = re.split(r"<h2 data-settings-key='", page.read_text())[1:]
+    keys = [s.split("'", 1)[0] for s in sections]
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT DISTINCT settings_key FROM dominance_history")).scalars()
+        assert sorted(keys) == sorted(stored)
+    for key, section in zip(keys, sections, strict=True):
+        drift = re.search(r"<table class='drift'>(.*?)</table>", section, flags=re.S).group(1)
+        assert set(re.findall(r"<td><code>([0-9a-f]+)</code></td>", drift)) == {key[:12]}
+        assert drift.count("<tr><td>") == len(v1.classes)
+        assert section.count('data-kind="rank-history"') == len(v1.classes)
+
+
+def test_history_report_for_an_unknown_model(database_url, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XICH_DATABASE_URL", database_url)
+    assert main(["history", "--model", "nobody", "--report", str(tmp_path / "page")]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "no complete audit recorded" in lines[0]
+    assert captured.out == "" and not (tmp_path / "page").exists()

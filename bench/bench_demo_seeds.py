@@ -4,6 +4,13 @@
         [--out /tmp/xich-demo-seeds]
 
 ``--augment`` is the training augmentation (default: the demo's, ``rot180``; ``hflip`` for comparison).
+
+Measured 2026-11-29 on a 2-core CPU shared with other work (one run each; per seed, 4 classes):
+
+    .venv/bin/python bench/bench_demo_seeds.py --augment rot180   # 646 s
+    -> least or second-least dominant in 4, 3, 4, 3, 3 of 4 classes: 17 of 20; the least dominant in 16 of 20
+    .venv/bin/python bench/bench_demo_seeds.py --augment hflip    # 1108 s, heavier load
+    -> least or second-least dominant in 4, 2, 4, 4, 4 of 4 classes: 18 of 20; the least dominant in 17 of 20
 """
 
 from __future__ import annotations

@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--create-bucket", action="store_true", help="create the bucket of an s3:// --out if it is missing")
+    p.add_argument("--augment", default="hflip",
+                   help="none, hflip (the usual choice for natural images) or rot180 (keeps line orientations)")
     p = sub.add_parser("demo", help="planted-bias data -> train -> audit -> report, all local")
     p.add_argument("--out", default="xich-demo")
     p.add_argument("--seed", type=int, default=0)
@@ -353,7 +355,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(data=_local_copy(args.data, settings), model=args.model, out=local_out, epochs=args.epochs,
                          batch_size=args.batch_size,
                          lr=args.lr, tile_size=args.tile_size, normalize=args.normalize, seed=args.seed,
-                         device=args.device)
+                         device=args.device, augment=args.augment)
     train(config, on_epoch=lambda e, loss, acc: out.print(f"epoch {e}: loss {loss:.4f}  eval accuracy {acc:.4f}"))
     if store is not None:
         store.put_file(key, local_out)

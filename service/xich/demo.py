@@ -18,6 +18,9 @@ from .synth import SynthSpec, write_synth
 from .train import TrainConfig, train
 
 MODEL = "cifar:resnet20"
+# A look is a hatching orientation: train with an augmentation that keeps every orientation what it is
+# (a horizontal flip would turn the diagonal look's lines into the antidiagonal look's, and back).
+AUGMENT = "rot180"
 
 
 @dataclass
@@ -52,16 +55,19 @@ def locate_rare(result: AuditResult, truth: dict) -> list[RareFinding]:
     return findings
 
 
-def run_demo(out: str | Path, seed: int = 0, epochs: int = 8, say=print) -> tuple[AuditResult, list[RareFinding]]:
-    """Run the whole demo under ``out``; ``say`` receives the human-readable lines."""
+def run_demo(out: str | Path, seed: int = 0, epochs: int = 8, say=print,
+             augment: str = AUGMENT) -> tuple[AuditResult, list[RareFinding]]:
+    """Run the whole demo under ``out``; ``say`` receives the human-readable lines; ``augment`` names the
+    training augmentation (``xich.train.AUGMENTATIONS``)."""
     out = Path(out)
     spec = SynthSpec(seed=seed)
     say(f"1/4 planted-bias dataset: {spec.classes} shapes x {spec.subgroups} looks, one look per class rare "
         f"({spec.rare_fraction:.0%} of training) -> {out / 'data'}")
     truth = write_synth(out / "data", spec)
-    say(f"2/4 training {MODEL} for {epochs} epochs (AdamW, label smoothing, warm-up + cosine)")
+    say(f"2/4 training {MODEL} for {epochs} epochs (AdamW, label smoothing, warm-up + cosine; augmentation {augment})")
     weights = out / "weights.pt"
-    train(TrainConfig(data=str(out / "data"), model=MODEL, out=str(weights), epochs=epochs, seed=seed),
+    train(TrainConfig(data=str(out / "data"), model=MODEL, out=str(weights), epochs=epochs, seed=seed,
+                      augment=augment),
           on_epoch=lambda e, loss, acc: say(f"    epoch {e}: loss {loss:.3f}  eval accuracy {acc:.3f}"))
     say(f"3/4 audit: P={spec.subgroups} clusters per class, J=25 mosaics per pair, 12 images per class in per-image mode")
     examples: dict = {}

@@ -280,3 +280,24 @@ def test_unwritable_json_and_report_paths_fail_before_any_forward_pass(data, tmp
                 "--report", "cannot write")
     run_failing(capsys, ["audit", "--data", str(data), *FAST, "--json", str(tmp_path)], "is a folder")
     assert not db.exists()
+
+
+def test_registry_times_that_are_not_times(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XICH_DATABASE_URL", f"sqlite:///{tmp_path / 'xich.db'}")
+    run_failing(capsys, ["audit", "--data", str(data), *FAST, "--version-created-at", "last tuesday"],
+                "--version-created-at 'last tuesday': not an ISO 8601 time")
+    run_failing(capsys, ["audit", "--data", str(data), *FAST, "--registry-metadata", '{"created_at": "soon"}'],
+                "--registry-metadata: created_at/creation_timestamp 'soon' is not a time")
+
+
+def test_a_version_keeps_its_label_list(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XICH_DATABASE_URL", f"sqlite:///{tmp_path / 'xich.db'}")
+    monkeypatch.setenv("XICH_STORE_URL", str(tmp_path / "store"))
+    first, other = tmp_path / "first.txt", tmp_path / "other.txt"
+    first.write_text("cat\ndog\n")
+    other.write_text("dog\ncat\n")
+    argv = ["audit", "--data", str(data), *FAST, "--model-name", "m", "--model-version", "v1", "--labels"]
+    assert main(argv + [str(first)]) == 0
+    capsys.readouterr()
+    run_failing(capsys, argv + [str(other)], "--labels: model 'm' version 'v1' was recorded with another label list",
+                "give a new --model-version")

@@ -12,10 +12,11 @@ import time
 
 import pytest
 from alembic import command
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.orm import Session
 
 from xich.audit import AuditConfig, run_audit
+from xich.errors import XichError
 from xich.db import AuditRun, Base, ModelVersion, RunClass, make_engine
 from xich.migrate import alembic_config, downgrade, upgrade
 from xich.runs import recorded_audit
@@ -209,3 +210,61 @@ def test_two_processes_auditing_one_version_compute_each_class_once(database_url
     engine.dispose()
     assert workers == {name: worker for found in computed for name, worker in found}
     assert all(found for found in computed), "the two processes did not overlap: one computed nothing"
+
+
+def test_every_per_run_table_is_reached_by_run_id_through_an_index(database_url):
+    """The views and reports read a run's rows by run_id: each table holding them has an index led by run_id."""
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        inspector = inspect(engine)
+        for table in Base.metadata.sorted_tables:
+            if "run_id" not in table.c:
+                continue
+            led = [ix["column_names"] for ix in inspector.get_indexes(table.name)]
+            led.append(inspector.get_pk_constraint(table.name)["constrained_columns"])
+            led += [u["column_names"] for u in inspector.get_unique_constraints(table.name)]
+            assert any(cols and cols[0] == "run_id" for cols in led), (table.name, led)
+        for table, column in (("clustering", "model_version_id"), ("clustering", "dataset_id"),
+                              ("audit_run", "dataset_id"), ("audit_run", "clustering_id"),
+                              ("run_cluster", "cluster_id"), ("run_class", "clustering_id")):
+            assert any(ix["column_names"][0] == column for ix in inspector.get_indexes(table)), (table, column)
+    finally:
+        engine.dispose()
+
+
+def test_run_status_is_checked_and_json_is_jsonb_on_postgresql(database_url, synth_data, one_torch_thread):
+    from sqlalchemy.exc import IntegrityError
+
+    result = recorded_audit(_config(synth_data, classes=("circle",)), database_url=database_url, model_name="shapes",
+                            model_version="v1")
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            with pytest.raises(IntegrityError):
+                conn.execute(text("UPDATE audit_run SET status = 'done-ish' WHERE id = :r"), {"r": result.run_id})
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                types = dict(conn.execute(text(
+                    "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns "
+                    "WHERE column_name IN ('config', 'registry_metadata', 'labels', 'notes', 'timings')")).all())
+            assert set(types.values()) == {"jsonb"}, types
+            with engine.connect() as conn:  # JSONB answers containment queries on the settings
+                hits = conn.execute(text("SELECT COUNT(*) FROM audit_run WHERE config @> '{\"seed\": 0}'")).scalar()
+            assert hits == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_run_is_complete_only_when_every_selected_class_is_stored(database_url, synth_data, one_torch_thread):
+    from xich.persist import finish_run
+
+    recorded_audit(_config(synth_data, classes=("circle",)), database_url=database_url, model_name="shapes",
+                   model_version="v1")
+    engine = make_engine(database_url)
+    with Session(engine) as s:
+        run = s.scalars(select(AuditRun)).one()
+        with pytest.raises(XichError, match="square, triangle are not stored, so the run is not complete"):
+            finish_run(session=s, run=run, classes=["circle", "square", "triangle"], resolved_config={},
+                       train_split=None, summary={"train_share_by_rank": [], "mean_spearman": None}, timings={})
+    engine.dispose()

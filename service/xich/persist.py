@@ -318,12 +318,11 @@ def load_classes(*, session: Session, run_id: str) -> list[ClassResult]:
 
 
 def load_audit(*, session: Session, run_id: str) -> AuditResult:
-    """A complete stored run as the same AuditResult the audit produced."""
+    """A complete stored run as the same AuditResult the audit produced (its summary derived from the classes
+    by the same function, so the stored ``run_rank_share`` rows and this document agree)."""
     run = session.get(AuditRun, run_id)
     mv = session.get(ModelVersion, run.model_version_id)
     ds = session.get(Dataset, run.dataset_id)
-    shares = session.scalars(select(RunRankShare.mean_train_share).where(RunRankShare.run_id == run_id)
-                             .order_by(RunRankShare.rank)).all()
     classes = load_classes(session=session, run_id=run_id)
     return AuditResult(
         run_id=run.id, model={"spec": mv.spec, "weights": mv.weights_uri},

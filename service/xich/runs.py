@@ -99,11 +99,12 @@ def recorded_audit(config: AuditConfig, *, database_url: str, model_name: str | 
                 raise
             classes = load_classes(session=session, run_id=run.id)
             result = assemble_result(opened, classes, run.id, notes=notes)
-            finish_run(session=session, run=run, classes=opened.classes, resolved_config=result.config,
-                       train_split=result.dataset["train_split"], summary=result.summary,
-                       timings={"fingerprint_s": fingerprint_s, "audit_s": time.perf_counter() - t1,
-                                "resumed_classes": sorted(already & set(opened.classes)),
-                                "computed_classes": computed})
+            with named_lock(engine, f"xich:run:{run.id}:finish"):  # processes finishing together: one writes
+                finish_run(session=session, run=run, classes=opened.classes, resolved_config=result.config,
+                           train_split=result.dataset["train_split"], summary=result.summary,
+                           timings={"fingerprint_s": fingerprint_s, "audit_s": time.perf_counter() - t1,
+                                    "resumed_classes": sorted(already & set(opened.classes)),
+                                    "computed_classes": computed})
             return result
     finally:
         engine.dispose()

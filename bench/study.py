@@ -383,8 +383,8 @@ def figures(out: Path, plan: Plan, runs: dict, st: dict) -> dict[str, str]:
     # Fig. 3 scatter for the deepest model run
     model = plan.models[-1]
     cls = list(plan.fig3_classes)
-    fig, axes = plt.subplots(len(plan.scales), len(cls), figsize=(3.2 * len(cls), 3.0 * len(plan.scales)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(plan.scales), len(cls), figsize=(3.2 * len(cls), 3.2 * len(plan.scales)),
+                             squeeze=False, layout="constrained")
     for a, s in enumerate(plan.scales):
         for b, name in enumerate(cls):
             ax, pi = axes[a, b], fig3[model][s][name]
@@ -405,7 +405,7 @@ def figures(out: Path, plan: Plan, runs: dict, st: dict) -> dict[str, str]:
     plt.close(fig)
 
     # Spearman(score, logit) for every model, class and scale
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = plt.subplots(figsize=(7, 3.4), layout="constrained")
     markers = {INPUT_SIZE: "o", NATIVE: "s"}
     for k, m in enumerate(plan.models):
         for s in plan.scales:
@@ -427,7 +427,8 @@ def figures(out: Path, plan: Plan, runs: dict, st: dict) -> dict[str, str]:
     plt.close(fig)
 
     # Fig. 4/5: train share by rank
-    fig, axes = plt.subplots(1, len(plan.models), figsize=(3.0 * len(plan.models), 2.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(plan.models), figsize=(3.0 * len(plan.models), 3.0), squeeze=False, sharey=True,
+                             layout="constrained")
     for k, m in enumerate(plan.models):
         ax = axes[0, k]
         for s in plan.scales:
@@ -447,7 +448,7 @@ def figures(out: Path, plan: Plan, runs: dict, st: dict) -> dict[str, str]:
     plt.close(fig)
 
     # stability
-    fig, axes = plt.subplots(1, 4, figsize=(13, 2.9))
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2), layout="constrained")
     keys = [("tau_mean", "Kendall tau between seeds"), ("sig_kept", "significant pairs kept"),
             ("least_same", "same least dominant cluster"), ("sd_D", "SD of D_ij across seeds")]
     for m in plan.stab_models():

@@ -23,6 +23,6 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_gradcam.py
 	$(VENV)/bin/python bench/bench_full_audit.py
 
-# The evidence for the defaults (docs/science.md); needs ../shared/data, ~26 min on 2 cores (one torch thread).
+# The evidence for the defaults (docs/science.md); needs ../shared/data, 26-29 min on 2 cores (one torch thread).
 study: $(STAMP)
 	$(VENV)/bin/python bench/study.py

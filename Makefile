@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench study
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_gradcam.py
 	$(VENV)/bin/python bench/bench_full_audit.py
+
+# The evidence for the defaults (docs/science.md); needs ../shared/data, 26-29 min on 2 cores (one torch thread).
+study: $(STAMP)
+	$(VENV)/bin/python bench/study.py

@@ -6,42 +6,16 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from xich.audit import AuditConfig
 from xich.cli import main
-from xich.db import make_engine
 from xich.errors import XichError
 from xich.history_report import write_history_report
-from xich.models import build_model
-from xich.persist import freeze_clustering
 from xich.runs import recorded_audit
 
-
-def _weights(path: Path, seed: int) -> str:
-    torch.manual_seed(seed)
-    torch.save(build_model("cifar:resnet20", 3).state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture
-def two_versions(database_url, synth_data, tmp_path, one_torch_thread):
-    """Versions v1 and v2 of model 'shapes' on v1's frozen clustering (as in test_history.py)."""
-    def audit(version: str, seed: int):
-        config = AuditConfig(model="cifar:resnet20", data=str(synth_data),
-                             weights=_weights(tmp_path / f"{version}.pt", seed), clusters=3, mosaics_per_pair=4,
-                             device="cpu")
-        return recorded_audit(config, database_url=database_url, model_name="shapes", model_version=version)
-
-    v1 = audit("v1", 1)
-    engine = make_engine(database_url)
-    with Session(engine) as session:
-        freeze_clustering(session=session, run_id=v1.run_id)
-    v2 = audit("v2", 2)
-    yield engine, v1, v2
-    engine.dispose()
+from test_history import two_versions  # noqa: F401  (the shared fixture: v1 and v2 on a frozen clustering)
 
 
 def _drift_rows(page: Path) -> list[tuple[str, ...]]:

@@ -20,7 +20,8 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from xich.audit import AuditConfig, PreparedModel
+from xich.audit import AuditConfig
+from xich.runtime import PreparedModel
 from xich.datasets import open_dataset
 from xich.method.dominance import mosaic_dominance, quadrant_relevance
 from xich.method.gradcam import reference_cams
@@ -42,7 +43,7 @@ def main() -> None:
     model = build_model(config.model, 10)
     if real:
         load_weights(model, weights)
-    pm = PreparedModel(config, model, 10, 32)
+    pm = PreparedModel(model, model_spec=config.model, num_classes=10, tile_size=32, device="cpu")
     if real:
         ds = open_dataset(str(SHARED / "cifar10-jpeg"), "test", None)
         split = ds.splits["test"]

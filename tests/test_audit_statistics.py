@@ -13,7 +13,7 @@ from sqlalchemy import text
 from xich.audit import AuditConfig, run_audit
 from xich.db import make_engine
 from xich.models import build_model
-from xich.runs import recorded_audit
+from xich.pipeline import recorded_audit
 
 from test_cli_errors import make_noise_dataset
 

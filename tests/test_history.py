@@ -17,7 +17,7 @@ from xich.db import AuditRun, make_engine
 from xich.errors import XichError
 from xich.models import build_model
 from xich.persist import freeze_clustering
-from xich.runs import recorded_audit
+from xich.pipeline import recorded_audit
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

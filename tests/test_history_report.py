@@ -13,7 +13,7 @@ from xich.audit import AuditConfig
 from xich.cli import main
 from xich.errors import XichError
 from xich.history_report import write_history_report
-from xich.runs import recorded_audit
+from xich.pipeline import recorded_audit
 
 from test_history import two_versions  # noqa: F401  (the shared fixture: v1 and v2 on a frozen clustering)
 

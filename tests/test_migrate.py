@@ -9,7 +9,7 @@ from sqlalchemy import text
 from xich.cli import main
 from xich.db import make_engine
 from xich.errors import XichError
-from xich.migrate import upgrade
+from xich.migrate import head_revision, upgrade
 
 
 def _stamp(url: str, revision: str) -> None:
@@ -36,7 +36,7 @@ def newer_database(database_url):
     upgrade(database_url)
     _stamp(database_url, "9999")
     yield database_url
-    _stamp(database_url, "0002")  # so that the fixture's downgrade can empty it
+    _stamp(database_url, head_revision())  # so that the fixture's downgrade can empty it
 
 
 @pytest.mark.parametrize("action", ["upgrade", "downgrade"])
@@ -69,4 +69,4 @@ def test_unknown_target_revision(database_url, monkeypatch, capsys):
     assert main(["db", "upgrade", "8888"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith("error: results database: cannot migrate to revision '8888' (Can't locate revision")
-    assert "known revisions: 0001, 0002, 0003, head and base" in err
+    assert "known revisions: 0001, 0002, 0003, 0004, head and base" in err

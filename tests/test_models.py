@@ -318,10 +318,10 @@ def test_real_resnet20_classifies_cifar10_jpegs():
 
 def test_torchvision_resnet_at_cifar_tiles_keeps_layer4_and_the_fast_path():
     # at 32 px tiles layer4 is 1x1, but on the 64 px mosaics Grad-CAM runs on it is 2x2
-    from xich.audit import AuditConfig, PreparedModel
+    from xich.runtime import PreparedModel
 
-    pm = PreparedModel(AuditConfig(model="torchvision:resnet18", data="", device="cpu"),
-                       build_model("torchvision:resnet18", 10), 10, 32)
+    pm = PreparedModel(build_model("torchvision:resnet18", 10), model_spec="torchvision:resnet18", num_classes=10,
+                       tile_size=32, device="cpu")
     assert (pm.layer_name, pm.cam) == ("layer4", "fast")
 
 

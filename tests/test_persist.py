@@ -19,7 +19,7 @@ from xich.audit import AuditConfig, run_audit
 from xich.errors import XichError
 from xich.db import AuditRun, Base, ModelVersion, RunClass, make_engine
 from xich.migrate import alembic_config, downgrade, upgrade
-from xich.runs import recorded_audit
+from xich.pipeline import open_recorded_run, recorded_audit
 
 def _numbers(result) -> dict:
     """The audit document without its notes (which say how the run was found: new, resumed, read back)."""
@@ -88,15 +88,19 @@ class _Killed(Exception):
 def test_run_stopped_after_two_classes_resumes_and_completes(database_url, synth_data, one_torch_thread):
     config = _config(synth_data)
     seen = []
-
-    def stop_after_two(cls, _explain):
-        seen.append(cls.name)
-        if len(seen) == 2:
-            raise _Killed
-
-    with pytest.raises(_Killed):
-        recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1",
-                       on_class=stop_after_two)
+    rec = open_recorded_run(config, database_url=database_url, model_name="shapes", model_version="v1")
+    try:
+        with pytest.raises(_Killed):
+            try:
+                for _images, cls in rec.audit_pending():
+                    seen.append(cls.name)
+                    if len(seen) == 2:
+                        raise _Killed
+            except BaseException as exc:
+                rec.fail(exc)
+                raise
+    finally:
+        rec.close()
     engine = make_engine(database_url)
     with Session(engine) as s:
         run = s.scalars(select(AuditRun)).one()
@@ -104,10 +108,13 @@ def test_run_stopped_after_two_classes_resumes_and_completes(database_url, synth
     engine.dispose()
     assert _row_counts(database_url)["run_class"] == 2
 
-    resumed_classes = []
-    result = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1",
-                            on_class=lambda cls, _e: resumed_classes.append(cls.name))
-    assert resumed_classes == [n for n in ["circle", "square", "triangle"] if n not in seen]
+    result = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
+    engine = make_engine(database_url)
+    with Session(engine) as s:
+        timings = s.get(AuditRun, run.id).timings
+    engine.dispose()
+    assert timings["computed_classes"] == [n for n in ["circle", "square", "triangle"] if n not in seen]
+    assert timings["resumed_classes"] == sorted(seen)
     assert result.run_id == run.id
     assert [c.name for c in result.classes] == ["circle", "square", "triangle"]
     engine = make_engine(database_url)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xich.audit import AuditConfig, run_audit
+from xich.audit import AuditConfig, assemble_result, audit_classes, explainer, open_audit
 from xich.report import _dominance_heatmap, collect_examples, example_pairs, write_report
 from xich.result import AuditResult, ClassResult, ClusterResult, MosaicResult, summarize
 
@@ -19,7 +19,12 @@ def report(synth_data, tmp_path_factory):
     examples = {}
     config = AuditConfig(model="cifar:resnet20", data=str(synth_data), clusters=3, mosaics_per_pair=3, per_image=4,
                          device="cpu")
-    result = run_audit(config, on_class=lambda cls, explain: examples.__setitem__(cls.name, collect_examples(cls, explain)))
+    opened = open_audit(config)
+    classes = []
+    for images, cls in audit_classes(opened):
+        classes.append(cls)
+        examples[cls.name] = collect_examples(cls, explainer(opened, images))
+    result = assemble_result(opened, classes, "report-test")
     out = tmp_path_factory.mktemp("report")
     return result, examples, write_report(result, out, examples)
 

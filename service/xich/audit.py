@@ -1,11 +1,18 @@
-"""Running an audit: model and data at the edges, the method in between, one AuditResult out."""
+"""An audit as a sequence of stages, each taking and returning plain data (the CLI and the flows call them).
+
+    prepare the model (open_audit) → per class: embed (eq. 1) → cluster (or take a frozen clustering)
+    → plan mosaics (eq. 2) → score mosaics (eq. 3–6) → rank clusters (eq. 7–8, p-values, intervals)
+    → place the training split (Fig. 4/5) → per-image mode (Fig. 3) → the class result
+    → assemble_result: one AuditResult for every sink.
+
+The model runtime (tracing, chunking, device) is ``runtime.py``; the equations are ``method/``.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -16,30 +23,18 @@ from torch import nn
 from .datasets import Dataset, Split, open_dataset
 from .errors import XichError
 from .labels import LabelList, model_indices, resolve_labels
-from .method.clustering import assign_clusters, cluster_embeddings, clustering_from_labels
+from .method.clustering import Clustering, assign_clusters, cluster_embeddings, clustering_from_labels
 from .method.distribution import score_share_spearman, training_distribution
 from .method.dominance import dominance_matrix, mosaic_dominance, quadrant_relevance
-from .method.embedding import gap, layer_output
-from .method.gradcam import gap_linear_cam, reference_cams, scale_cams
 from .method.hierarchy import hierarchy, hierarchy_scores
 from .method.mosaic import MosaicPlan, assemble_mosaics, image_sets, plan_mosaics
 from .method.per_image import class_softmax, dominance_correlations
 from .method.significance import confidence_intervals, p_value_matrices, set_means
-from .device import resolve_device
-from .models import (build_model, find_target_layer, gap_linear_head, head_name, load_weights, probe_logits,
-                     read_checkpoint)
+from .models import build_model, head_name, load_weights, read_checkpoint
 from .result import AuditResult, ClassResult, ClusterResult, Explainer, MosaicResult, summarize
+from .runtime import PreparedModel, parse_normalize
 
 log = logging.getLogger(__name__)
-
-PIXELS_PER_CHUNK = 64 * 32 * 32  # CPU inference chunk: 64 CIFAR tiles, or 16 mosaics of 64×64
-
-NORMALIZATIONS = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
-
 
 @dataclass(frozen=True)
 class AuditConfig:
@@ -63,119 +58,6 @@ class AuditConfig:
     labels: str | None = None  # --labels: a built-in set or a file (see labels.py)
     data_uri: str | None = None  # where --data / --weights came from (s3://…) when read from a local copy
     weights_uri: str | None = None
-
-
-def parse_normalize(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``imagenet|cifar|none`` or ``m1,m2,m3/s1,s2,s3`` → (mean, std)."""
-    if spec in NORMALIZATIONS:
-        return NORMALIZATIONS[spec]
-    try:
-        mean_s, std_s = spec.split("/")
-        mean, std = tuple(float(v) for v in mean_s.split(",")), tuple(float(v) for v in std_s.split(","))
-    except ValueError:
-        mean, std = (), ()
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise XichError(f"--normalize {spec!r}: use imagenet, cifar, none or m1,m2,m3/s1,s2,s3 (positive stds)")
-    return mean, std
-
-
-class _Tap(nn.Module):
-    """Model wrapper returning (target layer's feature map, logits) from one forward."""
-
-    def __init__(self, model: nn.Module, layer: nn.Module):
-        super().__init__()
-        self.model, self.layer = model, layer
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with layer_output(self.layer) as box:
-            logits = self.model(x)
-        return box["out"], logits
-
-
-class PreparedModel:
-    """A model ready to audit: weights loaded, target layer and CAM path chosen, on its device.
-
-    Inference runs through a traced, frozen copy (conv–BN folding roughly doubles CPU speed);
-    the copy is checked against the eager model on a probe and dropped if it disagrees.
-    """
-
-    def __init__(self, config: AuditConfig, model: nn.Module, num_classes: int, tile_size: int,
-                 mosaic_size: int | None = None):
-        self.device = resolve_device(config.device)
-        self.model = model.to(self.device).eval()
-        mean, std = parse_normalize(config.normalize)
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        # the probe has the mosaics' size: the Grad-CAM layer must keep a spatial map there
-        side = mosaic_size or 2 * tile_size
-        probe = self.normalize(torch.zeros(2, 3, side, side, dtype=torch.uint8, device=self.device)
-                               + torch.arange(2, device=self.device, dtype=torch.uint8).view(2, 1, 1, 1) * 120)
-        probe_logits(self.model, probe, config.model, num_classes)
-        self.layer_name = find_target_layer(self.model, probe, config.layer)
-        self.layer = dict(self.model.named_modules())[self.layer_name]
-        self.head = gap_linear_head(self.model, self.layer, probe)
-        if config.cam == "fast" and self.head is None:
-            raise XichError(f"--cam fast: layer {self.layer_name!r} does not feed a global-average-pool → linear head; "
-                            f"use --cam reference or --cam auto")
-        self.cam = "reference" if config.cam == "reference" or self.head is None else "fast"
-        self._tap = _Tap(self.model, self.layer).eval()
-        self._traced: dict[tuple[int, ...], Callable] = {}
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) → normalised float on the model's device."""
-        return (images.to(self.device).float() / 255.0 - self.mean) / self.std
-
-    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(feature map, logits) of a normalised batch, under inference mode.
-
-        On the CPU the batch runs in chunks of about PIXELS_PER_CHUNK input pixels, which keep the
-        activations in cache: measured here, 16 mosaics of 64×64 run ~1.3× faster per mosaic than 64.
-        """
-        step = batch.shape[0] if self.device.type != "cpu" else max(1, PIXELS_PER_CHUNK // (batch.shape[2] * batch.shape[3]))
-        with torch.inference_mode():
-            run = self._runner(batch)
-            if step >= batch.shape[0]:
-                return run(batch)
-            parts = [run(batch[k:k + step]) for k in range(0, batch.shape[0], step)]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-    def _runner(self, batch: torch.Tensor) -> Callable:
-        key = tuple(batch.shape[1:])
-        if key not in self._traced:
-            self._traced[key] = self._trace(batch[:2])
-        return self._traced[key]
-
-    def _trace(self, probe: torch.Tensor) -> Callable:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                traced = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(self._tap, probe)))
-                a, b = traced(probe), self._tap(probe)
-            if all(torch.allclose(x, y, rtol=1e-3, atol=1e-4) for x, y in zip(a, b)):
-                return traced
-            log.info("traced model disagrees with eager model; using eager")
-        except Exception as exc:  # tracing is an optimisation: any failure means the eager path
-            log.info("tracing failed (%s); using eager model", exc)
-        return self._tap
-
-    def embed(self, images: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """GAP embeddings (eq. 1) and logits of uint8 images (N, 3, T, T) → (N, C), (N, K)."""
-        embs, logits = [], []
-        for start in range(0, images.shape[0], batch_size):
-            fmap, out = self.forward(self.normalize(images[start:start + batch_size]))
-            embs.append(gap(fmap).float().cpu())
-            logits.append(out.float().cpu())
-        return torch.cat(embs).numpy(), torch.cat(logits).numpy()
-
-    def mosaic_cams(self, mosaics: torch.Tensor, class_index: int) -> np.ndarray:
-        """Scaled Grad-CAM maps (eq. 3–4) of normalised mosaics (B, 3, S, S) → (B, S, S)."""
-        size = (mosaics.shape[2], mosaics.shape[3])
-        classes = [class_index] * mosaics.shape[0]
-        if self.cam == "reference":
-            return reference_cams(self.model, self.layer, mosaics, classes)
-        fmap, _ = self.forward(mosaics)
-        raw = gap_linear_cam(fmap, self.head.weight.detach(), torch.tensor(classes, device=self.device))
-        return scale_cams(raw, size).cpu().numpy()
 
 
 def default_tile_size(model_spec: str, split: Split) -> int:
@@ -255,7 +137,7 @@ class OpenedAudit:
 
 
 def open_audit(config: AuditConfig) -> OpenedAudit:
-    """Validate the settings, open the dataset, match its classes to the model's labels, prepare the model."""
+    """Stage 0: validate the settings, open the dataset, match its classes to the model's labels, prepare the model."""
     check_config(config)
     dataset = open_dataset(config.data, config.eval_split, config.train_split)
     eval_split = dataset.splits[config.eval_split]
@@ -265,7 +147,9 @@ def open_audit(config: AuditConfig) -> OpenedAudit:
     mosaic_size = config.mosaic_size or 2 * tile
     model, labels, indices = load_model(config, dataset.classes)
     indices = dict(sorted(((c, indices[c]) for c in selected), key=lambda kv: kv[1]))
-    prepared = PreparedModel(config, model, len(labels.names), tile, mosaic_size)
+    prepared = PreparedModel(model, model_spec=config.model, num_classes=len(labels.names), tile_size=tile,
+                             mosaic_size=mosaic_size, device=config.device, normalize=config.normalize,
+                             layer=config.layer, cam=config.cam)
     return OpenedAudit(config, dataset, eval_split, train_split, labels, indices, prepared, tile, mosaic_size)
 
 
@@ -288,27 +172,22 @@ def load_model(config: AuditConfig, dataset_classes: list[str]) -> tuple[nn.Modu
     return model.eval(), labels, indices
 
 
-def run_audit(config: AuditConfig, progress: Callable[[str, int], None] | None = None,
-              on_class: Callable[[ClassResult, Explainer], None] | None = None, run_id: str | None = None) -> AuditResult:
-    """Audit every selected class of the dataset, unrecorded (the results database is ``runs.recorded_audit``).
-
-    ``progress(label, total)`` is called before each class; ``on_class(result, explain)`` after it,
-    with ``explain(image_ids) -> (rgb, cam)`` rendering a manifest while the model is loaded.
-    """
+def run_audit(config: AuditConfig, run_id: str | None = None) -> AuditResult:
+    """Audit every selected class of the dataset, unrecorded (recorded audits: ``pipeline.recorded_audit``)."""
     opened = open_audit(config)
-    results = []
-    for images in opened.iter_classes(opened.classes):
-        if progress:
-            progress(images.name, len(opened.classes))
-        results.append(audit_class(opened, images))
-        if on_class:
-            on_class(results[-1], explainer(opened, images))
-    return assemble_result(opened, results, run_id or uuid.uuid4().hex)
+    return assemble_result(opened, [cls for _images, cls in audit_classes(opened)], run_id or uuid.uuid4().hex)
+
+
+def audit_classes(opened: OpenedAudit, names: list[str] | None = None) -> Iterator[tuple[ClassImages, ClassResult]]:
+    """Each class's images and result in turn (all selected classes unless ``names``); the images are
+    yielded too so that a sink can render mosaics (``explainer``) while they are loaded."""
+    for images in opened.iter_classes(opened.classes if names is None else names):
+        yield images, audit_class(opened, images)
 
 
 def assemble_result(opened: OpenedAudit, classes: list[ClassResult], run_id: str, model: dict | None = None,
                     notes: list[str] | None = None) -> AuditResult:
-    """The audit document of ``classes`` (in model output order), with its summary."""
+    """Last stage: the audit document of ``classes`` (in model output order), with its summary."""
     config = opened.config
     classes = sorted(classes, key=lambda c: c.index)
     return AuditResult(
@@ -329,84 +208,75 @@ def _none(x: float) -> float | None:
 
 
 def audit_class(opened: OpenedAudit, images: ClassImages, frozen: Mapping[str, int] | None = None) -> ClassResult:
-    """Cluster one class, measure dominance on its mosaics, and relate it to the training split.
+    """Every stage of one class, in order: embed, cluster, plan, score, rank, place the training split.
 
     With ``frozen`` (image id → cluster, from a frozen clustering) membership is taken from it and
     only the centres are recomputed, in this model's embedding space, to place the training images.
     """
-    config, prepared, name, eval_ids = opened.config, opened.prepared, images.name, images.eval_ids
-    notes = []
-    embeddings, logits = prepared.embed(images.eval_images, config.batch_size)
+    config = opened.config
+    embeddings, logits = embed_class(opened, images.eval_images)
+    clustering, notes = cluster_class(opened, images, embeddings, frozen)
+    tiles = opened.prepared.normalize(images.eval_images)
+    plan = plan_class_mosaics(opened, clustering, images.index)
+    d = score_mosaics(opened, tiles, plan, images.index)
+    stats = rank_clusters(plan, d, clustering.n_clusters)
+    placement = (place_training(opened, clustering, images.train_images, embeddings.shape[1])
+                 if images.train_images is not None else None)
+    per_image = per_image_result(opened, images, tiles, logits) if config.per_image else None
+    return class_result(images, clustering, plan, d, stats, placement, notes, per_image)
+
+
+def embed_class(opened: OpenedAudit, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1 (eq. 1): GAP embeddings (N, C) and logits (N, K) of uint8 images (N, 3, T, T)."""
+    return opened.prepared.embed(images, opened.config.batch_size)
+
+
+def cluster_class(opened: OpenedAudit, images: ClassImages, embeddings: np.ndarray,
+                  frozen: Mapping[str, int] | None = None) -> tuple[Clustering, list[str]]:
+    """Stage 2: P clusters of the class's embeddings (k-means), or a frozen clustering's membership; with notes."""
+    config, name = opened.config, images.name
     if frozen is None:
         clustering = cluster_embeddings(embeddings, config.clusters, random_state=config.seed)
+        notes = []
         if clustering.n_clusters < config.clusters:
             notes.append(f"{clustering.n_clusters} cluster(s) instead of {config.clusters}: the class has only "
                          f"{clustering.n_clusters} distinct image(s)")
-    else:
-        try:
-            clustering = clustering_from_labels(embeddings, _frozen_labels(frozen, eval_ids, name))
-        except ValueError:
-            raise XichError(f"class {name}: the frozen clustering leaves a cluster without evaluation images here; "
-                            f"audit the dataset it was made on, or use --clustering own") from None
-        notes.append("cluster membership from a frozen clustering")
-    P = clustering.n_clusters
-    labels = clustering.labels
+        return clustering, notes
+    try:
+        clustering = clustering_from_labels(embeddings, _frozen_labels(frozen, images.eval_ids, name))
+    except ValueError:
+        raise XichError(f"class {name}: the frozen clustering leaves a cluster without evaluation images here; "
+                        f"audit the dataset it was made on, or use --clustering own") from None
+    return clustering, ["cluster membership from a frozen clustering"]
 
-    tiles = prepared.normalize(images.eval_images)
-    plan = plan_mosaics(labels, P, config.mosaics_per_pair, np.random.default_rng([config.seed, images.index]))
-    d = _mosaic_dominance(prepared, tiles, plan, images.index, opened.mosaic_size, config.batch_size)
-    stats = pair_statistics(plan, d, P)
-    scores = hierarchy_scores(stats.D)
-    order, rank = hierarchy(scores)
-    excluded = int(np.isnan(d).sum())
-    if excluded:
-        notes.append(f"{excluded} mosaic(s) excluded: their Grad-CAM map is zero everywhere")
-    if P > 1 and not order.size:
-        notes.append("no evidence: every mosaic's Grad-CAM map is zero, so the class has no hierarchy")
-    elif order.size < P and P > 1:
-        notes.append(f"cluster(s) {', '.join(map(str, np.flatnonzero(np.isnan(rank))))} without evidence: "
-                     f"no mosaic against them has a non-zero Grad-CAM map")
-    elif P == 1:
-        notes.append("a single cluster: no pair to compare, so no hierarchy")
 
-    counts = shares = None
-    if images.train_images is not None:
-        train_emb = (prepared.embed(images.train_images, config.batch_size)[0] if len(images.train_images)
-                     else np.zeros((0, embeddings.shape[1])))
-        counts, shares = training_distribution(assign_clusters(clustering, train_emb), P)
-    ranked = ~np.isnan(scores)
-    clusters = [
-        ClusterResult(
-            id=c, eval_size=int((labels == c).sum()),
-            train_count=None if counts is None else int(counts[c]),
-            train_share=None if shares is None else float(shares[c]),
-            score=_none(scores[c]), rank=None if np.isnan(rank[c]) else int(rank[c]),
-            members=[eval_ids[k] for k in np.flatnonzero(labels == c)],
-        )
-        for c in range(P)
-    ]
-    mosaics = [
-        MosaicResult(pair=plan.pairs[m].tolist(), images=[eval_ids[k] for k in plan.images[m]],
-                     clusters=plan.clusters[m].tolist(), d=_none(d[m]))
-        for m in range(len(plan))
-    ]
-    ci = [[None if np.isnan(stats.ci_low[i, j]) else [float(stats.ci_low[i, j]), float(stats.ci_high[i, j])]
-           for j in range(P)] for i in range(P)]
-    return ClassResult(
-        index=images.index, name=name, clusters=clusters,
-        dominance=[[_none(v) for v in row] for row in stats.D], dominance_ci=ci,
-        p_values=stats.p_raw.tolist(), p_values_holm=stats.p_holm.tolist(), distinct_sets=stats.n_sets.tolist(),
-        hierarchy=order.tolist(),
-        spearman_score_train_share=(score_share_spearman(scores[ranked], shares[ranked])
-                                    if shares is not None else None),
-        excluded_mosaics=excluded, mosaics=mosaics, notes=notes,
-        per_image=per_image_result(opened, images, tiles, logits) if config.per_image else None,
-    )
+def plan_class_mosaics(opened: OpenedAudit, clustering: Clustering, class_index: int) -> MosaicPlan:
+    """Stage 3 (eq. 2): J mosaics per cluster pair, seeded by (seed, class index)."""
+    config = opened.config
+    return plan_mosaics(clustering.labels, clustering.n_clusters, config.mosaics_per_pair,
+                        np.random.default_rng([config.seed, class_index]))
+
+
+def score_mosaics(opened: OpenedAudit, tiles: torch.Tensor, plan: MosaicPlan, class_index: int) -> np.ndarray:
+    """Stage 4 (eq. 3–6): d of ``plan.pairs[:, 0]`` on each planned mosaic; NaN where the map is all zero.
+
+    ``tiles``: the class's normalised images. Identical manifests (frequent in per-image mode) are
+    rendered and explained once.
+    """
+    prepared, batch_size = opened.prepared, opened.config.batch_size
+    unique, inverse = np.unique(plan.images, axis=0, return_inverse=True)
+    relevance = np.empty((len(unique), 4))
+    for start in range(0, len(unique), batch_size):
+        sl = slice(start, start + batch_size)
+        mosaics = assemble_mosaics(tiles, unique[sl], opened.mosaic_size)
+        relevance[sl] = quadrant_relevance(prepared.mosaic_cams(mosaics, class_index))
+    return mosaic_dominance(relevance[inverse.ravel()], plan.clusters == plan.pairs[:, :1])
 
 
 @dataclass(frozen=True)
 class PairStatistics:
-    """Per-class P×P matrices: D (eq. 8; NaN without evidence), p-values, 95 % CI, distinct image sets."""
+    """Per-class P×P matrices: D (eq. 8; NaN without evidence), p-values, 95 % CI, distinct image sets,
+    and the hierarchy: scores (eq. 7 summed), ranks (NaN without evidence) and the ranked order."""
 
     D: np.ndarray
     p_raw: np.ndarray
@@ -414,10 +284,14 @@ class PairStatistics:
     ci_low: np.ndarray
     ci_high: np.ndarray
     n_sets: np.ndarray
+    scores: np.ndarray
+    rank: np.ndarray
+    order: np.ndarray
 
 
-def pair_statistics(plan: MosaicPlan, d: np.ndarray, n: int) -> PairStatistics:
-    """D from every defined mosaic; tests and intervals from each distinct image set counted once."""
+def rank_clusters(plan: MosaicPlan, d: np.ndarray, n: int) -> PairStatistics:
+    """Stage 5 (eq. 7–8): D from every defined mosaic; tests and intervals from each distinct image set
+    counted once; the hierarchy of the clusters with evidence."""
     sets = image_sets(plan.images)
     pair_d, pair_sets = {}, {}
     n_sets = np.zeros((n, n), dtype=int)
@@ -430,7 +304,90 @@ def pair_statistics(plan: MosaicPlan, d: np.ndarray, n: int) -> PairStatistics:
     D = dominance_matrix(pair_d, n)
     p_raw, p_holm = p_value_matrices(pair_sets, n)
     lo, hi = confidence_intervals(pair_sets, D)
-    return PairStatistics(D, p_raw, p_holm, lo, hi, n_sets)
+    scores = hierarchy_scores(D)
+    order, rank = hierarchy(scores)
+    return PairStatistics(D, p_raw, p_holm, lo, hi, n_sets, scores, rank, order)
+
+
+def place_training(opened: OpenedAudit, clustering: Clustering, train_images: torch.Tensor,
+                   dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 6 (Fig. 4/5): each training image goes to its nearest cluster centre → (counts, shares) per cluster."""
+    train_emb = embed_class(opened, train_images)[0] if len(train_images) else np.zeros((0, dim))
+    return training_distribution(assign_clusters(clustering, train_emb), clustering.n_clusters)
+
+
+def class_result(images: ClassImages, clustering: Clustering, plan: MosaicPlan, d: np.ndarray,
+                 stats: PairStatistics, placement: tuple[np.ndarray, np.ndarray] | None, notes: list[str],
+                 per_image: dict | None) -> ClassResult:
+    """Last per-class stage: the ClassResult of the stages' outputs, with notes on missing evidence."""
+    P, labels, eval_ids = clustering.n_clusters, clustering.labels, images.eval_ids
+    notes = list(notes)
+    excluded = int(np.isnan(d).sum())
+    if excluded:
+        notes.append(f"{excluded} mosaic(s) excluded: their Grad-CAM map is zero everywhere")
+    if P > 1 and not stats.order.size:
+        notes.append("no evidence: every mosaic's Grad-CAM map is zero, so the class has no hierarchy")
+    elif stats.order.size < P and P > 1:
+        notes.append(f"cluster(s) {', '.join(map(str, np.flatnonzero(np.isnan(stats.rank))))} without evidence: "
+                     f"no mosaic against them has a non-zero Grad-CAM map")
+    elif P == 1:
+        notes.append("a single cluster: no pair to compare, so no hierarchy")
+    counts, shares = placement if placement is not None else (None, None)
+    ranked = ~np.isnan(stats.scores)
+    clusters = [
+        ClusterResult(
+            id=c, eval_size=int((labels == c).sum()),
+            train_count=None if counts is None else int(counts[c]),
+            train_share=None if shares is None else float(shares[c]),
+            score=_none(stats.scores[c]), rank=None if np.isnan(stats.rank[c]) else int(stats.rank[c]),
+            members=[eval_ids[k] for k in np.flatnonzero(labels == c)],
+        )
+        for c in range(P)
+    ]
+    mosaics = [
+        MosaicResult(pair=plan.pairs[m].tolist(), images=[eval_ids[k] for k in plan.images[m]],
+                     clusters=plan.clusters[m].tolist(), d=_none(d[m]))
+        for m in range(len(plan))
+    ]
+    ci = [[None if np.isnan(stats.ci_low[i, j]) else [float(stats.ci_low[i, j]), float(stats.ci_high[i, j])]
+           for j in range(P)] for i in range(P)]
+    return ClassResult(
+        index=images.index, name=images.name, clusters=clusters,
+        dominance=[[_none(v) for v in row] for row in stats.D], dominance_ci=ci,
+        p_values=stats.p_raw.tolist(), p_values_holm=stats.p_holm.tolist(), distinct_sets=stats.n_sets.tolist(),
+        hierarchy=stats.order.tolist(),
+        spearman_score_train_share=(score_share_spearman(stats.scores[ranked], shares[ranked])
+                                    if shares is not None else None),
+        excluded_mosaics=excluded, mosaics=mosaics, notes=notes, per_image=per_image,
+    )
+
+
+def per_image_result(opened: OpenedAudit, images: ClassImages, tiles: torch.Tensor | None = None,
+                     logits: np.ndarray | None = None) -> dict:
+    """Per-image mode (Fig. 3): a sample of images, each its own cluster; both images twice in each mosaic."""
+    config = opened.config
+    if tiles is None or logits is None:
+        tiles = opened.prepared.normalize(images.eval_images)
+        logits = embed_class(opened, images.eval_images)[1]
+    eval_ids, class_index = images.eval_ids, images.index
+    rng = np.random.default_rng([config.seed, class_index, 1])
+    n = min(config.per_image, len(eval_ids))
+    sample = np.sort(rng.choice(len(eval_ids), size=n, replace=False))
+    plan = plan_mosaics(np.arange(n), n, config.mosaics_per_pair, rng)
+    plan = MosaicPlan(plan.pairs, sample[plan.images], plan.clusters)
+    d = score_mosaics(opened, tiles, plan, class_index)
+    pair_d = {(i, j): d[(plan.pairs[:, 0] == i) & (plan.pairs[:, 1] == j)] for i in range(n) for j in range(i + 1, n)}
+    scores = hierarchy_scores(dominance_matrix(pair_d, n))
+    keep = ~np.isnan(scores)  # an image without evidence has no score to correlate
+    logit = logits[sample, class_index]
+    prob = class_softmax(logits[sample], class_index)
+    return {
+        "requested": config.per_image,
+        "images": [{"image": eval_ids[k], "score": _none(s), "logit": float(lg), "softmax": float(p)}
+                   for k, s, lg, p in zip(sample, scores, logit, prob)],
+        "mosaics": len(plan),
+        **dominance_correlations(scores[keep], logit[keep], prob[keep]),
+    }
 
 
 def explain_stored(opened: OpenedAudit, classes: list[ClassResult]):
@@ -465,49 +422,6 @@ def explainer(opened: OpenedAudit, images: ClassImages) -> Explainer:
         return rgb.cpu().numpy(), cam
 
     return explain
-
-
-def _mosaic_dominance(prepared: PreparedModel, tiles: torch.Tensor, plan: MosaicPlan, class_index: int,
-                      mosaic_size: int, batch_size: int) -> np.ndarray:
-    """d of ``plan.pairs[:, 0]`` on each planned mosaic (eq. 5–6); NaN where the map is all zero.
-
-    Identical manifests (frequent in per-image mode) are rendered and explained once.
-    """
-    unique, inverse = np.unique(plan.images, axis=0, return_inverse=True)
-    relevance = np.empty((len(unique), 4))
-    for start in range(0, len(unique), batch_size):
-        sl = slice(start, start + batch_size)
-        mosaics = assemble_mosaics(tiles, unique[sl], mosaic_size)
-        relevance[sl] = quadrant_relevance(prepared.mosaic_cams(mosaics, class_index))
-    return mosaic_dominance(relevance[inverse.ravel()], plan.clusters == plan.pairs[:, :1])
-
-
-def per_image_result(opened: OpenedAudit, images: ClassImages, tiles: torch.Tensor | None = None,
-                     logits: np.ndarray | None = None) -> dict:
-    """Fig. 3: a sample of images, each its own cluster; both images twice in each mosaic."""
-    config, prepared = opened.config, opened.prepared
-    if tiles is None or logits is None:
-        tiles = prepared.normalize(images.eval_images)
-        logits = prepared.embed(images.eval_images, config.batch_size)[1]
-    eval_ids, class_index = images.eval_ids, images.index
-    rng = np.random.default_rng([config.seed, class_index, 1])
-    n = min(config.per_image, len(eval_ids))
-    sample = np.sort(rng.choice(len(eval_ids), size=n, replace=False))
-    plan = plan_mosaics(np.arange(n), n, config.mosaics_per_pair, rng)
-    plan = MosaicPlan(plan.pairs, sample[plan.images], plan.clusters)
-    d = _mosaic_dominance(prepared, tiles, plan, class_index, opened.mosaic_size, config.batch_size)
-    pair_d = {(i, j): d[(plan.pairs[:, 0] == i) & (plan.pairs[:, 1] == j)] for i in range(n) for j in range(i + 1, n)}
-    scores = hierarchy_scores(dominance_matrix(pair_d, n))
-    keep = ~np.isnan(scores)  # an image without evidence has no score to correlate
-    logit = logits[sample, class_index]
-    prob = class_softmax(logits[sample], class_index)
-    return {
-        "requested": config.per_image,
-        "images": [{"image": eval_ids[k], "score": _none(s), "logit": float(lg), "softmax": float(p)}
-                   for k, s, lg, p in zip(sample, scores, logit, prob)],
-        "mosaics": len(plan),
-        **dominance_correlations(scores[keep], logit[keep], prob[keep]),
-    }
 
 
 def check_config(config: AuditConfig) -> None:

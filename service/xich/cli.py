@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from pathlib import Path
 
 from rich.console import Console
@@ -140,7 +141,7 @@ def _first_sentences(exc: BaseException, n: int = 2) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import AuditConfig, open_audit, run_audit
+    from .audit import AuditConfig, assemble_result, audit_classes, explain_stored, explainer, open_audit
 
     settings = get_settings()
     registered_at = _time(args.version_created_at, "--version-created-at")
@@ -151,7 +152,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not args.no_db:
         from .store import open_store
 
-        open_store(settings.store_url, create_bucket=args.create_bucket, **_s3_options(settings)).check_writable()
+        open_store(settings.store_url, create_bucket=args.create_bucket, **settings.s3_options()).check_writable()
     data, weights = _local_copy(args.data, settings), _local_copy(args.weights, settings)
     config = AuditConfig(
         model=args.model, data=data, weights=weights, data_uri=args.data, weights_uri=args.weights,
@@ -161,35 +162,45 @@ def cmd_audit(args: argparse.Namespace) -> int:
         normalize=args.normalize, classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
         batch_size=args.batch_size, device=args.device, per_image=args.per_image, labels=args.labels,
     )
+    examples: dict = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task("loading model and data", total=None)
 
-        def step(label: str, total: int) -> None:
-            if bar.tasks[0].total is None:
-                bar.update(task, total=total, completed=0)
-            else:
-                bar.advance(task)
-            bar.update(task, description=f"class {label}")
+        def computed(pairs, total: int):
+            """Consume (images, class result) pairs: progress, and the report's mosaics while images are loaded."""
+            bar.update(task, total=total, completed=0, description="auditing classes")
+            for images, cls in pairs:
+                bar.update(task, description=f"class {cls.name}", advance=1)
+                if args.report:
+                    from .report import collect_examples
 
-        examples: dict = {}
-        collect = None
-        if args.report:
-            from .report import collect_examples
-
-            def collect(cls, explain):
-                examples[cls.name] = collect_examples(cls, explain)
+                    examples[cls.name] = collect_examples(cls, explainer(opened, images))
+                yield cls
 
         if args.no_db:
-            result = run_audit(config, progress=step, on_class=collect)
+            opened = open_audit(config)
+            classes = list(computed(audit_classes(opened), len(opened.classes)))
+            result = assemble_result(opened, classes, uuid.uuid4().hex)
         else:
-            from .runs import recorded_audit
+            from .pipeline import open_recorded_run
 
-            result = recorded_audit(config, database_url=settings.database_url, model_name=args.model_name,
+            rec = open_recorded_run(config, database_url=settings.database_url, model_name=args.model_name,
                                     model_version=args.model_version, registry_metadata=registry_metadata,
-                                    registered_at=registered_at, clustering=args.clustering, progress=step,
-                                    on_class=collect, cache_dir=settings.cache_dir)
-        bar.advance(task)
+                                    registered_at=registered_at, clustering=args.clustering,
+                                    cache_dir=settings.cache_dir)
+            opened = rec.opened
+            try:
+                try:
+                    if not rec.complete:
+                        for _ in computed(rec.audit_pending(), len(rec.pending())):
+                            pass
+                    result = rec.finish()
+                except BaseException as exc:
+                    rec.fail(exc)
+                    raise
+            finally:
+                rec.close()
     print_summary(result)
     if not args.no_db:
         out.print(f"run id: {result.run_id}", highlight=False)
@@ -197,18 +208,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
         result.write_json(args.json)
         out.print(f"wrote {args.json}")
     if args.report:
-        from .audit import explain_stored
         from .report import collect_examples, write_report
 
         stored = [cls for cls in result.classes if cls.name not in examples]  # read back, not recomputed
         if stored:
-            for cls, explain in explain_stored(open_audit(config), stored):
+            for cls, explain in explain_stored(opened, stored):
                 examples[cls.name] = collect_examples(cls, explain)
         out.print(f"wrote {write_report(result, args.report, examples)}")
     if not args.no_db:
-        from .runs import publish_run
+        from .pipeline import publish_run
 
-        keys = publish_run(result, store_url=settings.store_url, report_dir=args.report, **_s3_options(settings))
+        keys = publish_run(result, store_url=settings.store_url, report_dir=args.report, **settings.s3_options())
         out.print(f"stored {len(keys)} file(s) under {settings.store_url.rstrip('/')}/runs/{result.run_id}/",
                   highlight=False)
     return 0
@@ -349,7 +359,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not key or key.endswith("/"):
             raise XichError(f"--out {args.out}: name the object to write, "
                             f"e.g. s3://{bucket or 'bucket'}/models/model.pt")
-        store = open_store(f"s3://{bucket}", create_bucket=args.create_bucket, **_s3_options(settings))
+        store = open_store(f"s3://{bucket}", create_bucket=args.create_bucket, **settings.s3_options())
         store.check_writable()
         local_out = str(Path(settings.cache_dir) / "trained" / Path(args.out).name)
     config = TrainConfig(data=_local_copy(args.data, settings), model=args.model, out=local_out, epochs=args.epochs,
@@ -383,18 +393,13 @@ def _json_object(text: str | None, flag: str) -> dict | None:
     return value
 
 
-def _s3_options(settings: Settings) -> dict:
-    return {"endpoint": settings.s3_endpoint, "access_key": settings.s3_access_key,
-            "secret_key": settings.s3_secret_key, "secure": settings.s3_secure, "cache_dir": settings.cache_dir}
-
-
 def _local_copy(uri: str | None, settings: Settings) -> str | None:
     """A local path for an ``s3://`` dataset or checkpoint (downloaded once, cached by content); others unchanged."""
     if uri is None or not uri.startswith("s3://"):
         return uri
     from .store import fetch_uri
 
-    return str(fetch_uri(uri, **_s3_options(settings)))
+    return str(fetch_uri(uri, **settings.s3_options()))
 
 
 def _f(value, fmt: str = ".3f") -> str:
@@ -414,9 +419,7 @@ def print_summary(result) -> None:
             table.add_row(_f(cl.rank, "d"), str(cl.id), _f(cl.score), str(cl.eval_size), _f(cl.train_count, "d"),
                           _f(cl.train_share))
         out.print(table)
-        P = len(cls.clusters)
-        sig = [(i, j) for i in range(P) for j in range(P)
-               if cls.dominance[i][j] is not None and cls.p_values_holm[i][j] < 0.05 and cls.dominance[i][j] > 0.5]
+        sig = cls.significant_pairs()
         out.print("  hierarchy: " + (" > ".join(map(str, cls.hierarchy)) or "none (no evidence)")
                   + ("" if cls.spearman_score_train_share is None
                      else f"   spearman(score, train share) = {cls.spearman_score_train_share:+.2f}"), highlight=False)

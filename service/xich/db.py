@@ -2,7 +2,8 @@
 
 One row per fact, keyed so that storing the same audit twice changes nothing:
 model → model_version; dataset; clustering → cluster → cluster_member; audit_run (unique per model
-version, dataset, config and clustering) → run_class, run_cluster, mosaic, pair_dominance, per_image_score.
+version, dataset, config and clustering) → run_class, run_cluster, mosaic, pair_dominance, per_image_score;
+audit_request: a registered version's audit to run (dataset and settings), linked to the run that serves it.
 """
 
 from __future__ import annotations
@@ -118,6 +119,24 @@ class AuditRun(Base):
     timings: Mapped[dict] = mapped_column(JSONDoc, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     mean_spearman: Mapped[float | None] = mapped_column(Float)
+
+
+class AuditRequest(Base):
+    """A registered version's audit to run: its dataset and settings (``xich register``, the registry hooks).
+
+    ``audit_new_versions`` starts every request whose run is missing or not complete; the run that
+    serves a request is linked when it begins.
+    """
+
+    __tablename__ = "audit_request"
+    __table_args__ = (UniqueConstraint("model_version_id", "request_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id", ondelete="CASCADE"), index=True)
+    dataset_uri: Mapped[str] = mapped_column(Text)
+    settings: Mapped[dict] = mapped_column(JSONDoc, default=dict)  # AuditConfig fields asked for, and clustering
+    request_key: Mapped[str] = mapped_column(String(64))  # sha256 of (dataset_uri, settings)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("audit_run.id", ondelete="SET NULL"), index=True)
 
 
 class RunRankShare(Base):

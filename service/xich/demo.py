@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import html
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .audit import AuditConfig, run_audit
+from .audit import AuditConfig, assemble_result, audit_classes, explainer, open_audit
 from .report import collect_examples, write_report
 from .result import AuditResult
 from .synth import SynthSpec, write_synth
@@ -73,7 +74,12 @@ def run_demo(out: str | Path, seed: int = 0, epochs: int = 8, say=print,
     examples: dict = {}
     config = AuditConfig(model=MODEL, data=str(out / "data"), weights=str(weights), clusters=spec.subgroups,
                          seed=seed, per_image=12)
-    result = run_audit(config, on_class=lambda cls, explain: examples.__setitem__(cls.name, collect_examples(cls, explain)))
+    opened = open_audit(config)
+    classes = []
+    for images, cls in audit_classes(opened):
+        classes.append(cls)
+        examples[cls.name] = collect_examples(cls, explainer(opened, images))
+    result = assemble_result(opened, classes, uuid.uuid4().hex)
     result.write_json(out / "audit.json")
     findings = locate_rare(result, truth)
     for f, cls in zip(findings, result.classes):

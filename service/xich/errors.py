@@ -5,3 +5,8 @@ from __future__ import annotations
 
 class XichError(Exception):
     """Bad input or an unusable configuration; the CLI prints the message and exits non-zero."""
+
+
+class Unavailable(XichError):
+    """A server (object store, database) that did not answer: the same call may succeed later, so the
+    flows retry it."""

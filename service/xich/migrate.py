@@ -24,6 +24,11 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+def head_revision() -> str:
+    """The newest revision this XICH knows."""
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate to ``revision``; processes that start at once on an empty database migrate it one at a time."""
     from .db import make_engine

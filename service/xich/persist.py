@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .db import (AuditRun, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
+from .db import (AuditRequest, AuditRun, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
                  PerImageScore, RunClass, RunCluster, RunRankShare, utcnow)
 from .errors import XichError
 from .result import AuditResult, ClassResult, ClusterResult, MosaicResult, summarize
@@ -79,6 +79,72 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
 def _known(labels_source: str | None) -> bool:
     """Whether a label list is the model's own (not the dataset's folders standing in for it)."""
     return labels_source is not None and not labels_source.startswith("dataset")
+
+
+def request_key(dataset_uri: str, settings: dict) -> str:
+    """sha256 of an audit request: the dataset's URI and the settings asked for."""
+    return settings_key({"dataset_uri": dataset_uri, "settings": settings})
+
+
+def register_version(*, session: Session, name: str, version: str, spec: str, weights_uri: str | None,
+                     weights_sha256: str | None, dataset_uri: str, settings: dict,
+                     registry_metadata: dict | None = None, registered_at: datetime | None = None) -> AuditRequest:
+    """Record a model version and the audit it asks for (dataset and settings); both are kept if present. Committed."""
+    mv = get_or_create_model_version(session=session, name=name, version=version, spec=spec, weights_uri=weights_uri,
+                                     weights_sha256=weights_sha256, registry_metadata=registry_metadata,
+                                     registered_at=registered_at)
+    request = _request(session, mv, dataset_uri, settings)
+    session.commit()
+    return request
+
+
+def attach_request(*, session: Session, model_version: ModelVersion, dataset_uri: str, settings: dict,
+                   run_id: str) -> AuditRequest:
+    """Link the audit request (recorded now if it was not registered) to the run that serves it. Committed."""
+    request = _request(session, model_version, dataset_uri, settings)
+    request.run_id = run_id
+    session.commit()
+    return request
+
+
+def _request(session: Session, mv: ModelVersion, dataset_uri: str, settings: dict) -> AuditRequest:
+    key = request_key(dataset_uri, settings)
+    request = session.scalar(select(AuditRequest).where(AuditRequest.model_version_id == mv.id,
+                                                        AuditRequest.request_key == key))
+    if request is None:
+        request = AuditRequest(model_version_id=mv.id, dataset_uri=dataset_uri, settings=settings, request_key=key)
+        session.add(request)
+        session.flush()
+    return request
+
+
+def unaudited_requests(*, session: Session, model_name: str | None = None,
+                       stale_after: timedelta = timedelta(hours=12)) -> list[dict]:
+    """Registered audits without a complete run, oldest first, as the parameters of ``audit_model_version``.
+
+    A request whose run is ``running`` is left to the process running it, unless it started more than
+    ``stale_after`` ago (a process killed without a word leaves its run ``running``).
+    """
+    query = (select(AuditRequest, ModelVersion, Model.name, AuditRun.status, AuditRun.started_at)
+             .join(ModelVersion, ModelVersion.id == AuditRequest.model_version_id)
+             .join(Model, Model.id == ModelVersion.model_id)
+             .outerjoin(AuditRun, AuditRun.id == AuditRequest.run_id)
+             .where(AuditRun.status.is_(None) | (AuditRun.status != "complete")))
+    if model_name is not None:
+        query = query.where(Model.name == model_name)
+    cutoff = utcnow() - stale_after
+    out = []
+    for request, mv, name, status, started in session.execute(query.order_by(AuditRequest.created_at, AuditRequest.id)):
+        if status == "running" and started is not None and _aware(started) > cutoff:
+            continue
+        out.append({"model": name, "version": mv.version, "model_spec": mv.spec, "weights_uri": mv.weights_uri,
+                    "dataset_uri": request.dataset_uri, "settings": dict(request.settings or {})})
+    return out
+
+
+def _aware(t: datetime) -> datetime:
+    """SQLite returns naive datetimes; every time stored here is UTC."""
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def get_or_create_dataset(*, session: Session, uri: str, fingerprint: str, n_images: int | None = None) -> Dataset:

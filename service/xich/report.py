@@ -327,3 +327,46 @@ window.addEventListener("load", function () {
 </script>
 </body></html>
 """
+
+
+def class_table(result: AuditResult) -> list[dict]:
+    """One row per class for a dashboard table (the Prefect artifact): hierarchy, scores, train shares,
+    significant pairs."""
+    rows = []
+    for cls in result.classes:
+        ranked = _ranked(cls)
+        rows.append({
+            "class": cls.name,
+            "hierarchy": " > ".join(map(str, cls.hierarchy)) or "none (no evidence)",
+            "scores": " ".join(f"{c.id}:{c.score:.2f}" for c in ranked),
+            "train shares": " ".join(f"{c.id}:{_share(c.train_share)}" for c in ranked),
+            "significant (Holm p < 0.05)": ", ".join(f"{i}>{j}" for i, j in cls.significant_pairs()) or "none",
+            "spearman(score, train share)": _signed(cls.spearman_score_train_share),
+        })
+    return rows
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def summary_markdown(result: AuditResult, *, model: str, version: str, report_uri: str | None) -> str:
+    """A short markdown summary of one audit (the Prefect artifact), linking the report in the object store."""
+    s = result.summary
+    lines = [f"# XICH audit of {model} {version}", "",
+             f"run `{result.run_id}` · data `{result.dataset['uri']}` · P={result.config.get('clusters')} "
+             f"J={result.config.get('mosaics_per_pair')} seed={result.config.get('seed')}", ""]
+    if s["train_share_by_rank"]:
+        lines.append("Mean training share by dominance rank (0 = most dominant), over "
+                     f"{s['classes_ranked']} class(es): "
+                     + ", ".join(f"{r}: {v:.3f}" for r, v in enumerate(s["train_share_by_rank"])))
+    if s["mean_spearman"] is not None:
+        lines.append(f"\nMean Spearman(score, training share): {s['mean_spearman']:+.3f}")
+    lowest = [f"{c.name}: cluster {c.hierarchy[-1]}" for c in result.classes if len(c.hierarchy) > 1]
+    if lowest:
+        lines.append("\nLeast dominant cluster per class: " + "; ".join(lowest))
+    if s["classes_without_evidence"]:
+        lines.append(f"\nWithout a hierarchy (no evidence): {', '.join(s['classes_without_evidence'])}")
+    if report_uri:
+        lines.append(f"\nReport: [{report_uri}]({report_uri})")
+    return "\n".join(lines)

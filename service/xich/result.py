@@ -59,6 +59,12 @@ class ClassResult:
     notes: list[str] = field(default_factory=list)
     per_image: dict | None = None
 
+    def significant_pairs(self, alpha: float = 0.05) -> list[tuple[int, int]]:
+        """(i, j) where cluster i dominates j (D > 0.5) with a Holm-adjusted p below ``alpha``."""
+        P = len(self.clusters)
+        return [(i, j) for i in range(P) for j in range(P)
+                if self.dominance[i][j] is not None and self.dominance[i][j] > 0.5 and self.p_values_holm[i][j] < alpha]
+
 
 @dataclass
 class AuditResult:

@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     s3_secret_key: str | None = None
     s3_secure: bool = False
 
+    def s3_options(self) -> dict:
+        """Keyword arguments of ``store.open_store`` and ``store.fetch_uri``."""
+        return {"endpoint": self.s3_endpoint, "access_key": self.s3_access_key, "secret_key": self.s3_secret_key,
+                "secure": self.s3_secure, "cache_dir": self.cache_dir}
+
 
 def get_settings(**overrides) -> Settings:
     """Settings from the environment, with explicit overrides (tests, CLI flags) on top."""

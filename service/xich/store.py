@@ -32,11 +32,12 @@ import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
 
-from .errors import XichError
+from .errors import Unavailable, XichError
 
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".xich-tmp-"  # temporary files of unfinished writes; never listed
+BUSY_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}  # worth a retry
 CREDENTIAL_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 SINGLE_PUT_MIN, SINGLE_PUT_MAX = 5 * 2**20, 5 * 2**30  # S3's part size bounds: one PUT carries up to 5 GiB
 DOWNLOAD_THREADS = 8
@@ -251,13 +252,15 @@ class S3Store(Store):
                        f"and the bucket's permissions")
             else:
                 msg = f"S3 endpoint {self.endpoint} answered {exc.code}: {exc.message}"
+                if exc.code in BUSY_CODES:
+                    raise Unavailable(f"{url}: {msg}") from None
             raise XichError(f"{url}: {msg}") from None
         except MinioException as exc:
             raise XichError(f"{url}: {self.endpoint} did not answer as an S3 server ({str(exc).splitlines()[0]}); "
                             f"check the endpoint address") from None
         except urllib3.exceptions.HTTPError as exc:
             reason = str(getattr(exc, "reason", None) or exc).split("): ", 1)[-1]
-            raise XichError(f"{url}: cannot reach S3 endpoint {self.endpoint} ({reason}); "
+            raise Unavailable(f"{url}: cannot reach S3 endpoint {self.endpoint} ({reason}); "
                             f"check the endpoint address and that the server is running") from None
         except ValueError as exc:  # the SDK's checks of bucket and object names
             raise XichError(f"{url}: {exc}") from None

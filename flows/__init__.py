@@ -1,0 +1,1 @@
+"""Prefect flows of XICH (wiring of the xich package)."""

@@ -1,0 +1,229 @@
+"""XICH as Prefect flows: wiring of ``xich`` functions, no math and no SQL.
+
+    audit_model_version: fetch dataset and weights from the store → open the audit and begin its run
+      → per class: load images (I/O) → compute every stage (no retries) → store (I/O) → finish
+      → report and audit document to the store → artifacts (a per-class table, a markdown summary)
+    audit_new_versions: start audit_model_version for every registered version without a complete audit
+
+I/O tasks retry with exponential backoff, and only on errors a later try can fix (a server that did
+not answer, a dropped connection); computation never retries. Settings come from ``XICH_*`` (see
+``xich.settings``); ``XICH_AUDIT_DEPLOYMENT`` names the deployment that runs shards and new versions.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
+from prefect.tasks import exponential_backoff
+from sqlalchemy.exc import DBAPIError
+
+from xich.audit import ClassImages
+from xich.errors import Unavailable
+from xich.pipeline import RecordedRun, audit_config, open_recorded_run, publish_with_report, unaudited
+from xich.report import class_table, summary_markdown
+from xich.result import AuditResult, ClassResult
+from xich.settings import get_settings
+
+DEPLOYMENT = "audit-model-version/audit"
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry only what may work next time: OS-level I/O, a dropped database connection, a busy store."""
+    try:
+        state.result()
+    except (OSError, Unavailable):
+        return True
+    except DBAPIError as exc:
+        return exc.connection_invalidated or type(exc).__name__ in ("OperationalError", "InterfaceError")
+    except BaseException:
+        return False
+    return False
+
+
+IO = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_transient,
+          cache_policy=NO_CACHE)
+
+
+@task(name="fetch", **IO)
+def fetch(uri: str | None) -> str | None:
+    """A local copy of an ``s3://`` dataset or checkpoint (cached by ETag); local paths unchanged."""
+    if uri is None or not uri.startswith("s3://"):
+        return uri
+    from xich.store import fetch_uri
+
+    return str(fetch_uri(uri, **get_settings().s3_options()))
+
+
+@task(name="open-run", cache_policy=NO_CACHE)
+def open_run(parameters: dict, data: str | None, weights: str | None) -> RecordedRun:
+    """Prepare the model, record the version, begin (or find) the run."""
+    config, clustering = audit_config(model_spec=parameters["model_spec"], dataset_uri=parameters["dataset_uri"],
+                                      weights_uri=parameters["weights_uri"], settings=parameters["settings"],
+                                      data=data, weights=weights)
+    settings = get_settings()
+    return open_recorded_run(config, database_url=settings.database_url, model_name=parameters["model"],
+                             model_version=parameters["version"], clustering=clustering, cache_dir=settings.cache_dir,
+                             request={"dataset_uri": parameters["dataset_uri"], "settings": parameters["settings"]})
+
+
+@task(name="load-class", task_run_name="load-{name}", **IO)
+def load_class(rec: RecordedRun, name: str) -> ClassImages:
+    return rec.opened.load(name)
+
+
+@task(name="compute-class", task_run_name="compute-{images.name}", cache_policy=NO_CACHE)
+def compute_class(rec: RecordedRun, images: ClassImages) -> ClassResult:
+    return rec.compute(images)
+
+
+@task(name="store-class", task_run_name="store-{cls.name}", **IO)
+def store_class(rec: RecordedRun, cls: ClassResult) -> None:
+    rec.store(cls)
+
+
+@task(name="finish-run", **IO)
+def finish_run(rec: RecordedRun) -> AuditResult:
+    return rec.finish()
+
+
+@task(name="publish-report", **IO)
+def publish_report(rec: RecordedRun, result: AuditResult) -> str:
+    settings = get_settings()
+    return publish_with_report(result, rec.opened, store_url=settings.store_url, **settings.s3_options())
+
+
+@task(name="artifacts", cache_policy=NO_CACHE)
+def publish_artifacts(result: AuditResult, model: str, version: str, report_uri: str) -> None:
+    key = artifact_key(model)
+    create_table_artifact(key=f"{key}-classes", table=class_table(result),
+                          description=f"XICH audit of {model} {version}: hierarchy per class")
+    create_markdown_artifact(key=f"{key}-summary", description=f"XICH audit of {model} {version}",
+                             markdown=summary_markdown(result, model=model, version=version, report_uri=report_uri))
+
+
+def artifact_key(model: str) -> str:
+    """``xich-<model>``: Prefect artifact keys take lowercase letters, digits and dashes only."""
+    slug = "".join(ch if ch.isalnum() else "-" for ch in model.lower())
+    return "xich-" + "-".join(part for part in slug.split("-") if part)
+
+
+def _audit_classes(rec: RecordedRun, names: list[str], *, wait: bool) -> None:
+    """Load, compute and store each of ``names`` that no other process holds (``wait``: or once it lets go)."""
+    for name in names:
+        with rec.claim(name, wait=wait) as mine:
+            if mine:
+                store_class(rec, compute_class(rec, load_class(rec, name)))
+
+
+@flow(name="audit-model-version", log_prints=True)
+def audit_model_version(model: str, version: str, model_spec: str, weights_uri: str | None, dataset_uri: str,
+                        settings: dict | None = None, shards: int = 1, shard: int | None = None,
+                        shard_start_timeout_s: float = 600.0) -> dict:
+    """Audit one model version on one dataset and record it; ``shards > 1`` spreads its classes over workers.
+
+    The parent (``shard=None``) starts shards 1…n-1 through the audit deployment, audits shard 0
+    itself, waits for the others, takes over any class they left (a shard that failed, or did not
+    start within ``shard_start_timeout_s``), then finishes the run: status ``complete`` only when
+    every class is stored. A failure marks the run ``failed`` with the error.
+    """
+    logger = get_run_logger()
+    parameters = {"model": model, "version": version, "model_spec": model_spec, "weights_uri": weights_uri,
+                  "dataset_uri": dataset_uri, "settings": dict(settings or {})}
+    rec = open_run(parameters, fetch(dataset_uri), fetch(weights_uri))
+    try:
+        try:
+            if rec.complete:
+                logger.info("run %s is complete: nothing to compute", rec.run_id)
+            else:
+                classes = rec.opened.classes
+                children = _start_shards(parameters, shards) if shards > 1 and shard is None else []
+                _audit_classes(rec, classes[(shard or 0)::max(1, shards)], wait=False)
+                if shard:  # a child shard: the parent finishes the run
+                    return {"run_id": rec.run_id, "shard": shard, "computed": list(rec.computed)}
+                _wait_for(children, shard_start_timeout_s)
+                _audit_classes(rec, rec.pending(), wait=True)
+            result = finish_run(rec)
+        except BaseException as exc:
+            rec.fail(exc)
+            raise
+        report_uri = publish_report(rec, result)
+    finally:
+        rec.close()
+    publish_artifacts(result, model, version, report_uri)
+    logger.info("audit of %s %s complete: run %s, report %s", model, version, result.run_id, report_uri)
+    return {"run_id": result.run_id, "computed": list(rec.computed), "report": report_uri}
+
+
+def _start_shards(parameters: dict, shards: int) -> list:
+    """Flow runs of shards 1…n-1 through the audit deployment (whichever workers are free take them);
+    none when there is no such deployment (no server, or not deployed): the parent audits every class."""
+    deployment = os.environ.get("XICH_AUDIT_DEPLOYMENT", DEPLOYMENT)
+    runs = []
+    try:
+        for k in range(1, shards):
+            runs.append(run_deployment(deployment, parameters={**parameters, "shards": shards, "shard": k},
+                                       timeout=0, flow_run_name=f"{parameters['model']}-{parameters['version']}-shard-{k}"))
+    except Exception as exc:  # ObjectNotFound, or no API server: the work still gets done, here
+        get_run_logger().warning("cannot start shards through deployment %r (%s); auditing every class here",
+                                 deployment, exc)
+    return runs
+
+
+def _wait_for(children: list, start_timeout_s: float) -> None:
+    """Wait until every child shard ends, or has not started within ``start_timeout_s``."""
+    if not children:
+        return
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + start_timeout_s
+    with get_client(sync_client=True) as client:
+        waiting = {run.id for run in children}
+        while waiting:
+            for run_id in list(waiting):
+                state = client.read_flow_run(run_id).state
+                if state is None or state.type.value in FINAL:
+                    waiting.discard(run_id)
+                elif state.type.value in ("SCHEDULED", "PENDING") and time.monotonic() > deadline:
+                    get_run_logger().warning("shard run %s did not start in %.0f s; taking over its classes",
+                                             run_id, start_timeout_s)
+                    waiting.discard(run_id)
+            time.sleep(2)
+
+
+@task(name="find-unaudited", **IO)
+def find_unaudited(model: str | None) -> list[dict]:
+    return unaudited(database_url=get_settings().database_url, model=model)
+
+
+@flow(name="audit-new-versions", log_prints=True)
+def audit_new_versions(model: str | None = None, shards: int = 1) -> list[str]:
+    """Start one audit per registered version without a complete audit on its dataset and settings.
+
+    Through the audit deployment when there is one (each audit on whichever worker is free), else
+    in this process, one after another. Returns ``model/version`` of each audit started.
+    """
+    logger = get_run_logger()
+    deployment = os.environ.get("XICH_AUDIT_DEPLOYMENT", DEPLOYMENT)
+    started, failed = [], []
+    for parameters in find_unaudited(model):
+        name = f"{parameters['model']}/{parameters['version']}"
+        try:
+            run_deployment(deployment, parameters={**parameters, "shards": shards}, timeout=0,
+                           flow_run_name=f"{parameters['model']}-{parameters['version']}")
+        except Exception as exc:
+            logger.info("no deployment %r (%s): auditing %s here", deployment, type(exc).__name__, name)
+            try:
+                audit_model_version(**parameters)
+            except Exception as audit_exc:
+                logger.error("audit of %s failed: %s", name, audit_exc)
+                failed.append(name)
+        started.append(name)
+    if failed:
+        raise RuntimeError(f"audit(s) failed: {', '.join(failed)} (each run is marked failed with its error)")
+    return started

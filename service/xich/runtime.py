@@ -1,0 +1,142 @@
+"""The model runtime: a model prepared for an audit — weights on its device, target layer and CAM path
+chosen, inference traced and chunked. The method (``xich.method``) never sees any of this."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .device import resolve_device
+from .errors import XichError
+from .method.embedding import gap, layer_output
+from .method.gradcam import gap_linear_cam, reference_cams, scale_cams
+from .models import find_target_layer, gap_linear_head, probe_logits
+
+log = logging.getLogger(__name__)
+
+PIXELS_PER_CHUNK = 64 * 32 * 32  # CPU inference chunk: 64 CIFAR tiles, or 16 mosaics of 64×64
+
+NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+def parse_normalize(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``imagenet|cifar|none`` or ``m1,m2,m3/s1,s2,s3`` → (mean, std)."""
+    if spec in NORMALIZATIONS:
+        return NORMALIZATIONS[spec]
+    try:
+        mean_s, std_s = spec.split("/")
+        mean, std = tuple(float(v) for v in mean_s.split(",")), tuple(float(v) for v in std_s.split(","))
+    except ValueError:
+        mean, std = (), ()
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise XichError(f"--normalize {spec!r}: use imagenet, cifar, none or m1,m2,m3/s1,s2,s3 (positive stds)")
+    return mean, std
+
+
+class _Tap(nn.Module):
+    """Model wrapper returning (target layer's feature map, logits) from one forward."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module):
+        super().__init__()
+        self.model, self.layer = model, layer
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with layer_output(self.layer) as box:
+            logits = self.model(x)
+        return box["out"], logits
+
+
+class PreparedModel:
+    """A model ready to audit: weights loaded, target layer and CAM path chosen, on its device.
+
+    Inference runs through a traced, frozen copy (conv–BN folding roughly doubles CPU speed);
+    the copy is checked against the eager model on a probe and dropped if it disagrees.
+    """
+
+    def __init__(self, model: nn.Module, *, model_spec: str, num_classes: int, tile_size: int,
+                 mosaic_size: int | None = None, device: str | None = None, normalize: str = "imagenet",
+                 layer: str = "auto", cam: str = "auto"):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        mean, std = parse_normalize(normalize)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        # the probe has the mosaics' size: the Grad-CAM layer must keep a spatial map there
+        side = mosaic_size or 2 * tile_size
+        probe = self.normalize(torch.zeros(2, 3, side, side, dtype=torch.uint8, device=self.device)
+                               + torch.arange(2, device=self.device, dtype=torch.uint8).view(2, 1, 1, 1) * 120)
+        probe_logits(self.model, probe, model_spec, num_classes)
+        self.layer_name = find_target_layer(self.model, probe, layer)
+        self.layer = dict(self.model.named_modules())[self.layer_name]
+        self.head = gap_linear_head(self.model, self.layer, probe)
+        if cam == "fast" and self.head is None:
+            raise XichError(f"--cam fast: layer {self.layer_name!r} does not feed a global-average-pool → linear head; "
+                            f"use --cam reference or --cam auto")
+        self.cam = "reference" if cam == "reference" or self.head is None else "fast"
+        self._tap = _Tap(self.model, self.layer).eval()
+        self._traced: dict[tuple[int, ...], Callable] = {}
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) → normalised float on the model's device."""
+        return (images.to(self.device).float() / 255.0 - self.mean) / self.std
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(feature map, logits) of a normalised batch, under inference mode.
+
+        On the CPU the batch runs in chunks of about PIXELS_PER_CHUNK input pixels, which keep the
+        activations in cache: measured here, 16 mosaics of 64×64 run ~1.3× faster per mosaic than 64.
+        """
+        step = batch.shape[0] if self.device.type != "cpu" else max(1, PIXELS_PER_CHUNK // (batch.shape[2] * batch.shape[3]))
+        with torch.inference_mode():
+            run = self._runner(batch)
+            if step >= batch.shape[0]:
+                return run(batch)
+            parts = [run(batch[k:k + step]) for k in range(0, batch.shape[0], step)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _runner(self, batch: torch.Tensor) -> Callable:
+        key = tuple(batch.shape[1:])
+        if key not in self._traced:
+            self._traced[key] = self._trace(batch[:2])
+        return self._traced[key]
+
+    def _trace(self, probe: torch.Tensor) -> Callable:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(self._tap, probe)))
+                a, b = traced(probe), self._tap(probe)
+            if all(torch.allclose(x, y, rtol=1e-3, atol=1e-4) for x, y in zip(a, b)):
+                return traced
+            log.info("traced model disagrees with eager model; using eager")
+        except Exception as exc:  # tracing is an optimisation: any failure means the eager path
+            log.info("tracing failed (%s); using eager model", exc)
+        return self._tap
+
+    def embed(self, images: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """GAP embeddings (eq. 1) and logits of uint8 images (N, 3, T, T) → (N, C), (N, K)."""
+        embs, logits = [], []
+        for start in range(0, images.shape[0], batch_size):
+            fmap, out = self.forward(self.normalize(images[start:start + batch_size]))
+            embs.append(gap(fmap).float().cpu())
+            logits.append(out.float().cpu())
+        return torch.cat(embs).numpy(), torch.cat(logits).numpy()
+
+    def mosaic_cams(self, mosaics: torch.Tensor, class_index: int) -> np.ndarray:
+        """Scaled Grad-CAM maps (eq. 3–4) of normalised mosaics (B, 3, S, S) → (B, S, S)."""
+        size = (mosaics.shape[2], mosaics.shape[3])
+        classes = [class_index] * mosaics.shape[0]
+        if self.cam == "reference":
+            return reference_cams(self.model, self.layer, mosaics, classes)
+        fmap, _ = self.forward(mosaics)
+        raw = gap_linear_cam(fmap, self.head.weight.detach(), torch.tensor(classes, device=self.device))
+        return scale_cams(raw, size).cpu().numpy()

@@ -252,6 +252,8 @@ def audit_config(*, model_spec: str, dataset_uri: str, weights_uri: str | None, 
         options["classes"] = [c.strip() for c in options["classes"].split(",")]
     if options.get("classes") is not None:
         options["classes"] = tuple(options["classes"])
+    if options.get("train_split") == "":
+        options["train_split"] = None  # as ``--train-split ''``: no training-distribution table
     try:
         config = AuditConfig(model=model_spec, data=data or dataset_uri, weights=weights or weights_uri,
                              data_uri=dataset_uri, weights_uri=weights_uri, **options)

@@ -66,6 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _audit_parser(sub)
+    p = sub.add_parser("register", help="record a model version and the audit it asks for (audited by "
+                                         "`--audit`, or by the nightly audit-new-versions flow)")
+    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--version", required=True, help="version name (e.g. the registry's version number)")
+    p.add_argument("--spec", required=True, help="cifar:resnet20|32|44|56, torchvision:<arch>, python:<module>:<callable>")
+    p.add_argument("--weights", help="checkpoint: a path or s3://bucket/key")
+    p.add_argument("--dataset", required=True, help="dataset to audit on: a path or s3://bucket/key (see xich audit --data)")
+    p.add_argument("--settings", metavar="JSON", default="{}",
+                   help='audit settings, e.g. \'{"clusters": 5, "classes": ["cat", "dog"], "clustering": "auto"}\'')
+    p.add_argument("--registry-metadata", metavar="JSON", help="JSON object stored with the version")
+    p.add_argument("--version-created-at", metavar="TIME", help="the registry's creation time (ISO 8601)")
+    p.add_argument("--audit", action="store_true", help="start the audit now: through the Prefect deployment when "
+                                                        "PREFECT_API_URL is set, else in this process")
+    p.add_argument("--shards", type=int, default=1, help="with --audit: spread the classes over this many workers")
     p = sub.add_parser("db", help="migrate the results database (XICH_DATABASE_URL)")
     p.add_argument("action", choices=["upgrade", "downgrade"])
     p.add_argument("revision", nargs="?", help="target revision (default: head for upgrade, base for downgrade)")
@@ -105,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings would precede our one error line
     try:
-        return {"audit": cmd_audit, "db": cmd_db, "clustering": cmd_clustering, "history": cmd_history, "synth": cmd_synth, "train": cmd_train, "demo": cmd_demo}[args.command](args)
+        return {"audit": cmd_audit, "register": cmd_register, "db": cmd_db, "clustering": cmd_clustering, "history": cmd_history, "synth": cmd_synth, "train": cmd_train, "demo": cmd_demo}[args.command](args)
     except XichError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
@@ -258,6 +272,44 @@ def _time(text: str | None, flag: str):
     except ValueError:
         raise XichError(f"{flag} {text!r}: not an ISO 8601 time; write e.g. 2026-11-29T12:00:00Z") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from .pipeline import register
+
+    settings = get_settings()
+    audit_settings = _json_object(args.settings, "--settings")
+    if args.shards < 1:
+        raise XichError(f"--shards must be at least 1, got {args.shards}")
+    parameters = register(database_url=settings.database_url, model=args.model, version=args.version,
+                          model_spec=args.spec, weights_uri=args.weights, dataset_uri=args.dataset,
+                          settings=audit_settings, local_weights=_local_copy(args.weights, settings),
+                          registry_metadata=_json_object(args.registry_metadata, "--registry-metadata"),
+                          registered_at=_time(args.version_created_at, "--version-created-at"))
+    out.print(f"registered {args.model} {args.version}", highlight=False)
+    if not args.audit:
+        return 0
+    if os.environ.get("PREFECT_API_URL"):
+        from prefect.deployments import run_deployment
+
+        from flows.audit import DEPLOYMENT
+
+        deployment = os.environ.get("XICH_AUDIT_DEPLOYMENT", DEPLOYMENT)
+        try:
+            run = run_deployment(deployment, parameters={**parameters, "shards": args.shards}, timeout=0,
+                                 flow_run_name=f"{args.model}-{args.version}")
+        except Exception as exc:  # ObjectNotFound, a server that does not answer…
+            raise XichError(f"the version is registered, but its audit did not start: Prefect at "
+                            f"{os.environ['PREFECT_API_URL']} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                            f"deploy the flows (`prefect --no-prompt deploy --all`) or unset PREFECT_API_URL to audit "
+                            f"here; the nightly audit-new-versions flow will also pick it up") from None
+        out.print(f"audit started: flow run {run.name} ({run.id}) of deployment {deployment}", highlight=False)
+        return 0
+    from flows.audit import audit_model_version
+
+    done = audit_model_version(**parameters, shards=args.shards)
+    out.print(f"audited: run {done['run_id']}, report {done['report']}", highlight=False)
+    return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:

@@ -274,6 +274,9 @@ def register(*, database_url: str, model: str, version: str, model_spec: str, we
     from .persist import register_version
 
     audit_config(model_spec=model_spec, dataset_uri=dataset_uri, weights_uri=weights_uri, settings=settings)
+    local_data = dataset_uri.split(":", 1)[1] if dataset_uri.startswith(("cifar10:", "cifar100:")) else dataset_uri
+    if "://" not in local_data and not Path(local_data).exists():
+        raise XichError(f"--dataset {dataset_uri}: no such file or folder; give a path or an s3:// URI")
     weights_path = local_weights or weights_uri
     if weights_path and not Path(weights_path).is_file():
         raise XichError(f"--weights {weights_uri}: no such file")

@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--create-bucket", action="store_true", help="create the bucket of an s3:// --out if it is missing")
     p.add_argument("--augment", default="hflip",
                    help="none, hflip (the usual choice for natural images) or rot180 (keeps line orientations)")
+    p.add_argument("--oversample", metavar="FILE",
+                   help="JSON object: training image id (e.g. circle/0007.png) -> sampling weight (others weigh 1); "
+                        "each epoch then draws as many images as the split has, with replacement, by weight")
     p = sub.add_parser("demo", help="planted-bias data -> train -> audit -> report, all local")
     p.add_argument("--out", default="xich-demo")
     p.add_argument("--seed", type=int, default=0)
@@ -399,8 +402,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+    from .train import TrainConfig, read_oversample, train
 
+    oversample = read_oversample(args.oversample) if args.oversample else None
     settings = get_settings()
     local_out, store = args.out, None
     if args.out.startswith("s3://"):
@@ -417,7 +421,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(data=_local_copy(args.data, settings), model=args.model, out=local_out, epochs=args.epochs,
                          batch_size=args.batch_size,
                          lr=args.lr, tile_size=args.tile_size, normalize=args.normalize, seed=args.seed,
-                         device=args.device, augment=args.augment)
+                         device=args.device, augment=args.augment, oversample=oversample)
     train(config, on_epoch=lambda e, loss, acc: out.print(f"epoch {e}: loss {loss:.4f}  eval accuracy {acc:.4f}"))
     if store is not None:
         store.put_file(key, local_out)

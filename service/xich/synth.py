@@ -57,7 +57,7 @@ def write_synth(out: str | Path, spec: SynthSpec) -> dict:
     for c, shape in enumerate(SHAPES[: spec.classes]):
         rare = rare_subgroup(c, spec.subgroups, spec.seed)
         truth["rare"][shape] = rare
-        n_rare = max(1, round(spec.rare_fraction * spec.train_per_class))
+        n_rare = rare_counts(spec)[0]
         n_common = spec.train_per_class - n_rare
         train_groups = [rare] * n_rare + [_common(k, rare, spec.subgroups) for k in range(n_common)]
         test_groups = [s for s in range(spec.subgroups) for _ in range(spec.test_per_subgroup)]
@@ -70,6 +70,35 @@ def write_synth(out: str | Path, spec: SynthSpec) -> dict:
                 truth["subgroup"][rel] = int(s)
     (out / "ground_truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True))
     return truth
+
+
+def rare_counts(spec: SynthSpec) -> tuple[int, int]:
+    """Training images per class of the rare look and of each other look (on average): (rare, common)."""
+    n_rare = max(1, round(spec.rare_fraction * spec.train_per_class))
+    return n_rare, (spec.train_per_class - n_rare) / (spec.subgroups - 1)
+
+
+def balancing_factor(spec: SynthSpec) -> float:
+    """The oversampling factor that draws the rare look as often as each other look (``oversampling_weights``):
+    common / rare images per class, e.g. 194/3 / 6 = 10.8 for the defaults."""
+    n_rare, n_common = rare_counts(spec)
+    return n_common / n_rare
+
+
+def oversampling_weights(truth: dict, factor: float, split: str = "train") -> dict[str, float]:
+    """Sampling weights for ``TrainConfig.oversample``: ``factor`` for each ``split`` image of its class's rare
+    look (by ``ground_truth.json``), keyed by image id as the dataset names it (``"circle/0007.png"``);
+    other images are left out, i.e. weigh 1."""
+    if not (isinstance(factor, (int, float)) and not isinstance(factor, bool) and 0 < factor < float("inf")):
+        raise XichError(f"the oversampling factor must be a finite number above 0, got {factor!r}")
+    prefix = f"{split}/"
+    weights = {}
+    for rel, subgroup in truth["subgroup"].items():
+        if rel.startswith(prefix):
+            image_id = rel[len(prefix):]
+            if subgroup == truth["rare"][image_id.split("/", 1)[0]]:
+                weights[image_id] = float(factor)
+    return weights
 
 
 def _common(k: int, rare: int, subgroups: int) -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,11 @@ class TrainConfig:
     mirror turns "\\" into "/", so where subgroups differ by oriented texture, as the looks of ``xich
     demo`` do, it shows the model one subgroup dressed as another. The demo therefore trains with
     ``rot180``, which keeps every line orientation (checked on synth images in tests/test_train.py).
+
+    ``oversample`` (``xich train --oversample FILE``) gives training images a sampling weight, by image id as
+    the dataset names it (``"circle/0007.png"``); images it does not name weigh 1. With it, each epoch draws
+    as many images as the split has, with replacement, each with probability proportional to its weight
+    (``epoch_indices``); without it, each epoch is a permutation of the split, as before the setting existed.
     """
 
     data: str
@@ -55,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     augment: str = "hflip"
+    oversample: dict[str, float] | None = None
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -63,6 +70,54 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def read_oversample(path: str | Path) -> dict[str, float]:
+    """The ``--oversample`` file: a JSON object from training image id to sampling weight."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise XichError(f"--oversample {path}: cannot read it ({e.__class__.__name__}: {e}); give a JSON file "
+                        f"mapping training image ids to weights, e.g. {{\"circle/0007.png\": 8}}") from None
+    try:
+        weights = json.loads(text)
+    except ValueError as e:
+        raise XichError(f"--oversample {path}: not JSON ({e}); give an object mapping training image ids to weights, "
+                        f"e.g. {{\"circle/0007.png\": 8}}") from None
+    if not isinstance(weights, dict):
+        raise XichError(f"--oversample {path}: a JSON {type(weights).__name__}, not an object; give an object mapping "
+                        f"training image ids to weights, e.g. {{\"circle/0007.png\": 8}}")
+    return weights
+
+
+def sampling_weights(ids: list[str], oversample: Mapping[str, float], where: str = "--oversample") -> torch.Tensor:
+    """One sampling weight per image of ``ids`` (float64): ``oversample[id]`` where given, else 1.
+
+    Every key must be one of ``ids`` and every weight a finite number above 0; ``where`` names the input in the
+    error otherwise.
+    """
+    position = {image_id: k for k, image_id in enumerate(ids)}
+    unknown = [k for k in oversample if k not in position]
+    if unknown:
+        example = ids[0] if ids else "class/image.png"
+        raise XichError(f"{where}: {len(unknown)} id(s) not among the training images of the trained classes "
+                        f"(e.g. {unknown[0]!r}); name training images as the dataset does, class folder and file, "
+                        f"e.g. {example!r}")
+    weights = torch.ones(len(ids), dtype=torch.float64)
+    for image_id, w in oversample.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise XichError(f"{where}: the weight of {image_id!r} is {w!r}; weights must be finite numbers above 0 "
+                            f"(1 = as often as an unlisted image; leave an image out to keep it at 1)")
+        weights[position[image_id]] = float(w)
+    return weights
+
+
+def epoch_indices(n: int, weights: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+    """The order of one epoch over ``n`` training images: a permutation without ``weights``; with them, ``n``
+    draws with replacement, image k with probability ``weights[k] / weights.sum()``. Draws come from ``gen``."""
+    if weights is None:
+        return torch.randperm(n, generator=gen)
+    return torch.multinomial(weights, n, replacement=True, generator=gen)
 
 
 def train(config: TrainConfig, on_epoch: Callable[[int, float, float], None] | None = None) -> list[dict]:
@@ -82,6 +137,8 @@ def train(config: TrainConfig, on_epoch: Callable[[int, float, float], None] | N
     if not set(ds.splits[config.train_split].images) & set(ds.classes):
         raise XichError(f"--data {config.data}: the {config.train_split!r} split has none of the evaluation classes "
                         f"({', '.join(ds.classes)})")
+    train_ids = [i for name in ds.classes for i in ds.splits[config.train_split].images.get(name, [])]
+    weights = None if config.oversample is None else sampling_weights(train_ids, config.oversample)
     x_train, y_train = _load(ds.splits[config.train_split], ds.classes, config.tile_size)
     x_eval, y_eval = _load(ds.splits[config.eval_split], ds.classes, config.tile_size)
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in parse_normalize(config.normalize))
@@ -95,7 +152,7 @@ def train(config: TrainConfig, on_epoch: Callable[[int, float, float], None] | N
     history = []
     for epoch in range(config.epochs):
         model.train()
-        perm = torch.randperm(len(x_train), generator=gen)
+        perm = epoch_indices(len(x_train), weights, gen)
         losses = []
         for start in range(0, len(perm), config.batch_size):
             idx = perm[start:start + config.batch_size]

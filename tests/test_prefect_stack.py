@@ -1,4 +1,4 @@
-"""The native Prefect stack the flows run on: a server on PostgreSQL, a process work pool, two process workers.
+"""The service on its native stack: a Prefect server on PostgreSQL, a process pool with two workers, SeaweedFS.
 
 The Prefect clients (deploy, trigger, read back) run in a subprocess (tests/stack.py ``prefect_python``), so
 that no Prefect setting, logger or thread enters the pytest process.
@@ -8,109 +8,153 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import subprocess
+import sys
 import time
 import uuid
 from contextlib import ExitStack
+from pathlib import Path
 
+import psycopg
 import pytest
+from sqlalchemy import text
 
-from stack import create_process_pool, log_tail, prefect_missing, prefect_python, prefect_worker
+from stack import PG_ADMIN, create_process_pool, log_tail, prefect_cli, prefect_missing, prefect_python, prefect_worker
+from xich.db import make_engine
 
 if (_missing := prefect_missing()) is not None:
     pytest.skip(f"native Prefect stack not tested: {_missing}", allow_module_level=True)
 
 log = logging.getLogger(__name__)
 
-NAP_SECONDS = 3  # long enough that a worker holding one run (limit 1) cannot also take the other
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+CLASSES = ["airplane", "automobile", "bird", "cat"]
+SETTINGS = {"classes": CLASSES, "clusters": 3, "mosaics_per_pair": 5, "train_split": "", "normalize": "imagenet"}
 
-FLOW = '''
-import json
-import os
-import time
-from pathlib import Path
-
-from prefect import flow
-from prefect.runtime import flow_run
-
-
-@flow
-def nap(seconds: float, out: str) -> None:
-    """Sleeps; leaves OUT/<flow run id>.json saying which worker's process ran it."""
-    started = time.time()
-    time.sleep(seconds)
-    Path(out, f"{flow_run.id}.json").write_text(json.dumps(
-        {"worker": os.environ.get("PREFECT__WORKER_NAME"), "pid": os.getpid(), "started": started,
-         "ended": time.time()}))
-'''
-
-DRIVER = '''
-"""python driver.py SOURCE POOL RUNS SECONDS OUT TIMEOUT: deploy SOURCE/nap.py:nap to POOL, start RUNS flow runs,
-wait until all are final (or TIMEOUT s), print one JSON line."""
+DRIVER = """
+\"\"\"python driver.py FLOW_RUN_ID TIMEOUT MODEL: wait until the audit's flow run and its shards are final, then
+print one JSON line: every flow run of the audit deployment, and the model's artifacts.\"\"\"
 import json
 import sys
 import time
+from uuid import UUID
 
-from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-source, pool, runs, seconds, out, timeout = sys.argv[1:]
+parent_id, timeout, model = UUID(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 t0 = time.monotonic()
-deployment_id = flow.from_source(source=source, entrypoint="nap.py:nap").deploy(
-    name="nap", work_pool_name=pool, print_next_steps=False)
-deploy_s = time.monotonic() - t0
 with get_client(sync_client=True) as client:
-    t1 = time.monotonic()
-    ids = [client.create_flow_run_from_deployment(deployment_id, parameters={"seconds": float(seconds), "out": out}).id
-           for _ in range(int(runs))]
     while True:
-        found = [client.read_flow_run(i) for i in ids]
-        if all(r.state is not None and r.state.is_final() for r in found) or time.monotonic() - t1 > float(timeout):
+        runs = client.read_flow_runs(limit=50)
+        mine = [r for r in runs if r.id == parent_id or r.parent_task_run_id is not None or "shard" in r.name]
+        if all(r.state is not None and r.state.is_final() for r in mine) and any(r.id == parent_id for r in mine):
             break
-        time.sleep(0.25)
-    wait_s = time.monotonic() - t1
-print(json.dumps({"deploy_s": deploy_s, "wait_s": wait_s, "runs": [
-    {"id": str(r.id), "state": r.state.type.value if r.state else None, "labels": dict(r.labels or {}),
-     "created": r.created.timestamp(),
-     "start_time": r.start_time.timestamp() if r.start_time else None,
-     "end_time": r.end_time.timestamp() if r.end_time else None} for r in found]}))
-'''
+        if time.monotonic() - t0 > timeout:
+            break
+        time.sleep(1)
+    keys = [f"xich-{model}-summary", f"xich-{model}-classes"]
+    artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+print(json.dumps({"wait_s": time.monotonic() - t0, "runs": [
+    {"id": str(r.id), "name": r.name, "state": r.state.type.value if r.state else None,
+     "message": r.state.message if r.state else None, "labels": dict(r.labels or {}),
+     "parameters": r.parameters} for r in mine],
+    "artifacts": [{"key": a.key, "data": a.data} for a in artifacts]}))
+"""
 
 
-def test_two_process_workers_split_two_runs(prefect_server, tmp_path, record_property):
+@pytest.fixture
+def results_db() -> str:
+    """A throwaway PostgreSQL database for the workers' results."""
+    name = f"xich_stack_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.mark.shared_data
+def test_sharded_audit_on_two_process_workers(prefect_server, seaweedfs, results_db, tmp_path, record_property):
+    """prefect.yaml deployed to a process pool; `xich register --audit --shards 2` of the public ResNet-20 on
+    CIFAR-10 JPEGs held in S3: both workers audit a shard, one run is complete with every class, and the
+    artifacts are in Prefect."""
+    if not (SHARED / "cifar10-jpeg" / "test.tar.gz").is_file():
+        pytest.skip(f"no CIFAR-10 JPEG tarballs under {SHARED} (../shared/data)")
     timings: dict[str, float] = {"server_start_s": prefect_server.timings["start_s"]}
     suffix = uuid.uuid4().hex[:8]
-    pool, names = f"pool-{suffix}", [f"worker-a-{suffix}", f"worker-b-{suffix}"]
-    source, out = tmp_path / "source", tmp_path / "out"
-    source.mkdir()
-    out.mkdir()
-    (source / "nap.py").write_text(FLOW)
-    (tmp_path / "driver.py").write_text(DRIVER)
+    bucket, model = f"xich-{suffix}", f"resnet20-{suffix}"
+    s3 = seaweedfs.client()
+    s3.make_bucket(bucket)
+    for split in ("test", "train"):
+        s3.fput_object(bucket, f"datasets/cifar10-jpeg/{split}.tar.gz", str(SHARED / "cifar10-jpeg" / f"{split}.tar.gz"))
+    s3.fput_object(bucket, "models/resnet20.th", str(SHARED / "cifar-resnet" / "resnet20-12fca82f.th"))
+    xich_env = {"XICH_DATABASE_URL": results_db, "XICH_STORE_URL": f"s3://{bucket}/results",
+                "XICH_S3_ENDPOINT": seaweedfs.endpoint, "XICH_S3_ACCESS_KEY": seaweedfs.access_key,
+                "XICH_S3_SECRET_KEY": seaweedfs.secret_key, "OMP_NUM_THREADS": "1"}
 
     began = time.monotonic()
-    create_process_pool(prefect_server, pool)
-    timings["pool_create_s"] = time.monotonic() - began
+    create_process_pool(prefect_server, "xich-process")
+    prefect_cli(prefect_server, "deploy", "--name", "audit", cwd=REPO)  # the repository's own prefect.yaml
+    timings["pool_and_deploy_s"] = time.monotonic() - began
+    names = [f"worker-a-{suffix}", f"worker-b-{suffix}"]
     with ExitStack() as started:
-        workers = [started.enter_context(prefect_worker(prefect_server, pool, name, log_dir=tmp_path, wait=False))
-                   for name in names]  # both start side by side
+        workers = [started.enter_context(prefect_worker(prefect_server, "xich-process", name, log_dir=tmp_path,
+                                                        env={**xich_env, "XICH_CACHE_DIR": str(tmp_path / name)},
+                                                        wait=False))
+                   for name in names]
         for worker in workers:
             worker.wait_online()
-        timings["workers_online_s"] = max(w.timings["start_s"] for w in workers)
-        result = json.loads(prefect_python(prefect_server, tmp_path / "driver.py", str(source), pool, "2",
-                                           str(NAP_SECONDS), str(out), "60", timeout=120).splitlines()[-1])
-    timings["workers_stop_s"] = max(w.timings["stop_s"] for w in workers)
+        began = time.monotonic()
+        registered = subprocess.run(
+            [str(Path(sys.executable).with_name("xich")), "register", "--model", model, "--version", "1",
+             "--spec", "cifar:resnet20", "--weights", f"s3://{bucket}/models/resnet20.th",
+             "--dataset", f"s3://{bucket}/datasets/cifar10-jpeg/", "--settings", json.dumps(SETTINGS),
+             "--audit", "--shards", "2"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            env=prefect_server.client_environ({**xich_env, "XICH_CACHE_DIR": str(tmp_path / "client")}))
+        assert registered.returncode == 0, registered.stderr
+        parent_id = re.search(r"flow run \S+ \(([0-9a-f-]{36})\)", registered.stdout).group(1)
+        result = json.loads(prefect_python(prefect_server, _write(tmp_path / "driver.py", DRIVER), parent_id, "400",
+                                           model, timeout=450).splitlines()[-1])
+        timings["register_to_final_s"] = time.monotonic() - began
+    logs = "\n".join(f"--- {w.log.name}:\n{log_tail(w.log, 40)}" for w in workers)
 
-    runs = result["runs"]
-    logs = "\n".join(f"--- {w.log.name}:\n{log_tail(w.log, 30)}" for w in workers)
-    assert [r["state"] for r in runs] == ["COMPLETED", "COMPLETED"], f"{runs}\n{logs}"
-    taken_by = [r["labels"].get("prefect.worker.name") for r in runs]
-    assert sorted(taken_by) == sorted(names), f"both runs taken by {taken_by}, not one each:\n{logs}"
-    for run, worker in zip(runs, taken_by):  # the label names the worker whose process really ran the flow
-        assert json.loads((out / f"{run['id']}.json").read_text())["worker"] == worker
+    runs = {r["id"]: r for r in result["runs"]}
+    parent = runs[parent_id]
+    shards = [r for r in result["runs"] if r["parameters"].get("shard") == 1]
+    assert parent["state"] == "COMPLETED", f"{parent}\n{logs}"
+    assert len(shards) == 1 and shards[0]["state"] == "COMPLETED", f"{result['runs']}\n{logs}"
+    ran_by = sorted(r["labels"].get("prefect.worker.name") for r in (parent, shards[0]))
+    assert ran_by == sorted(names), f"parent and shard ran on {ran_by}, not one each:\n{logs}"
 
-    timings.update(deploy_s=result["deploy_s"], trigger_to_both_final_s=result["wait_s"],
-                   run_latency_s=max(r["start_time"] - r["created"] for r in runs),  # created -> flow running
-                   run_duration_s=max(r["end_time"] - r["start_time"] for r in runs),
-                   runs_overlap_s=min(r["end_time"] for r in runs) - max(r["start_time"] for r in runs))
+    engine = make_engine(results_db)
+    try:
+        with engine.connect() as conn:
+            run_rows = conn.execute(text("SELECT id, status FROM audit_run")).all()
+            classes = conn.execute(text("SELECT class_name, worker FROM run_class")).all()
+            request = conn.execute(text("SELECT run_id FROM audit_request")).all()
+    finally:
+        engine.dispose()
+    assert len(run_rows) == 1 and run_rows[0].status == "complete"
+    assert sorted(c.class_name for c in classes) == CLASSES
+    assert len({c.worker for c in classes}) == 2, f"classes computed by {classes}: one shard did nothing\n{logs}"
+    assert [r.run_id for r in request] == [run_rows[0].id]  # the registered request is served by this run
+
+    keys = {a["key"]: a["data"] for a in result["artifacts"]}
+    assert run_rows[0].id in keys[f"xich-{model}-summary"]
+    assert all(c in keys[f"xich-{model}-classes"] for c in CLASSES)
+    report = s3.stat_object(bucket, f"results/runs/{run_rows[0].id}/report/index.html")
+    assert report.size > 0
+
+    timings["wait_s"] = result["wait_s"]
     for key, value in timings.items():
         record_property(key, round(value, 2))
-    log.info("prefect stack timings: %s", {k: round(v, 1) for k, v in timings.items()})
+    log.info("sharded audit timings: %s", {k: round(v, 1) for k, v in timings.items()})
+
+
+def _write(path: Path, text_: str) -> Path:
+    path.write_text(text_)
+    return path

@@ -301,3 +301,37 @@ def test_a_version_keeps_its_label_list(data, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     run_failing(capsys, argv + [str(other)], "--labels: model 'm' version 'v1' was recorded with another label list",
                 "give a new --model-version")
+
+
+# --- xich register ------------------------------------------------------------------------------------------
+
+REGISTER = ["register", "--model", "m", "--version", "v1", "--spec", "cifar:resnet20"]
+
+
+def _requests(tmp_path: Path) -> list:
+    with sqlite3.connect(tmp_path / "reg.db") as db:
+        return db.execute("SELECT dataset_uri, settings, run_id FROM audit_request").fetchall()
+
+
+def test_register_refuses_an_unknown_setting(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XICH_DATABASE_URL", f"sqlite:///{tmp_path / 'reg.db'}")
+    err = run_failing(capsys, [*REGISTER, "--dataset", str(data), "--settings", '{"clusters": 3, "clustres": 4}'],
+                      "settings: unknown key(s) clustres")
+    assert_says(err, "use batch_size, cam, classes, clustering, clusters")
+    assert not (tmp_path / "reg.db").exists()  # refused before the database is opened
+
+
+def test_register_refuses_a_missing_dataset(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XICH_DATABASE_URL", f"sqlite:///{tmp_path / 'reg.db'}")
+    run_failing(capsys, [*REGISTER, "--dataset", str(tmp_path / "nowhere")],
+                f"--dataset {tmp_path / 'nowhere'}: no such file or folder")
+    assert not (tmp_path / "reg.db").exists()
+
+
+def test_register_audit_without_a_prefect_server_keeps_the_registration(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XICH_DATABASE_URL", f"sqlite:///{tmp_path / 'reg.db'}")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens on the discard port
+    run_failing(capsys, [*REGISTER, "--dataset", str(data), "--settings", '{"clusters": 2}', "--audit"],
+                "the version is registered, but its audit did not start: Prefect at http://127.0.0.1:9/api",
+                "the nightly audit-new-versions flow will also pick it up")
+    assert _requests(tmp_path) == [(str(data), '{"clusters": 2}', None)]  # waiting for the nightly flow

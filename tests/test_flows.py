@@ -165,3 +165,14 @@ def test_audit_new_versions_starts_exactly_the_unaudited(prefect_server, synth_d
     versions = [r.parameters.get("version") for r in nightly
                 if r.parameters.get("model") == "nightly" and "model_spec" in r.parameters]
     assert sorted(versions) == ["v1", "v2", "v3"]  # v2 was audited once, before the nightly flow
+
+
+def test_shards_without_a_deployment_are_audited_by_the_parent(prefect_server, synth_data, weights, tmp_path,
+                                                                 monkeypatch, one_torch_thread, caplog):
+    url = f"sqlite:///{tmp_path / 'shards.db'}"
+    monkeypatch.setenv("XICH_DATABASE_URL", url)
+    done = audit_model_version(model="sharded", version="v1", model_spec="cifar:resnet20", weights_uri=weights,
+                               dataset_uri=str(synth_data), shards=2,
+                               settings={**SETTINGS, "per_image": 0, "classes": ["circle", "square"]})
+    assert done["computed"] == ["circle", "square"] and _only_run(url).status == "complete"
+    assert "cannot start shards through deployment 'audit-model-version/audit'" in caplog.text

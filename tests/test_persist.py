@@ -20,6 +20,7 @@ from xich.errors import XichError
 from xich.db import AuditRun, Base, ModelVersion, RunClass, make_engine
 from xich.migrate import alembic_config, downgrade, upgrade
 from xich.pipeline import open_recorded_run, recorded_audit
+from xich.result import AuditResult
 
 def _numbers(result) -> dict:
     """The audit document without its notes (which say how the run was found: new, resumed, read back)."""
@@ -63,6 +64,7 @@ def test_stored_audit_reads_back_equal_to_its_json(database_url, synth_data, one
     recorded = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
     direct = run_audit(config, run_id=recorded.run_id)
     assert _numbers(recorded) == _numbers(direct)
+    assert AuditResult.from_dict(json.loads(recorded.to_json())) == recorded  # the document reads back whole
     counts = _row_counts(database_url)
     assert counts["mosaic"] == 3 * 3 * 3  # 3 classes x 3 pairs x J = 3
     assert counts["pair_dominance"] == 3 * 9

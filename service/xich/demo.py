@@ -13,6 +13,7 @@ import html
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +69,32 @@ def run_demo(out: str | Path, seed: int = 0, epochs: int = 8, say=print, augment
     for stale in ("xich.db", "xich.db.locks", "store", "report", "history"):  # the demo's own records, fresh each run
         path = out / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    os.environ.update({"XICH_DATABASE_URL": f"sqlite:///{out / 'xich.db'}", "XICH_STORE_URL": str(out / "store"),
-                       "XICH_CACHE_DIR": str(out / "cache")})
-    os.environ.setdefault("PREFECT_HOME", str(out / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    with _environment({"XICH_DATABASE_URL": f"sqlite:///{out / 'xich.db'}", "XICH_STORE_URL": str(out / "store"),
+                       "XICH_CACHE_DIR": str(out / "cache")},
+                      {"PREFECT_HOME": str(out / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_LOGGING_LEVEL": "WARNING"}):
+        return _versions(out, spec, seed, epochs, say, augment)
+
+
+@contextmanager
+def _environment(values: dict[str, str], defaults: dict[str, str]):
+    """The demo's own database, store and cache (and Prefect's defaults) for its duration; the caller's
+    environment comes back afterwards."""
+    before = {k: os.environ.get(k) for k in [*values, *defaults]}
+    os.environ.update(values)
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _versions(out: Path, spec: SynthSpec, seed: int, epochs: int, say, augment: str) -> dict:
     from flows.audit import audit_model_version  # Prefect reads its settings at import
 
     say(f"1/6 planted-bias dataset: {spec.classes} shapes x {spec.subgroups} looks, one look per class rare "

@@ -80,6 +80,14 @@ class AuditResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, doc: dict) -> AuditResult:
+        """The inverse of ``to_dict``: an audit document (``--json``, ``audit.json`` in the store) as dataclasses."""
+        classes = [ClassResult(**{**c, "clusters": [ClusterResult(**k) for k in c["clusters"]],
+                                  "mosaics": [MosaicResult(**m) for m in c["mosaics"]]})
+                   for c in doc["classes"]]
+        return cls(**{**doc, "classes": classes})
+
     def to_json(self) -> str:
         """The audit document; never contains NaN."""
         return json.dumps(self.to_dict(), indent=1, allow_nan=False)

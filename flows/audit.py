@@ -24,7 +24,8 @@ from sqlalchemy.exc import DBAPIError
 
 from xich.audit import ClassImages
 from xich.errors import Unavailable
-from xich.pipeline import RecordedRun, audit_config, open_recorded_run, publish_with_report, unaudited
+from xich.pipeline import RecordedRun, open_recorded_run, publish_with_report
+from xich.registration import audit_config, unaudited
 from xich.report import class_table, summary_markdown
 from xich.result import AuditResult, ClassResult
 from xich.settings import get_settings

@@ -26,7 +26,7 @@ from xich.db import AuditRequest, AuditRun, ModelVersion, make_engine  # noqa: E
 from xich.migrate import upgrade  # noqa: E402
 from xich.models import build_model  # noqa: E402
 from xich.persist import load_audit  # noqa: E402
-from xich.pipeline import register, unaudited  # noqa: E402
+from xich.registration import register, unaudited  # noqa: E402
 
 SETTINGS = {"clusters": 3, "mosaics_per_pair": 3, "per_image": 3, "device": "cpu"}
 
@@ -38,6 +38,7 @@ def prefect_server(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PREFECT_HOME", str(home))
         mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        mp.setenv("PREFECT_LOGGING_LEVEL", "WARNING")  # its INFO lines at exit would go to a closed stream
         mp.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         mp.delenv("PREFECT_API_URL", raising=False)
         with prefect_test_harness(server_startup_timeout=120):

@@ -32,33 +32,10 @@ from .method.per_image import class_softmax, dominance_correlations
 from .method.significance import confidence_intervals, p_value_matrices, set_means
 from .models import build_model, head_name, load_weights, read_checkpoint
 from .result import AuditResult, ClassResult, ClusterResult, Explainer, MosaicResult, summarize
-from .runtime import PreparedModel, parse_normalize
+from .config import AuditConfig, check_config, parse_normalize
+from .runtime import PreparedModel
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class AuditConfig:
-    model: str
-    data: str
-    weights: str | None = None
-    eval_split: str = "test"
-    train_split: str | None = "train"
-    clusters: int = 5
-    mosaics_per_pair: int = 25
-    seed: int = 0
-    layer: str = "auto"
-    cam: str = "auto"
-    tile_size: int | None = None
-    mosaic_size: int | None = None
-    normalize: str = "imagenet"
-    classes: tuple[str, ...] | None = None
-    batch_size: int = 128
-    device: str | None = None
-    per_image: int = 0
-    labels: str | None = None  # --labels: a built-in set or a file (see labels.py)
-    data_uri: str | None = None  # where --data / --weights came from (s3://…) when read from a local copy
-    weights_uri: str | None = None
-
 
 def default_tile_size(model_spec: str, split: Split) -> int:
     """32 for cifar: models, 224 for torchvision: ones, else the first evaluation image's height."""
@@ -422,23 +399,6 @@ def explainer(opened: OpenedAudit, images: ClassImages) -> Explainer:
         return rgb.cpu().numpy(), cam
 
     return explain
-
-
-def check_config(config: AuditConfig) -> None:
-    """Refuse settings that cannot work, with the flag to change."""
-    for name in ("clusters", "mosaics_per_pair", "batch_size"):
-        if getattr(config, name) < 1:
-            raise XichError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
-    for name in ("seed", "per_image"):
-        if getattr(config, name) < 0:
-            raise XichError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(config, name)}")
-    if config.cam not in ("auto", "fast", "reference"):
-        raise XichError(f"--cam {config.cam!r}: use auto, fast or reference")
-    for name in ("tile_size", "mosaic_size"):
-        value = getattr(config, name)
-        if value is not None and value < 8:
-            raise XichError(f"--{name.replace('_', '-')} must be at least 8 pixels, got {value}")
-    parse_normalize(config.normalize)
 
 
 def _select_classes(dataset: Dataset, wanted: tuple[str, ...] | None) -> list[str]:

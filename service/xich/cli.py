@@ -278,7 +278,7 @@ def _time(text: str | None, flag: str):
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from .pipeline import register
+    from .registration import register
 
     settings = get_settings()
     audit_settings = _json_object(args.settings, "--settings")

@@ -15,15 +15,15 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from .audit import AuditConfig, ClassImages, OpenedAudit, assemble_result, audit_class, check_config, open_audit, \
-    per_image_result
+from .audit import ClassImages, OpenedAudit, assemble_result, audit_class, open_audit, per_image_result
+from .config import AuditConfig, check_config
 from .datasets import content_fingerprint
 from .db import AuditRun, Clustering, Model, ModelVersion, RunClass, make_engine
 from .errors import XichError
@@ -32,6 +32,7 @@ from .migrate import upgrade
 from .persist import (attach_request, begin_run, fail_run, file_sha256, finish_run, frozen_clustering,
                       frozen_membership, get_or_create_dataset, get_or_create_model_version, load_audit, load_classes,
                       stored_classes, store_class, store_per_image)
+from .registration import registry_time
 from .result import AuditResult, ClassResult
 
 log = logging.getLogger(__name__)
@@ -231,98 +232,6 @@ def recorded_audit(config: AuditConfig, **options) -> AuditResult:
     finally:
         rec.close()
 
-
-
-# the settings an audit request may give: AuditConfig's fields but the model and data (given apart), and the clustering
-REQUEST_SETTINGS = tuple(sorted({f.name for f in fields(AuditConfig)} - {"model", "data", "weights", "data_uri", "weights_uri"}
-                                | {"clustering"}))
-
-
-def audit_config(*, model_spec: str, dataset_uri: str, weights_uri: str | None, settings: dict,
-                 data: str | None = None, weights: str | None = None) -> tuple[AuditConfig, str]:
-    """The AuditConfig and clustering choice of an audit request (``settings``: see REQUEST_SETTINGS).
-
-    ``data`` / ``weights``: local copies of the URIs (default: the URIs themselves).
-    """
-    unknown = sorted(set(settings) - set(REQUEST_SETTINGS))
-    if unknown:
-        raise XichError(f"settings: unknown key(s) {', '.join(unknown)}; use {', '.join(REQUEST_SETTINGS)}")
-    options = {k: v for k, v in settings.items() if k != "clustering"}
-    if isinstance(options.get("classes"), str):
-        options["classes"] = [c.strip() for c in options["classes"].split(",")]
-    if options.get("classes") is not None:
-        options["classes"] = tuple(options["classes"])
-    if options.get("train_split") == "":
-        options["train_split"] = None  # as ``--train-split ''``: no training-distribution table
-    try:
-        config = AuditConfig(model=model_spec, data=data or dataset_uri, weights=weights or weights_uri,
-                             data_uri=dataset_uri, weights_uri=weights_uri, **options)
-        check_config(config)
-    except TypeError as exc:
-        raise XichError(f"settings: {exc}") from None
-    return config, settings.get("clustering", "auto")
-
-
-def register(*, database_url: str, model: str, version: str, model_spec: str, weights_uri: str | None,
-             dataset_uri: str, settings: dict, registry_metadata: dict | None = None,
-             registered_at: datetime | None = None, local_weights: str | None = None) -> dict:
-    """Record a model version and the audit it asks for; returns the parameters of ``audit_model_version``.
-
-    ``local_weights``: a local copy of ``weights_uri``, hashed so that the version is tied to its weights.
-    The settings are checked here, so a bad request fails at registration, not at night.
-    """
-    from .persist import register_version
-
-    audit_config(model_spec=model_spec, dataset_uri=dataset_uri, weights_uri=weights_uri, settings=settings)
-    local_data = dataset_uri.split(":", 1)[1] if dataset_uri.startswith(("cifar10:", "cifar100:")) else dataset_uri
-    if "://" not in local_data and not Path(local_data).exists():
-        raise XichError(f"--dataset {dataset_uri}: no such file or folder; give a path or an s3:// URI")
-    weights_path = local_weights or weights_uri
-    if weights_path and not Path(weights_path).is_file():
-        raise XichError(f"--weights {weights_uri}: no such file")
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    try:
-        with Session(engine) as session, named_lock(engine, "xich:register"):
-            register_version(session=session, name=model, version=version, spec=model_spec, weights_uri=weights_uri,
-                             weights_sha256=file_sha256(weights_path) if weights_path else None,
-                             dataset_uri=dataset_uri, settings=settings, registry_metadata=registry_metadata,
-                             registered_at=registered_at or registry_time(registry_metadata))
-    finally:
-        engine.dispose()
-    return {"model": model, "version": version, "model_spec": model_spec, "weights_uri": weights_uri,
-            "dataset_uri": dataset_uri, "settings": settings}
-
-
-def unaudited(*, database_url: str, model: str | None = None) -> list[dict]:
-    """The parameters of ``audit_model_version`` for every registered audit without a complete run."""
-    from .persist import unaudited_requests
-
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    try:
-        with Session(engine) as session:
-            return unaudited_requests(session=session, model_name=model)
-    finally:
-        engine.dispose()
-
-
-def registry_time(metadata: dict | None) -> datetime | None:
-    """The version's creation time in registry metadata: ``created_at`` (ISO 8601) or ``creation_timestamp``
-    (milliseconds since the epoch, as MLflow writes it); None if absent."""
-    if not metadata:
-        return None
-    value = metadata.get("created_at", metadata.get("creation_timestamp"))
-    if value is None:
-        return None
-    try:
-        if isinstance(value, (int, float)):
-            return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
-        parsed = datetime.fromisoformat(str(value))
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-    except (ValueError, OverflowError, OSError):
-        raise XichError(f"--registry-metadata: created_at/creation_timestamp {value!r} is not a time; give ISO 8601 "
-                        f"(2026-11-29T12:00:00Z) or milliseconds since the epoch") from None
 
 
 def _clustering_note(requested: str, frozen: Clustering | None, model_name: str) -> str:

@@ -15,32 +15,12 @@ from .device import resolve_device
 from .errors import XichError
 from .method.embedding import gap, layer_output
 from .method.gradcam import gap_linear_cam, reference_cams, scale_cams
+from .config import parse_normalize
 from .models import find_target_layer, gap_linear_head, probe_logits
 
 log = logging.getLogger(__name__)
 
 PIXELS_PER_CHUNK = 64 * 32 * 32  # CPU inference chunk: 64 CIFAR tiles, or 16 mosaics of 64×64
-
-NORMALIZATIONS = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
-
-
-def parse_normalize(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``imagenet|cifar|none`` or ``m1,m2,m3/s1,s2,s3`` → (mean, std)."""
-    if spec in NORMALIZATIONS:
-        return NORMALIZATIONS[spec]
-    try:
-        mean_s, std_s = spec.split("/")
-        mean, std = tuple(float(v) for v in mean_s.split(",")), tuple(float(v) for v in std_s.split(","))
-    except ValueError:
-        mean, std = (), ()
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise XichError(f"--normalize {spec!r}: use imagenet, cifar, none or m1,m2,m3/s1,s2,s3 (positive stds)")
-    return mean, std
-
 
 class _Tap(nn.Module):
     """Model wrapper returning (target layer's feature map, logits) from one forward."""

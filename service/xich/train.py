@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .runtime import parse_normalize
+from .config import parse_normalize
 from .datasets import open_dataset
 from .device import resolve_device
 from .errors import XichError

@@ -1,0 +1,69 @@
+"""What an audit is asked to do: its settings, checked before anything is loaded. Imports no torch, so the
+registry hooks, ``xich register`` and ``xich db`` stay light."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import XichError
+
+NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+def parse_normalize(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``imagenet|cifar|none`` or ``m1,m2,m3/s1,s2,s3`` → (mean, std)."""
+    if spec in NORMALIZATIONS:
+        return NORMALIZATIONS[spec]
+    try:
+        mean_s, std_s = spec.split("/")
+        mean, std = tuple(float(v) for v in mean_s.split(",")), tuple(float(v) for v in std_s.split(","))
+    except ValueError:
+        mean, std = (), ()
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise XichError(f"--normalize {spec!r}: use imagenet, cifar, none or m1,m2,m3/s1,s2,s3 (positive stds)")
+    return mean, std
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    model: str
+    data: str
+    weights: str | None = None
+    eval_split: str = "test"
+    train_split: str | None = "train"
+    clusters: int = 5
+    mosaics_per_pair: int = 25
+    seed: int = 0
+    layer: str = "auto"
+    cam: str = "auto"
+    tile_size: int | None = None
+    mosaic_size: int | None = None
+    normalize: str = "imagenet"
+    classes: tuple[str, ...] | None = None
+    batch_size: int = 128
+    device: str | None = None
+    per_image: int = 0
+    labels: str | None = None  # --labels: a built-in set or a file (see labels.py)
+    data_uri: str | None = None  # where --data / --weights came from (s3://…) when read from a local copy
+    weights_uri: str | None = None
+
+
+def check_config(config: AuditConfig) -> None:
+    """Refuse settings that cannot work, with the flag to change."""
+    for name in ("clusters", "mosaics_per_pair", "batch_size"):
+        if getattr(config, name) < 1:
+            raise XichError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    for name in ("seed", "per_image"):
+        if getattr(config, name) < 0:
+            raise XichError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(config, name)}")
+    if config.cam not in ("auto", "fast", "reference"):
+        raise XichError(f"--cam {config.cam!r}: use auto, fast or reference")
+    for name in ("tile_size", "mosaic_size"):
+        value = getattr(config, name)
+        if value is not None and value < 8:
+            raise XichError(f"--{name.replace('_', '-')} must be at least 8 pixels, got {value}")
+    parse_normalize(config.normalize)

@@ -443,3 +443,88 @@ def prefect_worker(server: PrefectServer, pool: str, name: str, env: Mapping[str
         log.info("worker %s: online after %s s, stopped in %.1f s", name,
                  f"{worker.timings['start_s']:.1f}" if "start_s" in worker.timings else "?",
                  worker.timings["stop_s"])
+
+
+# --- MLflow: a tracking server with its model registry and webhooks -------------------------------
+
+MLFLOW = BIN / "mlflow"
+MLFLOW_START_TIMEOUT_S = 60
+
+
+def mlflow_missing() -> str | None:
+    """Why an MLflow server cannot run here (for a skip), or None. Imports nothing."""
+    if not MLFLOW.exists() or importlib.util.find_spec("mlflow.server") is None:
+        return f"no full `mlflow` (its server) in {BIN.parent}: `make install` installs the test extra"
+    return None
+
+
+@dataclass
+class MlflowServer:
+    tracking_uri: str  # http://127.0.0.1:PORT
+    work_dir: Path
+    log: Path
+    proc: subprocess.Popen
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def client(self):
+        """An ``MlflowClient`` of this server (through its REST API, so that webhooks fire)."""
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+
+def _mlflow_server_env(work_dir: Path) -> dict[str, str]:
+    """The settings of ../shared/notes/mlflow-webhooks.md: webhooks may call a plain-http receiver on loopback."""
+    from cryptography.fernet import Fernet  # an mlflow dependency
+
+    return {**os.environ,
+            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",  # default: https only
+            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",  # default: loopback and private addresses refused
+            # one key for the server's lifetime: without it each server process makes its own and secrets break
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            "MLFLOW_WEBHOOK_CACHE_TTL": "1",  # else a new webhook may not fire for up to 60 s
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+            "HOME": str(work_dir)}  # nothing written under the developer's ~/.mlflow
+
+
+@contextmanager
+def mlflow_server(work_dir: Path, *, timeout: float = MLFLOW_START_TIMEOUT_S) -> Iterator[MlflowServer]:
+    """``mlflow server`` on 127.0.0.1:<free port>: SQLite backend and artifacts under ``work_dir``, one worker.
+
+    Waits for ``GET /health`` (StackError with the log's tail after ``timeout`` s, or at once if it exits).
+    On exit: SIGTERM to its process group, SIGKILL after 15 s. ``timings``: ``start_s``, ``stop_s``.
+    """
+    if (missing := mlflow_missing()) is not None:
+        raise StackError(missing)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    logfile = work_dir / "mlflow-server.log"
+    started = time.monotonic()
+    proc, mark = start_in_session(
+        [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{work_dir / 'mlflow.db'}",
+         "--artifacts-destination", str(work_dir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], logfile, _mlflow_server_env(work_dir), cwd=work_dir)
+    server = MlflowServer(f"http://127.0.0.1:{port}", work_dir, logfile, proc)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise StackError(f"mlflow server exited with {proc.returncode} while starting; "
+                                 f"its log ends:\n{log_tail(logfile, 40)}")
+            try:
+                with urllib.request.urlopen(server.tracking_uri + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:  # not listening yet
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(f"mlflow server at {server.tracking_uri} not healthy after {timeout:.0f} s; "
+                                 f"its log ends:\n{log_tail(logfile, 40)}")
+            time.sleep(0.25)
+        server.timings["start_s"] = time.monotonic() - started
+        log.info("mlflow server at %s healthy in %.1f s", server.tracking_uri, server.timings["start_s"])
+        yield server
+    finally:
+        server.timings["stop_s"] = stop_group(proc, mark)
+        log.info("mlflow server stopped in %.1f s", server.timings["stop_s"])

@@ -3,7 +3,8 @@
 One row per fact, keyed so that storing the same audit twice changes nothing:
 model → model_version; dataset; clustering → cluster → cluster_member; audit_run (unique per model
 version, dataset, config and clustering) → run_class, run_cluster, mosaic, pair_dominance, per_image_score;
-audit_request: a registered version's audit to run (dataset and settings), linked to the run that serves it.
+audit_request: a registered version's audit to run (dataset and settings), linked to the run that serves it;
+hook_delivery: each registry hook delivery acted on, so that a repeated one acts nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 RUN_STATUSES = ("queued", "running", "complete", "failed")
+# what a registry hook did with a delivery (xich.hooks): "processing" while it acts, then one of the others
+DELIVERY_OUTCOMES = ("processing", "started", "registered", "audited", "ignored", "unmapped", "refused")
 
 # JSONB on PostgreSQL (indexable, compared by value), JSON text elsewhere
 JSONDoc = JSON().with_variant(JSONB(), "postgresql")
@@ -137,6 +140,29 @@ class AuditRequest(Base):
     request_key: Mapped[str] = mapped_column(String(64))  # sha256 of (dataset_uri, settings)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     run_id: Mapped[str | None] = mapped_column(ForeignKey("audit_run.id", ondelete="SET NULL"), index=True)
+
+
+class HookDelivery(Base):
+    """A registry hook's delivery that was authentic, fresh and new, and what was done with it.
+
+    Remembered so that a delivery sent again (MLflow retries; an attacker replays) acts nothing: the
+    pair (source, delivery id) is unique. Refused requests (bad signature, stale, malformed) leave no row.
+    """
+
+    __tablename__ = "hook_delivery"
+    __table_args__ = (UniqueConstraint("source", "delivery_id"),
+                      CheckConstraint("outcome IN ('processing', 'started', 'registered', 'audited', 'ignored', "
+                                      "'unmapped', 'refused')", name="outcome"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))  # "mlflow" or "generic"
+    delivery_id: Mapped[str] = mapped_column(String(255))
+    event: Mapped[str] = mapped_column(String(255))  # e.g. model_version.created
+    model: Mapped[str | None] = mapped_column(String(255))
+    version: Mapped[str | None] = mapped_column(String(255))
+    outcome: Mapped[str] = mapped_column(String(16), default="processing")
+    reason: Mapped[str | None] = mapped_column(Text)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))  # the audit's Prefect flow run, when one was started
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class RunRankShare(Base):

@@ -5,6 +5,8 @@
 * ``create_process_pool(server, name)``, ``prefect_worker(server, pool, name, ...)`` — process work pools and workers.
 * ``prefect_cli(server, ...)``, ``prefect_python(server, script, ...)`` — clients in subprocesses, so that Prefect's
   settings, logging and event-loop threads never enter the pytest process.
+* ``mlflow_server(work_dir)`` — ``mlflow server`` with a SQLite backend whose webhooks may call a loopback receiver.
+* ``hooks_receiver(env, log_dir)`` — ``xich serve-hooks`` on a free loopback port.
 
 Nothing here imports prefect (1-2 s, and absent on a checkout without it): ``prefect_missing()`` says what is
 missing, for a skip. Servers and workers start in sessions of their own (``start_in_session``): Prefect turns the
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
@@ -528,3 +531,60 @@ def mlflow_server(work_dir: Path, *, timeout: float = MLFLOW_START_TIMEOUT_S) ->
     finally:
         server.timings["stop_s"] = stop_group(proc, mark)
         log.info("mlflow server stopped in %.1f s", server.timings["stop_s"])
+
+
+# --- the XICH hooks receiver ----------------------------------------------------------------------
+
+HOOKS_START_TIMEOUT_S = 60
+
+
+@dataclass
+class HooksReceiver:
+    url: str  # http://127.0.0.1:PORT
+    log: Path
+    proc: subprocess.Popen
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def post(self, path: str, body: bytes, headers: Mapping[str, str], timeout: float = 60) -> tuple[int, dict]:
+        """POST raw ``body`` with ``headers``; (status, decoded JSON answer), whatever the status."""
+        req = urllib.request.Request(self.url + path, data=body, headers=dict(headers), method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+
+@contextmanager
+def hooks_receiver(env: Mapping[str, str], log_dir: Path, *,
+                   timeout: float = HOOKS_START_TIMEOUT_S) -> Iterator[HooksReceiver]:
+    """``xich serve-hooks`` on 127.0.0.1:<free port> with environment ``env`` (whole), in a process group of its own.
+
+    Waits for ``GET /health`` (StackError with the log's tail after ``timeout`` s, or at once if it exits). On exit:
+    SIGTERM to its group (uvicorn shuts down), SIGKILL after 15 s. Log: ``log_dir/hooks.log``.
+    """
+    port = free_port()
+    logfile = Path(log_dir) / "hooks.log"
+    started = time.monotonic()
+    proc, mark = start_in_session([str(BIN / "xich"), "serve-hooks", "--host", "127.0.0.1", "--port", str(port)],
+                                  logfile, env, cwd=Path(log_dir))
+    receiver = HooksReceiver(f"http://127.0.0.1:{port}", logfile, proc)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise StackError(f"xich serve-hooks exited with {proc.returncode} while starting; "
+                                 f"its log ends:\n{log_tail(logfile, 40)}")
+            try:
+                if _http_json(receiver.url + "/health", timeout=2)["status"] == "ok":
+                    break
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(f"xich serve-hooks at {receiver.url} not healthy after {timeout:.0f} s; "
+                                 f"its log ends:\n{log_tail(logfile, 40)}")
+            time.sleep(0.1)
+        receiver.timings["start_s"] = time.monotonic() - started
+        yield receiver
+    finally:
+        receiver.timings["stop_s"] = stop_group(proc, mark)

@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--audit", action="store_true", help="start the audit now: through the Prefect deployment when "
                                                         "PREFECT_API_URL is set, else in this process")
     p.add_argument("--shards", type=int, default=1, help="with --audit: spread the classes over this many workers")
+    p = sub.add_parser("serve-hooks", help="receive model-registry webhooks (MLflow, generic) and start audits "
+                                            "(XICH_HOOKS_SECRET, XICH_HOOKS_GENERIC_SECRET, XICH_HOOKS_CONFIG)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
     p = sub.add_parser("db", help="migrate the results database (XICH_DATABASE_URL)")
     p.add_argument("action", choices=["upgrade", "downgrade"])
     p.add_argument("revision", nargs="?", help="target revision (default: head for upgrade, base for downgrade)")
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings would precede our one error line
     try:
-        return {"audit": cmd_audit, "register": cmd_register, "db": cmd_db, "clustering": cmd_clustering, "history": cmd_history, "synth": cmd_synth, "train": cmd_train, "demo": cmd_demo}[args.command](args)
+        return {"audit": cmd_audit, "register": cmd_register, "serve-hooks": cmd_serve_hooks, "db": cmd_db, "clustering": cmd_clustering, "history": cmd_history, "synth": cmd_synth, "train": cmd_train, "demo": cmd_demo}[args.command](args)
     except XichError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
@@ -312,6 +316,26 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     done = audit_model_version(**parameters, shards=args.shards)
     out.print(f"audited: run {done['run_id']}, report {done['report']}", highlight=False)
+    return 0
+
+
+def cmd_serve_hooks(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .hooks import create_app
+
+    # the receiver answers MLflow within its 30 s timeout: its own MLflow calls retry briefly unless told otherwise
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    settings = get_settings()
+    app = create_app(settings)
+    logging.getLogger("xich.hooks").setLevel(logging.INFO)
+    hooks = [f"/hooks/mlflow ({'on' if settings.hooks_secret else 'off: XICH_HOOKS_SECRET unset'})",
+             f"/hooks/generic ({'on' if settings.hooks_generic_secret else 'off: XICH_HOOKS_GENERIC_SECRET unset'})"]
+    out.print(f"xich hooks on http://{args.host}:{args.port}: {', '.join(hooks)}; results database "
+              f"{settings.database_url.split('@')[-1]}", highlight=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
 

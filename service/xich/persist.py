@@ -118,6 +118,23 @@ def _request(session: Session, mv: ModelVersion, dataset_uri: str, settings: dic
     return request
 
 
+def request_run(*, session: Session, model_name: str, version: str, dataset_uri: str, settings: dict) -> AuditRun | None:
+    """The run serving the audit request of this model version, dataset and settings (None: none yet)."""
+    return session.scalar(select(AuditRun)
+                          .join(AuditRequest, AuditRequest.run_id == AuditRun.id)
+                          .join(ModelVersion, ModelVersion.id == AuditRequest.model_version_id)
+                          .join(Model, Model.id == ModelVersion.model_id)
+                          .where(Model.name == model_name, ModelVersion.version == version,
+                                 AuditRequest.request_key == request_key(dataset_uri, settings)))
+
+
+def version_metadata(*, session: Session, model_name: str, version: str) -> dict | None:
+    """The registry metadata recorded with a model version (None: no such version)."""
+    return session.scalar(select(ModelVersion.registry_metadata)
+                          .join(Model, Model.id == ModelVersion.model_id)
+                          .where(Model.name == model_name, ModelVersion.version == version))
+
+
 def unaudited_requests(*, session: Session, model_name: str | None = None,
                        stale_after: timedelta = timedelta(hours=12)) -> list[dict]:
     """Registered audits without a complete run, oldest first, as the parameters of ``audit_model_version``.

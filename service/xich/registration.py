@@ -17,7 +17,7 @@ from .db import make_engine
 from .errors import XichError
 from .locks import named_lock
 from .migrate import upgrade
-from .persist import file_sha256, register_version, unaudited_requests
+from .persist import file_sha256, register_version, request_run, unaudited_requests, version_metadata
 
 # the settings an audit request may give: AuditConfig's fields but the model and data (given apart), and the clustering
 REQUEST_SETTINGS = tuple(sorted({f.name for f in fields(AuditConfig)} - {"model", "data", "weights", "data_uri", "weights_uri"}
@@ -85,6 +85,29 @@ def unaudited(*, database_url: str, model: str | None = None) -> list[dict]:
     try:
         with Session(engine) as session:
             return unaudited_requests(session=session, model_name=model)
+    finally:
+        engine.dispose()
+
+
+def audit_status(*, database_url: str, model: str, version: str, dataset_uri: str, settings: dict
+                 ) -> tuple[str, str] | None:
+    """(run id, status) of the run serving a registered audit request; None while no run serves it."""
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            run = request_run(session=session, model_name=model, version=version, dataset_uri=dataset_uri,
+                              settings=settings)
+            return (run.id, run.status) if run is not None else None
+    finally:
+        engine.dispose()
+
+
+def registry_metadata(*, database_url: str, model: str, version: str) -> dict | None:
+    """The registry metadata recorded with a model version (None: no such version)."""
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            return version_metadata(session=session, model_name=model, version=version)
     finally:
         engine.dispose()
 

@@ -113,3 +113,16 @@ def summarize(classes: list[ClassResult]) -> dict:
     rhos = [r.spearman_score_train_share for r in classes if r.spearman_score_train_share is not None]
     return {"train_share_by_rank": train_share_by_rank(ranked), "mean_spearman": float(np.mean(rhos)) if rhos else None,
             "classes_ranked": len(ranked), "classes_without_evidence": [r.name for r in classes if not r.hierarchy]}
+
+
+def least_dominant_share(classes: list[ClassResult]) -> float | None:
+    """Mean over classes of the training share of each class's least dominant cluster (the last of its hierarchy).
+
+    The paper's reading (Fig. 4/5): the clusters that lose are those the model saw little of in training, so a
+    small value says that, per class, the look the model explains least is rare in its training data. Classes
+    without a hierarchy are left out; None without a training split or without any ranked class.
+    """
+    shares = [next(c.train_share for c in cls.clusters if c.id == cls.hierarchy[-1]) for cls in classes
+              if cls.hierarchy]
+    shares = [s for s in shares if s is not None]
+    return float(np.mean(shares)) if shares else None

@@ -1,0 +1,430 @@
+"""``xich serve-hooks``: model-registry webhooks that start audits (an ASGI app, served by uvicorn).
+
+    GET  /health         {"status": "ok", "hooks": {"mlflow": bool, "generic": bool}}: which hooks have a secret
+    POST /hooks/mlflow   MLflow's webhooks: acts on model_version.created, and on model_version_alias.created for
+                         the aliases of XICH_HOOKS_ALIASES; acknowledges every other event
+    POST /hooks/generic  {"model", "version", "weights_uri", "dataset_uri", ...}: other registries and CI pipelines
+
+A POST is checked in this order; the first failure answers a 4xx with its reason and leaves no row behind:
+body size (413), delivery id and timestamp headers (400), signature (401), the timestamp's window (400),
+the JSON and its fields (400), a delivery id received before (409). Both hooks sign as MLflow does (see
+:func:`sign`), each with its own secret and headers; a hook whose secret is unset answers 503.
+
+An accepted delivery is remembered (``deliveries``), then resolved through the mapping file (``hook_mapping``),
+its weights read from its source and hashed, the version and its audit request recorded
+(``registration.register``), and the audit deployment started without waiting for it:
+
+    202 started      a flow run of the audit deployment was created
+    202 registered   recorded, but Prefect did not take the run: the nightly audit-new-versions flow audits it
+    200 audited      recorded before, its audit complete or running: nothing started
+    200 ignored      an event or alias that starts no audit
+    200 unmapped     the version maps to no audit (the reason says why)
+    422 refused      authentic, but it cannot be audited as it stands (the reason says why)
+    503 unavailable  acting failed on what a later try may pass (database, store, MLflow): nothing is remembered,
+                     so the sender's retry acts on it
+
+Light on purpose: no torch; Prefect is imported only to start a deployment, mlflow only to read a source.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .db import make_engine
+from .deliveries import claim_delivery, forget_delivery, received_delivery, settle_delivery
+from .errors import Unavailable, XichError
+from .hook_mapping import NotMapped, read_mapping, resolve, tag_overrides
+from .migrate import upgrade
+from .mlflow_registry import resolve_weights, version_facts, without_credentials
+from .registration import REQUEST_SETTINGS, audit_status, register, registry_time
+from .settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_VERSION = "v1"
+VERSION_CREATED = "model_version.created"
+ALIAS_CREATED = "model_version_alias.created"
+GENERIC_EVENT = "generic.version"
+# the generic hook's body: field → accepted JSON types (None: null); model, version and weights_uri are required
+GENERIC_FIELDS = {"model": (str,), "version": (str, int), "weights_uri": (str, type(None)), "dataset_uri": (str,),
+                  "model_spec": (str,), "labels": (str,), "settings": (dict,), "weights_file": (str,),
+                  "metadata": (dict,), "created_at": (str, int)}
+GENERIC_REQUIRED = ("model", "version", "weights_uri")
+
+
+def sign(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
+    """MLflow's webhook signature (mlflow/webhooks/delivery.py): ``v1,`` + base64 of
+    HMAC-SHA256(secret, ``{delivery_id}.{timestamp}.{raw body}``), over the body's bytes as sent."""
+    mac = hmac.new(secret.encode(), f"{delivery_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return f"{SIGNATURE_VERSION},{base64.b64encode(mac.digest()).decode()}"
+
+
+def signature_matches(secret: str, delivery_id: str, timestamp: str, body: bytes, signature: str) -> bool:
+    """Whether ``signature`` is :func:`sign`'s, compared in constant time."""
+    expected = sign(secret, delivery_id, timestamp, body).encode()
+    return hmac.compare_digest(expected, signature.encode("latin-1", errors="replace"))
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One endpoint: its name (``hook_delivery.source``), headers and the setting holding its secret."""
+
+    source: str
+    delivery_header: str
+    timestamp_header: str
+    signature_header: str
+    secret_setting: str
+
+
+MLFLOW = Hook("mlflow", "X-MLflow-Delivery-Id", "X-MLflow-Timestamp", "X-MLflow-Signature", "hooks_secret")
+GENERIC = Hook("generic", "X-XICH-Delivery-Id", "X-XICH-Timestamp", "X-XICH-Signature", "hooks_generic_secret")
+
+
+class Refused(Exception):
+    """A request refused before anything acts on it: its HTTP status and the reason, for the sender."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+@dataclass
+class Announcement:
+    """What a delivery announces: an event on a model version, with what the registry says of it."""
+
+    event: str
+    model: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    source: str | None = None  # where the weights are
+    run_id: str | None = None  # MLflow's run of the version
+    tags: dict[str, str] = field(default_factory=dict)  # MLflow tags (xich.* ones override the mapping)
+    overrides: dict = field(default_factory=dict)  # the generic hook's fields over the mapping (hook_mapping.FIELDS)
+    metadata: dict = field(default_factory=dict)  # stored as the version's registry metadata
+    registered_at: datetime | None = None
+
+
+@dataclass
+class Answer:
+    status: int
+    outcome: str
+    reason: str
+    flow_run_id: str | None = None
+
+
+def start_audit_deployment(parameters: dict, *, deployment: str) -> str:
+    """Create a flow run of the audit deployment without waiting for it (``timeout=0``); its id.
+
+    Any failure raises: no PREFECT_API_URL (there is no server to start it on), a server that does not answer,
+    no such deployment.
+    """
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise XichError("PREFECT_API_URL is not set, so there is no Prefect server to start it on")
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(deployment, parameters=parameters, timeout=0,
+                         flow_run_name=f"{parameters['model']}-{parameters['version']}")
+    return str(run.id)
+
+
+class HookReceiver:
+    """The hooks' state (settings, mapping, database engine) and their handlers."""
+
+    def __init__(self, settings: Settings, *, start_audit: Callable[[dict], str] | None = None):
+        if settings.hooks_secret is None and settings.hooks_generic_secret is None:
+            raise XichError("XICH_HOOKS_SECRET and XICH_HOOKS_GENERIC_SECRET are both unset: the receiver would "
+                            "refuse every delivery; set the secret of the MLflow webhook, of the generic hook, or both")
+        self.settings = settings
+        self.mapping = read_mapping(settings.hooks_config) if settings.hooks_config else {}
+        self.mapping_source = f"the mapping file {settings.hooks_config}" if settings.hooks_config else \
+            "the mapping (XICH_HOOKS_CONFIG is not set)"
+        self.start_audit = start_audit or (lambda p: start_audit_deployment(p, deployment=settings.audit_deployment))
+        upgrade(settings.database_url)
+        self.engine = make_engine(settings.database_url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- HTTP --------------------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "hooks": {"mlflow": self.settings.hooks_secret is not None,
+                                                       "generic": self.settings.hooks_generic_secret is not None}})
+
+    async def mlflow(self, request: Request) -> JSONResponse:
+        return await self._deliver(MLFLOW, request, parse_mlflow)
+
+    async def generic(self, request: Request) -> JSONResponse:
+        return await self._deliver(GENERIC, request, parse_generic)
+
+    async def _deliver(self, hook: Hook, request: Request, parse: Callable[[object], Announcement]) -> JSONResponse:
+        delivery_id = None
+        try:
+            secret = getattr(self.settings, hook.secret_setting)
+            if secret is None:
+                return self._refusal(hook, None, Refused(503, f"the {hook.source} hook is off: "
+                                                              f"XICH_{hook.secret_setting.upper()} is not set"))
+            body = await _read_body(request, self.settings.hooks_max_body_bytes)
+            delivery_id, timestamp = self._authenticate(hook, request, body, secret.get_secret_value())
+            announcement = parse(_json(body))
+            answer = await run_in_threadpool(self._act, hook, delivery_id, announcement)
+        except Refused as refused:
+            return self._refusal(hook, delivery_id, refused)
+        log.info("%s delivery %s: %s %s %s -> %d %s: %s", hook.source, delivery_id, announcement.event,
+                 announcement.model, announcement.version, answer.status, answer.outcome, answer.reason)
+        return JSONResponse({"outcome": answer.outcome, "reason": answer.reason, "delivery_id": delivery_id,
+                             "model": announcement.model, "version": announcement.version,
+                             "flow_run_id": answer.flow_run_id}, status_code=answer.status)
+
+    def _refusal(self, hook: Hook, delivery_id: str | None, refused: Refused) -> JSONResponse:
+        log.warning("%s delivery %s refused (%d): %s", hook.source, delivery_id or "-", refused.status, refused.reason)
+        return JSONResponse({"error": refused.reason}, status_code=refused.status)
+
+    def _authenticate(self, hook: Hook, request: Request, body: bytes, secret: str) -> tuple[str, str]:
+        """The delivery id and timestamp of a request signed with ``secret`` within the window; else Refused."""
+        delivery_id = request.headers.get(hook.delivery_header, "")
+        timestamp = request.headers.get(hook.timestamp_header, "")
+        signature = request.headers.get(hook.signature_header)
+        for name, value in ((hook.delivery_header, delivery_id), (hook.timestamp_header, timestamp)):
+            if not value:
+                raise Refused(400, f"no {name} header")
+        if len(delivery_id) > 255 or not delivery_id.isprintable():
+            raise Refused(400, f"{hook.delivery_header}: at most 255 printable characters")
+        if signature is None:
+            raise Refused(401, f"no {hook.signature_header} header: the sender signs nothing (an MLflow webhook "
+                               f"created without a secret?)")
+        if not signature_matches(secret, delivery_id, timestamp, body, signature):
+            raise Refused(401, f"{hook.signature_header} does not match the body: wrong secret, or the body was "
+                               f"changed on the way")
+        if not timestamp.isdigit():
+            raise Refused(400, f"{hook.timestamp_header} {timestamp[:40]!r}: not unix seconds")
+        skew = time.time() - int(timestamp)
+        if abs(skew) > self.settings.hooks_window_s:
+            raise Refused(400, f"{hook.timestamp_header} {timestamp} is {abs(skew):.0f} s "
+                               f"{'old' if skew > 0 else 'in the future'}; deliveries more than "
+                               f"{self.settings.hooks_window_s} s (XICH_HOOKS_WINDOW_S) from this server's clock are "
+                               f"refused")
+        return delivery_id, timestamp
+
+    # --- acting on a delivery (in a worker thread: database, store and MLflow calls block) ---------------
+
+    def _act(self, hook: Hook, delivery_id: str, announcement: Announcement) -> Answer:
+        """Claim the delivery, act on it, record the outcome; a delivery claimed before is Refused (409)."""
+        try:
+            with Session(self.engine) as session:
+                delivery = claim_delivery(session=session, source=hook.source, delivery_id=delivery_id,
+                                          event=announcement.event, model=announcement.model,
+                                          version=announcement.version)
+                if delivery is None:
+                    before = received_delivery(session=session, source=hook.source, delivery_id=delivery_id)
+                    when = before.received_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if before else "?"
+                    raise Refused(409, f"delivery {delivery_id} was received before ({when}, "
+                                       f"{before.outcome if before else '?'}): nothing done again")
+                try:
+                    answer = self._answer(announcement)
+                except BaseException:
+                    _forget(session, delivery)
+                    raise
+                settle_delivery(session=session, delivery=delivery, outcome=answer.outcome, reason=answer.reason,
+                                flow_run_id=answer.flow_run_id)
+                return answer
+        except (Unavailable, OSError, DBAPIError) as exc:
+            reason = " ".join(without_credentials(str(exc)).split())[:500]
+            log.warning("%s delivery %s: %s; not remembered, so a retry acts on it", hook.source, delivery_id, reason)
+            return Answer(503, "unavailable", f"{reason}; nothing was recorded: send the delivery again")
+
+    def _answer(self, announcement: Announcement) -> Answer:
+        if announcement.event not in (VERSION_CREATED, ALIAS_CREATED, GENERIC_EVENT):
+            return Answer(200, "ignored", f"event {announcement.event} starts no audit (acted on: {VERSION_CREATED}, "
+                                          f"and {ALIAS_CREATED} for {', '.join(self.settings.hooks_aliases) or 'no alias'})")
+        if announcement.event == ALIAS_CREATED and announcement.alias not in self.settings.hooks_aliases:
+            return Answer(200, "ignored", f"alias {announcement.alias!r} starts no audit (XICH_HOOKS_ALIASES: "
+                                          f"{', '.join(self.settings.hooks_aliases) or 'none'})")
+        try:
+            return self._register_and_start(announcement)
+        except NotMapped as exc:
+            return Answer(200, "unmapped", str(exc))
+        except Unavailable:
+            raise
+        except XichError as exc:
+            return Answer(422, "refused", str(exc))
+
+    def _register_and_start(self, a: Announcement) -> Answer:
+        if a.event == ALIAS_CREATED:  # the alias event names the version only: ask MLflow for the rest
+            facts = version_facts(a.model, a.version, tracking_uri=self.settings.mlflow_tracking_uri)
+            a.source, a.run_id, a.tags = facts["source"], facts["run_id"], facts["tags"]
+            a.registered_at = registry_time({"creation_timestamp": facts["creation_timestamp"]})
+        if a.event in (VERSION_CREATED, ALIAS_CREATED):  # what the write-back needs to find the version again
+            uri = self.settings.mlflow_tracking_uri
+            a.metadata = {"registry": "mlflow", "tracking_uri": without_credentials(uri) if uri else None,
+                          "name": a.model, "version": a.version, "source": a.source, "run_id": a.run_id,
+                          "tags": a.tags, "created_at": a.registered_at.isoformat() if a.registered_at else None}
+        target = resolve(self.mapping, a.model, {**tag_overrides(a.tags), **a.overrides}, source=self.mapping_source)
+        weights_uri, local = (resolve_weights(a.source, weights_file=target.weights_file, settings=self.settings)
+                              if a.source else (None, None))
+        parameters = register(database_url=self.settings.database_url, model=a.model, version=a.version,
+                              model_spec=target.spec, weights_uri=weights_uri, dataset_uri=target.dataset,
+                              settings=target.settings, registry_metadata=a.metadata, registered_at=a.registered_at,
+                              local_weights=str(local) if local else None)
+        served = audit_status(database_url=self.settings.database_url, model=a.model, version=a.version,
+                              dataset_uri=target.dataset, settings=target.settings)
+        if served is not None and served[1] in ("complete", "running"):
+            return Answer(200, "audited", f"{a.model} {a.version} was recorded before and its audit is {served[1]} "
+                                          f"(run {served[0]}): nothing started")
+        try:
+            flow_run_id = self.start_audit(parameters)
+        except Exception as exc:  # no Prefect, a server that does not answer, no deployment: the nightly flow audits it
+            cause = " ".join(str(exc).split())[:300] or type(exc).__name__
+            return Answer(202, "registered", f"{a.model} {a.version} is recorded, but its audit did not start "
+                                             f"({type(exc).__name__}: {cause}); the nightly audit-new-versions flow "
+                                             f"will audit it")
+        return Answer(202, "started", f"audit of {a.model} {a.version} started: flow run {flow_run_id}", flow_run_id)
+
+
+def _forget(session: Session, delivery) -> None:
+    try:
+        forget_delivery(session=session, delivery=delivery)
+    except DBAPIError as exc:  # the database went away: the claim may stay, and a retry is answered 409
+        log.error("delivery %s could not be forgotten (%s); a retry will be refused as a repeat",
+                  delivery.delivery_id, str(exc).splitlines()[0])
+
+
+# --- reading requests ---------------------------------------------------------------------------
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The raw body (the signature covers its bytes as sent); Refused (413) past ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    too_large = Refused(413, f"the body is larger than {limit} bytes (XICH_HOOKS_MAX_BODY_BYTES)")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(body: bytes) -> object:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Refused(400, "the body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise Refused(400, f"the body is not JSON ({exc.msg} at character {exc.pos})") from None
+
+
+def _field(data: dict, key: str, types: tuple, where: str, required: bool = True):
+    if key not in data:
+        if required:
+            raise Refused(400, f"{where}: no {key!r} field")
+        return None
+    if not isinstance(data[key], types) or isinstance(data[key], bool):
+        names = " or ".join("null" if t is type(None) else {"str": "a string", "int": "an integer",
+                                                            "dict": "an object"}[t.__name__] for t in types)
+        raise Refused(400, f"{where}: {key!r} must be {names}, got {type(data[key]).__name__}")
+    return data[key]
+
+
+def parse_mlflow(doc: object) -> Announcement:
+    """An MLflow webhook body: ``{"entity", "action", "timestamp", "data": {...}}``.
+
+    Fields MLflow may add (``workspace``, new keys in ``data``) are ignored, not refused: the sender is
+    authenticated, and refusing them would lose every delivery after an MLflow upgrade.
+    """
+    if not isinstance(doc, dict):
+        raise Refused(400, f"the body is a JSON {type(doc).__name__}, not MLflow's object "
+                           f"{{entity, action, timestamp, data}}")
+    entity, action = _field(doc, "entity", (str,), "body"), _field(doc, "action", (str,), "body")
+    stamp, data = _field(doc, "timestamp", (str,), "body"), _field(doc, "data", (dict,), "body")
+    try:
+        sent_at = datetime.fromisoformat(stamp)
+    except ValueError:
+        raise Refused(400, f"body: timestamp {stamp[:40]!r} is not an ISO 8601 time") from None
+    event = f"{entity}.{action}"
+    where = f"data of {event}"
+    if event == VERSION_CREATED:
+        name, version = _field(data, "name", (str,), where), _field(data, "version", (str,), where)
+        source = _field(data, "source", (str,), where)
+        run_id = _field(data, "run_id", (str, type(None)), where, required=False)
+        tags = _field(data, "tags", (dict,), where, required=False) or {}
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+            raise Refused(400, f"{where}: 'tags' must map strings to strings")
+        # MLflow sends the event as the version is created: its time is the version's registry time
+        return Announcement(event, name, version, source=source, run_id=run_id, tags=tags,
+                            registered_at=sent_at if sent_at.tzinfo else sent_at.replace(tzinfo=timezone.utc))
+    if event == ALIAS_CREATED:
+        return Announcement(event, _field(data, "name", (str,), where), _field(data, "version", (str,), where),
+                            alias=_field(data, "alias", (str,), where))
+    name, version = data.get("name"), data.get("version")
+    return Announcement(event, name if isinstance(name, str) else None, version if isinstance(version, str) else None)
+
+
+def parse_generic(doc: object) -> Announcement:
+    """The generic hook's body (GENERIC_FIELDS): unknown fields and settings are refused."""
+    if not isinstance(doc, dict):
+        raise Refused(400, f"the body is a JSON {type(doc).__name__}, not an object {{\"model\", \"version\", "
+                           f"\"weights_uri\", \"dataset_uri\", ...}}")
+    unknown = sorted(set(doc) - set(GENERIC_FIELDS))
+    if unknown:
+        raise Refused(400, f"unknown field(s) {', '.join(unknown)}; use {', '.join(GENERIC_FIELDS)}")
+    values = {key: _field(doc, key, types, "body", required=key in GENERIC_REQUIRED)
+              for key, types in GENERIC_FIELDS.items()}
+    unknown = sorted(set(values["settings"] or {}) - set(REQUEST_SETTINGS))
+    if unknown:
+        raise Refused(400, f"settings: unknown key(s) {', '.join(unknown)}; use {', '.join(REQUEST_SETTINGS)}")
+    registered_at = None
+    if values["created_at"] is not None:
+        try:
+            registered_at = registry_time({"created_at": values["created_at"]})
+        except XichError:
+            raise Refused(400, f"body: created_at {values['created_at']!r} is not a time; give ISO 8601 "
+                               f"(2026-11-29T12:00:00Z) or milliseconds since the epoch") from None
+    version = str(values["version"])
+    overrides = {"spec": values["model_spec"], "dataset": values["dataset_uri"], "labels": values["labels"],
+                 "settings": values["settings"], "weights_file": values["weights_file"]}
+    return Announcement(GENERIC_EVENT, values["model"], version, source=values["weights_uri"],
+                        overrides={k: v for k, v in overrides.items() if v is not None},
+                        metadata={**(values["metadata"] or {}), "hook": "generic"}, registered_at=registered_at)
+
+
+def create_app(settings: Settings | None = None, *, start_audit: Callable[[dict], str] | None = None) -> Starlette:
+    """The receiver as an ASGI app. XichError when no hook has a secret or the mapping file is bad; the results
+    database is migrated here, so a database that cannot be reached stops it before it listens.
+
+    ``start_audit(parameters) -> flow run id``: how an audit is started (default: the audit deployment,
+    XICH_AUDIT_DEPLOYMENT, through Prefect at PREFECT_API_URL).
+    """
+    receiver = HookReceiver(settings or get_settings(), start_audit=start_audit)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        try:
+            yield
+        finally:
+            receiver.close()
+
+    return Starlette(routes=[Route("/health", receiver.health, methods=["GET"]),
+                             Route("/hooks/mlflow", receiver.mlflow, methods=["POST"]),
+                             Route("/hooks/generic", receiver.generic, methods=["POST"])],
+                     lifespan=lifespan)

@@ -1,0 +1,174 @@
+"""MLflow's model registry through its client (``mlflow-skinny``): where a version's weights are, its facts, and
+the tags XICH writes back on it after an audit.
+
+Light: ``mlflow`` is imported only inside the functions that call it. Errors are XichError when asking again
+cannot help (no such run, model or artifact; refused) and Unavailable when it may (the server did not answer;
+the MLflow client has already retried, per ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import Unavailable, XichError
+from .result import AuditResult, least_dominant_share
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".ckpt")
+# MLflow errors that the same call cannot get past; any other (a connection refused, a 5xx) may pass later
+_PERMANENT = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED", "UNAUTHENTICATED",
+              "BAD_REQUEST", "NOT_FOUND", "INVALID_STATE", "RESOURCE_ALREADY_EXISTS"}
+
+
+def is_mlflow_uri(uri: str | None) -> bool:
+    return uri is not None and uri.startswith(MLFLOW_SCHEMES)
+
+
+def without_credentials(uri: str) -> str:
+    """``uri`` without a ``user:password@`` part, for logs, answers and stored metadata."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "", uri)
+
+
+def fetch_source(uri: str, settings: Settings) -> Path:
+    """A local copy of a registry version's source: ``s3://`` through the store (cached by ETag), ``runs:/``,
+    ``models:/`` and ``mlflow-artifacts:/`` through the MLflow client, a path or ``file:`` as it is."""
+    if is_mlflow_uri(uri):
+        return download_artifact(uri, tracking_uri=settings.mlflow_tracking_uri, cache_dir=settings.cache_dir)
+    from .store import fetch_uri
+
+    path = fetch_uri(uri, **settings.s3_options())
+    if not path.exists():
+        raise XichError(f"{uri}: no such file or folder")
+    return path
+
+
+def download_artifact(uri: str, *, tracking_uri: str | None, cache_dir: str | os.PathLike) -> Path:
+    """A local copy of an MLflow artifact URI (a file or a folder), downloaded once per URI into ``cache_dir``.
+
+    A run's artifacts and a registered version's source do not change, so a copy is reused; a changed one
+    would still be caught, by the weights' SHA-256 recorded with the version.
+    """
+    if not tracking_uri:
+        raise XichError(f"{uri}: XICH_MLFLOW_TRACKING_URI is not set; give the MLflow server's address to read "
+                        f"runs:/ and models:/ sources")
+    root = Path(cache_dir) / "mlflow"
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / hashlib.sha256(f"{without_credentials(tracking_uri)} {uri}".encode()).hexdigest()[:24]
+    marker = target.with_suffix(".path")  # written last: the relative path of the download inside ``target``
+    if marker.is_file() and (target / marker.read_text()).exists():
+        return target / marker.read_text()
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+    try:
+        import mlflow.artifacts
+
+        with _mlflow_errors(uri, tracking_uri):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp),
+                                                             tracking_uri=tracking_uri))
+        relative = local.relative_to(tmp).as_posix()
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        marker.write_text(relative)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target / relative
+
+
+def checkpoint_in(folder: Path, weights_file: str | None, uri: str) -> str:
+    """The checkpoint's path inside a source that is a folder: ``weights_file`` if given, else its one file
+    with a checkpoint suffix (.pt, .pth, .th, .ckpt)."""
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    if weights_file is not None:
+        if weights_file not in files:
+            raise XichError(f"{uri}: no file {weights_file!r} (xich.weights_file) in it; it holds "
+                            f"{', '.join(files[:10]) or 'nothing'}")
+        return weights_file
+    found = [f for f in files if f.endswith(CHECKPOINT_SUFFIXES)]
+    if len(found) != 1:
+        raise XichError(f"{uri}: a folder holding {len(found)} checkpoint files ({', '.join(found[:10]) or 'none'}); "
+                        f"name the one to audit with the tag xich.weights_file (its path in the folder)")
+    return found[0]
+
+
+def resolve_weights(source: str, *, weights_file: str | None, settings: Settings) -> tuple[str, Path]:
+    """(the weights URI the workers fetch, a local copy to hash) of a version's source, a file or a folder."""
+    local = fetch_source(source, settings)
+    if local.is_dir():
+        relative = checkpoint_in(local, weights_file, source)
+        return f"{source.rstrip('/')}/{relative}", local / relative
+    if weights_file is not None:
+        raise XichError(f"{source}: a file, not a folder, so xich.weights_file {weights_file!r} names nothing in it")
+    return source, local
+
+
+def version_facts(name: str, version: str, *, tracking_uri: str | None) -> dict:
+    """A registered version's source, run id, tags and creation time (ms), read from the MLflow server."""
+    if not tracking_uri:
+        raise XichError(f"model {name!r} version {version}: XICH_MLFLOW_TRACKING_URI is not set, and an alias event "
+                        f"carries no source; give the MLflow server's address")
+    from mlflow import MlflowClient
+
+    with _mlflow_errors(f"model {name!r} version {version}", tracking_uri):
+        mv = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version(name, version)
+    return {"source": mv.source, "run_id": mv.run_id or None, "tags": dict(mv.tags or {}),
+            "creation_timestamp": mv.creation_timestamp}
+
+
+def write_back(*, registry_metadata: dict | None, model: str, version: str, result: AuditResult, report_uri: str,
+               settings: Settings) -> dict[str, str] | None:
+    """Set the audit's tags on the MLflow version it came from; None (nothing written) for another origin.
+
+    ``xich.run_id``; ``xich.least_dominant_share`` (see ``result.least_dominant_share``; not written without a
+    training split); ``xich.report``: the report's address (``XICH_REPORT_BASE_URL`` + its key, or its store URI).
+    The worker's XICH_MLFLOW_TRACKING_URI wins over the one recorded at registration.
+    """
+    if not registry_metadata or registry_metadata.get("registry") != "mlflow":
+        return None
+    tracking_uri = settings.mlflow_tracking_uri or registry_metadata.get("tracking_uri")
+    if not tracking_uri:
+        raise XichError(f"{model} {version} came from MLflow, but no tracking URI is known: set "
+                        f"XICH_MLFLOW_TRACKING_URI for the workers")
+    name, mlflow_version = registry_metadata.get("name", model), str(registry_metadata.get("version", version))
+    tags = {"xich.run_id": result.run_id, "xich.report": report_link(report_uri, result.run_id, settings)}
+    share = least_dominant_share(result.classes)
+    if share is not None:
+        tags["xich.least_dominant_share"] = f"{share:.4f}"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with _mlflow_errors(f"model {name!r} version {mlflow_version}", tracking_uri):
+        for key, value in tags.items():
+            client.set_model_version_tag(name, mlflow_version, key, value)
+    return tags
+
+
+def report_link(report_uri: str, run_id: str, settings: Settings) -> str:
+    """The report's address for people: under ``XICH_REPORT_BASE_URL`` when set, else its store URI."""
+    if settings.report_base_url:
+        return f"{settings.report_base_url.rstrip('/')}/runs/{run_id}/report/index.html"
+    return report_uri
+
+
+@contextmanager
+def _mlflow_errors(what: str, tracking_uri: str) -> Iterator[None]:
+    """MLflow's exceptions as XichError (asking again cannot help) or Unavailable (it may), naming the server."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        server = without_credentials(tracking_uri)
+        message = " ".join(without_credentials(exc.message).split())[:300]
+        if exc.error_code in _PERMANENT:
+            raise XichError(f"{what}: MLflow at {server} says {message}") from None
+        raise Unavailable(f"{what}: MLflow at {server} did not answer ({message})") from None

@@ -3,6 +3,7 @@
     audit_model_version: fetch dataset and weights from the store → open the audit and begin its run
       → per class: load images (I/O) → compute every stage (no retries) → store (I/O) → finish
       → report and audit document to the store → artifacts (a per-class table, a markdown summary)
+      → tags on the registry's version when it came from MLflow (run id, least dominant share, report link)
     audit_new_versions: start audit_model_version for every registered version without a complete audit
 
 I/O tasks retry with exponential backoff, and only on errors a later try can fix (a server that did
@@ -25,7 +26,8 @@ from sqlalchemy.exc import DBAPIError
 from xich.audit import ClassImages
 from xich.errors import Unavailable
 from xich.pipeline import RecordedRun, open_recorded_run, publish_with_report
-from xich.registration import audit_config, unaudited
+from xich.mlflow_registry import download_artifact, is_mlflow_uri, write_back
+from xich.registration import audit_config, registry_metadata, unaudited
 from xich.report import class_table, summary_markdown
 from xich.result import AuditResult, ClassResult
 from xich.settings import get_settings
@@ -53,7 +55,11 @@ IO = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), 
 
 @task(name="fetch", **IO)
 def fetch(uri: str | None) -> str | None:
-    """A local copy of an ``s3://`` dataset or checkpoint (cached by ETag); local paths unchanged."""
+    """A local copy of an ``s3://`` dataset or checkpoint (cached by ETag), or of an MLflow ``runs:/`` /
+    ``models:/`` source; local paths unchanged."""
+    if is_mlflow_uri(uri):
+        settings = get_settings()
+        return str(download_artifact(uri, tracking_uri=settings.mlflow_tracking_uri, cache_dir=settings.cache_dir))
     if uri is None or not uri.startswith("s3://"):
         return uri
     from xich.store import fetch_uri
@@ -108,6 +114,15 @@ def publish_artifacts(result: AuditResult, model: str, version: str, report_uri:
                              markdown=summary_markdown(result, model=model, version=version, report_uri=report_uri))
 
 
+@task(name="registry-tags", **IO)
+def tag_registry_version(model: str, version: str, result: AuditResult, report_uri: str) -> dict | None:
+    """The audit's tags on the MLflow version it came from (None: the version came from elsewhere)."""
+    settings = get_settings()
+    return write_back(registry_metadata=registry_metadata(database_url=settings.database_url, model=model,
+                                                          version=version),
+                      model=model, version=version, result=result, report_uri=report_uri, settings=settings)
+
+
 def artifact_key(model: str) -> str:
     """``xich-<model>``: Prefect artifact keys take lowercase letters, digits and dashes only."""
     slug = "".join(ch if ch.isalnum() else "-" for ch in model.lower())
@@ -157,6 +172,12 @@ def audit_model_version(model: str, version: str, model_spec: str, weights_uri: 
     finally:
         rec.close()
     publish_artifacts(result, model, version, report_uri)
+    try:
+        if tags := tag_registry_version(model, version, result, report_uri):
+            logger.info("tags on the registry's version: %s", tags)
+    except Exception as exc:  # the audit is complete and published: a registry that is down does not undo that
+        logger.warning("audit of %s %s complete, but its tags were not written to the registry: %s", model, version,
+                       exc)
     logger.info("audit of %s %s complete: run %s, report %s", model, version, result.run_id, report_uri)
     return {"run_id": result.run_id, "computed": list(rec.computed), "report": report_uri}
 

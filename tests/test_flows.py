@@ -177,3 +177,27 @@ def test_shards_without_a_deployment_are_audited_by_the_parent(prefect_server, s
                                settings={**SETTINGS, "per_image": 0, "classes": ["circle", "square"]})
     assert done["computed"] == ["circle", "square"] and _only_run(url).status == "complete"
     assert "cannot start shards through deployment 'audit-model-version/audit'" in caplog.text
+
+
+def test_a_registry_that_is_down_leaves_the_audit_complete(prefect_server, synth_data, weights, tmp_path, monkeypatch,
+                                                          one_torch_thread, caplog):
+    """A version registered from MLflow gets tags after its audit; MLflow not answering logs a warning and the
+    audit stays complete (the write-back task's own retries are turned off here: 2 + 4 + 8 s of backoff)."""
+    import flows.audit
+    from stack import free_port
+
+    url = f"sqlite:///{tmp_path / 'tags.db'}"
+    monkeypatch.setenv("XICH_DATABASE_URL", url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("XICH_MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(flows.audit, "tag_registry_version", flows.audit.tag_registry_version.with_options(retries=0))
+    parameters = register(database_url=url, model="tagged", version="1", model_spec="cifar:resnet20",
+                          weights_uri=weights, dataset_uri=str(synth_data),
+                          settings={**SETTINGS, "per_image": 0, "classes": ["circle"]},
+                          registry_metadata={"registry": "mlflow", "name": "tagged", "version": "1",
+                                             "tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    done = audit_model_version(**parameters)
+    assert _only_run(url).status == "complete" and done["run_id"] == _only_run(url).id
+    assert "audit of tagged 1 complete, but its tags were not written to the registry: model 'tagged' version 1: " \
+           "MLflow at http://127.0.0.1:" in caplog.text
+    assert "did not answer" in caplog.text

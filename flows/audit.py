@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from xich.audit import ClassImages
 from xich.errors import Unavailable
 from xich.pipeline import RecordedRun, open_recorded_run, publish_with_report
-from xich.mlflow_registry import download_artifact, is_mlflow_uri, write_back
+from xich.mlflow_registry import download_artifact, is_mlflow_uri, tracking_uri_for, write_back
 from xich.registration import audit_config, registry_metadata, unaudited
 from xich.report import class_table, summary_markdown
 from xich.result import AuditResult, ClassResult
@@ -54,12 +54,13 @@ IO = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), 
 
 
 @task(name="fetch", **IO)
-def fetch(uri: str | None) -> str | None:
+def fetch(uri: str | None, model: str | None = None, version: str | None = None) -> str | None:
     """A local copy of an ``s3://`` dataset or checkpoint (cached by ETag), or of an MLflow ``runs:/`` /
-    ``models:/`` source; local paths unchanged."""
+    ``models:/`` source of the version ``model``/``version`` (see ``tracking_uri_for``); local paths unchanged."""
     if is_mlflow_uri(uri):
         settings = get_settings()
-        return str(download_artifact(uri, tracking_uri=settings.mlflow_tracking_uri, cache_dir=settings.cache_dir))
+        return str(download_artifact(uri, tracking_uri=tracking_uri_for(model=model, version=version, settings=settings),
+                                     cache_dir=settings.cache_dir))
     if uri is None or not uri.startswith("s3://"):
         return uri
     from xich.store import fetch_uri
@@ -151,7 +152,7 @@ def audit_model_version(model: str, version: str, model_spec: str, weights_uri: 
     logger = get_run_logger()
     parameters = {"model": model, "version": version, "model_spec": model_spec, "weights_uri": weights_uri,
                   "dataset_uri": dataset_uri, "settings": dict(settings or {})}
-    rec = open_run(parameters, fetch(dataset_uri), fetch(weights_uri))
+    rec = open_run(parameters, fetch(dataset_uri), fetch(weights_uri, model, version))
     try:
         try:
             if rec.complete:

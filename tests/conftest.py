@@ -58,6 +58,17 @@ def postgres_url():
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def results_db() -> str:
+    """A throwaway PostgreSQL database for the results of workers (processes other than pytest's)."""
+    name = f"xich_stack_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
     if request.param == "sqlite":
@@ -86,6 +97,16 @@ def prefect_server(tmp_path_factory) -> stack.PrefectServer:
     if (missing := stack.prefect_missing()) is not None:
         pytest.skip(f"native Prefect stack not tested: {missing}")
     with stack.prefect_server(tmp_path_factory.mktemp("prefect")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> stack.MlflowServer:
+    """``mlflow server`` (SQLite backend, webhooks allowed to call loopback), for the whole session; see
+    stack.mlflow_server. Skips where full mlflow (the test extra) is not installed."""
+    if (missing := stack.mlflow_missing()) is not None:
+        pytest.skip(f"MLflow server not tested: {missing}")
+    with stack.mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
         yield server
 
 

@@ -75,3 +75,19 @@ def test_write_back_is_for_mlflow_versions_only():
                                         r"XICH_MLFLOW_TRACKING_URI for the workers$"):
         write_back(registry_metadata={"registry": "mlflow", "tracking_uri": None}, model="m", version="1",
                    result=None, report_uri="r", settings=settings)
+
+
+def test_workers_find_the_mlflow_server_recorded_with_the_version(tmp_path):
+    from xich.mlflow_registry import tracking_uri_for
+    from xich.registration import register
+
+    url = f"sqlite:///{tmp_path / 'xich.db'}"
+    (tmp_path / "w.pt").write_bytes(b"w")
+    register(database_url=url, model="m", version="1", model_spec="cifar:resnet20", weights_uri=str(tmp_path / "w.pt"),
+             dataset_uri=str(tmp_path), settings={},
+             registry_metadata={"registry": "mlflow", "tracking_uri": "http://mlflow.internal:5000"})
+    recorded = get_settings(database_url=url, mlflow_tracking_uri=None)
+    assert tracking_uri_for(model="m", version="1", settings=recorded) == "http://mlflow.internal:5000"
+    assert tracking_uri_for(model="m", version="2", settings=recorded) is None
+    own = get_settings(database_url=url, mlflow_tracking_uri="http://127.0.0.1:5000")
+    assert tracking_uri_for(model="m", version="1", settings=own) == "http://127.0.0.1:5000"  # the worker's own wins

@@ -16,11 +16,10 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import text
 
-from stack import PG_ADMIN, create_process_pool, log_tail, prefect_cli, prefect_missing, prefect_python, prefect_worker
+from stack import create_process_pool, log_tail, prefect_cli, prefect_missing, prefect_python, prefect_worker
 from xich.db import make_engine
 
 if (_missing := prefect_missing()) is not None:
@@ -63,17 +62,6 @@ print(json.dumps({"wait_s": time.monotonic() - t0, "runs": [
      "parameters": r.parameters} for r in mine],
     "artifacts": [{"key": a.key, "data": a.data} for a in artifacts]}))
 """
-
-
-@pytest.fixture
-def results_db() -> str:
-    """A throwaway PostgreSQL database for the workers' results."""
-    name = f"xich_stack_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.mark.shared_data

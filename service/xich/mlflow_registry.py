@@ -111,6 +111,16 @@ def resolve_weights(source: str, *, weights_file: str | None, settings: Settings
     return source, local
 
 
+def tracking_uri_for(*, model: str | None, version: str | None, settings: Settings) -> str | None:
+    """The MLflow server of a registered version: XICH_MLFLOW_TRACKING_URI, else the one recorded with the version
+    when the hook registered it (so workers need no MLflow setting of their own)."""
+    if settings.mlflow_tracking_uri or model is None or version is None:
+        return settings.mlflow_tracking_uri
+    from .registration import registry_metadata
+
+    return (registry_metadata(database_url=settings.database_url, model=model, version=version) or {}).get("tracking_uri")
+
+
 def version_facts(name: str, version: str, *, tracking_uri: str | None) -> dict:
     """A registered version's source, run id, tags and creation time (ms), read from the MLflow server."""
     if not tracking_uri:
@@ -134,7 +144,7 @@ def write_back(*, registry_metadata: dict | None, model: str, version: str, resu
     """
     if not registry_metadata or registry_metadata.get("registry") != "mlflow":
         return None
-    tracking_uri = settings.mlflow_tracking_uri or registry_metadata.get("tracking_uri")
+    tracking_uri = settings.mlflow_tracking_uri or registry_metadata.get("tracking_uri")  # as tracking_uri_for
     if not tracking_uri:
         raise XichError(f"{model} {version} came from MLflow, but no tracking URI is known: set "
                         f"XICH_MLFLOW_TRACKING_URI for the workers")

@@ -238,7 +238,7 @@ def test_a_new_mlflow_version_is_audited_by_itself(mlflow_server, prefect_server
     log.info("hooks end-to-end timings: %s", {k: round(v, 1) for k, v in timings.items()})
 
 
-def test_runs_sources_and_aliases_through_the_mlflow_client(mlflow_server, tmp_path):
+def test_runs_sources_and_aliases_through_the_mlflow_client(mlflow_server, tmp_path, monkeypatch):
     """A version whose source is a run's folder of artifacts (mlflow.pytorch.log_state_dict), announced by the
     challenger alias: the receiver asks MLflow for the version, downloads the folder and finds its checkpoint."""
     import mlflow
@@ -259,9 +259,10 @@ def test_runs_sources_and_aliases_through_the_mlflow_client(mlflow_server, tmp_p
     mv = client.create_model_version(model, source=source, run_id=run.info.run_id,
                                      tags={"xich.spec": "cifar:resnet20", "xich.dataset": str(tmp_path)})
     recorder = Recorder()
+    monkeypatch.chdir(tmp_path)  # the default cache folder is relative: .xich/cache
     app = Client(create_app(
         get_settings(database_url=f"sqlite:///{tmp_path / 'xich.db'}", hooks_secret=SECRET,
-                     mlflow_tracking_uri=mlflow_server.tracking_uri, cache_dir=str(tmp_path / "cache")),
+                     mlflow_tracking_uri=mlflow_server.tracking_uri, cache_dir=".xich/cache"),
         start_audit=recorder))
     alias = {"entity": "model_version_alias", "action": "created", "timestamp": "2026-11-29T10:45:52+00:00",
              "data": {"name": model, "alias": "challenger", "version": mv.version}}

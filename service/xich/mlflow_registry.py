@@ -62,7 +62,7 @@ def download_artifact(uri: str, *, tracking_uri: str | None, cache_dir: str | os
     if not tracking_uri:
         raise XichError(f"{uri}: XICH_MLFLOW_TRACKING_URI is not set; give the MLflow server's address to read "
                         f"runs:/ and models:/ sources")
-    root = Path(cache_dir) / "mlflow"
+    root = Path(cache_dir).resolve() / "mlflow"  # absolute: MLflow answers with absolute paths
     root.mkdir(parents=True, exist_ok=True)
     target = root / hashlib.sha256(f"{without_credentials(tracking_uri)} {uri}".encode()).hexdigest()[:24]
     marker = target.with_suffix(".path")  # written last: the relative path of the download inside ``target``

@@ -80,3 +80,16 @@ def test_a_bad_mapping_file_is_refused_at_start(tmp_path, text, message):
 def test_a_missing_mapping_file(tmp_path):
     with pytest.raises(XichError, match=r": cannot read it \(No such file or directory\); give the mapping file's path"):
         read_mapping(tmp_path / "nope.toml")
+
+
+def test_serve_hooks_refuses_a_bad_mapping_file(tmp_path, monkeypatch, capsys):
+    from xich.cli import main
+
+    path = tmp_path / "hooks.toml"
+    path.write_text('[models."x"]\nspec = "cifar:resnet20"\nweights = "w.pt"\n')
+    monkeypatch.setenv("XICH_HOOKS_SECRET", "s")
+    monkeypatch.setenv("XICH_HOOKS_CONFIG", str(path))
+    assert main(["serve-hooks", "--port", "1"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err == (f"error: XICH_HOOKS_CONFIG {path}: models.'x': unknown key(s) weights; use spec, dataset, labels, "
+                   f"settings, weights_file")

@@ -27,7 +27,7 @@ from sqlalchemy import text
 import stack
 from xich.db import make_engine
 from xich.hooks import create_app
-from xich.mlflow_registry import download_artifact
+from xich.mlflow_registry import download_artifact, resolve_weights
 from xich.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -271,9 +271,14 @@ def test_runs_sources_and_aliases_through_the_mlflow_client(mlflow_server, tmp_p
     assert recorder.calls[0]["weights_uri"] == f"{source}/state_dict.pth"
     assert recorder.calls[0]["model_spec"] == "cifar:resnet20" and recorder.calls[0]["dataset_uri"] == str(tmp_path)
     # what the worker's fetch task does with that URI: the same bytes
-    fetched = download_artifact(recorder.calls[0]["weights_uri"], tracking_uri=mlflow_server.tracking_uri,
-                                cache_dir=tmp_path / "worker-cache")
-    assert fetched.read_bytes() == state.read_bytes()
+    for uri in (recorder.calls[0]["weights_uri"], f"models:/{model}/{mv.version}/state_dict.pth"):
+        fetched = download_artifact(uri, tracking_uri=mlflow_server.tracking_uri, cache_dir=tmp_path / "worker-cache")
+        assert fetched.read_bytes() == state.read_bytes(), uri
+    client.set_registered_model_alias(model, "challenger", mv.version)
+    settings = get_settings(mlflow_tracking_uri=mlflow_server.tracking_uri, cache_dir=".xich/cache")
+    assert resolve_weights(f"models:/{model}@challenger", weights_file=None, settings=settings)[0] == \
+        f"{source}/state_dict.pth"  # recorded as where the version's artifacts live
+    assert not (tmp_path / "mlflow.db").exists()  # nothing asked MLflow's default (local) tracking store
     missing = app.deliver(version_created(name=model, version="9", source=f"runs:/{run.info.run_id}/nothing-here",
                                           tags={"xich.spec": "cifar:resnet20", "xich.dataset": str(tmp_path)}),
                           secret=SECRET)

@@ -29,6 +29,14 @@ def test_the_checkpoint_of_a_folder(tmp_path):
         checkpoint_in(tmp_path, "other.pt", "runs:/r/model")
     with pytest.raises(XichError, match=r"a file, not a folder, so xich.weights_file 'x.pt' names nothing in it"):
         resolve_weights(str(tmp_path / "extra.pt"), weights_file="x.pt", settings=get_settings())
+    logged = tmp_path / "logged"  # an MLflow 3 logged model: MLmodel and data/model.pt2, no state_dict
+    (logged / "data").mkdir(parents=True)
+    (logged / "MLmodel").write_text("flavors: {}")
+    (logged / "data" / "model.pt2").write_bytes(b"exported program")
+    with pytest.raises(XichError, match=r"^models:/m-1: a folder without a checkpoint file \(.pt, .pth, .th, .ckpt; it "
+                                        r"holds MLmodel, data/model.pt2\); XICH reads a state_dict: log one with "
+                                        r"mlflow.pytorch.log_state_dict"):
+        checkpoint_in(logged, None, "models:/m-1")
 
 
 def test_mlflow_sources_need_a_tracking_uri(tmp_path):

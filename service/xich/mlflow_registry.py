@@ -72,8 +72,9 @@ def download_artifact(uri: str, *, tracking_uri: str | None, cache_dir: str | os
     try:
         import mlflow.artifacts
 
+        location = models_uri_location(uri, tracking_uri) if uri.startswith("models:/") else uri
         with _mlflow_errors(uri, tracking_uri):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp),
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp),
                                                              tracking_uri=tracking_uri))
         relative = local.relative_to(tmp).as_posix()
         shutil.rmtree(target, ignore_errors=True)
@@ -82,6 +83,26 @@ def download_artifact(uri: str, *, tracking_uri: str | None, cache_dir: str | os
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target / relative
+
+
+def models_uri_location(uri: str, tracking_uri: str) -> str:
+    """Where the artifacts of ``models:/NAME/VERSION[/path]`` (or an alias, or a logged model ``models:/m-…``)
+    live: the version's download URI (a logged model's artifact location), plus the path.
+
+    MLflow's own resolution of ``models:/`` asks the process-wide registry URI, whatever registry URI it is given
+    (mlflow/store/artifact/models_artifact_repo.py), so it is resolved here through a client of ``tracking_uri``.
+    """
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    base, path = ModelsArtifactRepository.split_models_uri(uri)
+    with _mlflow_errors(uri, tracking_uri):
+        found = get_model_name_and_version(client, base)
+        root = (client.get_logged_model(found[0]).artifact_location if len(found) == 1
+                else client.get_model_version_download_uri(*found))
+    return f"{root.rstrip('/')}/{path}" if path else root
 
 
 def checkpoint_in(folder: Path, weights_file: str | None, uri: str) -> str:
@@ -94,14 +115,24 @@ def checkpoint_in(folder: Path, weights_file: str | None, uri: str) -> str:
                             f"{', '.join(files[:10]) or 'nothing'}")
         return weights_file
     found = [f for f in files if f.endswith(CHECKPOINT_SUFFIXES)]
-    if len(found) != 1:
+    if not found:
+        raise XichError(f"{uri}: a folder without a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)}; it holds "
+                        f"{', '.join(files[:10]) or 'nothing'}); XICH reads a state_dict: log one with "
+                        f"mlflow.pytorch.log_state_dict, or name the file with the tag xich.weights_file")
+    if len(found) > 1:
         raise XichError(f"{uri}: a folder holding {len(found)} checkpoint files ({', '.join(found[:10]) or 'none'}); "
                         f"name the one to audit with the tag xich.weights_file (its path in the folder)")
     return found[0]
 
 
 def resolve_weights(source: str, *, weights_file: str | None, settings: Settings) -> tuple[str, Path]:
-    """(the weights URI the workers fetch, a local copy to hash) of a version's source, a file or a folder."""
+    """(the weights URI the workers fetch, a local copy to hash) of a version's source, a file or a folder.
+
+    A ``models:/`` source is recorded as where its artifacts live: a path inside ``models:/m-…`` would read as
+    a model name and a stage.
+    """
+    if source.startswith("models:/") and settings.mlflow_tracking_uri:
+        source = models_uri_location(source, settings.mlflow_tracking_uri)
     local = fetch_source(source, settings)
     if local.is_dir():
         relative = checkpoint_in(local, weights_file, source)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from xich.errors import XichError
-from xich.mlflow_registry import checkpoint_in, report_link, resolve_weights, without_credentials, write_back
+from xich.mlflow_registry import checkpoint_in, resolve_weights, without_credentials, write_back
 from xich.result import ClassResult, ClusterResult, least_dominant_share
 from xich.settings import get_settings
 
@@ -49,13 +49,6 @@ def test_mlflow_sources_need_a_tracking_uri(tmp_path):
 def test_credentials_are_dropped_from_uris():
     assert without_credentials("https://ci:t0ken@mlflow.example/api") == "https://mlflow.example/api"
     assert without_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-
-
-def test_report_link():
-    uri = "s3://bucket/results/runs/r1/report/index.html"
-    assert report_link(uri, "r1", get_settings(report_base_url=None)) == uri
-    assert report_link(uri, "r1", get_settings(report_base_url="https://reports.example/results/")) == \
-        "https://reports.example/results/runs/r1/report/index.html"
 
 
 def _class(name: str, hierarchy: list[int], shares: list[float | None]) -> ClassResult:

@@ -33,6 +33,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -53,7 +54,7 @@ from .errors import Unavailable, XichError
 from .hook_mapping import NotMapped, read_mapping, resolve, tag_overrides
 from .migrate import upgrade
 from .mlflow_registry import resolve_weights, version_facts, without_credentials
-from .registration import REQUEST_SETTINGS, audit_status, register, registry_time
+from .registration import AUDIT_DEPLOYMENT, REQUEST_SETTINGS, audit_status, register, registry_time
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -129,18 +130,16 @@ class Answer:
     flow_run_id: str | None = None
 
 
-def start_audit_deployment(parameters: dict, *, deployment: str) -> str:
-    """Create a flow run of the audit deployment without waiting for it (``timeout=0``); its id.
-
-    Any failure raises: no PREFECT_API_URL (there is no server to start it on), a server that does not answer,
-    no such deployment.
+def start_audit_deployment(parameters: dict) -> str:
+    """Create a flow run of the audit deployment (XICH_AUDIT_DEPLOYMENT) without waiting for it (``timeout=0``);
+    its id. Any failure raises: no PREFECT_API_URL (there is no server to start it on), a server that does not
+    answer, no such deployment.
     """
-    import os
-
     if not os.environ.get("PREFECT_API_URL"):
         raise XichError("PREFECT_API_URL is not set, so there is no Prefect server to start it on")
     from prefect.deployments import run_deployment
 
+    deployment = os.environ.get("XICH_AUDIT_DEPLOYMENT", AUDIT_DEPLOYMENT)
     run = run_deployment(deployment, parameters=parameters, timeout=0,
                          flow_run_name=f"{parameters['model']}-{parameters['version']}")
     return str(run.id)
@@ -157,7 +156,7 @@ class HookReceiver:
         self.mapping = read_mapping(settings.hooks_config) if settings.hooks_config else {}
         self.mapping_source = f"the mapping file {settings.hooks_config}" if settings.hooks_config else \
             "the mapping (XICH_HOOKS_CONFIG is not set)"
-        self.start_audit = start_audit or (lambda p: start_audit_deployment(p, deployment=settings.audit_deployment))
+        self.start_audit = start_audit or start_audit_deployment
         upgrade(settings.database_url)
         self.engine = make_engine(settings.database_url)
 

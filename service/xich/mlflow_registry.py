@@ -170,7 +170,7 @@ def write_back(*, registry_metadata: dict | None, model: str, version: str, resu
     """Set the audit's tags on the MLflow version it came from; None (nothing written) for another origin.
 
     ``xich.run_id``; ``xich.least_dominant_share`` (see ``result.least_dominant_share``; not written without a
-    training split); ``xich.report``: the report's address (``XICH_REPORT_BASE_URL`` + its key, or its store URI).
+    training split); ``xich.report``: the report's URI in the results store (as the Prefect summary links it).
     The worker's XICH_MLFLOW_TRACKING_URI wins over the one recorded at registration.
     """
     if not registry_metadata or registry_metadata.get("registry") != "mlflow":
@@ -180,7 +180,7 @@ def write_back(*, registry_metadata: dict | None, model: str, version: str, resu
         raise XichError(f"{model} {version} came from MLflow, but no tracking URI is known: set "
                         f"XICH_MLFLOW_TRACKING_URI for the workers")
     name, mlflow_version = registry_metadata.get("name", model), str(registry_metadata.get("version", version))
-    tags = {"xich.run_id": result.run_id, "xich.report": report_link(report_uri, result.run_id, settings)}
+    tags = {"xich.run_id": result.run_id, "xich.report": report_uri}
     share = least_dominant_share(result.classes)
     if share is not None:
         tags["xich.least_dominant_share"] = f"{share:.4f}"
@@ -191,13 +191,6 @@ def write_back(*, registry_metadata: dict | None, model: str, version: str, resu
         for key, value in tags.items():
             client.set_model_version_tag(name, mlflow_version, key, value)
     return tags
-
-
-def report_link(report_uri: str, run_id: str, settings: Settings) -> str:
-    """The report's address for people: under ``XICH_REPORT_BASE_URL`` when set, else its store URI."""
-    if settings.report_base_url:
-        return f"{settings.report_base_url.rstrip('/')}/runs/{run_id}/report/index.html"
-    return report_uri
 
 
 @contextmanager

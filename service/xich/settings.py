@@ -32,7 +32,6 @@ class Settings(BaseSettings):
     s3_secret_key: str | None = None
     s3_secure: bool = False
 
-    audit_deployment: str = "audit-model-version/audit"  # the deployment the hooks start (flows/audit.py)
     hooks_secret: SecretStr | None = None
     hooks_generic_secret: SecretStr | None = None
     hooks_config: str | None = None
@@ -40,7 +39,6 @@ class Settings(BaseSettings):
     hooks_window_s: int = Field(default=300, gt=0)  # a delivery's timestamp may be this far from now
     hooks_aliases: Annotated[list[str], NoDecode] = ["challenger"]
     mlflow_tracking_uri: str | None = None
-    report_base_url: str | None = None  # where XICH_STORE_URL is served over HTTP, for links to reports
 
     @field_validator("hooks_aliases", mode="before")
     @classmethod

@@ -232,7 +232,20 @@ def docker_engine(cache: Path = CACHE) -> Iterator[Engine]:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
             engine.timings["stop_s"] = time.monotonic() - stopping
+            _unmount_under(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _unmount_under(folder: Path) -> None:
+    """Unmount what dockerd leaves mounted below ``folder`` even when it stops cleanly (its exec root's
+    ``netns/default``), deepest first, so that the folder can be removed."""
+    prefix = str(folder.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        targets = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    for target in sorted(targets, key=len, reverse=True):
+        done = subprocess.run(["umount", target], capture_output=True, text=True)
+        if done.returncode != 0:
+            log.warning("could not unmount %s: %s", target, done.stderr.strip())
 
 
 def _extra_cas() -> list[Path]:

@@ -63,8 +63,6 @@ def _env_example() -> dict[str, str]:
 def _filled_env(tmp_path: Path, leave_empty: str | None = None) -> Path:
     """.env.example with every empty value filled (except ``leave_empty``), as a user's .env."""
     values = {k: (v or ("" if k == leave_empty else uuid.uuid4().hex)) for k, v in _env_example().items()}
-    if leave_empty is None:
-        values.setdefault("XICH_HOOKS_GENERIC_SECRET", uuid.uuid4().hex)
     path = tmp_path / f"env-{leave_empty or 'full'}"
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     return path
@@ -108,8 +106,7 @@ def test_compose_config_is_valid(tmp_path, variant):
                 assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy, which has no check"
 
 
-@pytest.mark.parametrize("variable", sorted(k for k, v in _env_example().items()
-                                            if not v and k != "XICH_HOOKS_GENERIC_SECRET"))
+@pytest.mark.parametrize("variable", sorted(k for k, v in _env_example().items() if not v))
 def test_compose_refuses_to_start_with_an_empty_password(tmp_path, variable):
     done = _compose(tmp_path, COMPOSE_FILES["gpu"], _filled_env(tmp_path, leave_empty=variable), "config", "-q")
     assert done.returncode == 1

@@ -25,12 +25,12 @@ from sqlalchemy.exc import DBAPIError
 from xich.audit import ClassImages
 from xich.errors import Unavailable
 from xich.pipeline import RecordedRun, open_recorded_run, publish_with_report
-from xich.registration import audit_config, unaudited
+from xich.registration import AUDIT_DEPLOYMENT, audit_config, unaudited
 from xich.report import class_table, summary_markdown
 from xich.result import AuditResult, ClassResult
 from xich.settings import get_settings
 
-DEPLOYMENT = "audit-model-version/audit"
+DEPLOYMENT = AUDIT_DEPLOYMENT
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 

@@ -41,7 +41,8 @@ classes: x1 up in 1 and down in 1; x8 up in 11 and down in 1; x10.8 up in 10 and
 9 / 19 / 17. Mean rank 2.55 -> 2.55 / 1.55 / 1.70. Significant losses 49 -> 51 / 24 / 24. Per dataset, x10.8
 moved it up in 4, 1, 2, 3, 0 of 4 classes. Where v1 had already learnt the rare look (seeds 1 and 4: accuracy
 1.00 on its test images), its cluster was not always last in v1 and moved little. Factors 16 and 32 did no
-better: up in 6 and 11 of 20.
+better: up in 6 and 11 of 20. Twelve epochs for both v1 and v2 (``--epochs 12 --factors 1 balance``, 1266 s
+under load) did no better either: x10.8 up in 10 of 20 (3, 1, 2, 4, 0 per dataset), control 2 of 20.
 
 Reading: oversampling to parity takes away the rare look's disadvantage; it does not make the look win. After
 the fix its rank behaves like a draw among 4 equals: mean 1.55-1.70, where a uniform draw gives 1.5. A cluster

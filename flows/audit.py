@@ -25,8 +25,8 @@ from sqlalchemy.exc import DBAPIError
 
 from xich.audit import ClassImages
 from xich.errors import Unavailable
-from xich.pipeline import RecordedRun, open_recorded_run, publish_with_report
 from xich.mlflow_registry import download_artifact, is_mlflow_uri, tracking_uri_for, write_back
+from xich.pipeline import RecordedRun, open_recorded_run, publish_with_report
 from xich.registration import AUDIT_DEPLOYMENT, audit_config, registry_metadata, unaudited
 from xich.report import class_table, summary_markdown
 from xich.result import AuditResult, ClassResult

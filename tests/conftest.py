@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import containers
 import stack
 from xich.migrate import downgrade
 from xich.synth import SynthSpec, write_synth
@@ -108,6 +110,26 @@ def mlflow_server(tmp_path_factory) -> stack.MlflowServer:
         pytest.skip(f"MLflow server not tested: {missing}")
     with stack.mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> containers.Engine:
+    """Debian's dockerd on a socket of its own, its data root cached under ~/.cache/xich-docker, for the whole
+    session; see containers.docker_engine. Skips, naming what is missing, where it cannot run."""
+    if (missing := containers.engine_missing()) is not None:
+        if os.environ.get("XICH_REQUIRE_CONTAINERS"):  # .ci/run installs the engine: there, missing is a failure
+            pytest.fail(f"containers not built: {missing}")
+        pytest.skip(f"containers not built: {missing}")
+    with containers.docker_engine() as engine:
+        yield engine
+
+
+def pytest_terminal_summary(terminalreporter):
+    """What the container tests measured (image sizes, build times), whether or not they passed."""
+    if containers.REPORT:
+        terminalreporter.section("containers")
+        for line in containers.REPORT:
+            terminalreporter.write_line(line)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -3,6 +3,7 @@ then a failed run, and the nightly flow starting exactly the unaudited versions.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -38,11 +39,14 @@ def prefect_server(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PREFECT_HOME", str(home))
         mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        mp.setenv("PREFECT_LOGGING_LEVEL", "WARNING")  # its INFO lines at exit would go to a closed stream
         mp.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         mp.delenv("PREFECT_API_URL", raising=False)
+        quiet = logging.getLogger("prefect")  # its console handler holds a capture stream pytest has closed by
+        level = quiet.level                     # teardown: the harness's INFO line at exit would fail there
+        quiet.setLevel(logging.WARNING)
         with prefect_test_harness(server_startup_timeout=120):
             yield
+        quiet.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -153,8 +153,9 @@ def test_weighted_epochs_are_deterministic_by_seed():
 
 
 @pytest.mark.parametrize("oversample, message", [
-    ({"circle/9999.png": 2}, r"--oversample: 1 id\(s\) not among the training images of the trained classes \(e.g. 'circle/9999.png'\); "
-                             r"name training images as the dataset does, class folder and file, e.g. 'circle/0000.png'"),
+    ({"circle/9999.png": 2}, r"--oversample: 1 id\(s\) not among the training images of the trained classes "
+                             r"\(e.g. 'circle/9999.png'\); name training images as the dataset does, class folder "
+                             r"and file, e.g. 'circle/0000.png'"),
     ({"train/circle/0000.png": 2}, "not among the training images"),  # ground_truth.json's key, not the dataset id
     ({"circle/0000.png": 0}, r"--oversample: the weight of 'circle/0000.png' is 0; weights must be finite numbers "
                              r"above 0"),

@@ -299,9 +299,9 @@ def cmd_register(args: argparse.Namespace) -> int:
     if os.environ.get("PREFECT_API_URL"):
         from prefect.deployments import run_deployment
 
-        from flows.audit import DEPLOYMENT
+        from .registration import AUDIT_DEPLOYMENT  # not flows.audit: that imports torch
 
-        deployment = os.environ.get("XICH_AUDIT_DEPLOYMENT", DEPLOYMENT)
+        deployment = os.environ.get("XICH_AUDIT_DEPLOYMENT", AUDIT_DEPLOYMENT)
         try:
             run = run_deployment(deployment, parameters={**parameters, "shards": args.shards}, timeout=0,
                                  flow_run_name=f"{args.model}-{args.version}")

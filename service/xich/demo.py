@@ -38,6 +38,7 @@ class RareFinding:
     n_clusters: int
     train_share: float | None
     score: float | None
+    losses: int = 0  # clusters that dominate it significantly (D > 0.5, Holm p < 0.05)
 
     @property
     def found(self) -> bool:
@@ -55,7 +56,7 @@ def locate_rare(result: AuditResult, truth: dict) -> list[RareFinding]:
         best = max(range(len(counts)), key=lambda c: (counts[c], -c))
         c = cls.clusters[best]
         findings.append(RareFinding(cls.name, rare, best, counts[best], sum(counts), c.rank, len(cls.clusters),
-                                    c.train_share, c.score))
+                                    c.train_share, c.score, sum(j == best for _i, j in cls.significant_pairs())))
     return findings
 
 
@@ -131,10 +132,12 @@ def _versions(out: Path, spec: SynthSpec, seed: int, epochs: int, say, augment: 
     found = sum(f.found for f in v1)
     lines = [f"v1: the rare look's cluster is least or second-least dominant in {found} of {len(v1)} classes",
              f"v2 (rare look oversampled x{factor:.1f}): that cluster moved up in {moved} of {len(v2)} classes"]
-    say("6/6 history of the rare looks' clusters (rank 0 = most dominant):")
+    losses = (sum(f.losses for f in v1), sum(f.losses for f in v2))
+    lines.append(f"significant losses of those clusters (Holm p < 0.05): {losses[0]} in v1 -> {losses[1]} in v2")
+    say("6/6 history of the rare looks' clusters (rank 0 = most dominant; losses: clusters that beat it significantly):")
     for a, b in zip(v1, v2):
-        say(f"    {a.class_name:9s} cluster {a.cluster}: rank {a.rank} -> {b.rank}, train share "
-            f"{_num(a.train_share)} -> {_num(b.train_share)}")
+        say(f"    {a.class_name:9s} cluster {a.cluster}: rank {a.rank} -> {b.rank}, score {_num(a.score)} -> "
+            f"{_num(b.score)}, losses {a.losses} -> {b.losses}, train share {_num(a.train_share)} -> {_num(b.train_share)}")
     page = _write_pages(out, results, lines)
     for line in lines:
         say(line)

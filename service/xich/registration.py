@@ -19,7 +19,10 @@ from .locks import named_lock
 from .migrate import upgrade
 from .persist import file_sha256, register_version, request_run, unaudited_requests, version_metadata
 
-AUDIT_DEPLOYMENT = "audit-model-version/audit"  # prefect.yaml's audit deployment; XICH_AUDIT_DEPLOYMENT overrides it
+# The deployment that audits a registered version (`flow name/deployment name` of prefect.yaml); the environment's
+# XICH_AUDIT_DEPLOYMENT overrides it. Here rather than in flows/audit.py, which imports torch: `xich register
+# --audit` starts it from the service image, which has none.
+AUDIT_DEPLOYMENT = "audit-model-version/audit"
 
 # the settings an audit request may give: AuditConfig's fields but the model and data (given apart), and the clustering
 REQUEST_SETTINGS = tuple(sorted({f.name for f in fields(AuditConfig)} - {"model", "data", "weights", "data_uri", "weights_uri"}

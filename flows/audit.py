@@ -27,7 +27,7 @@ from xich.audit import ClassImages
 from xich.errors import Unavailable
 from xich.mlflow_registry import download_artifact, is_mlflow_uri, tracking_uri_for, write_back
 from xich.pipeline import RecordedRun, open_recorded_run, publish_with_report
-from xich.registration import AUDIT_DEPLOYMENT, audit_config, registry_metadata, unaudited
+from xich.registration import AUDIT_DEPLOYMENT, audit_config, recorded_registry_metadata, unaudited
 from xich.report import class_table, summary_markdown
 from xich.result import AuditResult, ClassResult
 from xich.settings import get_settings
@@ -119,9 +119,9 @@ def publish_artifacts(result: AuditResult, model: str, version: str, report_uri:
 def tag_registry_version(model: str, version: str, result: AuditResult, report_uri: str) -> dict | None:
     """The audit's tags on the MLflow version it came from (None: the version came from elsewhere)."""
     settings = get_settings()
-    return write_back(registry_metadata=registry_metadata(database_url=settings.database_url, model=model,
-                                                          version=version),
-                      model=model, version=version, result=result, report_uri=report_uri, settings=settings)
+    metadata = recorded_registry_metadata(database_url=settings.database_url, model=model, version=version)
+    return write_back(registry_metadata=metadata, model=model, version=version, result=result, report_uri=report_uri,
+                      settings=settings)
 
 
 def artifact_key(model: str) -> str:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import Unavailable, XichError
+from .registration import recorded_registry_metadata
 from .result import AuditResult, least_dominant_share
 from .settings import Settings
 
@@ -147,9 +148,8 @@ def tracking_uri_for(*, model: str | None, version: str | None, settings: Settin
     when the hook registered it (so workers need no MLflow setting of their own)."""
     if settings.mlflow_tracking_uri or model is None or version is None:
         return settings.mlflow_tracking_uri
-    from .registration import registry_metadata
-
-    return (registry_metadata(database_url=settings.database_url, model=model, version=version) or {}).get("tracking_uri")
+    metadata = recorded_registry_metadata(database_url=settings.database_url, model=model, version=version)
+    return (metadata or {}).get("tracking_uri")
 
 
 def version_facts(name: str, version: str, *, tracking_uri: str | None) -> dict:

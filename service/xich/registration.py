@@ -107,7 +107,7 @@ def audit_status(*, database_url: str, model: str, version: str, dataset_uri: st
         engine.dispose()
 
 
-def registry_metadata(*, database_url: str, model: str, version: str) -> dict | None:
+def recorded_registry_metadata(*, database_url: str, model: str, version: str) -> dict | None:
     """The registry metadata recorded with a model version (None: no such version)."""
     engine = make_engine(database_url)
     try:

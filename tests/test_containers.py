@@ -106,7 +106,7 @@ def test_compose_config_is_valid(tmp_path, variant):
                 assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy, which has no check"
 
 
-@pytest.mark.parametrize("variable", sorted(k for k, v in _env_example().items() if not v))
+@pytest.mark.parametrize("variable", sorted(k for k, v in _env_example().items() if not v and ("PASSWORD" in k or "SECRET" in k)))
 def test_compose_refuses_to_start_with_an_empty_password(tmp_path, variable):
     done = _compose(tmp_path, COMPOSE_FILES["gpu"], _filled_env(tmp_path, leave_empty=variable), "config", "-q")
     assert done.returncode == 1

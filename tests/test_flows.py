@@ -41,12 +41,11 @@ def prefect_server(tmp_path_factory):
         mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         mp.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         mp.delenv("PREFECT_API_URL", raising=False)
-        quiet = logging.getLogger("prefect")  # its console handler holds a capture stream pytest has closed by
-        level = quiet.level                     # teardown: the harness's INFO line at exit would fail there
-        quiet.setLevel(logging.WARNING)
+        # Prefect's console handler keeps the capture stream of the test that configured it; the temporary
+        # server's INFO line at interpreter exit would be written there after pytest has closed it
+        logging.getLogger("prefect").setLevel(logging.WARNING)
         with prefect_test_harness(server_startup_timeout=120):
             yield
-        quiet.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from flows.audit import artifact_key, audit_model_version, audit_new_versions  # noqa: E402
 from xich.cli import main  # noqa: E402
-from xich.db import AuditRequest, AuditRun, ModelVersion, make_engine  # noqa: E402
+from xich.db import AuditRequest, AuditRun, ModelVersion, make_engine, session_for  # noqa: E402
 from xich.migrate import upgrade  # noqa: E402
 from xich.models import build_model  # noqa: E402
 from xich.persist import load_audit  # noqa: E402
@@ -61,21 +61,13 @@ def _numbers(result) -> dict:
 
 
 def _stored(url: str, run_id: str):
-    engine = make_engine(url)
-    try:
-        with Session(engine) as session:
-            return load_audit(session=session, run_id=run_id)
-    finally:
-        engine.dispose()
+    with session_for(url) as session:
+        return load_audit(session=session, run_id=run_id)
 
 
 def _only_run(url: str) -> AuditRun:
-    engine = make_engine(url)
-    try:
-        with Session(engine) as session:
-            return session.scalars(select(AuditRun)).one()
-    finally:
-        engine.dispose()
+    with session_for(url) as session:
+        return session.scalars(select(AuditRun)).one()
 
 
 def test_flow_stores_the_numbers_the_cli_stores(prefect_server, synth_data, weights, tmp_path, monkeypatch,

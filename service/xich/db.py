@@ -9,6 +9,8 @@ hook_delivery: each registry hook delivery acted on, so that a repeated one acts
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from sqlalchemy import (JSON, Boolean, CheckConstraint, DateTime, Float, Foreign
                         MetaData, String, Text, UniqueConstraint, create_engine, event)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, declared_attr, mapped_column
 
 RUN_STATUSES = ("queued", "running", "complete", "failed")
 # what a registry hook did with a delivery (xich.hooks): "processing" while it acts, then one of the others
@@ -275,3 +277,15 @@ def make_engine(url: str) -> Engine:
         def _fk_on(dbapi_conn, _record):
             dbapi_conn.execute("PRAGMA foreign_keys=ON")
     return engine
+
+
+@contextmanager
+def session_for(url: str) -> Iterator[Session]:
+    """A session on an engine of its own for ``url``, disposed afterwards: for one-off reads and writes
+    (a command, a flow task, the demo) that hold no engine of their own."""
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            yield session
+    finally:
+        engine.dispose()

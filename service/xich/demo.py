@@ -156,33 +156,21 @@ def _num(x: float | None) -> str:
 
 
 def _stored(run_id: str) -> AuditResult:
-    from sqlalchemy.orm import Session
-
-    from .db import make_engine
+    from .db import session_for
     from .persist import load_audit
     from .settings import get_settings
 
-    engine = make_engine(get_settings().database_url)
-    try:
-        with Session(engine) as session:
-            return load_audit(session=session, run_id=run_id)
-    finally:
-        engine.dispose()
+    with session_for(get_settings().database_url) as session:
+        return load_audit(session=session, run_id=run_id)
 
 
 def _freeze(run_id: str) -> None:
-    from sqlalchemy.orm import Session
-
-    from .db import make_engine
+    from .db import session_for
     from .persist import freeze_clustering
     from .settings import get_settings
 
-    engine = make_engine(get_settings().database_url)
-    try:
-        with Session(engine) as session:
-            freeze_clustering(session=session, run_id=run_id)
-    finally:
-        engine.dispose()
+    with session_for(get_settings().database_url) as session:
+        freeze_clustering(session=session, run_id=run_id)
 
 
 def _write_pages(out: Path, results: dict, lines: list[str]) -> Path:

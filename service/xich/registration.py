@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from .config import AuditConfig, check_config
-from .db import make_engine
+from .db import make_engine, session_for
 from .errors import XichError
 from .locks import named_lock
 from .migrate import upgrade
@@ -86,12 +86,8 @@ def register(*, database_url: str, model: str, version: str, model_spec: str, we
 def unaudited(*, database_url: str, model: str | None = None) -> list[dict]:
     """The parameters of ``audit_model_version`` for every registered audit without a complete run."""
     upgrade(database_url)
-    engine = make_engine(database_url)
-    try:
-        with Session(engine) as session:
-            return unaudited_requests(session=session, model_name=model)
-    finally:
-        engine.dispose()
+    with session_for(database_url) as session:
+        return unaudited_requests(session=session, model_name=model)
 
 
 def audit_status(*, database_url: str, model: str, version: str, dataset_uri: str, settings: dict

@@ -27,7 +27,7 @@ from xich.audit import ClassImages
 from xich.errors import Unavailable
 from xich.mlflow_registry import download_artifact, is_mlflow_uri, tracking_uri_for, write_back
 from xich.pipeline import RecordedRun, open_recorded_run, publish_with_report
-from xich.registration import AUDIT_DEPLOYMENT, audit_config, recorded_registry_metadata, unaudited
+from xich.registration import AUDIT_DEPLOYMENT, admit_recorded, audit_config, recorded_registry_metadata, unaudited
 from xich.report import class_table, summary_markdown
 from xich.result import AuditResult, ClassResult
 from xich.settings import get_settings
@@ -71,6 +71,7 @@ def fetch(uri: str | None, model: str | None = None, version: str | None = None)
 @task(name="open-run", cache_policy=NO_CACHE)
 def open_run(parameters: dict, data: str | None, weights: str | None) -> RecordedRun:
     """Prepare the model, record the version, begin (or find) the run."""
+    admit_recorded(parameters, get_settings().hooks_allowed_specs)  # before the model's code is imported
     config, clustering = audit_config(model_spec=parameters["model_spec"], dataset_uri=parameters["dataset_uri"],
                                       weights_uri=parameters["weights_uri"], settings=parameters["settings"],
                                       data=data, weights=weights)
@@ -221,7 +222,8 @@ def _wait_for(children: list, start_timeout_s: float) -> None:
 
 @task(name="find-unaudited", **IO)
 def find_unaudited(model: str | None) -> list[dict]:
-    return unaudited(database_url=get_settings().database_url, model=model)
+    settings = get_settings()
+    return unaudited(database_url=settings.database_url, model=model, allowed_specs=settings.hooks_allowed_specs)
 
 
 @flow(name="audit-new-versions", log_prints=True)

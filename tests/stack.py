@@ -154,7 +154,7 @@ def _http_json(url: str, body: object | None = None, timeout: float = 5) -> obje
 # --- S3: SeaweedFS ------------------------------------------------------------------------------
 
 WEED = shutil.which("weed", path=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
-ACCESS_KEY, SECRET_KEY = "xichtest", "xichtest-secret"
+ACCESS_KEY, SECRET_KEY = "xichtest", "xichtest-secret-key0"  # secrets: at least 16 characters
 READER_KEY, READER_SECRET = "xichreader", "xichreader-secret"  # may read and list, not write
 S3_START_TIMEOUT_S = 60
 

@@ -87,7 +87,7 @@ def test_serve_hooks_refuses_a_bad_mapping_file(tmp_path, monkeypatch, capsys):
 
     path = tmp_path / "hooks.toml"
     path.write_text('[models."x"]\nspec = "cifar:resnet20"\nweights = "w.pt"\n')
-    monkeypatch.setenv("XICH_HOOKS_SECRET", "s")
+    monkeypatch.setenv("XICH_HOOKS_SECRET", "whsec-mapping-test-0123")
     monkeypatch.setenv("XICH_HOOKS_CONFIG", str(path))
     assert main(["serve-hooks", "--port", "1"]) == 2
     err = " ".join(capsys.readouterr().err.split())

@@ -82,7 +82,8 @@ class OpenedAudit:
         if self.train_split is not None:
             tr_ids = self.train_split.images.get(name, [])
             train = self.train_split.load(tr_ids, self.tile_size)
-        return ClassImages(name, self.indices[name], ids, self.eval_split.load(ids, self.tile_size), train)
+        ids, images = self.eval_split.load_kept(ids, self.tile_size)  # images over the size cap left out
+        return ClassImages(name, self.indices[name], ids, images, train)
 
     def iter_classes(self, names: list[str]) -> Iterator[ClassImages]:
         """The classes' images in turn; the next class is decoded while the caller works on this one."""

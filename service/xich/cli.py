@@ -10,13 +10,14 @@ import sys
 import uuid
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .errors import XichError
-from .settings import Settings, get_settings
+from .settings import Settings, describe_error, get_settings
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve-hooks", help="receive model-registry webhooks (MLflow, generic) and start audits "
                                             "(XICH_HOOKS_SECRET, XICH_HOOKS_GENERIC_SECRET, XICH_HOOKS_CONFIG)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
+    p.add_argument("--port", type=_port, default=8765, help="port to listen on (default 8765)")
     p = sub.add_parser("db", help="migrate the results database (XICH_DATABASE_URL)")
     p.add_argument("action", choices=["upgrade", "downgrade"])
     p.add_argument("revision", nargs="?", help="target revision (default: head for upgrade, base for downgrade)")
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     except XichError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
+    except ValidationError as exc:  # a setting from the environment (XICH_*): never its value, it may be a secret
+        err.print(f"[bold red]error:[/] {describe_error(exc)}", highlight=False, soft_wrap=True)
+        return 2
     except OSError as exc:  # an output path that cannot be written, a disk that is full…
         err.print(f"[bold red]error:[/] {exc.filename or ''}: {exc.strerror or exc}; check the path and its "
                   f"permissions", highlight=False, soft_wrap=True)
@@ -147,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+
+
+def _port(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a port; give a number from 1 to 65535")
+    return int(text)
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -249,9 +259,12 @@ def _check_output_file(path: str | None, flag: str) -> None:
     """An output file's folder exists (or is created) and takes a file; the file is written later."""
     if path is None:
         return
+    from .atomic import check_target
+
     target = Path(path)
     if target.is_dir():
         raise XichError(f"{flag} {path}: is a folder; give a file path")
+    check_target(target, f"{flag} {path}")  # a device (/dev/full), FIFO or symlink there is refused, untouched
     _check_output_dir(str(target.parent), flag, shown=path)
 
 
@@ -260,10 +273,12 @@ def _check_output_dir(path: str | None, flag: str, shown: str | None = None) -> 
         return
     folder = Path(path)
     try:
+        import tempfile
+
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".xich-write-check-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".xich-write-check-")  # exclusive: never through a link
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise XichError(f"{flag} {shown or path}: cannot write in {folder} ({exc.strerror or exc}); "
                         f"check the path and its permissions") from None
@@ -292,7 +307,8 @@ def cmd_register(args: argparse.Namespace) -> int:
                           model_spec=args.spec, weights_uri=args.weights, dataset_uri=args.dataset,
                           settings=audit_settings, local_weights=_local_copy(args.weights, settings),
                           registry_metadata=_json_object(args.registry_metadata, "--registry-metadata"),
-                          registered_at=_time(args.version_created_at, "--version-created-at"))
+                          registered_at=_time(args.version_created_at, "--version-created-at"),
+                          allowed_specs=settings.hooks_allowed_specs)
     out.print(f"registered {args.model} {args.version}", highlight=False)
     if not args.audit:
         return 0
@@ -323,19 +339,23 @@ def cmd_serve_hooks(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .hooks import create_app
+    from .settings import get_hook_settings, masked
 
     # the receiver answers MLflow within its 30 s timeout: its own MLflow calls retry briefly unless told otherwise
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    settings = get_settings()
+    settings = get_hook_settings()
     app = create_app(settings)
     logging.getLogger("xich.hooks").setLevel(logging.INFO)
     hooks = [f"/hooks/mlflow ({'on' if settings.hooks_secret else 'off: XICH_HOOKS_SECRET unset'})",
              f"/hooks/generic ({'on' if settings.hooks_generic_secret else 'off: XICH_HOOKS_GENERIC_SECRET unset'})"]
     out.print(f"xich hooks on http://{args.host}:{args.port}: {', '.join(hooks)}; results database "
-              f"{settings.database_url.split('@')[-1]}", highlight=False)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+              f"{masked(settings.database_url)}", highlight=False)
+    # uvicorn caps connections (503 beyond) and headers; the body-read timeout is the app's (hooks._read_body)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info",
+                limit_concurrency=settings.hooks_limit_concurrency, timeout_keep_alive=5,
+                h11_max_incomplete_event_size=16 * 1024)
     return 0
 
 
@@ -351,13 +371,19 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def _session():
+def _session(*, read_only: bool = False):
+    """A session on the results database, migrated first; ``read_only``: an embedded SQLite file that does not
+    exist is an error, not created (nor its folder)."""
     from sqlalchemy.orm import Session
 
     from .db import make_engine
     from .migrate import upgrade
 
     url = get_settings().database_url
+    if read_only and url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        if not Path(url.removeprefix("sqlite:///")).is_file():
+            raise XichError(f"XICH_DATABASE_URL {url}: no such database file; record an audit first "
+                            f"(`xich audit --model-name NAME …`) or point XICH_DATABASE_URL at the results database")
     upgrade(url)
     return Session(make_engine(url))
 
@@ -385,7 +411,7 @@ def cmd_history(args: argparse.Namespace) -> int:
            + (" AND class_name = :cls" if args.class_name else "")
            + " ORDER BY class_name, cluster_key, version_created_at, run_finished_at")
     page = None
-    with _session() as session:
+    with _session(read_only=True) as session:
         rows = session.execute(text(sql), {"model": args.model, "cls": args.class_name}).all()
         if rows and args.report:
             from .history_report import write_history_report
@@ -463,8 +489,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _json_object(text: str | None, flag: str) -> dict | None:
     if text is None:
         return None
+    def no_constant(name: str) -> object:
+        raise XichError(f"{flag}: {name} is not a JSON number; give a finite number")
+
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=no_constant)
+    except RecursionError:
+        raise XichError(f"{flag}: nested too deep; pass a flat JSON object") from None
     except json.JSONDecodeError as exc:
         raise XichError(f"{flag}: not valid JSON ({exc.msg} at character {exc.pos}); pass an object like "
                         "'{\"stage\": \"staging\"}'") from None

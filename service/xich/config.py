@@ -52,8 +52,37 @@ class AuditConfig:
     weights_uri: str | None = None
 
 
+# upper bounds: far above any useful audit, low enough that no request can ask a worker for unbounded work
+MAXIMA = {"clusters": 50, "mosaics_per_pair": 1000, "batch_size": 4096, "seed": 2**32 - 1, "per_image": 10_000,
+          "tile_size": 1024, "mosaic_size": 2048}
+MAX_CLASSES, MAX_TEXT = 1000, 200  # class names per request; characters of a name, split, layer, device…
+INTEGERS = ("clusters", "mosaics_per_pair", "batch_size", "seed", "per_image", "tile_size", "mosaic_size")
+TEXTS = ("eval_split", "train_split", "layer", "cam", "normalize", "labels", "device")
+
+
 def check_config(config: AuditConfig) -> None:
-    """Refuse settings that cannot work, with the flag to change."""
+    """Refuse settings that cannot work, with the flag to change: types, lower and upper bounds (MAXIMA).
+
+    The one validator of audit settings: the audit, ``xich register`` and the registry hooks (through
+    ``registration.audit_config``) all call it, so a request that would fail at night fails at registration.
+    """
+    for name in INTEGERS:
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise XichError(f"--{name.replace('_', '-')} must be a whole number, got {type(value).__name__} "
+                            f"{str(value)[:40]}")
+        if value is not None and value > MAXIMA[name]:
+            raise XichError(f"--{name.replace('_', '-')} must be at most {MAXIMA[name]}, got {value}")
+    for name in TEXTS:
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT or "\x00" in value):
+            raise XichError(f"--{name.replace('_', '-')} must be text of at most {MAX_TEXT} characters without NUL, "
+                            f"got {type(value).__name__}")
+    if config.classes is not None:
+        if len(config.classes) > MAX_CLASSES or not all(isinstance(c, str) and c and len(c) <= MAX_TEXT
+                                                        and "\x00" not in c for c in config.classes):
+            raise XichError(f"--classes must be at most {MAX_CLASSES} class names, each text of 1 to {MAX_TEXT} "
+                            f"characters (e.g. [\"cat\", \"dog\"])")
     for name in ("clusters", "mosaics_per_pair", "batch_size"):
         if getattr(config, name) < 1:
             raise XichError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
+import logging
 import pickle
 import tarfile
 from collections.abc import Callable
@@ -29,7 +29,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .atomic import write_atomically
 from .errors import XichError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -46,6 +49,7 @@ class Split:
 
     def __init__(self, name: str, where: str, index: Callable[[], Index], root: Path | None = None):
         self.name, self.where, self._index_fn, self.root = name, where, index, root
+        self.skipped: dict[str, str] = {}  # image id → why load_kept left it out
 
     @cached_property
     def _index(self) -> Index:
@@ -55,18 +59,47 @@ class Split:
     def images(self) -> dict[str, list[str]]:
         return self._index[0]
 
-    def read(self, image_id: str) -> np.ndarray:
-        return self._index[1](image_id)
+    def read(self, image_id: str, max_side: int | None = None) -> np.ndarray:
+        """The image as RGB uint8 (H, W, 3); ImageTooLarge, from its header, when a side exceeds ``max_side``."""
+        return self._index[1](image_id, max_side=max_side)
+
+    @cached_property
+    def max_side_factor(self) -> int:
+        """XICH_IMAGE_MAX_SIDE_FACTOR: :meth:`load` skips images wider or taller than this many tile sides."""
+        from .settings import get_settings
+
+        return get_settings().image_max_side_factor
 
     def load(self, ids: list[str], tile_size: int) -> torch.Tensor:
-        """Images as a uint8 tensor (N, 3, T, T), resized (bilinear) to the tile size when needed."""
-        out = np.empty((len(ids), tile_size, tile_size, 3), dtype=np.uint8)
-        for n, image_id in enumerate(ids):
-            arr = self.read(image_id)
+        """Images as a uint8 tensor (N, 3, T, T), resized (bilinear) to the tile size when needed; images over
+        the size cap are left out (see :meth:`load_kept`)."""
+        return self.load_kept(ids, tile_size)[1]
+
+    def load_kept(self, ids: list[str], tile_size: int) -> tuple[list[str], torch.Tensor]:
+        """(the ids kept, their images as a uint8 tensor (N, 3, T, T)).
+
+        An image whose width or height exceeds ``max_side_factor × tile_size`` is refused from its header, before
+        it is decoded (an all-zero 12000×12000 PNG is 420 KB on disk and 430 MB decoded): it is logged, counted in
+        :attr:`skipped` (image id → reason) and left out; the audit goes on with the others.
+        """
+        max_side = self.max_side_factor * tile_size
+        kept, arrays = [], []
+        for image_id in ids:
+            try:
+                arr = self.read(image_id, max_side=max_side)
+            except ImageTooLarge as exc:
+                self.skipped[image_id] = str(exc)
+                log.warning("skipped: %s", exc)
+                continue
             if arr.shape[:2] != (tile_size, tile_size):
                 arr = np.asarray(Image.fromarray(arr).resize((tile_size, tile_size), Image.BILINEAR))
-            out[n] = arr
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+            kept.append(image_id)
+            arrays.append(arr)
+        if ids and not kept:
+            raise XichError(f"{self.where}: every one of {len(ids)} image(s) asked for is larger than {max_side} "
+                            f"pixels a side (XICH_IMAGE_MAX_SIDE_FACTOR × tile size); shrink them or raise the factor")
+        out = np.stack(arrays) if arrays else np.empty((0, tile_size, tile_size, 3), dtype=np.uint8)
+        return kept, torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
     def content_hashes(self, cache_dir: Path | None = None) -> dict[str, str]:
         """sha256 of every image's bytes, by image id.
@@ -92,11 +125,8 @@ class Split:
             fresh[i] = key + [out[i]]
         if fresh != cached:
             try:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(fresh))
-                tmp.replace(cache_file)
-            except OSError:
+                write_atomically(cache_file, json.dumps(fresh))
+            except XichError:
                 pass  # a cache that cannot be written only costs a re-read next time
         return out
 
@@ -138,9 +168,16 @@ def open_dataset(uri: str, eval_split: str, train_split: str | None) -> Dataset:
     return Dataset(uri, classes, opened)
 
 
-def _decode(data: bytes, where: str) -> np.ndarray:
+class ImageTooLarge(XichError):
+    """An image over the size cap, refused from its header before decoding."""
+
+
+def _decode(data: bytes, where: str, max_side: int | None = None) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only: the size is known before decoding
+            if max_side is not None and max(img.size) > max_side:
+                raise ImageTooLarge(f"image {where} is {img.size[0]}×{img.size[1]} pixels, over the cap of {max_side} "
+                                    f"a side (XICH_IMAGE_MAX_SIDE_FACTOR × tile size); not decoded")
             return np.asarray(img.convert("RGB"))
     except Image.DecompressionBombError as exc:  # PIL refuses to decode a pixel count that could exhaust memory
         raise XichError(f"image {where} is too large to decode safely ({str(exc).rstrip('.')}); "
@@ -177,8 +214,8 @@ def _folder_index(root: Path):
         except OSError as exc:
             raise XichError(f"unreadable image {path}: {exc.strerror}") from None
 
-    def read(image_id: str) -> np.ndarray:
-        return _decode(raw(image_id), str(root / image_id))
+    def read(image_id: str, max_side: int | None = None) -> np.ndarray:
+        return _decode(raw(image_id), str(root / image_id), max_side)
 
     return _check_classes(images, str(root)), read, raw
 
@@ -210,8 +247,8 @@ def _archive_splits(path: Path, uri: str, wanted: set[str]) -> dict[str, Split]:
     for split, images in by_split.items():
         prefix = prefixes[split]
 
-        def read(image_id: str, prefix: str = prefix) -> np.ndarray:
-            return _decode(members[f"{prefix}/{image_id}"], f"{path}!{prefix}/{image_id}")
+        def read(image_id: str, prefix: str = prefix, max_side: int | None = None) -> np.ndarray:
+            return _decode(members[f"{prefix}/{image_id}"], f"{path}!{prefix}/{image_id}", max_side)
 
         def raw(image_id: str, prefix: str = prefix) -> bytes:
             return members[f"{prefix}/{image_id}"]
@@ -275,8 +312,8 @@ def _cifar_splits(kind: str, root: Path, uri: str) -> dict[str, Split]:
         images = {names[c]: [f"index:{n}" for n in np.flatnonzero(labels == c)] for c in range(len(names))}
         images = {c: ids for c, ids in images.items() if ids}
 
-        def read(image_id: str, data: np.ndarray = data) -> np.ndarray:
-            return data[int(image_id.removeprefix("index:"))]
+        def read(image_id: str, data: np.ndarray = data, max_side: int | None = None) -> np.ndarray:
+            return data[int(image_id.removeprefix("index:"))]  # 32×32 by construction
 
         def raw(image_id: str, data: np.ndarray = data) -> bytes:
             return data[int(image_id.removeprefix("index:"))].tobytes()

@@ -2,21 +2,28 @@
 
 A delivery is claimed (outcome ``processing``) before anything acts on it; the unique (source, delivery id)
 makes a second claim fail, also when two copies arrive at once. It is then settled with what was done, or
-forgotten when acting failed on something a later try may pass (the sender then retries).
+forgotten when acting failed on something a later try may pass (the sender then retries). A claim left
+``processing`` longer than ``stale_after_s`` (its receiver was killed mid-delivery) is taken over by the next copy.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import timedelta
+
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .db import DELIVERY_OUTCOMES, HookDelivery
+from .db import DELIVERY_OUTCOMES, HookDelivery, utcnow
 
 
 def claim_delivery(*, session: Session, source: str, delivery_id: str, event: str, model: str | None,
-                   version: str | None) -> HookDelivery | None:
-    """Remember a delivery as ``processing``; None when it was received before (nothing may act on it). Committed."""
+                   version: str | None, stale_after_s: float | None = None) -> HookDelivery | None:
+    """Remember a delivery as ``processing``; None when it was received before (nothing may act on it). Committed.
+
+    ``stale_after_s``: a claim still ``processing`` after this many seconds is taken over (its ``received_at``
+    moved to now, in one conditional UPDATE, so of two copies at once only one takes it).
+    """
     delivery = HookDelivery(source=source, delivery_id=delivery_id, event=event, model=model, version=version,
                             outcome="processing")
     session.add(delivery)
@@ -24,8 +31,22 @@ def claim_delivery(*, session: Session, source: str, delivery_id: str, event: st
         session.commit()
     except IntegrityError:
         session.rollback()
-        return None
+        return _take_over(session, source, delivery_id, stale_after_s) if stale_after_s is not None else None
     return delivery
+
+
+def _take_over(session: Session, source: str, delivery_id: str, stale_after_s: float) -> HookDelivery | None:
+    now = utcnow()
+    taken = session.execute(update(HookDelivery)
+                            .where(HookDelivery.source == source, HookDelivery.delivery_id == delivery_id,
+                                   HookDelivery.outcome == "processing",
+                                   HookDelivery.received_at < now - timedelta(seconds=stale_after_s))
+                            .values(received_at=now)
+                            .execution_options(synchronize_session=False))
+    session.commit()
+    if taken.rowcount != 1:
+        return None
+    return received_delivery(session=session, source=source, delivery_id=delivery_id)
 
 
 def received_delivery(*, session: Session, source: str, delivery_id: str) -> HookDelivery | None:

@@ -6,8 +6,10 @@
     POST /hooks/generic  {"model", "version", "weights_uri", "dataset_uri", ...}: other registries and CI pipelines
 
 A POST is checked in this order; the first failure answers a 4xx with its reason and leaves no row behind:
-body size (413), delivery id and timestamp headers (400), signature (401), the timestamp's window (400),
-the JSON and its fields (400), a delivery id received before (409). Both hooks sign as MLflow does (see
+body size (413) and read time (408), delivery id and timestamp headers (400), signature (401), the timestamp's
+window (400), the JSON and its fields (400: NaN, nesting, names and versions bounded), a delivery id received
+before (409; unless its claim stayed ``processing`` longer than XICH_HOOKS_CLAIM_STALE_S: a receiver killed
+mid-delivery, whose retry then takes the claim over). Both hooks sign as MLflow does (see
 :func:`sign`), each with its own secret and headers; a hook whose secret is unset answers 503.
 
 An accepted delivery is remembered (``deliveries``), then resolved through the mapping file (``hook_mapping``),
@@ -19,19 +21,21 @@ its weights read from its source and hashed, the version and its audit request r
     200 audited      recorded before, its audit complete or running: nothing started
     200 ignored      an event or alias that starts no audit
     200 unmapped     the version maps to no audit (the reason says why)
-    422 refused      authentic, but it cannot be audited as it stands (the reason says why)
-    503 unavailable  acting failed on what a later try may pass (database, store, MLflow): nothing is remembered,
-                     so the sender's retry acts on it
+    422 refused      authentic, but it cannot be audited as it stands (the reason says why): a spec kind or a
+                     source outside the trust boundary (``boundary``, docs/security.md), bad settings, values
+                     the database refuses; remembered, so a retry is answered 409
+    503 unavailable  acting failed on what a later try may pass (database or store unreachable, MLflow down):
+                     nothing is remembered, so the sender's retry acts on it
 
 Light on purpose: no torch; Prefect is imported only to start a deployment, mlflow only to read a source.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import os
 import time
@@ -40,7 +44,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -48,6 +52,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .boundary import Outside, check_name, check_sources, check_spec, escape, parse_json
 from .db import make_engine
 from .deliveries import claim_delivery, forget_delivery, received_delivery, settle_delivery
 from .errors import Unavailable, XichError
@@ -55,7 +60,7 @@ from .hook_mapping import NotMapped, read_mapping, resolve, tag_overrides
 from .migrate import upgrade
 from .mlflow_registry import resolve_weights, version_facts, without_credentials
 from .registration import AUDIT_DEPLOYMENT, REQUEST_SETTINGS, audit_status, register, registry_time
-from .settings import Settings, get_settings
+from .settings import HookSettings, get_hook_settings
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +153,7 @@ def start_audit_deployment(parameters: dict) -> str:
 class HookReceiver:
     """The hooks' state (settings, mapping, database engine) and their handlers."""
 
-    def __init__(self, settings: Settings, *, start_audit: Callable[[dict], str] | None = None):
+    def __init__(self, settings: HookSettings, *, start_audit: Callable[[dict], str] | None = None):
         if settings.hooks_secret is None and settings.hooks_generic_secret is None:
             raise XichError("XICH_HOOKS_SECRET and XICH_HOOKS_GENERIC_SECRET are both unset: the receiver would "
                             "refuse every delivery; set the secret of the MLflow webhook, of the generic hook, or both")
@@ -182,21 +187,25 @@ class HookReceiver:
             if secret is None:
                 return self._refusal(hook, None, Refused(503, f"the {hook.source} hook is off: "
                                                               f"XICH_{hook.secret_setting.upper()} is not set"))
-            body = await _read_body(request, self.settings.hooks_max_body_bytes)
+            body = await _read_body(request, self.settings.hooks_max_body_bytes, self.settings.hooks_body_timeout_s)
             delivery_id, timestamp = self._authenticate(hook, request, body, secret.get_secret_value())
             announcement = parse(_json(body))
             answer = await run_in_threadpool(self._act, hook, delivery_id, announcement)
         except Refused as refused:
             return self._refusal(hook, delivery_id, refused)
-        log.info("%s delivery %s: %s %s %s -> %d %s: %s", hook.source, delivery_id, announcement.event,
-                 announcement.model, announcement.version, answer.status, answer.outcome, answer.reason)
+        log.info("%s delivery %s: %s %s %s -> %d %s: %s", hook.source, escape(delivery_id), escape(announcement.event),
+                 escape(announcement.model), escape(announcement.version), answer.status, answer.outcome,
+                 escape(answer.reason, 500))
         return JSONResponse({"outcome": answer.outcome, "reason": answer.reason, "delivery_id": delivery_id,
                              "model": announcement.model, "version": announcement.version,
                              "flow_run_id": answer.flow_run_id}, status_code=answer.status)
 
     def _refusal(self, hook: Hook, delivery_id: str | None, refused: Refused) -> JSONResponse:
-        log.warning("%s delivery %s refused (%d): %s", hook.source, delivery_id or "-", refused.status, refused.reason)
-        return JSONResponse({"error": refused.reason}, status_code=refused.status)
+        log.warning("%s delivery %s refused (%d): %s", hook.source, escape(delivery_id or "-"), refused.status,
+                    escape(refused.reason, 500))
+        # a refused body may be unread: the connection is closed rather than kept for the next request
+        headers = {"Connection": "close"} if refused.status in (408, 413) else None
+        return JSONResponse({"error": refused.reason}, status_code=refused.status, headers=headers)
 
     def _authenticate(self, hook: Hook, request: Request, body: bytes, secret: str) -> tuple[str, str]:
         """The delivery id and timestamp of a request signed with ``secret`` within the window; else Refused."""
@@ -214,8 +223,8 @@ class HookReceiver:
         if not signature_matches(secret, delivery_id, timestamp, body, signature):
             raise Refused(401, f"{hook.signature_header} does not match the body: wrong secret, or the body was "
                                f"changed on the way")
-        if not timestamp.isdigit():
-            raise Refused(400, f"{hook.timestamp_header} {timestamp[:40]!r}: not unix seconds")
+        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):  # '²'.isdigit() is True
+            raise Refused(400, f"{hook.timestamp_header} {escape(timestamp, 40)}: not unix seconds (at most 12 digits)")
         skew = time.time() - int(timestamp)
         if abs(skew) > self.settings.hooks_window_s:
             raise Refused(400, f"{hook.timestamp_header} {timestamp} is {abs(skew):.0f} s "
@@ -232,7 +241,8 @@ class HookReceiver:
             with Session(self.engine) as session:
                 delivery = claim_delivery(session=session, source=hook.source, delivery_id=delivery_id,
                                           event=announcement.event, model=announcement.model,
-                                          version=announcement.version)
+                                          version=announcement.version,
+                                          stale_after_s=self.settings.hooks_claim_stale_s)
                 if delivery is None:
                     before = received_delivery(session=session, source=hook.source, delivery_id=delivery_id)
                     when = before.received_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if before else "?"
@@ -240,15 +250,23 @@ class HookReceiver:
                                        f"{before.outcome if before else '?'}): nothing done again")
                 try:
                     answer = self._answer(announcement)
+                except DBAPIError as exc:
+                    if _outage(exc):
+                        _forget(session, delivery)
+                        raise
+                    session.rollback()  # the database refused these values: no retry can change that
+                    answer = Answer(422, "refused", f"the results database refused the request's values "
+                                                    f"({_db_reason(exc)}); change the request")
                 except BaseException:
                     _forget(session, delivery)
                     raise
                 settle_delivery(session=session, delivery=delivery, outcome=answer.outcome, reason=answer.reason,
                                 flow_run_id=answer.flow_run_id)
                 return answer
-        except (Unavailable, OSError, DBAPIError) as exc:
-            reason = " ".join(without_credentials(str(exc)).split())[:500]
-            log.warning("%s delivery %s: %s; not remembered, so a retry acts on it", hook.source, delivery_id, reason)
+        except (Unavailable, OSError, OperationalError, InterfaceError) as exc:
+            reason = _db_reason(exc) if isinstance(exc, DBAPIError) else " ".join(without_credentials(str(exc)).split())[:500]
+            log.warning("%s delivery %s: %s; not remembered, so a retry acts on it", hook.source, escape(delivery_id),
+                        escape(reason, 500))
             return Answer(503, "unavailable", f"{reason}; nothing was recorded: send the delivery again")
 
     def _answer(self, announcement: Announcement) -> Answer:
@@ -277,13 +295,18 @@ class HookReceiver:
             a.metadata = {"registry": "mlflow", "tracking_uri": without_credentials(uri) if uri else None,
                           "name": a.model, "version": a.version, "source": a.source, "run_id": a.run_id,
                           "tags": a.tags, "created_at": a.registered_at.isoformat() if a.registered_at else None}
-        target = resolve(self.mapping, a.model, {**tag_overrides(a.tags), **a.overrides}, source=self.mapping_source)
-        weights_uri, local = (resolve_weights(a.source, weights_file=target.weights_file, settings=self.settings)
+        outside = {**tag_overrides(a.tags), **a.overrides}  # the mapping file is the operator's; these are not
+        target = resolve(self.mapping, a.model, outside, source=self.mapping_source)
+        check_spec(target.spec, self.settings.hooks_allowed_specs)
+        check_sources({k: outside.get(k) for k in ("dataset", "labels")}, self.settings.hooks_allowed_sources)
+        weights_uri, local = (resolve_weights(a.source, weights_file=target.weights_file, settings=self.settings,
+                                              allowed_sources=self.settings.hooks_allowed_sources)
                               if a.source else (None, None))
         parameters = register(database_url=self.settings.database_url, model=a.model, version=a.version,
                               model_spec=target.spec, weights_uri=weights_uri, dataset_uri=target.dataset,
                               settings=target.settings, registry_metadata=a.metadata, registered_at=a.registered_at,
-                              local_weights=str(local) if local else None)
+                              local_weights=str(local) if local else None,
+                              allowed_specs=self.settings.hooks_allowed_specs)
         served = audit_status(database_url=self.settings.database_url, model=a.model, version=a.version,
                               dataset_uri=target.dataset, settings=target.settings)
         if served is not None and served[1] in ("complete", "running"):
@@ -299,38 +322,53 @@ class HookReceiver:
         return Answer(202, "started", f"audit of {a.model} {a.version} started: flow run {flow_run_id}", flow_run_id)
 
 
+def _outage(exc: DBAPIError) -> bool:
+    """Whether a database error is the database being unreachable (a retry may pass), not a refusal of values."""
+    return isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated
+
+
+def _db_reason(exc: DBAPIError) -> str:
+    """The driver's first line, without the SQL statement or its parameters, nor credentials."""
+    first = (str(exc.orig).splitlines() or [""])[0] if exc.orig is not None else ""
+    return f"{type(exc.orig or exc).__name__}: {escape(without_credentials(first), 200)}"
+
+
 def _forget(session: Session, delivery) -> None:
     try:
         forget_delivery(session=session, delivery=delivery)
     except DBAPIError as exc:  # the database went away: the claim may stay, and a retry is answered 409
         log.error("delivery %s could not be forgotten (%s); a retry will be refused as a repeat",
-                  delivery.delivery_id, str(exc).splitlines()[0])
+                  escape(delivery.delivery_id), _db_reason(exc))
 
 
 # --- reading requests ---------------------------------------------------------------------------
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The raw body (the signature covers its bytes as sent); Refused (413) past ``limit`` bytes."""
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The raw body (the signature covers its bytes as sent); Refused (413) past ``limit`` bytes, (408) when it has
+    not all arrived within ``timeout_s`` (uvicorn has no body-read timeout: a sender that stalls mid-body would
+    hold its connection and buffer until it disconnects)."""
     declared = request.headers.get("content-length", "")
     too_large = Refused(413, f"the body is larger than {limit} bytes (XICH_HOOKS_MAX_BODY_BYTES)")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and (len(declared) > 12 or int(declared) > limit):
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Refused(408, f"the body did not arrive within {timeout_s:g} s (XICH_HOOKS_BODY_TIMEOUT_S)") from None
     return b"".join(chunks)
 
 
 def _json(body: bytes) -> object:
     try:
-        return json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise Refused(400, "the body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise Refused(400, f"the body is not JSON ({exc.msg} at character {exc.pos})") from None
+        return parse_json(body, "the body")
+    except Outside as exc:
+        raise Refused(400, str(exc)) from None
 
 
 def _field(data: dict, key: str, types: tuple, where: str, required: bool = True):
@@ -363,7 +401,7 @@ def parse_mlflow(doc: object) -> Announcement:
     event = f"{entity}.{action}"
     where = f"data of {event}"
     if event == VERSION_CREATED:
-        name, version = _field(data, "name", (str,), where), _field(data, "version", (str,), where)
+        name, version = _name(data, "name", where), _name(data, "version", where)
         source = _field(data, "source", (str,), where)
         run_id = _field(data, "run_id", (str, type(None)), where, required=False)
         tags = _field(data, "tags", (dict,), where, required=False) or {}
@@ -373,10 +411,10 @@ def parse_mlflow(doc: object) -> Announcement:
         return Announcement(event, name, version, source=source, run_id=run_id, tags=tags,
                             registered_at=sent_at if sent_at.tzinfo else sent_at.replace(tzinfo=timezone.utc))
     if event == ALIAS_CREATED:
-        return Announcement(event, _field(data, "name", (str,), where), _field(data, "version", (str,), where),
-                            alias=_field(data, "alias", (str,), where))
+        return Announcement(event, _name(data, "name", where), _name(data, "version", where),
+                            alias=_name(data, "alias", where))
     name, version = data.get("name"), data.get("version")
-    return Announcement(event, name if isinstance(name, str) else None, version if isinstance(version, str) else None)
+    return Announcement(escape(event, 200), _or_none(name), _or_none(version))
 
 
 def parse_generic(doc: object) -> Announcement:
@@ -386,12 +424,12 @@ def parse_generic(doc: object) -> Announcement:
                            f"\"weights_uri\", \"dataset_uri\", ...}}")
     unknown = sorted(set(doc) - set(GENERIC_FIELDS))
     if unknown:
-        raise Refused(400, f"unknown field(s) {', '.join(unknown)}; use {', '.join(GENERIC_FIELDS)}")
+        raise Refused(400, f"unknown field(s) {escape(', '.join(unknown), 200)}; use {', '.join(GENERIC_FIELDS)}")
     values = {key: _field(doc, key, types, "body", required=key in GENERIC_REQUIRED)
               for key, types in GENERIC_FIELDS.items()}
     unknown = sorted(set(values["settings"] or {}) - set(REQUEST_SETTINGS))
     if unknown:
-        raise Refused(400, f"settings: unknown key(s) {', '.join(unknown)}; use {', '.join(REQUEST_SETTINGS)}")
+        raise Refused(400, f"settings: unknown key(s) {escape(', '.join(unknown), 200)}; use {', '.join(REQUEST_SETTINGS)}")
     registered_at = None
     if values["created_at"] is not None:
         try:
@@ -400,21 +438,45 @@ def parse_generic(doc: object) -> Announcement:
             raise Refused(400, f"body: created_at {values['created_at']!r} is not a time; give ISO 8601 "
                                f"(2026-11-29T12:00:00Z) or milliseconds since the epoch") from None
     version = str(values["version"])
+    try:
+        check_name(values["model"], "body: model")
+        check_name(version, "body: version")
+    except Outside as exc:
+        raise Refused(400, str(exc)) from None
     overrides = {"spec": values["model_spec"], "dataset": values["dataset_uri"], "labels": values["labels"],
                  "settings": values["settings"], "weights_file": values["weights_file"]}
     return Announcement(GENERIC_EVENT, values["model"], version, source=values["weights_uri"],
                         overrides={k: v for k, v in overrides.items() if v is not None},
-                        metadata={**(values["metadata"] or {}), "hook": "generic"}, registered_at=registered_at)
+                        metadata=_generic_metadata(values["metadata"]), registered_at=registered_at)
 
 
-def create_app(settings: Settings | None = None, *, start_audit: Callable[[dict], str] | None = None) -> Starlette:
+def _generic_metadata(sent: dict | None) -> dict:
+    """The generic hook's metadata, namespaced under ``sender``: it can never set what the write-back reads
+    (``registry``, ``tracking_uri``, ``name``, ``version``), which only the MLflow hook records."""
+    return {"hook": "generic", **({"sender": sent} if sent else {})}
+
+
+def _name(data: dict, key: str, where: str) -> str:
+    value = _field(data, key, (str,), where)
+    try:
+        return check_name(value, f"{where}: {key}")
+    except Outside as exc:
+        raise Refused(400, str(exc)) from None
+
+
+def _or_none(value: object) -> str | None:
+    """A name or version of an event XICH does not act on: kept when it would fit its column, else dropped."""
+    return value if isinstance(value, str) and 0 < len(value) <= 255 and value.isprintable() else None
+
+
+def create_app(settings: HookSettings | None = None, *, start_audit: Callable[[dict], str] | None = None) -> Starlette:
     """The receiver as an ASGI app. XichError when no hook has a secret or the mapping file is bad; the results
     database is migrated here, so a database that cannot be reached stops it before it listens.
 
     ``start_audit(parameters) -> flow run id``: how an audit is started (default: the audit deployment,
     XICH_AUDIT_DEPLOYMENT, through Prefect at PREFECT_API_URL).
     """
-    receiver = HookReceiver(settings or get_settings(), start_audit=start_audit)
+    receiver = HookReceiver(settings or get_hook_settings(), start_audit=start_audit)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):

@@ -13,11 +13,12 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .atomic import write_atomically
+from .boundary import check_source, walk_files
 from .errors import Unavailable, XichError
 from .registration import recorded_registry_metadata
 from .result import AuditResult, least_dominant_share
@@ -80,9 +81,7 @@ def download_artifact(uri: str, *, tracking_uri: str | None, cache_dir: str | os
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    pending = root / f".{key}.{os.getpid()}.{threading.get_ident()}"
-    pending.write_text(local)
-    pending.replace(marker)  # atomic: a reader sees no marker or a complete one
+    write_atomically(marker, local.encode())  # a reader sees no marker or a complete one
     return Path(local)
 
 
@@ -108,32 +107,38 @@ def models_uri_location(uri: str, tracking_uri: str) -> str:
 
 def checkpoint_in(folder: Path, weights_file: str | None, uri: str) -> str:
     """The checkpoint's path inside a source that is a folder: ``weights_file`` if given, else its one file
-    with a checkpoint suffix (.pt, .pth, .th, .ckpt)."""
-    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    with a checkpoint suffix (.pt, .pth, .th, .ckpt). The folder is walked within bounds (boundary.walk_files),
+    and an error names no file of it: the source may come from outside."""
+    files = sorted(walk_files(folder, uri))
     if weights_file is not None:
         if weights_file not in files:
-            raise XichError(f"{uri}: no file {weights_file!r} (xich.weights_file) in it; it holds "
-                            f"{', '.join(files[:10]) or 'nothing'}")
+            raise XichError(f"{uri}: no file {weights_file[:200]!r} (xich.weights_file) in it")
         return weights_file
     found = [f for f in files if f.endswith(CHECKPOINT_SUFFIXES)]
     if not found:
-        raise XichError(f"{uri}: a folder without a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)}; it holds "
-                        f"{', '.join(files[:10]) or 'nothing'}); XICH reads a state_dict: log one with "
-                        f"mlflow.pytorch.log_state_dict, or name the file with the tag xich.weights_file")
+        raise XichError(f"{uri}: a folder without a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)}); XICH reads "
+                        f"a state_dict: log one with mlflow.pytorch.log_state_dict, or name the file with the tag "
+                        f"xich.weights_file")
     if len(found) > 1:
-        raise XichError(f"{uri}: a folder holding {len(found)} checkpoint files ({', '.join(found[:10]) or 'none'}); "
-                        f"name the one to audit with the tag xich.weights_file (its path in the folder)")
+        raise XichError(f"{uri}: a folder holding {len(found)} checkpoint files; name the one to audit with the "
+                        f"tag xich.weights_file (its path in the folder)")
     return found[0]
 
 
-def resolve_weights(source: str, *, weights_file: str | None, settings: Settings) -> tuple[str, Path]:
+def resolve_weights(source: str, *, weights_file: str | None, settings: Settings,
+                    allowed_sources: list[str] | None = None) -> tuple[str, Path]:
     """(the weights URI the workers fetch, a local copy to hash) of a version's source, a file or a folder.
 
     A ``models:/`` source is recorded as where its artifacts live: a path inside ``models:/m-…`` would read as
-    a model name and a stage.
+    a model name and a stage. ``allowed_sources`` (a source from outside: XICH_HOOKS_ALLOWED_SOURCES): the source,
+    and where a ``models:/`` one lives, must lie under one of them (boundary.check_source) before anything is read.
     """
+    if allowed_sources is not None:
+        check_source(source, allowed_sources, "weights")
     if source.startswith("models:/") and settings.mlflow_tracking_uri:
         source = models_uri_location(source, settings.mlflow_tracking_uri)
+        if allowed_sources is not None:
+            check_source(source, allowed_sources, "weights")
     local = fetch_source(source, settings)
     if local.is_dir():
         relative = checkpoint_in(local, weights_file, source)

@@ -6,18 +6,23 @@ first step use it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from .boundary import check_name, check_spec, escape
 from .config import AuditConfig, check_config
 from .db import make_engine, session_for
 from .errors import XichError
 from .locks import named_lock
 from .migrate import upgrade
 from .persist import file_sha256, register_version, request_run, unaudited_requests, version_metadata
+
+log = logging.getLogger(__name__)
+DEFAULT_SPECS = ("cifar:", "torchvision:")  # XICH_HOOKS_ALLOWED_SPECS' default
 
 # The deployment that audits a registered version (`flow name/deployment name` of prefect.yaml); the environment's
 # XICH_AUDIT_DEPLOYMENT overrides it. Here rather than in flows/audit.py, which imports torch: `xich register
@@ -35,6 +40,8 @@ def audit_config(*, model_spec: str, dataset_uri: str, weights_uri: str | None, 
 
     ``data`` / ``weights``: local copies of the URIs (default: the URIs themselves).
     """
+    if not isinstance(settings, dict):
+        raise XichError(f"settings: give a JSON object of audit settings, got {type(settings).__name__}")
     unknown = sorted(set(settings) - set(REQUEST_SETTINGS))
     if unknown:
         raise XichError(f"settings: unknown key(s) {', '.join(unknown)}; use {', '.join(REQUEST_SETTINGS)}")
@@ -51,17 +58,25 @@ def audit_config(*, model_spec: str, dataset_uri: str, weights_uri: str | None, 
         check_config(config)
     except TypeError as exc:
         raise XichError(f"settings: {exc}") from None
-    return config, settings.get("clustering", "auto")
+    clustering = settings.get("clustering", "auto")
+    if not isinstance(clustering, str) or len(clustering) > 300 or not clustering.isprintable():
+        raise XichError("settings: clustering must be auto, own or reference:<model-version>")
+    return config, clustering
 
 
 def register(*, database_url: str, model: str, version: str, model_spec: str, weights_uri: str | None,
              dataset_uri: str, settings: dict, registry_metadata: dict | None = None,
-             registered_at: datetime | None = None, local_weights: str | None = None) -> dict:
+             registered_at: datetime | None = None, local_weights: str | None = None,
+             allowed_specs: list[str] | tuple[str, ...] = DEFAULT_SPECS) -> dict:
     """Record a model version and the audit it asks for; returns the parameters of ``audit_model_version``.
 
     ``local_weights``: a local copy of ``weights_uri``, hashed so that the version is tied to its weights.
-    The settings are checked here, so a bad request fails at registration, not at night.
+    The name, version, spec kind (``allowed_specs``: XICH_HOOKS_ALLOWED_SPECS) and settings are checked here, so a
+    bad request fails at registration, not at night (where the same checks run again on the recorded request).
     """
+    check_name(model, "model name")
+    check_name(version, "version")
+    check_spec(model_spec, list(allowed_specs))
     audit_config(model_spec=model_spec, dataset_uri=dataset_uri, weights_uri=weights_uri, settings=settings)
     local_data = dataset_uri.split(":", 1)[1] if dataset_uri.startswith(("cifar10:", "cifar100:")) else dataset_uri
     if "://" not in local_data and not Path(local_data).exists():
@@ -83,11 +98,33 @@ def register(*, database_url: str, model: str, version: str, model_spec: str, we
             "dataset_uri": dataset_uri, "settings": settings}
 
 
-def unaudited(*, database_url: str, model: str | None = None) -> list[dict]:
-    """The parameters of ``audit_model_version`` for every registered audit without a complete run."""
+def unaudited(*, database_url: str, model: str | None = None,
+              allowed_specs: list[str] | tuple[str, ...] = DEFAULT_SPECS) -> list[dict]:
+    """The parameters of ``audit_model_version`` for every registered audit without a complete run.
+
+    Each recorded request is checked again (spec kind against ``allowed_specs``, settings) before anything is
+    imported for it: the table is outside input too. A request that fails is left out with a warning.
+    """
     upgrade(database_url)
     with session_for(database_url) as session:
-        return unaudited_requests(session=session, model_name=model)
+        requests = unaudited_requests(session=session, model_name=model)
+    admitted = []
+    for request in requests:
+        try:
+            admit_recorded(request, allowed_specs)
+        except XichError as exc:
+            log.warning("audit request %s %s left out: %s", escape(request["model"]), escape(request["version"]),
+                        escape(exc, 500))
+            continue
+        admitted.append(request)
+    return admitted
+
+
+def admit_recorded(parameters: dict, allowed_specs: list[str] | tuple[str, ...]) -> None:
+    """The checks of :func:`register` on a recorded request (``audit_model_version``'s parameters); XichError."""
+    check_spec(parameters["model_spec"], list(allowed_specs))
+    audit_config(model_spec=parameters["model_spec"], dataset_uri=parameters["dataset_uri"],
+                 weights_uri=parameters["weights_uri"], settings=parameters["settings"])
 
 
 def audit_status(*, database_url: str, model: str, version: str, dataset_uri: str, settings: dict

@@ -301,12 +301,10 @@ def write_page(*, out_dir: str | Path, title: str, body: str) -> Path:
     """Write ``out_dir/index.html`` atomically around ``body`` (HTML); every ``img.figure`` in it is
     counted by the page's load marker (``data-figures-loaded="decoded/total"`` on ``body``).
     Returns the page's path."""
+    from .atomic import write_atomically
+
     page = Path(out_dir) / "index.html"
-    page.parent.mkdir(parents=True, exist_ok=True)
-    tmp = page.with_name("index.html.tmp")
-    tmp.write_text(_PAGE.replace("{title}", html.escape(title)).replace("{body}", body))
-    tmp.replace(page)
-    return page
+    return write_atomically(page, _PAGE.replace("{title}", html.escape(title)).replace("{body}", body), what=str(page))
 
 
 _PAGE = """<!doctype html>

@@ -93,12 +93,10 @@ class AuditResult:
         return json.dumps(self.to_dict(), indent=1, allow_nan=False)
 
     def write_json(self, path: str | Path) -> None:
-        """Write the JSON document atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        """Write the JSON document atomically (``atomic.write_atomically``: a device or symlink there is refused)."""
+        from .atomic import write_atomically
+
+        write_atomically(path, self.to_json(), what=str(path))
 
 
 def summarize(classes: list[ClassResult]) -> dict:

@@ -32,6 +32,7 @@ import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
 
+from .atomic import write_atomically
 from .errors import Unavailable, XichError
 
 log = logging.getLogger(__name__)
@@ -440,19 +441,5 @@ def _open_source(path: str | os.PathLike, url: str) -> Iterator[BinaryIO]:
 
 
 def _atomic_write(dest: Path, write: Callable[[BinaryIO], object], url: str) -> None:
-    """Write ``dest`` through a temporary file in its folder, renamed over it once complete."""
-    tmp = dest.parent / f"{TMP_PREFIX}{dest.name}.{secrets.token_hex(4)}"
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException as exc:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise XichError(f"{url}: cannot write {dest} ({exc.strerror or exc}); "
-                            f"check the folder's permissions and free space") from None
-        raise
+    """Write ``dest`` through :func:`atomic.write_atomically`, its temporary file named so that listings skip it."""
+    write_atomically(dest, write, what=f"{url} ({dest})", tmp_prefix=f"{TMP_PREFIX}{dest.name}.")

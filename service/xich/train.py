@@ -170,11 +170,10 @@ def train(config: TrainConfig, on_epoch: Callable[[int, float, float], None] | N
         history.append({"epoch": epoch + 1, "loss": mean_loss, "eval_accuracy": acc})
         if on_epoch:
             on_epoch(epoch + 1, mean_loss, acc)
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(model.eval().state_dict(), tmp)
-    tmp.replace(out)
+    from .atomic import write_atomically
+
+    state = model.eval().state_dict()
+    write_atomically(config.out, lambda f: torch.save(state, f), what=f"--out {config.out}")
     return history
 
 

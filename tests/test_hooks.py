@@ -25,7 +25,7 @@ from xich.db import AuditRequest, HookDelivery, Model, ModelVersion, make_engine
 from xich.errors import XichError
 from xich.hooks import GENERIC, MLFLOW, create_app, sign
 from xich.registration import unaudited
-from xich.settings import get_settings
+from xich.settings import get_hook_settings
 
 SECRET, GENERIC_SECRET = "whsec-mlflow-test-7f3a", "whsec-generic-test-91bc"
 WHEN = "2026-11-29T10:45:52.841074+00:00"
@@ -92,10 +92,10 @@ class Recorder:
 
 
 def receiver(world: dict, database_url: str | None = None, start_audit=None, **overrides) -> tuple[Client, Recorder]:
-    settings = get_settings(**{"database_url": database_url or f"sqlite:///{world['dir'] / 'xich.db'}",
+    settings = get_hook_settings(**{"database_url": database_url or f"sqlite:///{world['dir'] / 'xich.db'}",
                                "hooks_secret": SECRET, "hooks_generic_secret": GENERIC_SECRET,
                                "hooks_config": world["mapping"], "cache_dir": str(world["dir"] / "cache"),
-                               **overrides})
+                               "hooks_allowed_sources": [str(world["dir"])], **overrides})
     recorder = start_audit if start_audit is not None else Recorder()
     return Client(create_app(settings, start_audit=recorder)), recorder
 
@@ -283,7 +283,7 @@ def test_a_hook_without_its_secret_answers_503_and_none_refuses_to_start(world, 
     assert rows(url_of(world)) == [] and recorder.calls == []
 
     with pytest.raises(XichError, match="XICH_HOOKS_SECRET and XICH_HOOKS_GENERIC_SECRET are both unset"):
-        create_app(get_settings(database_url=url_of(world), hooks_secret="", hooks_generic_secret=None))
+        create_app(get_hook_settings(database_url=url_of(world), hooks_secret="", hooks_generic_secret=None))
     monkeypatch.setenv("XICH_HOOKS_SECRET", "")
     monkeypatch.delenv("XICH_HOOKS_GENERIC_SECRET", raising=False)
     assert main(["serve-hooks", "--port", "1"]) == 2
@@ -302,7 +302,7 @@ def test_secrets_never_appear_in_logs_or_answers(world, caplog):
     for secret in (SECRET, GENERIC_SECRET):
         assert secret not in caplog.text
         assert all(secret not in a.text for a in answers)
-    assert SECRET not in repr(get_settings(hooks_secret=SECRET))
+    assert SECRET not in repr(get_hook_settings(hooks_secret=SECRET))
 
 
 # --- what an accepted delivery does ---------------------------------------------------------------
@@ -375,7 +375,7 @@ def test_without_prefect_the_version_is_still_recorded_for_the_nightly_flow(worl
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "XICH_"))},
            "PREFECT_API_URL": f"http://127.0.0.1:{stack.free_port()}/api", "PREFECT_HOME": str(world["dir"] / "ph"),
            "XICH_DATABASE_URL": url_of(world), "XICH_HOOKS_SECRET": SECRET, "XICH_HOOKS_CONFIG": world["mapping"],
-           "XICH_CACHE_DIR": str(world["dir"] / "cache")}
+           "XICH_CACHE_DIR": str(world["dir"] / "cache"), "XICH_HOOKS_ALLOWED_SOURCES": str(world["dir"])}
     with stack.hooks_receiver(env, world["dir"]) as hooks:
         body = json.dumps(version_created(source=world["weights"])).encode()
         stamp = str(int(time.time()))
@@ -437,12 +437,12 @@ def test_the_generic_hook_records_a_version_from_a_folder(world):
     assert recorder.calls[0]["weights_uri"] == f"{folder}/state_dict.pth"  # its one checkpoint
     assert recorder.calls[0]["settings"] == {"classes": ["cat", "dog"], "clusters": 2, "labels": "cifar10"}
     [mv] = rows(url_of(world), ModelVersion)
-    assert mv.version == "7" and mv.registry_metadata == {"pipeline": "ci-1234", "hook": "generic"}
+    assert mv.version == "7" and mv.registry_metadata == {"sender": {"pipeline": "ci-1234"}, "hook": "generic"}
     assert mv.registered_at.year == 2026 and mv.registered_at.day == 28
     (folder / "best.ckpt").write_bytes(b"other weights")  # two checkpoints: which one must be said
     answer = client.deliver({**body, "version": "8"}, hook=GENERIC, secret=GENERIC_SECRET)
     assert answer.status_code == 422
-    assert answer.json()["reason"] == (f"{folder}: a folder holding 2 checkpoint files (best.ckpt, state_dict.pth); "
+    assert answer.json()["reason"] == (f"{folder}: a folder holding 2 checkpoint files; "  # no listing of it
                                        f"name the one to audit with the tag xich.weights_file (its path in the folder)")
     answer = client.deliver({**body, "version": "8", "weights_file": "best.ckpt"}, hook=GENERIC,
                             secret=GENERIC_SECRET)

@@ -147,9 +147,9 @@ def parse_json(text: str | bytes, what: str) -> object:
     except RecursionError:
         raise Outside(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels") from None
     except UnicodeDecodeError:
-        raise Outside(f"{what}: not UTF-8 text") from None
+        raise Outside(f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise Outside(f"{what}: not JSON ({exc.msg} at character {exc.pos})") from None
+        raise Outside(f"{what} is not JSON ({exc.msg} at character {exc.pos})") from None
     if _depth(value) > MAX_JSON_DEPTH:
         raise Outside(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels")
     return value

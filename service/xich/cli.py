@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve-hooks", help="receive model-registry webhooks (MLflow, generic) and start audits "
                                             "(XICH_HOOKS_SECRET, XICH_HOOKS_GENERIC_SECRET, XICH_HOOKS_CONFIG)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8765, help="port to listen on (default 8765)")
+    p.add_argument("--port", default="8765", help="port to listen on (default 8765)")
     p = sub.add_parser("db", help="migrate the results database (XICH_DATABASE_URL)")
     p.add_argument("action", choices=["upgrade", "downgrade"])
     p.add_argument("revision", nargs="?", help="target revision (default: head for upgrade, base for downgrade)")
@@ -153,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _port(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a port; give a number from 1 to 65535")
+def _port(text: str, flag: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 5 or not 0 < int(text) < 65536:
+        raise XichError(f"{flag} {text[:20]!r}: not a port; give a number from 1 to 65535")
     return int(text)
 
 
@@ -338,6 +338,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_serve_hooks(args: argparse.Namespace) -> int:
     import uvicorn
 
+    port = _port(args.port, "--port")
     from .hooks import create_app
     from .settings import get_hook_settings, masked
 
@@ -350,10 +351,10 @@ def cmd_serve_hooks(args: argparse.Namespace) -> int:
     logging.getLogger("xich.hooks").setLevel(logging.INFO)
     hooks = [f"/hooks/mlflow ({'on' if settings.hooks_secret else 'off: XICH_HOOKS_SECRET unset'})",
              f"/hooks/generic ({'on' if settings.hooks_generic_secret else 'off: XICH_HOOKS_GENERIC_SECRET unset'})"]
-    out.print(f"xich hooks on http://{args.host}:{args.port}: {', '.join(hooks)}; results database "
+    out.print(f"xich hooks on http://{args.host}:{port}: {', '.join(hooks)}; results database "
               f"{masked(settings.database_url)}", highlight=False)
     # uvicorn caps connections (503 beyond) and headers; the body-read timeout is the app's (hooks._read_body)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info",
+    uvicorn.run(app, host=args.host, port=port, log_level="info",
                 limit_concurrency=settings.hooks_limit_concurrency, timeout_keep_alive=5,
                 h11_max_incomplete_event_size=16 * 1024)
     return 0

@@ -16,11 +16,11 @@ entry's settings). A version without a spec and a dataset after that maps to not
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .boundary import parse_json
 from .errors import XichError
 from .registration import REQUEST_SETTINGS, audit_config
 
@@ -72,10 +72,9 @@ def tag_overrides(tags: dict[str, str]) -> dict:
     overrides = {TAGS[k]: v for k, v in tags.items() if k in TAGS}
     if "settings" in overrides:
         try:
-            overrides["settings"] = json.loads(overrides["settings"])
-        except json.JSONDecodeError as exc:
-            raise XichError(f"tag xich.settings: not valid JSON ({exc.msg} at character {exc.pos}); "
-                            f"give an object like {{\"clusters\": 5}}") from None
+            overrides["settings"] = parse_json(overrides["settings"], "tag xich.settings")  # NaN, depth refused
+        except XichError as exc:
+            raise XichError(f"{exc}; give an object like {{\"clusters\": 5}}") from None
     return overrides
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from .errors import XichError  # noqa: E402
-from .report import file_slug, write_page  # noqa: E402
+from .report import file_slug, save_figure, write_page  # noqa: E402
 
 HISTORY_SQL = """
 SELECT model_version, version_created_at, run_id, run_finished_at, settings_key, clustering_key, dataset_uri,
@@ -173,8 +173,7 @@ def plot_class_history(section: _Section, class_name: str, path: Path) -> None:
         ax.set_xlabel("model version")
     ax_rank.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _least_dominant(section: _Section) -> dict[tuple[str, str, str], object]:
@@ -209,8 +208,7 @@ def plot_least_dominant_share(section: _Section, path: Path) -> None:
     ax.set_title("Least dominant cluster's training share", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _least_dominant_table(section: _Section) -> str:

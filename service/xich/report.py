@@ -117,8 +117,7 @@ def plot_matrices(cls: ClassResult, path: Path) -> None:
     p = np.array(cls.p_values_holm)
     _heatmap(axes[1], p, f"{cls.name}: p-value (t-test vs 0.5, Holm)", ".0e" if p.min() < 0.01 else ".2f", "viridis", 0, 1)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_examples(examples: list[Example], path: Path) -> None:
@@ -133,8 +132,7 @@ def plot_examples(examples: list[Example], path: Path) -> None:
         ax.set_title(ex.title, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _ranked(cls: ClassResult) -> list:
@@ -163,8 +161,7 @@ def plot_training_distribution(result: AuditResult, path: Path) -> None:
     ax.set_title("Training distribution by dominance rank")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_per_image(cls: ClassResult, path: Path) -> None:
@@ -179,8 +176,7 @@ def plot_per_image(cls: ClassResult, path: Path) -> None:
         ax.set_xlabel(key)
         ax.set_ylabel("per-image dominance score")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _signed(x: float | None) -> str:
@@ -295,6 +291,16 @@ def _cluster_table(cls: ClassResult) -> str:
         for c in sorted(cls.clusters, key=lambda c: (c.rank is None, c.rank or 0, c.id)))
     return ("<table><tr><th>rank</th><th>cluster</th><th>score</th><th>eval size</th><th>train count</th>"
             f"<th>train share</th><th>evidence</th></tr>{rows}</table>")
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """A PNG of ``fig`` written atomically (``atomic.write_atomically``: never through a planted link), then closed."""
+    from .atomic import write_atomically
+
+    try:
+        write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=90), what=str(path))
+    finally:
+        plt.close(fig)
 
 
 def write_page(*, out_dir: str | Path, title: str, body: str) -> Path:

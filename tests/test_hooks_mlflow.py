@@ -28,7 +28,7 @@ import stack
 from xich.db import make_engine
 from xich.hooks import create_app
 from xich.mlflow_registry import download_artifact, resolve_weights
-from xich.settings import get_settings
+from xich.settings import get_hook_settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +261,9 @@ def test_runs_sources_and_aliases_through_the_mlflow_client(mlflow_server, tmp_p
     recorder = Recorder()
     monkeypatch.chdir(tmp_path)  # the default cache folder is relative: .xich/cache
     app = Client(create_app(
-        get_settings(database_url=f"sqlite:///{tmp_path / 'xich.db'}", hooks_secret=SECRET,
-                     mlflow_tracking_uri=mlflow_server.tracking_uri, cache_dir=".xich/cache"),
+        get_hook_settings(database_url=f"sqlite:///{tmp_path / 'xich.db'}", hooks_secret=SECRET,
+                          mlflow_tracking_uri=mlflow_server.tracking_uri, cache_dir=".xich/cache",
+                          hooks_allowed_sources=[str(tmp_path)]),  # the xich.dataset tag's folder
         start_audit=recorder))
     alias = {"entity": "model_version_alias", "action": "created", "timestamp": "2026-11-29T10:45:52+00:00",
              "data": {"name": model, "alias": "challenger", "version": mv.version}}

@@ -462,7 +462,8 @@ def test_a_hooks_setting_breaks_no_other_command_and_history_creates_nothing(tmp
     monkeypatch.setenv("XICH_DATABASE_URL", f"sqlite:///{tmp_path / 'no' / 'dir' / 'x.db'}")
     assert main(["history", "--model", "m"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: XICH_DATABASE_URL sqlite:///") and "no such database file" in err
+    assert err.startswith("error: no complete audit recorded: XICH_DATABASE_URL sqlite:///") and \
+        "names no database file (nothing was created)" in err
     assert not (tmp_path / "no").exists()
 
 

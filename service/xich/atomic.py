@@ -25,7 +25,7 @@ def check_target(target: str | os.PathLike, what: str | None = None) -> Path:
     target = Path(target)
     try:
         mode = os.lstat(target).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there: the write says whether the folder takes it
         return target
     except OSError as exc:
         raise XichError(f"{what or target}: cannot inspect it ({exc.strerror or exc}); check the path") from None

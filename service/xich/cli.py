@@ -383,8 +383,9 @@ def _session(*, read_only: bool = False):
     url = get_settings().database_url
     if read_only and url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         if not Path(url.removeprefix("sqlite:///")).is_file():
-            raise XichError(f"XICH_DATABASE_URL {url}: no such database file; record an audit first "
-                            f"(`xich audit --model-name NAME …`) or point XICH_DATABASE_URL at the results database")
+            raise XichError(f"no complete audit recorded: XICH_DATABASE_URL {url} names no database file (nothing "
+                            f"was created); record an audit with `xich audit --model-name NAME`, or point "
+                            f"XICH_DATABASE_URL at the results database")
     upgrade(url)
     return Session(make_engine(url))
 

@@ -36,8 +36,12 @@ def test_labels_file_and_its_errors(tmp_path):
     f.write_text("dog\ncat\n\n")
     assert read_labels(str(f)).names == ("dog", "cat")
     f.write_text("dog\ncat\ndog\n")
-    with pytest.raises(XichError, match="dog appear twice"):
-        read_labels(str(f))
+    with pytest.raises(XichError, match=r"^--labels \S+: 1 class name\(s\) appear twice in the label list$"):
+        read_labels(str(f))  # a file's lines are never quoted back: it may be any file a request named
+    f.write_text("root:x:0:0\ndaemon:x:1:1\n")
+    with pytest.raises(XichError, match=r"\(file:\S+: 2 names\); rename") as refused:
+        model_indices(read_labels(str(f)), ["cat"], None, None)
+    assert "root:x" not in str(refused.value)
     with pytest.raises(XichError, match="neither a built-in label set"):
         read_labels(str(tmp_path / "missing.txt"))
 

@@ -72,8 +72,10 @@ def checked(names: list[str], source: str, where: str) -> LabelList:
         raise XichError(f"{where}: the label list is empty; give one class name per model output")
     seen: set[str] = set()
     twice = [n for n in names if n in seen or seen.add(n)]
-    if twice:
-        raise XichError(f"{where}: class name(s) {', '.join(sorted(set(twice)))} appear twice in the label list")
+    if twice:  # a file's lines are not quoted: it may be any file a request named (docs/security.md)
+        shown = f"{len(set(twice))} class name(s)" if source.startswith("file:") else \
+            f"class name(s) {', '.join(sorted(set(twice)))}"
+        raise XichError(f"{where}: {shown} appear twice in the label list")
     return LabelList(tuple(names), source)
 
 
@@ -101,7 +103,9 @@ def model_indices(labels: LabelList, dataset_classes: list[str], head_outputs: i
                         f"{head_outputs} names in the model's output order")
     unknown = [c for c in dataset_classes if c not in labels.names]
     if unknown:
+        # a labels file's lines are not quoted: it may be any file a request named (docs/security.md)
+        names = (f"{len(labels.names)} names" if labels.source.startswith("file:") else
+                 f"{', '.join(labels.names[:12])}{' …' if len(labels.names) > 12 else ''}")
         raise XichError(f"dataset class(es) {', '.join(unknown)} are not among the model's labels ({labels.source}: "
-                        f"{', '.join(labels.names[:12])}{' …' if len(labels.names) > 12 else ''}); rename the "
-                        f"folders to the model's class names or pass --labels")
+                        f"{names}); rename the folders to the model's class names or pass --labels")
     return {c: labels.index(c) for c in dataset_classes}

@@ -168,6 +168,30 @@ def test_a_source_under_the_allowed_root_is_accepted(world, results_db):
     assert len(receiver.rows(AuditRequest)) == 1
 
 
+def test_an_s3_weights_prefix_is_bounded_before_any_download(world, results_db, seaweedfs, monkeypatch):
+    """Under an allowed bucket, a weights prefix holding more objects than the bound is refused from its listing:
+    nothing is downloaded into the receiver's cache (the bound is lowered here from 10,000 to 2)."""
+    import io
+
+    import xich.mlflow_registry
+
+    bucket = f"xich-{uuid.uuid4().hex[:12]}"
+    client = seaweedfs.client()
+    client.make_bucket(bucket)
+    for n in range(3):
+        client.put_object(bucket, f"w/{n}.pt", io.BytesIO(b"w"), 1)
+    monkeypatch.setattr(xich.mlflow_registry, "WALK_MAX_FILES", 2)
+    receiver = Receiver(world, results_db, hooks_allowed_sources=f"{world['root']},s3://{bucket}/",
+                        s3_endpoint=seaweedfs.endpoint, s3_access_key=seaweedfs.access_key,
+                        s3_secret_key=seaweedfs.secret_key)
+    answer = receiver.deliver(generic(world, weights_uri=f"s3://{bucket}/w/"), hook=GENERIC)
+    assert_refused(receiver, answer, 422, f"s3://{bucket}/w/: more than 2 objects under this prefix; give the "
+                                          f"checkpoint object itself", world)
+    assert "0.pt" not in answer.text
+    answer = receiver.deliver(generic(world, version="2", weights_uri=f"s3://{bucket}/w/1.pt"), hook=GENERIC)
+    assert answer.status_code == 202, answer.text  # the control: one object under the allowed bucket
+
+
 def test_the_generic_hook_cannot_steer_the_registry_write_back(world, results_db):
     receiver = Receiver(world, results_db)
     steer = {"registry": "mlflow", "tracking_uri": "http://attacker.example:5000", "name": "someone-elses-model",

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .atomic import write_atomically
-from .boundary import check_source, walk_files
+from .boundary import WALK_MAX_FILES, check_source, walk_files
 from .errors import Unavailable, XichError
 from .registration import recorded_registry_metadata
 from .result import AuditResult, least_dominant_share
@@ -40,14 +40,15 @@ def without_credentials(uri: str) -> str:
     return re.sub(r"(?<=://)[^/@\s]+@", "", uri)
 
 
-def fetch_source(uri: str, settings: Settings) -> Path:
-    """A local copy of a registry version's source: ``s3://`` through the store (cached by ETag), ``runs:/``,
-    ``models:/`` and ``mlflow-artifacts:/`` through the MLflow client, a path or ``file:`` as it is."""
+def fetch_source(uri: str, settings: Settings, max_objects: int | None = None) -> Path:
+    """A local copy of a registry version's source: ``s3://`` through the store (cached by ETag; a prefix of more
+    than ``max_objects`` objects refused before any download), ``runs:/``, ``models:/`` and ``mlflow-artifacts:/``
+    through the MLflow client, a path or ``file:`` as it is."""
     if is_mlflow_uri(uri):
         return download_artifact(uri, tracking_uri=settings.mlflow_tracking_uri, cache_dir=settings.cache_dir)
     from .store import fetch_uri
 
-    path = fetch_uri(uri, **settings.s3_options())
+    path = fetch_uri(uri, **settings.s3_options(), max_objects=max_objects)
     if not path.exists():
         raise XichError(f"{uri}: no such file or folder")
     return path
@@ -139,7 +140,7 @@ def resolve_weights(source: str, *, weights_file: str | None, settings: Settings
         source = models_uri_location(source, settings.mlflow_tracking_uri)
         if allowed_sources is not None:
             check_source(source, allowed_sources, "weights")
-    local = fetch_source(source, settings)
+    local = fetch_source(source, settings, max_objects=WALK_MAX_FILES if allowed_sources is not None else None)
     if local.is_dir():
         relative = checkpoint_in(local, weights_file, source)
         return f"{source.rstrip('/')}/{relative}", local / relative

@@ -75,8 +75,10 @@ class Store:
         """A local file with the object's content (for S3: a cached download, refreshed when the object changed)."""
         raise NotImplementedError
 
-    def fetch_tree(self, prefix: str) -> Path:
-        """A local folder holding every object under the folder ``prefix`` (``""``: the whole store) at its key."""
+    def fetch_tree(self, prefix: str, max_objects: int | None = None) -> Path:
+        """A local folder holding every object under the folder ``prefix`` (``""``: the whole store) at its key.
+
+        ``max_objects``: XichError, before any download, when more objects lie there (a source from outside)."""
         raise NotImplementedError
 
     def uri(self, key: str) -> str:
@@ -126,7 +128,7 @@ def open_store(url: str, *, endpoint: str | None = None, access_key: str | None 
 
 
 def fetch_uri(uri: str, *, endpoint: str | None = None, access_key: str | None = None, secret_key: str | None = None,
-              secure: bool = False, cache_dir: str | os.PathLike) -> Path:
+              secure: bool = False, cache_dir: str | os.PathLike, max_objects: int | None = None) -> Path:
     """A local path for ``uri``: ``s3://bucket/key`` downloads one object (cached), ``s3://bucket/prefix/`` (or a
     prefix holding objects) a folder of them; ``file:///path`` gives the path, and a plain path is returned as is.
     """
@@ -135,12 +137,12 @@ def fetch_uri(uri: str, *, endpoint: str | None = None, access_key: str | None =
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     store = _s3_store(uri, bucket, "", endpoint, access_key, secret_key, secure, cache_dir)
     if not key or key.endswith("/"):
-        return store.fetch_tree(key)
+        return store.fetch_tree(key, max_objects)
     if store.exists(key):
         return store.fetch(key)
     if not store.list(key + "/"):
         raise XichError(f"{uri}: no such object, nor objects under it, at {store.endpoint}; check the URL or upload it")
-    return store.fetch_tree(key)
+    return store.fetch_tree(key, max_objects)
 
 
 # --- local folder -------------------------------------------------------------------------------
@@ -186,8 +188,8 @@ class LocalStore(Store):
             raise XichError(f"{self.uri(key)}: no such object; check the key or upload it first")
         return path
 
-    def fetch_tree(self, prefix: str) -> Path:
-        folder = prefix.strip("/")
+    def fetch_tree(self, prefix: str, max_objects: int | None = None) -> Path:
+        folder = prefix.strip("/")  # nothing is copied: the folder is returned as it is
         path = self._path(folder) if folder else self.root
         if not path.is_dir():
             raise XichError(f"{path.as_uri()}: no such folder; check the prefix or upload the files first")
@@ -335,12 +337,17 @@ class S3Store(Store):
         return sorted(name[len(self.prefix):] for name, _, _ in self._objects(self.prefix + prefix)
                       if not name.rpartition("/")[2].startswith(TMP_PREFIX))  # e.g. a probe nobody may delete
 
-    def _objects(self, name_prefix: str) -> list[tuple[str, str, int]]:
-        """(object name, ETag, size) of every object whose name starts with ``name_prefix``."""
+    def _objects(self, name_prefix: str, limit: int | None = None) -> list[tuple[str, str, int]]:
+        """(object name, ETag, size) of every object whose name starts with ``name_prefix``; listing stops after
+        ``limit`` + 1 objects when a limit is given."""
         with self._errors(f"s3://{self.bucket}/{name_prefix}"):
-            return [(o.object_name, (o.etag or "").strip('"'), o.size)
-                    for o in self.client.list_objects(self.bucket, prefix=name_prefix, recursive=True)
-                    if not o.is_dir and not o.object_name.endswith("/")]
+            found = []
+            for o in self.client.list_objects(self.bucket, prefix=name_prefix, recursive=True):
+                if not o.is_dir and not o.object_name.endswith("/"):
+                    found.append((o.object_name, (o.etag or "").strip('"'), o.size))
+                    if limit is not None and len(found) > limit:
+                        break
+            return found
 
     def fetch(self, key: str) -> Path:
         name = self._name(key)
@@ -350,10 +357,13 @@ class S3Store(Store):
             self._download(name)
         return self._files / name
 
-    def fetch_tree(self, prefix: str) -> Path:
+    def fetch_tree(self, prefix: str, max_objects: int | None = None) -> Path:
         folder = prefix.strip("/")
         name_prefix = self.prefix + (_clean_key(folder) + "/" if folder else "")
-        objects = self._objects(name_prefix)
+        objects = self._objects(name_prefix, max_objects)
+        if max_objects is not None and len(objects) > max_objects:
+            raise XichError(f"s3://{self.bucket}/{name_prefix}: more than {max_objects} objects under this prefix; "
+                            f"give the checkpoint object itself")
         if not objects:
             raise XichError(f"s3://{self.bucket}/{name_prefix}: no objects under this prefix at {self.endpoint}; "
                             f"check the URL or upload the files first")

@@ -170,7 +170,8 @@ def test_a_new_mlflow_version_is_audited_by_itself(mlflow_server, prefect_server
     receiver_env = prefect_server.client_environ({
         **xich_env, "XICH_CACHE_DIR": str(tmp_path / "receiver-cache"), "XICH_HOOKS_SECRET": SECRET,
         "XICH_HOOKS_CONFIG": str(mapping), "XICH_AUDIT_DEPLOYMENT": deployment,
-        "XICH_MLFLOW_TRACKING_URI": mlflow_server.tracking_uri})
+        "XICH_MLFLOW_TRACKING_URI": mlflow_server.tracking_uri,
+        "XICH_HOOKS_ALLOWED_SOURCES": f"s3://{bucket}/models/"})  # where the versions' sources may lie
     with ExitStack() as running:
         began = time.monotonic()
         worker = running.enter_context(stack.prefect_worker(

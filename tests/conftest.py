@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -158,3 +159,20 @@ def headless_chromium(tmp_path):
         return int(loaded.group(1)), int(loaded.group(2)), np.asarray(Image.open(shot).convert("RGB"))
 
     return render
+
+
+@pytest.fixture(scope="module")
+def ephemeral_prefect(tmp_path_factory):
+    """One temporary Prefect server (SQLite under a fresh PREFECT_HOME) for a module's flow runs."""
+    pytest.importorskip("prefect", reason="prefect not installed (pip install -e .)")
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFECT_HOME", str(home))
+        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        mp.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+        mp.delenv("PREFECT_API_URL", raising=False)
+        logging.getLogger("prefect").setLevel(logging.WARNING)  # see tests/test_flows.py's prefect_server
+        with prefect_test_harness(server_startup_timeout=120):
+            yield

@@ -33,7 +33,7 @@ from xich.settings import get_settings
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+from shared_data import SHARED  # noqa: E402
 SECRET = "whsec-e2e-" + uuid.uuid4().hex
 CLASSES = ["cat", "dog"]
 

@@ -430,6 +430,12 @@ def test_audit_reads_data_and_weights_from_s3(seaweedfs, synth_data, tmp_path, m
     assert doc["model"]["weights"] == f"s3://{bucket}/models/w.pt"
     assert [c["name"] for c in doc["classes"]] == ["circle", "square", "triangle"]
     assert sum(len(c["members"]) for cls in doc["classes"] for c in cls["clusters"]) == 36
+    local = tmp_path / "local.json"  # the same audit of the local folder: the same numbers, image ids included
+    assert main(["audit", "--model", "cifar:resnet20", "--data", str(synth_data), "--weights", str(tmp_path / "w.pt"),
+                 *argv[7:-1], str(local), "--no-db"]) == 0
+    from_folder = json.loads(local.read_text())
+    assert from_folder["classes"] == doc["classes"] and from_folder["summary"] == doc["summary"]
+    assert from_folder["config"] == doc["config"]
     cached = sorted(p for p in (tmp_path / "cache").rglob("*.png"))
     assert len(cached) == 36
     mtimes = [p.stat().st_mtime_ns for p in cached]

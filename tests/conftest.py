@@ -21,14 +21,21 @@ from xich.migrate import downgrade
 from xich.synth import SynthSpec, write_synth
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _embedded_default_in_tmp(tmp_path_factory):
-    """The CLI records audits in XICH_DATABASE_URL: keep the tests' records out of the working tree."""
+@pytest.fixture(scope="session")
+def _download_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("xich-cache")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _embedded_default_in_tmp(tmp_path_factory, _download_cache):
+    """The CLI records audits in XICH_DATABASE_URL: keep the tests' records out of the working tree, in a database
+    and store of each test module's own — datasets are identified by content, so a database shared by the session
+    would let one module read back another's run (the download cache stays shared: it only saves time)."""
     root = tmp_path_factory.mktemp("xich-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XICH_DATABASE_URL", f"sqlite:///{root / 'xich.db'}")
         mp.setenv("XICH_STORE_URL", str(root / "store"))
-        mp.setenv("XICH_CACHE_DIR", str(root / "cache"))
+        mp.setenv("XICH_CACHE_DIR", str(_download_cache))
         yield
 
 

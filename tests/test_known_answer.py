@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from xich.audit import run_audit
@@ -66,3 +68,33 @@ def test_dominance_scores_and_hierarchy_are_the_hand_computed_ones(audit):
     assert scores[dark] == pytest.approx((1 / 42 + 1 / 20) / 2, abs=1e-6)
     assert audit["hierarchy"] == [bright, middle, dark]
     assert [audit["clusters"][c]["rank"] for c in (bright, middle, dark)] == [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def opened_grey(grey_tiles, one_torch_thread):
+    from xich.audit import open_audit
+
+    opened = open_audit(AuditConfig(model="python:toy_nets:brightness", data=str(grey_tiles), train_split=None,
+                                    clusters=3, mosaics_per_pair=4, normalize="none", device="cpu"))
+    return opened, opened.load("tile")
+
+
+@settings(max_examples=6, deadline=None)  # 3! numberings: hypothesis draws each
+@given(st.permutations(range(3)))
+def test_the_whole_class_audit_does_not_depend_on_cluster_numbering(opened_grey, pi):
+    """The class audited on a frozen clustering (dark, middle, bright) and on the same clustering renumbered by π:
+    every cluster keeps its D row, score and rank under its new number (each cluster holds one image pair, so
+    every mosaic plan has the same image sets, whatever the numbering)."""
+    from xich.audit import audit_class
+
+    opened, images = opened_grey
+    group = {image_id: int(image_id.split("/")[1].split(".")[0]) // 2 for image_id in images.eval_ids}  # 0 dark
+    base = audit_class(opened, images, frozen=group)
+    renumbered = audit_class(opened, images, frozen={i: pi[c] for i, c in group.items()})
+    D, D_pi = np.array(base.dominance, dtype=float), np.array(renumbered.dominance, dtype=float)
+    inv = np.argsort(pi)
+    np.testing.assert_allclose(D_pi, D[np.ix_(inv, inv)], atol=1e-9)
+    for c in base.clusters:
+        moved = renumbered.clusters[pi[c.id]]
+        assert (moved.score, moved.rank, sorted(moved.members)) == (pytest.approx(c.score), c.rank, sorted(c.members))
+    assert renumbered.hierarchy == [pi[c] for c in base.hierarchy]

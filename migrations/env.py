@@ -20,6 +20,12 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(url)
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # batch mode rebuilds a SQLite table (copy, drop, rename); with foreign keys enforced, dropping the old
+            # table deletes every row that references it (ON DELETE CASCADE): an older database's audits. The
+            # pragma only takes effect outside a transaction, hence the commit before the migrations begin.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         # batch mode lets later ALTERs work on SQLite too
         context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
         with context.begin_transaction():

@@ -51,10 +51,34 @@ class StackError(RuntimeError):
 
 # --- processes ----------------------------------------------------------------------------------
 
+# Ports for the servers the tests start. bind(("127.0.0.1", 0)) then close, then hand the number to a server, leaves
+# a window in which any process may take it: the kernel gives the same ephemeral range to every bind(0) and outgoing
+# connection, and several test sessions run on one machine. So: a port below that range (Linux: 32768-60999), which
+# the kernel never hands out by itself, claimed among test processes by an flock held until this process exits.
+PORTS = range(20000, 32768)
+PORT_LOCKS = Path(tempfile.gettempdir()) / "xich-test-ports"
+_held_ports: dict[int, object] = {}
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port that is free now and reserved to this process (see PORTS) until it exits."""
+    import fcntl
+    import random
+
+    PORT_LOCKS.mkdir(exist_ok=True)
+    for _ in range(500):
+        port = random.SystemRandom().choice(PORTS)
+        lock = open(PORT_LOCKS / f"{port}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:  # another test process holds it, or something outside the tests listens there
+            lock.close()
+            continue
+        _held_ports[port] = lock
+        return port
+    raise StackError(f"no free loopback port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 def log_tail(path: Path, lines: int = 20) -> str:

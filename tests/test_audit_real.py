@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +11,13 @@ from scipy import stats
 from xich.cli import main
 from xich.method.significance import holm
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from shared_data import SHARED
 WEIGHTS = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
 DATA = SHARED / "cifar10-jpeg"
 
-pytestmark = pytest.mark.skipif(not (WEIGHTS.is_file() and (DATA / "test.tar.gz").is_file()),
-                                reason="../shared/data (ResNet-20 checkpoint, CIFAR-10 JPEGs) absent")
+pytestmark = [pytest.mark.shared_data,
+              pytest.mark.skipif(not (WEIGHTS.is_file() and (DATA / "test.tar.gz").is_file()),
+                                 reason="../shared/data (ResNet-20 checkpoint, CIFAR-10 JPEGs) absent")]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from xich.pipeline import recorded_audit
 
 from test_cli_errors import make_noise_dataset
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from shared_data import SHARED
 DATA = SHARED / "cifar10-jpeg"
 WEIGHTS = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
 
@@ -49,6 +49,7 @@ def test_clusters_of_one_image_repeat_one_set_and_give_p_one(tmp_path):
         _assert_no_pair_claims_significance(cls)
 
 
+@pytest.mark.shared_data
 @pytest.mark.skipif(not (WEIGHTS.is_file() and (DATA / "test.tar.gz").is_file()),
                     reason="../shared/data (ResNet-20 checkpoint, CIFAR-10 JPEGs) absent")
 def test_six_real_cat_images_in_five_clusters_claim_nothing(tmp_path):

@@ -260,17 +260,35 @@ def test_a_replayed_delivery_starts_nothing(world, database_url):
 
 
 def test_two_copies_at_once_act_once(world, database_url):
-    """The claim is a unique row, so copies arriving together (MLflow's retry of a slow answer) act once."""
-    client, recorder = receiver(world, database_url, start_audit=Recorder(delay=0.5))
+    """The claim is a unique row, so copies arriving together (MLflow's retry of a slow answer) act once. Both
+    copies are held at the claim's INSERT until the other is there too (a barrier on the real database
+    connection's cursor), so they race there; run one after the other, the barrier would time out and fail."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    client, recorder = receiver(world, database_url)
     doc = version_created(source=world["weights"])
+    barrier, released = threading.Barrier(2, timeout=20), []
+
+    def hold_the_claim(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("INSERT INTO HOOK_DELIVERY"):
+            barrier.wait()
+            released.append(time.monotonic())
+
     answers = []
     threads = [threading.Thread(target=lambda: answers.append(client.deliver(doc, delivery_id="same").status_code))
                for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    event.listen(Engine, "before_cursor_execute", hold_the_claim)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        event.remove(Engine, "before_cursor_execute", hold_the_claim)
+    assert len(released) == 2 and abs(released[0] - released[1]) < 1  # both reached the claim together
     assert sorted(answers) == [202, 409] and len(recorder.calls) == 1
+    assert [(d.delivery_id, d.outcome) for d in rows(database_url)] == [("same", "started")]
 
 
 def test_a_hook_without_its_secret_answers_503_and_none_refuses_to_start(world, monkeypatch, capsys):

@@ -33,7 +33,8 @@ from xich.settings import get_hook_settings, get_settings
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+from shared_data import SHARED  # noqa: E402
+from test_exact_values import least_dominant_share_from_rows  # noqa: E402
 SECRET = "whsec-e2e-" + uuid.uuid4().hex
 CLASSES = ["cat", "dog"]
 
@@ -218,6 +219,7 @@ def test_a_new_mlflow_version_is_audited_by_itself(mlflow_server, prefect_server
             classes = sorted(conn.execute(text("SELECT class_name FROM run_class")).scalars())
             deliveries = conn.execute(text("SELECT event, outcome, flow_run_id FROM hook_delivery ORDER BY id")).all()
             metadata = conn.execute(text("SELECT registry_metadata FROM model_version")).scalar_one()
+            clusters = conn.execute(text("SELECT class_index, train_share, score FROM run_cluster")).all()
     finally:
         engine.dispose()
     assert [r.status for r in runs] == ["complete"] and classes == CLASSES
@@ -229,7 +231,7 @@ def test_a_new_mlflow_version_is_audited_by_itself(mlflow_server, prefect_server
     # the write-back: MLflow's version carries the audit
     assert tags["xich.run_id"] == runs[0].id
     assert tags["xich.report"] == f"s3://{bucket}/results/runs/{runs[0].id}/report/index.html"
-    assert 0.0 < float(tags["xich.least_dominant_share"]) < 1.0
+    assert tags["xich.least_dominant_share"] == f"{least_dominant_share_from_rows(clusters):.4f}"  # the stored run's
     assert s3.stat_object(bucket, f"results/runs/{runs[0].id}/report/index.html").size > 0
     assert SECRET not in hooks.log.read_text() and SECRET not in worker.log.read_text()
 

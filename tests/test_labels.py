@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from xich.models import build_model
 
 from test_cli_errors import make_noise_dataset, run_failing
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from shared_data import SHARED
 WEIGHTS = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
 DATA = SHARED / "cifar10-jpeg"
 
@@ -94,6 +93,7 @@ def test_cli_refuses_a_class_that_is_not_a_label_and_a_count_that_does_not_fit(t
                 "has 2 names but the checkpoint's linear has 10 outputs")
 
 
+@pytest.mark.shared_data
 @pytest.mark.skipif(not (WEIGHTS.is_file() and (DATA / "test.tar.gz").is_file()),
                     reason="../shared/data (ResNet-20 checkpoint, CIFAR-10 JPEGs) absent")
 def test_four_class_subset_gives_the_full_datasets_numbers(tmp_path):

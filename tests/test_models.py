@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import textwrap
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from torch import nn
 from xich.errors import XichError
 from xich.models import build_model, find_target_layer, gap_linear_head, load_weights, probe_logits, read_checkpoint
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from shared_data import SHARED as SHARED_DATA
 RESNET20_CKPT = SHARED_DATA / "cifar-resnet" / "resnet20-12fca82f.th"
 
 

@@ -28,7 +28,7 @@ if (_missing := prefect_missing()) is not None:
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+from shared_data import SHARED  # noqa: E402
 CLASSES = ["airplane", "automobile", "bird", "cat"]
 SETTINGS = {"classes": CLASSES, "clusters": 3, "mosaics_per_pair": 5, "train_split": "", "normalize": "imagenet"}
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -329,13 +332,27 @@ def test_local_store_under_a_file_is_not_writable(tmp_path):
                                       f"folder's permissions")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_local_read_only_folder_is_not_writable(tmp_path):
+    """As root (CI) the folder's mode alone stops nothing (CAP_DAC_OVERRIDE): there the check runs in a child
+    without that capability (util-linux ``setpriv``), as an ordinary user meets the folder."""
     (tmp_path / "ro").mkdir()
     (tmp_path / "ro").chmod(0o500)
     try:
-        with pytest.raises(XichError, match=r"results store .*/ro: cannot write there \(Permission denied\)"):
-            open_store(str(tmp_path / "ro")).check_writable()
+        if os.geteuid() != 0:
+            with pytest.raises(XichError) as info:
+                open_store(str(tmp_path / "ro")).check_writable()
+            message = str(info.value)
+        else:
+            drop = "-dac_override,-dac_read_search"
+            child = subprocess.run(["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", sys.executable, "-c",
+                                    "import sys; from xich.store import open_store; from xich.errors import XichError\n"
+                                    "try: open_store(sys.argv[1]).check_writable()\n"
+                                    "except XichError as e: print(e)", str(tmp_path / "ro")],
+                                   capture_output=True, text=True, timeout=60)
+            assert child.returncode == 0, child.stderr
+            message = child.stdout.strip()
+        assert re.fullmatch(r"results store .*/ro: cannot write there \(Permission denied\); .*", message), message
+        assert list((tmp_path / "ro").iterdir()) == []  # no probe left behind
     finally:
         (tmp_path / "ro").chmod(0o700)
 
@@ -413,6 +430,12 @@ def test_audit_reads_data_and_weights_from_s3(seaweedfs, synth_data, tmp_path, m
     assert doc["model"]["weights"] == f"s3://{bucket}/models/w.pt"
     assert [c["name"] for c in doc["classes"]] == ["circle", "square", "triangle"]
     assert sum(len(c["members"]) for cls in doc["classes"] for c in cls["clusters"]) == 36
+    local = tmp_path / "local.json"  # the same audit of the local folder: the same numbers, image ids included
+    assert main(["audit", "--model", "cifar:resnet20", "--data", str(synth_data), "--weights", str(tmp_path / "w.pt"),
+                 *argv[7:-1], str(local), "--no-db"]) == 0
+    from_folder = json.loads(local.read_text())
+    assert from_folder["classes"] == doc["classes"] and from_folder["summary"] == doc["summary"]
+    assert from_folder["config"] == doc["config"]
     cached = sorted(p for p in (tmp_path / "cache").rglob("*.png"))
     assert len(cached) == 36
     mtimes = [p.stat().st_mtime_ns for p in cached]

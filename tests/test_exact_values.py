@@ -1,0 +1,68 @@
+"""Numbers recomputed from the stored rows by SQL and scipy, not by the project's formulas: the per-image
+correlations (Fig. 3) and the least dominant cluster's training share (the MLflow tag ``xich.least_dominant_share``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from sqlalchemy import text
+
+from xich.config import AuditConfig
+from xich.db import make_engine
+from xich.pipeline import recorded_audit
+from xich.result import least_dominant_share
+
+
+@pytest.fixture(scope="module")
+def stored(synth_data, tmp_path_factory, one_torch_thread):
+    """A recorded audit (per-image mode on 8 images a class) in a database of this module's own."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('exact') / 'xich.db'}"
+    config = AuditConfig(model="cifar:resnet20", data=str(synth_data), clusters=3, mosaics_per_pair=3, per_image=8,
+                         device="cpu")
+    result = recorded_audit(config, database_url=url, model_name="shapes", model_version="v1")
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        rows = {
+            "per_image": conn.execute(text("SELECT class_index, score, logit, softmax FROM per_image_score "
+                                           "WHERE run_id = :r ORDER BY class_index, position"), {"r": result.run_id}).all(),
+            "classes": conn.execute(text("SELECT class_index, pearson_logit, spearman_logit, pearson_softmax, "
+                                         "spearman_softmax FROM run_class WHERE run_id = :r"), {"r": result.run_id}).all(),
+            "clusters": conn.execute(text("SELECT class_index, cluster_index, train_share, score FROM run_cluster "
+                                          "WHERE run_id = :r"), {"r": result.run_id}).all(),
+        }
+    engine.dispose()
+    return result, rows
+
+
+def test_per_image_correlations_recomputed_from_the_rows(stored):
+    _, rows = stored
+    assert len(rows["classes"]) == 3
+    checked = 0
+    for cls in rows["classes"]:
+        images = [r for r in rows["per_image"] if r.class_index == cls.class_index and r.score is not None]
+        score = np.array([r.score for r in images])
+        if len(images) < 3 or np.ptp(score) == 0:  # undefined (an untrained model's all-zero maps): stored as NULL
+            assert (cls.pearson_logit, cls.spearman_logit, cls.pearson_softmax, cls.spearman_softmax) == (None,) * 4
+            continue
+        checked += 1
+        for name, other in (("logit", [r.logit for r in images]), ("softmax", [r.softmax for r in images])):
+            assert getattr(cls, f"pearson_{name}") == pytest.approx(stats.pearsonr(score, other).statistic, abs=1e-9)
+            assert getattr(cls, f"spearman_{name}") == pytest.approx(stats.spearmanr(score, other).statistic, abs=1e-9)
+    assert checked >= 2
+
+
+def least_dominant_share_from_rows(clusters) -> float:
+    """Per class the training share of the cluster with the lowest stored score, averaged over classes."""
+    by_class: dict[int, list] = {}
+    for row in clusters:
+        if row.score is not None:
+            by_class.setdefault(row.class_index, []).append(row)
+    return float(np.mean([min(rs, key=lambda r: r.score).train_share for rs in by_class.values()]))
+
+
+def test_least_dominant_share_is_the_lowest_scored_clusters_share(stored):
+    result, rows = stored
+    expected = least_dominant_share_from_rows(rows["clusters"])
+    assert least_dominant_share(result.classes) == pytest.approx(expected, abs=1e-12)
+    assert f"{least_dominant_share(result.classes):.4f}" == f"{expected:.4f}"  # the tag as written to MLflow

@@ -1,0 +1,45 @@
+"""Reference clusterings and request back-off: a clustering's P and the time it became its model's reference
+on a dataset; an audit request's consecutive failures, last error and next try.
+
+Revision ID: 0007
+Revises: 0005
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+# P of the clusterings made before this revision: the run that made one is keyed "own:P=<P>"
+BACKFILL_CLUSTERS = """
+UPDATE clustering SET clusters = (
+    SELECT CAST(SUBSTR(r.clustering_key, 7) AS INTEGER) FROM audit_run r
+    WHERE r.clustering_id = clustering.id AND r.clustering_key LIKE 'own:P=%' LIMIT 1)
+"""
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("clustering") as batch:
+        batch.add_column(sa.Column("clusters", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("reference_at", sa.DateTime(timezone=True), nullable=True))
+    op.execute(BACKFILL_CLUSTERS)
+    # a clustering frozen before this revision is its model's reference from the time it was made
+    op.execute("UPDATE clustering SET reference_at = created_at WHERE frozen")
+    with op.batch_alter_table("audit_request") as batch:
+        batch.add_column(sa.Column("failures", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(sa.Column("last_error", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("next_try_at", sa.DateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("audit_request") as batch:
+        batch.drop_column("next_try_at")
+        batch.drop_column("last_error")
+        batch.drop_column("failures")
+    with op.batch_alter_table("clustering") as batch:
+        batch.drop_column("reference_at")
+        batch.drop_column("clusters")

@@ -264,7 +264,7 @@ def test_same_images_elsewhere_are_the_same_dataset_and_keep_the_frozen_clusteri
         with Session(engine) as session:
             freeze_clustering(session=session, run_id=first.run_id)
         second = audit(moved, "b")
-        assert any("frozen clustering" in n for n in second.notes)
+        assert any("reference clustering" in n for n in second.notes)
         assert _rows(engine, "SELECT COUNT(*) FROM dataset")[0][0] == 1
         assert [[c.members for c in cls.clusters] for cls in second.classes] == \
                [[c.members for c in cls.clusters] for cls in first.classes]

@@ -286,7 +286,8 @@ def publish_run(result: AuditResult, *, store_url: str, report_dir: str | Path |
     return keys
 
 
-def publish_with_report(result: AuditResult, opened: OpenedAudit, *, store_url: str, **store_options) -> str:
+def publish_with_report(result: AuditResult, opened: OpenedAudit, *, store_url: str, model: str | None = None,
+                        version: str | None = None, **store_options) -> str:
     """Write the report (mosaics rendered again from the stored manifests) and publish it with the audit
     document under ``runs/<run id>/``; returns the report page's URI in the store."""
     import tempfile
@@ -297,7 +298,7 @@ def publish_with_report(result: AuditResult, opened: OpenedAudit, *, store_url: 
 
     with tempfile.TemporaryDirectory(prefix="xich-report-") as tmp:
         examples = {cls.name: collect_examples(cls, explain) for cls, explain in explain_stored(opened, result.classes)}
-        write_report(result, tmp, examples)
+        write_report(result, tmp, examples, model=model, version=version)
         publish_run(result, store_url=store_url, report_dir=tmp, **store_options)
     return open_store(store_url, **store_options).uri(f"runs/{result.run_id}/report/index.html")
 

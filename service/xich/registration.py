@@ -16,7 +16,9 @@ from .config import AuditConfig, check_config
 from .db import make_engine, session_for
 from .errors import XichError
 from .locks import named_lock
+from . import persist
 from .migrate import upgrade
+from .preflight import absolute_uri, preflight
 from .persist import file_sha256, register_version, request_run, unaudited_requests, version_metadata
 
 # The deployment that audits a registered version (`flow name/deployment name` of prefect.yaml); the environment's
@@ -62,6 +64,7 @@ def register(*, database_url: str, model: str, version: str, model_spec: str, we
     ``local_weights``: a local copy of ``weights_uri``, hashed so that the version is tied to its weights.
     The settings are checked here, so a bad request fails at registration, not at night.
     """
+    weights_uri, dataset_uri = absolute_uri(weights_uri, "--weights"), absolute_uri(dataset_uri, "--dataset")
     audit_config(model_spec=model_spec, dataset_uri=dataset_uri, weights_uri=weights_uri, settings=settings)
     local_data = dataset_uri.split(":", 1)[1] if dataset_uri.startswith(("cifar10:", "cifar100:")) else dataset_uri
     if "://" not in local_data and not Path(local_data).exists():
@@ -69,6 +72,7 @@ def register(*, database_url: str, model: str, version: str, model_spec: str, we
     weights_path = local_weights or weights_uri
     if weights_path and not Path(weights_path).is_file():
         raise XichError(f"--weights {weights_uri}: no such file")
+    preflight(model_spec=model_spec, weights=weights_path, dataset_uri=dataset_uri, settings=settings)
     upgrade(database_url)
     engine = make_engine(database_url)
     try:
@@ -88,6 +92,23 @@ def unaudited(*, database_url: str, model: str | None = None) -> list[dict]:
     upgrade(database_url)
     with session_for(database_url) as session:
         return unaudited_requests(session=session, model_name=model)
+
+
+def request_plan(*, database_url: str, model: str | None = None) -> list[dict]:
+    """Every registered audit without a complete run, with what the nightly flow does with it (``persist.request_plan``)."""
+    upgrade(database_url)
+    with session_for(database_url) as session:
+        return persist.request_plan(session=session, model_name=model)
+
+
+def record_request_failure(*, database_url: str, parameters: dict, error: str) -> dict | None:
+    """Record a failed audit on its registered request (``persist.record_request_failure``); returns its failures
+    in a row and next try, or None when the audit was not registered."""
+    with session_for(database_url) as session:
+        request = persist.record_request_failure(session=session, model_name=parameters["model"],
+                                                 version=parameters["version"], dataset_uri=parameters["dataset_uri"],
+                                                 settings=parameters["settings"], error=error)
+        return None if request is None else {"failures": request.failures, "next_try_at": request.next_try_at}
 
 
 def audit_status(*, database_url: str, model: str, version: str, dataset_uri: str, settings: dict

@@ -21,7 +21,7 @@ from test_flows import prefect_server  # noqa: E402,F401  (one temporary Prefect
 from xich.cli import main  # noqa: E402
 from xich.db import AuditRequest, AuditRun, ModelVersion, RunClass, session_for, utcnow  # noqa: E402
 from xich.models import build_model  # noqa: E402
-from xich.persist import MAX_FAILURES, RETRY_AFTER  # noqa: E402
+from xich.persist import MAX_FAILURES, RETRY_AFTER, load_audit  # noqa: E402
 
 SETTINGS = '{"clusters": 2, "mosaics_per_pair": 4, "train_split": "", "device": "cpu", "classes": %s}'
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -58,11 +58,17 @@ def test_register_and_the_nightly_flow_give_drift_for_every_class(prefect_server
     assert audit_new_versions(model="shapes") == ["shapes/v1", "shapes/v2"]
     assert "shapes/v1: no deployment 'audit-model-version/audit'" in caplog.text
     with session_for(db) as session:
-        drift = session.execute(text("SELECT class_name, from_version, to_version, clusters_compared "
-                                     "FROM hierarchy_drift WHERE model_name = 'shapes' ORDER BY class_name")).all()
+        drift = session.execute(text("SELECT class_name, from_version, to_version, from_run_id, to_run_id, "
+                                     "clusters_compared FROM hierarchy_drift WHERE model_name = 'shapes' "
+                                     "ORDER BY class_name")).all()
         assert [(r.class_name, r.from_version, r.to_version) for r in drift] == [("circle", "v1", "v2"),
                                                                                   ("square", "v1", "v2")]
-        assert all(r.clusters_compared >= 1 for r in drift)
+        for r in drift:  # on one clustering: the clusters ranked in both runs are compared
+            a, b = (next(c for c in load_audit(session=session, run_id=run).classes if c.name == r.class_name)
+                    for run in (r.from_run_id, r.to_run_id))
+            assert [c.members for c in a.clusters] == [c.members for c in b.clusters]
+            assert r.clusters_compared == sum(x.rank is not None and y.rank is not None
+                                              for x, y in zip(a.clusters, b.clusters))
 
     assert _register("shapes", "v3", _weights(tmp_path / "v3.pt", 3), str(synth_data), '["square", "triangle"]') == 0
     caplog.clear()

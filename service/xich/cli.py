@@ -378,14 +378,13 @@ def cmd_clustering(args: argparse.Namespace) -> int:
         if not rows:
             raise XichError(f"--model {args.model}: no reference clustering recorded under that name; the first "
                             f"complete audit of a model on a dataset makes one")
-        table = Table(title=f"reference clusterings of {args.model}", title_justify="left")
-        for col in ("dataset", "split", "P", "from version", "run", "classes", "since", ""):
-            table.add_column(col)
+        out.print(f"reference clusterings of {args.model} (current: the one later audits use; earlier: moved away)",
+                  highlight=False)
         for r in rows:
-            table.add_row(r["dataset"], r["eval_split"], str(r["clusters"] or "-"), r["version"], r["run_id"] or "-",
-                          str(len(r["classes"])), f"{r['since']:%Y-%m-%d %H:%M}" if r["since"] else "-",
-                          "current" if r["current"] else "earlier")
-        out.print(table)
+            since = f"{r['since']:%Y-%m-%d %H:%M} UTC" if r["since"] else "-"
+            out.print(f"{'current' if r['current'] else 'earlier'}: version {r['version']}, run {r['run_id'] or '-'}, "
+                      f"since {since}\n    dataset {r['dataset']}, split {r['eval_split']}, P={r['clusters'] or '-'}, "
+                      f"classes {', '.join(r['classes'])}", highlight=False, soft_wrap=True)
         return 0
     if not args.run:
         raise XichError(f"xich clustering {args.action}: give --run RUN (a complete audit's run id)")
@@ -398,7 +397,7 @@ def cmd_clustering(args: argparse.Namespace) -> int:
 
 HISTORY_COLUMNS = ("model_version", "version_created_at", "run_id", "class_name", "cluster_key", "score", "rank",
                    "train_share", "eval_size")
-# the default table (fits 100 columns): the cluster by its index in the clustering, the run by its first 8 digits
+# the default table (fits 100 columns): runs by their first 8 digits, a cluster as <its clustering's run>/<index>
 HISTORY_COMPACT = ("model_version", "run_id", "class_name", "cluster", "score", "rank", "train_share", "eval_size")
 
 
@@ -432,18 +431,22 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 0
     columns = HISTORY_COLUMNS if args.wide else HISTORY_COMPACT
     table = Table(title=f"dominance history of {args.model}", title_justify="left")
+    short = {"model_version": "version", "run_id": "run", "class_name": "class", "train_share": "train",
+             "eval_size": "eval"}
     for col in columns:
-        table.add_column(col.replace("model_", "").replace("class_name", "class"),
-                         justify="right" if col in ("cluster", "score", "rank", "train_share", "eval_size") else "left")
+        table.add_column(col if args.wide else short.get(col, col),
+                         justify="right" if col in ("score", "rank", "train_share", "eval_size") else "left")
     for r in rows:
         values = r._asdict()
-        values["cluster"] = str(values["cluster_key"]).rsplit("/", 1)[-1]
+        clustering, _, index = str(values["cluster_key"]).rpartition("/")
+        values["cluster"] = f"{clustering.removeprefix('run:')[:8]}/{index}"
         values["run_id"] = values["run_id"] if args.wide else values["run_id"][:8]
         table.add_row(*("-" if values[c] is None else f"{values[c]:.3f}" if isinstance(values[c], float)
                         else str(values[c]) for c in columns))
-    out.print(table)
+    (Console(width=max(out.width, 220)) if args.wide else out).print(table)  # --wide: never cut, however narrow
     if not args.wide:
-        out.print("runs by their first 8 digits, clusters by index; --wide: every column, --csv: all as CSV",
+        out.print("run: its first 8 digits; cluster: <run whose clustering it is>/<index>; train: the cluster's share "
+                  "of the class's training images; eval: its evaluation images; --wide: every column, --csv: as CSV",
                   highlight=False)
     if page is not None:
         out.print(f"wrote {page}", highlight=False)

@@ -85,7 +85,7 @@ def write_history_report(*, session_or_engine: Session | Engine, model_name: str
     versions = {r.model_version for r in history}
     parts = [f"<h1>XICH history of {html.escape(model_name)}</h1>",
              f"<p>{len(versions)} version(s), {len({r.run_id for r in history})} complete run(s), "
-             f"{len(sections)} settings key(s)"
+             f"{len({sec.settings_key for sec in sections})} settings key(s)"
              + f", {len(current)} series (settings and clustering)"
              + (f"; class {html.escape(class_name)} only" if class_name else "")
              + ". Read from the views <code>dominance_history</code>, <code>hierarchy_drift</code> and "

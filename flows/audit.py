@@ -157,7 +157,10 @@ def audit_model_version(model: str, version: str, model_spec: str, weights_uri: 
         return _audit_version(parameters, shards, shard, shard_start_timeout_s)
     except Exception as exc:
         if shard is None:  # the parent speaks for the request: the nightly flow backs off from it
-            record_failure(parameters, f"{type(exc).__name__}: {exc}")
+            try:
+                record_failure(parameters, f"{type(exc).__name__}: {exc}")
+            except Exception as record_exc:  # the audit's own error is the one to raise
+                get_run_logger().warning("the failure was not recorded on the request: %s", record_exc)
         raise
 
 
@@ -203,7 +206,6 @@ def _audit_version(parameters: dict, shards: int, shard: int | None, shard_start
                        exc)
     logger.info("audit of %s %s complete: run %s, report %s", model, version, result.run_id, report_uri)
     return {"run_id": result.run_id, "computed": list(rec.computed), "report": report_uri}
-
 
 
 def _start_shards(parameters: dict, shards: int) -> list:

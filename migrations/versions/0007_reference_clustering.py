@@ -22,24 +22,27 @@ UPDATE clustering SET clusters = (
 """
 
 
+NEW_COLUMNS = {
+    "clustering": [sa.Column("clusters", sa.Integer(), nullable=True),
+                   sa.Column("reference_at", sa.DateTime(timezone=True), nullable=True)],
+    "audit_request": [sa.Column("failures", sa.Integer(), nullable=False, server_default="0"),
+                      sa.Column("last_error", sa.Text(), nullable=True),
+                      sa.Column("next_try_at", sa.DateTime(timezone=True), nullable=True)],
+}
+
+
+# Plain ADD / DROP COLUMN, not a batch: SQLite's batch copies and renames the table, which the views that
+# read ``clustering`` forbid (SQLite >= 3.35 drops a column in place).
 def upgrade() -> None:
-    with op.batch_alter_table("clustering") as batch:
-        batch.add_column(sa.Column("clusters", sa.Integer(), nullable=True))
-        batch.add_column(sa.Column("reference_at", sa.DateTime(timezone=True), nullable=True))
+    for table, columns in NEW_COLUMNS.items():
+        for column in columns:
+            op.add_column(table, column)
     op.execute(BACKFILL_CLUSTERS)
     # a clustering frozen before this revision is its model's reference from the time it was made
     op.execute("UPDATE clustering SET reference_at = created_at WHERE frozen")
-    with op.batch_alter_table("audit_request") as batch:
-        batch.add_column(sa.Column("failures", sa.Integer(), nullable=False, server_default="0"))
-        batch.add_column(sa.Column("last_error", sa.Text(), nullable=True))
-        batch.add_column(sa.Column("next_try_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("audit_request") as batch:
-        batch.drop_column("next_try_at")
-        batch.drop_column("last_error")
-        batch.drop_column("failures")
-    with op.batch_alter_table("clustering") as batch:
-        batch.drop_column("reference_at")
-        batch.drop_column("clusters")
+    for table, columns in NEW_COLUMNS.items():
+        for column in reversed(columns):
+            op.execute(f"ALTER TABLE {table} DROP COLUMN {column.name}")

@@ -340,6 +340,17 @@ def test_a_created_version_is_recorded_and_its_audit_started(world, database_url
     assert [r["version"] for r in unaudited(database_url=database_url)] == ["1"]  # the nightly flow would take it
 
 
+def test_other_weights_under_a_recorded_version_are_refused_in_http_words(world):
+    """The 422 reason tells an HTTP client what to do, not which command-line flag to pass."""
+    client, _ = receiver(world)
+    assert client.deliver(version_created(source=world["weights"])).status_code == 202
+    other = checkpoint(world["dir"] / "other.pt", wrapped=True)
+    answer = client.deliver(version_created(source=str(other)))
+    assert (answer.status_code, answer.json()["outcome"]) == (422, "refused")
+    assert answer.json()["reason"].endswith("; register these weights as a new version of the model")
+    assert "--" not in answer.json()["reason"]
+
+
 def test_tags_override_the_mapping_and_a_misspelt_tag_is_refused(world):
     client, recorder = receiver(world)
     other = world["dir"] / "other"

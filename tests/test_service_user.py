@@ -90,7 +90,7 @@ def test_a_checkpoint_of_another_depth_is_refused_at_registration(db, synth_data
     resnet32 = _weights(tmp_path / "r32.pt", 1, "resnet32")
     assert _register("m", "1", resnet32, str(synth_data), '["circle"]') == 2
     err = capsys.readouterr().err
-    assert "a ResNet-32 checkpoint (5 blocks per stage), not --spec cifar:resnet20 (3 blocks per stage)" in err
+    assert "a ResNet-32 checkpoint (5 blocks per stage), not the spec cifar:resnet20 (3 blocks per stage)" in err
     assert err.startswith("error:") and "Traceback" not in err
 
 

@@ -39,10 +39,11 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
                                 weights_sha256: str | None, registry_metadata: dict | None = None,
                                 labels: list[str] | None = None, labels_source: str | None = None,
                                 registered_at: datetime | None = None,
-                                new_version_hint: str = "give this model a new --model-version") -> ModelVersion:
+                                version_flag: str | None = "--model-version") -> ModelVersion:
     """The model version ``name``/``version``; an existing one must have the same spec, weights and labels.
 
-    ``new_version_hint``: what the refusal of other weights under the same version tells the caller to do.
+    ``version_flag``: the command-line flag that names the version, for the refusal of other weights under a
+    recorded version (None: the caller is no command line, e.g. a registry hook).
 
     ``registered_at``: the registry's creation time of the version, which orders versions in the
     history views (else the time the version was first recorded).
@@ -61,9 +62,11 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
         session.flush()
         return mv
     if (mv.spec, mv.weights_sha256) != (spec, weights_sha256):
-        raise XichError(f"--model-version {version}: model {name!r} version {version!r} was recorded with "
+        prefix, hint = ((f"{version_flag} {version}: ", f"give this model a new {version_flag}") if version_flag
+                        else ("", "register these weights as a new version of the model"))
+        raise XichError(f"{prefix}model {name!r} version {version!r} was recorded with "
                         f"{mv.spec} and weights sha256 {mv.weights_sha256 or 'none'}, not {spec} and "
-                        f"{weights_sha256 or 'none'}; {new_version_hint}")
+                        f"{weights_sha256 or 'none'}; {hint}")
     if (labels is not None and mv.labels is not None and _known(labels_source) and _known(mv.labels_source)
             and list(mv.labels) != list(labels)):
         raise XichError(f"--labels: model {name!r} version {version!r} was recorded with another label list "
@@ -95,8 +98,7 @@ def register_version(*, session: Session, name: str, version: str, spec: str, we
     """Record a model version and the audit it asks for (dataset and settings); both are kept if present. Committed."""
     mv = get_or_create_model_version(session=session, name=name, version=version, spec=spec, weights_uri=weights_uri,
                                      weights_sha256=weights_sha256, registry_metadata=registry_metadata,
-                                     registered_at=registered_at,
-                                     new_version_hint="register these weights as a new version of the model")
+                                     registered_at=registered_at, version_flag=None)
     request = _request(session, mv, dataset_uri, settings)
     request.failures, request.last_error, request.next_try_at = 0, None, None  # registered again: tried afresh
     session.commit()

@@ -55,12 +55,13 @@ def check_checkpoint(path: str | Path, spec: str, flag: str = "--weights") -> No
             blocks[stage] = max(blocks.get(stage, 0), block + 1)
     if not blocks:
         raise XichError(f"{flag} {path}: holds no CIFAR ResNet stages (no layer1.0.… keys), so it does not fit "
-                        f"--spec {spec}; give the checkpoint of a {spec} or the spec of this checkpoint")
+                        f"the spec {spec}; give a {spec} checkpoint or the spec of this checkpoint")
     n = CIFAR_BLOCKS[arch]
     if set(blocks.values()) != {n}:
         depth = 6 * max(blocks.values()) + 2
         raise XichError(f"{flag} {path}: a ResNet-{depth} checkpoint ({max(blocks.values())} blocks per stage), not "
-                        f"--spec {spec} ({n} blocks per stage); give --spec cifar:resnet{depth} or the {spec} checkpoint")
+                        f"the spec {spec} ({n} blocks per stage); give the spec cifar:resnet{depth} or a {spec} "
+                        f"checkpoint")
 
 
 def checkpoint_shapes(path: str | Path, flag: str = "--weights") -> dict[str, tuple[int, ...]] | None:

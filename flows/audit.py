@@ -27,7 +27,8 @@ from xich.audit import ClassImages
 from xich.errors import Unavailable
 from xich.mlflow_registry import download_artifact, is_mlflow_uri, tracking_uri_for, write_back
 from xich.pipeline import RecordedRun, open_recorded_run, publish_with_report
-from xich.registration import AUDIT_DEPLOYMENT, admit_recorded, audit_config, recorded_registry_metadata, unaudited
+from xich.registration import (AUDIT_DEPLOYMENT, admit_recorded, audit_config, record_request_failure,
+                               recorded_registry_metadata, request_plan)
 from xich.report import class_table, summary_markdown
 from xich.result import AuditResult, ClassResult
 from xich.settings import get_settings
@@ -102,9 +103,10 @@ def finish_run(rec: RecordedRun) -> AuditResult:
 
 
 @task(name="publish-report", **IO)
-def publish_report(rec: RecordedRun, result: AuditResult) -> str:
+def publish_report(rec: RecordedRun, result: AuditResult, model: str, version: str) -> str:
     settings = get_settings()
-    return publish_with_report(result, rec.opened, store_url=settings.store_url, **settings.s3_options())
+    return publish_with_report(result, rec.opened, store_url=settings.store_url, model=model, version=version,
+                               **settings.s3_options())
 
 
 @task(name="artifacts", cache_policy=NO_CACHE)
@@ -150,10 +152,33 @@ def audit_model_version(model: str, version: str, model_spec: str, weights_uri: 
     start within ``shard_start_timeout_s``), then finishes the run: status ``complete`` only when
     every class is stored. A failure marks the run ``failed`` with the error.
     """
-    logger = get_run_logger()
     parameters = {"model": model, "version": version, "model_spec": model_spec, "weights_uri": weights_uri,
                   "dataset_uri": dataset_uri, "settings": dict(settings or {})}
-    rec = open_run(parameters, fetch(dataset_uri), fetch(weights_uri, model, version))
+    try:
+        return _audit_version(parameters, shards, shard, shard_start_timeout_s)
+    except Exception as exc:
+        if shard is None:  # the parent speaks for the request: the nightly flow backs off from it
+            try:
+                record_failure(parameters, f"{type(exc).__name__}: {exc}")
+            except Exception as record_exc:  # the audit's own error is the one to raise
+                get_run_logger().warning("the failure was not recorded on the request: %s", record_exc)
+        raise
+
+
+@task(name="record-failure", **IO)
+def record_failure(parameters: dict, error: str) -> None:
+    """The failure on the registered audit request (if any): failures in a row, last error, next try."""
+    request = record_request_failure(database_url=get_settings().database_url, parameters=parameters, error=error)
+    if request is not None:
+        get_run_logger().error("audit of %s %s failed (%d time(s) in a row with this error; next try after %s): %s",
+                               parameters["model"], parameters["version"], request["failures"],
+                               request["next_try_at"], error)
+
+
+def _audit_version(parameters: dict, shards: int, shard: int | None, shard_start_timeout_s: float) -> dict:
+    logger = get_run_logger()
+    model, version = parameters["model"], parameters["version"]
+    rec = open_run(parameters, fetch(parameters["dataset_uri"]), fetch(parameters["weights_uri"], model, version))
     try:
         try:
             if rec.complete:
@@ -170,7 +195,7 @@ def audit_model_version(model: str, version: str, model_spec: str, weights_uri: 
         except BaseException as exc:
             rec.fail(exc)
             raise
-        report_uri = publish_report(rec, result)
+        report_uri = publish_report(rec, result, model, version)
     finally:
         rec.close()
     publish_artifacts(result, model, version, report_uri)
@@ -222,8 +247,9 @@ def _wait_for(children: list, start_timeout_s: float) -> None:
 
 @task(name="find-unaudited", **IO)
 def find_unaudited(model: str | None) -> list[dict]:
+    """Every registered audit without a complete run, with what to do with it (see ``registration.request_plan``)."""
     settings = get_settings()
-    return unaudited(database_url=settings.database_url, model=model, allowed_specs=settings.hooks_allowed_specs)
+    return request_plan(database_url=settings.database_url, model=model, allowed_specs=settings.hooks_allowed_specs)
 
 
 @flow(name="audit-new-versions", log_prints=True)
@@ -231,24 +257,39 @@ def audit_new_versions(model: str | None = None, shards: int = 1) -> list[str]:
     """Start one audit per registered version without a complete audit on its dataset and settings.
 
     Through the audit deployment when there is one (each audit on whichever worker is free), else
-    in this process, one after another. Returns ``model/version`` of each audit started.
+    in this process, one after another. A request whose run is running is left to it; one that failed
+    waits out its back-off, and after repeated identical failures is given up. Each request found is
+    logged with what was done with it. Returns ``model/version`` of each audit started.
     """
     logger = get_run_logger()
     deployment = os.environ.get("XICH_AUDIT_DEPLOYMENT", DEPLOYMENT)
+    plan = find_unaudited(model)
+    logger.info("%d registered audit(s) without a complete run%s", len(plan), f" of model {model}" if model else "")
     started, failed = [], []
-    for parameters in find_unaudited(model):
+    for item in plan:
+        parameters = item["parameters"]
         name = f"{parameters['model']}/{parameters['version']}"
+        if item["action"] in ("given-up", "refused"):
+            logger.warning("%s: %s: %s", name, item["action"], item["detail"])
+            continue
+        if item["action"] != "start":
+            logger.info("%s: skipped (%s): %s", name, item["action"], item["detail"])
+            continue
         try:
-            run_deployment(deployment, parameters={**parameters, "shards": shards}, timeout=0,
-                           flow_run_name=f"{parameters['model']}-{parameters['version']}")
+            child = run_deployment(deployment, parameters={**parameters, "shards": shards}, timeout=0,
+                                   flow_run_name=f"{parameters['model']}-{parameters['version']}")
+            logger.info("%s: started through deployment %r (flow run %s; %s)", name, deployment, child.id,
+                        item["detail"])
         except Exception as exc:
-            logger.info("no deployment %r (%s): auditing %s here", deployment, type(exc).__name__, name)
+            logger.info("%s: no deployment %r (%s): auditing it here (%s)", name, deployment, type(exc).__name__,
+                        item["detail"])
             try:
                 audit_model_version(**parameters)
             except Exception as audit_exc:
-                logger.error("audit of %s failed: %s", name, audit_exc)
+                logger.error("%s: audit failed: %s", name, audit_exc)
                 failed.append(name)
         started.append(name)
     if failed:
-        raise RuntimeError(f"audit(s) failed: {', '.join(failed)} (each run is marked failed with its error)")
+        raise RuntimeError(f"audit(s) failed: {', '.join(failed)} (each failure is recorded on its request, "
+                           f"which backs off before its next try)")
     return started

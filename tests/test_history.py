@@ -72,20 +72,32 @@ def test_same_version_with_other_weights_is_refused(two_versions, database_url, 
         recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
 
 
-def test_frozen_clustering_must_cover_the_audited_classes(database_url, synth_data, tmp_path, one_torch_thread):
+def test_classes_the_reference_lacks_get_their_own_clustering(database_url, synth_data, tmp_path, one_torch_thread):
+    """The first complete audit becomes the reference by itself; a later one asking for classes it lacks is
+    complete, those classes clustered in the run (recorded in run_class and the timings), the others on it."""
     def config(**kw):
-        return AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=_weights(tmp_path / "w.pt", 1),
+        return AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=_weights(tmp_path / f"{kw.pop('v')}.pt", 1),
                            clusters=2, mosaics_per_pair=2, train_split=None, device="cpu", **kw)
 
-    first = recorded_audit(config(classes=("circle",)), database_url=database_url, model_name="m", model_version="a")
+    first = recorded_audit(config(v="a", classes=("circle",)), database_url=database_url, model_name="m",
+                           model_version="a")
+    assert any("became the model's reference" in n for n in first.notes)
+    second = recorded_audit(config(v="b"), database_url=database_url, model_name="m", model_version="b")
+    assert [c.name for c in second.classes] == ["circle", "square", "triangle"]
     engine = make_engine(database_url)
-    with Session(engine) as session:
-        freeze_clustering(session=session, run_id=first.run_id)
-    engine.dispose()
-    with pytest.raises(XichError, match="not in the frozen clustering"):
-        recorded_audit(config(), database_url=database_url, model_name="m", model_version="a")
-    with pytest.raises(XichError, match="no frozen clustering from version 'zzz'"):
-        recorded_audit(config(), database_url=database_url, model_name="m", model_version="a",
+    try:
+        with Session(engine) as session:
+            r1, r2 = session.get(AuditRun, first.run_id), session.get(AuditRun, second.run_id)
+            assert r2.status == "complete" and r2.clustering_id == r1.clustering_id
+            assert r2.timings["own_clustering_classes"] == ["square", "triangle"]
+        by_class = dict(_rows(engine, "SELECT rc.class_name, c.key FROM run_class rc JOIN clustering c "
+                                      "ON c.id = rc.clustering_id WHERE rc.run_id = :r", r=second.run_id))
+        assert by_class == {"circle": f"run:{first.run_id}", "square": f"run:{second.run_id}",
+                            "triangle": f"run:{second.run_id}"}
+    finally:
+        engine.dispose()
+    with pytest.raises(XichError, match="no reference clustering from version 'zzz'"):
+        recorded_audit(config(v="a"), database_url=database_url, model_name="m", model_version="a",
                        clustering="reference:zzz")
 
 
@@ -252,7 +264,7 @@ def test_same_images_elsewhere_are_the_same_dataset_and_keep_the_frozen_clusteri
         with Session(engine) as session:
             freeze_clustering(session=session, run_id=first.run_id)
         second = audit(moved, "b")
-        assert any("frozen clustering" in n for n in second.notes)
+        assert any("reference clustering" in n for n in second.notes)
         assert _rows(engine, "SELECT COUNT(*) FROM dataset")[0][0] == 1
         assert [[c.members for c in cls.clusters] for cls in second.classes] == \
                [[c.members for c in cls.clusters] for cls in first.classes]

@@ -64,12 +64,23 @@ def version_created(name: str = "shapes", version: str = "1", source: str | None
                      "description": None}}
 
 
+def checkpoint(path: Path, wrapped: bool = False) -> Path:
+    """A CIFAR ResNet-20 state_dict as torch.save writes it (``wrapped``: under 'state_dict', other bytes)."""
+    import torch
+
+    from xich.models import build_model
+
+    sd = build_model("cifar:resnet20", 10).state_dict()
+    torch.save({"state_dict": sd} if wrapped else sd, path)
+    return path
+
+
 @pytest.fixture
 def world(tmp_path) -> dict:
     """A checkpoint file, a dataset folder and a mapping file for model ``shapes``."""
-    weights = tmp_path / "weights.pt"
-    weights.write_bytes(b"not read here: only hashed")
-    (tmp_path / "data" / "test" / "circle").mkdir(parents=True)
+    weights = checkpoint(tmp_path / "weights.pt")  # registration reads its keys (xich.preflight), never its numbers
+    for cls in ("cat", "dog"):
+        (tmp_path / "data" / "test" / cls).mkdir(parents=True)
     mapping = tmp_path / "hooks.toml"
     mapping.write_text(f'[models."shapes"]\nspec = "cifar:resnet20"\ndataset = "{tmp_path / "data"}"\n'
                        f'labels = "cifar10"\nsettings = {{classes = ["cat", "dog"], clusters = 3}}\n')
@@ -347,10 +358,22 @@ def test_a_created_version_is_recorded_and_its_audit_started(world, database_url
     assert [r["version"] for r in unaudited(database_url=database_url)] == ["1"]  # the nightly flow would take it
 
 
+def test_other_weights_under_a_recorded_version_are_refused_in_http_words(world):
+    """The 422 reason tells an HTTP client what to do, not which command-line flag to pass."""
+    client, _ = receiver(world)
+    assert client.deliver(version_created(source=world["weights"])).status_code == 202
+    other = checkpoint(world["dir"] / "other.pt", wrapped=True)
+    answer = client.deliver(version_created(source=str(other)))
+    assert (answer.status_code, answer.json()["outcome"]) == (422, "refused")
+    assert answer.json()["reason"].endswith("; register these weights as a new version of the model")
+    assert "--" not in answer.json()["reason"]
+
+
 def test_tags_override_the_mapping_and_a_misspelt_tag_is_refused(world):
     client, recorder = receiver(world)
     other = world["dir"] / "other"
-    (other / "test" / "cat").mkdir(parents=True)
+    for cls in ("cat", "dog"):
+        (other / "test" / cls).mkdir(parents=True)
     tags = {"xich.dataset": str(other), "xich.settings": '{"clusters": 4, "mosaics_per_pair": 5}'}
     assert client.deliver(version_created(version="2", source=world["weights"], tags=tags)).status_code == 202
     assert recorder.calls[-1]["dataset_uri"] == str(other)
@@ -447,7 +470,7 @@ def test_the_generic_hook_records_a_version_from_a_folder(world):
     folder = world["dir"] / "export"
     (folder / "meta").mkdir(parents=True)
     (folder / "meta" / "card.md").write_text("a model card")
-    (folder / "state_dict.pth").write_bytes(b"weights")
+    checkpoint(folder / "state_dict.pth")
     body = {"model": "shapes", "version": 7, "weights_uri": str(folder), "settings": {"clusters": 2},
             "metadata": {"pipeline": "ci-1234"}, "created_at": "2026-11-28T08:00:00Z"}
     answer = client.deliver(body, hook=GENERIC, secret=GENERIC_SECRET, delivery_id="ci-1234")
@@ -457,7 +480,7 @@ def test_the_generic_hook_records_a_version_from_a_folder(world):
     [mv] = rows(url_of(world), ModelVersion)
     assert mv.version == "7" and mv.registry_metadata == {"sender": {"pipeline": "ci-1234"}, "hook": "generic"}
     assert mv.registered_at.year == 2026 and mv.registered_at.day == 28
-    (folder / "best.ckpt").write_bytes(b"other weights")  # two checkpoints: which one must be said
+    checkpoint(folder / "best.ckpt", wrapped=True)  # two checkpoints: which one must be said
     answer = client.deliver({**body, "version": "8"}, hook=GENERIC, secret=GENERIC_SECRET)
     assert answer.status_code == 422
     assert answer.json()["reason"] == (f"{folder}: a folder holding 2 checkpoint files; "  # no listing of it

@@ -121,7 +121,7 @@ def test_sharded_audit_on_two_process_workers(prefect_server, seaweedfs, results
     engine = make_engine(results_db)
     try:
         with engine.connect() as conn:
-            run_rows = conn.execute(text("SELECT id, status FROM audit_run")).all()
+            run_rows = conn.execute(text("SELECT id, status, timings FROM audit_run")).all()
             classes = conn.execute(text("SELECT class_name, worker FROM run_class")).all()
             request = conn.execute(text("SELECT run_id FROM audit_request")).all()
     finally:
@@ -129,6 +129,8 @@ def test_sharded_audit_on_two_process_workers(prefect_server, seaweedfs, results
     assert len(run_rows) == 1 and run_rows[0].status == "complete"
     assert sorted(c.class_name for c in classes) == CLASSES
     assert len({c.worker for c in classes}) == 2, f"classes computed by {classes}: one shard did nothing\n{logs}"
+    assert {c.worker.partition("@")[0] for c in classes} == set(names)  # the Prefect worker that ran each class
+    assert sorted(run_rows[0].timings["computed_classes"]) == CLASSES  # the shard's classes too, not the parent's only
     assert [r.run_id for r in request] == [run_rows[0].id]  # the registered request is served by this run
 
     keys = {a["key"]: a["data"] for a in result["artifacts"]}

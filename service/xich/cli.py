@@ -88,13 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("db", help="migrate the results database (XICH_DATABASE_URL)")
     p.add_argument("action", choices=["upgrade", "downgrade"])
     p.add_argument("revision", nargs="?", help="target revision (default: head for upgrade, base for downgrade)")
-    p = sub.add_parser("clustering", help="freeze a run's clustering so later model versions reuse its clusters")
-    p.add_argument("action", choices=["freeze"])
-    p.add_argument("--run", required=True, help="run id of a complete audit")
+    p = sub.add_parser("clustering", help="show a model's reference clusterings, or move one to a run's clustering")
+    p.add_argument("action", choices=["show", "use", "freeze"],
+                   help="show (--model): the references; use (--run): make that run's clustering the reference "
+                        "later versions are audited on (freeze: the same)")
+    p.add_argument("--model", help="with show: model name")
+    p.add_argument("--run", help="with use: run id of a complete audit")
     p = sub.add_parser("history", help="dominance history of a model across its audited versions")
     p.add_argument("--model", required=True, help="model name (as recorded with --model-name)")
     p.add_argument("--class", dest="class_name", help="only this class")
     p.add_argument("--csv", action="store_true", help="CSV on standard output instead of a table")
+    p.add_argument("--wide", action="store_true", help="every column (run id, cluster key, times); default: a table "
+                                                       "that fits 100 columns")
     p.add_argument("--report", metavar="DIR", help="write an HTML page of the model's history here")
     p = sub.add_parser("synth", help="write the planted-bias image dataset")
     p.add_argument("--out", required=True)
@@ -245,7 +250,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if stored:
             for cls, explain in explain_stored(opened, stored):
                 examples[cls.name] = collect_examples(cls, explain)
-        out.print(f"wrote {write_report(result, args.report, examples)}")
+        out.print(f"wrote {write_report(result, args.report, examples, model=args.model_name or args.model, version=args.model_version)}")
     if not args.no_db:
         from .pipeline import publish_run
 
@@ -391,17 +396,37 @@ def _session(*, read_only: bool = False):
 
 
 def cmd_clustering(args: argparse.Namespace) -> int:
-    from .persist import freeze_clustering
+    from .persist import references, set_reference
 
-    with _session() as session:
-        clustering = freeze_clustering(session=session, run_id=args.run)
-        out.print(f"froze clustering {clustering.key}: later audits of this model on this dataset reuse it",
+    if args.action == "show":
+        if not args.model:
+            raise XichError("xich clustering show: give --model NAME")
+        with _session() as session:
+            rows = references(session=session, model_name=args.model)
+        if not rows:
+            raise XichError(f"--model {args.model}: no reference clustering recorded under that name; the first "
+                            f"complete audit of a model on a dataset makes one")
+        out.print(f"reference clusterings of {args.model} (current: the one later audits use; earlier: moved away)",
                   highlight=False)
+        for r in rows:
+            since = f"{r['since']:%Y-%m-%d %H:%M} UTC" if r["since"] else "-"
+            out.print(f"{'current' if r['current'] else 'earlier'}: version {r['version']}, run {r['run_id'] or '-'}, "
+                      f"since {since}\n    dataset {r['dataset']}, split {r['eval_split']}, P={r['clusters'] or '-'}, "
+                      f"classes {', '.join(r['classes'])}", highlight=False, soft_wrap=True)
+        return 0
+    if not args.run:
+        raise XichError(f"xich clustering {args.action}: give --run RUN (a complete audit's run id)")
+    with _session() as session:
+        clustering = set_reference(session=session, run_id=args.run)
+        out.print(f"clustering {clustering.key} is now the reference: later audits of this model on this dataset "
+                  f"(P={clustering.clusters or 'as frozen'}) reuse its clusters", highlight=False)
     return 0
 
 
 HISTORY_COLUMNS = ("model_version", "version_created_at", "run_id", "class_name", "cluster_key", "score", "rank",
                    "train_share", "eval_size")
+# the default table (fits 100 columns): runs by their first 8 digits, a cluster as <its clustering's run>/<index>
+HISTORY_COMPACT = ("model_version", "run_id", "class_name", "cluster", "score", "rank", "train_share", "eval_size")
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -420,7 +445,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
             _check_output_dir(args.report, "--report")
             page = write_history_report(session_or_engine=session, model_name=args.model, out_dir=args.report,
-                                        class_name=args.class_name)
+                                        class_name=args.class_name, report_uri=_run_report_uri(get_settings()))
     if not rows:
         raise XichError(f"--model {args.model}: no complete audit recorded under that name"
                         + (f" for class {args.class_name}" if args.class_name else "")
@@ -432,15 +457,38 @@ def cmd_history(args: argparse.Namespace) -> int:
         if page is not None:
             err.print(f"wrote {page}", highlight=False)  # standard output stays CSV
         return 0
+    columns = HISTORY_COLUMNS if args.wide else HISTORY_COMPACT
     table = Table(title=f"dominance history of {args.model}", title_justify="left")
-    for col in HISTORY_COLUMNS:
-        table.add_column(col, justify="right" if col in ("score", "rank", "train_share", "eval_size") else "left")
+    short = {"model_version": "version", "run_id": "run", "class_name": "class", "train_share": "train",
+             "eval_size": "eval"}
+    for col in columns:
+        table.add_column(col if args.wide else short.get(col, col),
+                         justify="right" if col in ("score", "rank", "train_share", "eval_size") else "left")
     for r in rows:
-        table.add_row(*("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r))
-    out.print(table)
+        values = r._asdict()
+        clustering, _, index = str(values["cluster_key"]).rpartition("/")
+        values["cluster"] = f"{clustering.removeprefix('run:')[:8]}/{index}"
+        values["run_id"] = values["run_id"] if args.wide else values["run_id"][:8]
+        table.add_row(*("-" if values[c] is None else f"{values[c]:.3f}" if isinstance(values[c], float)
+                        else str(values[c]) for c in columns))
+    (Console(width=max(out.width, 220)) if args.wide else out).print(table)  # --wide: never cut, however narrow
+    if not args.wide:
+        out.print("run: its first 8 digits; cluster: <run whose clustering it is>/<index>; train: the cluster's share "
+                  "of the class's training images; eval: its evaluation images; --wide: every column, --csv: as CSV",
+                  highlight=False)
     if page is not None:
         out.print(f"wrote {page}", highlight=False)
     return 0
+
+
+def _run_report_uri(settings):
+    """run id → its published audit report (``runs/<id>/report/index.html`` in the results store)."""
+    if settings.store_url.startswith("s3://"):
+        return lambda run_id: f"{settings.store_url.rstrip('/')}/runs/{run_id}/report/index.html"
+    from .store import open_store
+
+    store = open_store(settings.store_url)
+    return lambda run_id: store.uri(f"runs/{run_id}/report/index.html")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

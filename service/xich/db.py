@@ -82,6 +82,9 @@ class Clustering(Base):
     dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"), index=True)
     eval_split: Mapped[str] = mapped_column(String(255))  # image ids are relative to this split
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    clusters: Mapped[int | None] = mapped_column(Integer)  # P per class
+    # when it became its model's reference on (dataset, eval split, P): the newest such one is the reference
+    reference_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Cluster(Base):
@@ -142,6 +145,9 @@ class AuditRequest(Base):
     request_key: Mapped[str] = mapped_column(String(64))  # sha256 of (dataset_uri, settings)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     run_id: Mapped[str | None] = mapped_column(ForeignKey("audit_run.id", ondelete="SET NULL"), index=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # consecutive, same error
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_try_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # backed off until then
 
 
 class HookDelivery(Base):

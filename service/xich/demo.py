@@ -2,7 +2,8 @@
 
 Planted-bias data → v1 trained with the paper's recipe → audited (Prefect flow, ephemeral mode) →
 its report shows the rare look's cluster losing → v2 retrained with that look oversampled (the fix a
-team would make) → audited on v1's frozen clustering → the history shows the cluster moving up.
+team would make) → audited on v1's clustering (the model's reference, made by its first audit) → the
+history shows the cluster moving up.
 The known answer: each class has one look that is rare in training; the paper predicts that the
 cluster holding it is among the least dominant.
 """
@@ -112,7 +113,7 @@ def _versions(out: Path, spec: SynthSpec, seed: int, epochs: int, say, augment: 
         train(TrainConfig(data=str(out / "data"), model=MODEL, out=str(weights), epochs=epochs, seed=seed,
                           augment=augment, oversample=oversample),
               on_epoch=lambda e, loss, acc: say(f"    epoch {e}: loss {loss:.3f}  eval accuracy {acc:.3f}"))
-        clustering = "own" if version == "v1" else "auto (v1's frozen clustering)"
+        clustering = "own" if version == "v1" else "auto (v1's, the model's reference clustering)"
         say(f"{step + 1}/6 audit of {version} (Prefect flow audit-model-version, ephemeral): P={spec.subgroups}, "
             f"J=25, 12 images per class in per-image mode, clustering {clustering}")
         done = audit_model_version(model=DEMO_MODEL, version=version, model_spec=MODEL, weights_uri=str(weights),
@@ -124,9 +125,9 @@ def _versions(out: Path, spec: SynthSpec, seed: int, epochs: int, say, augment: 
             say(f"    {f.class_name:9s} hierarchy {' > '.join(map(str, cls.hierarchy))}   rare look {f.rare_subgroup}: "
                 f"{f.rare_in_cluster}/{f.rare_total} of its test images in cluster {f.cluster}, "
                 f"rank {f.rank} of {f.n_clusters}, train share {_num(f.train_share)}")
-        if version == "v1":
-            _freeze(done["run_id"])
-            say(f"    froze v1's clustering: v2 is audited on the same clusters; report {done['report']}")
+        if version == "v1":  # its first complete audit: v1's clustering is the reference, with no command
+            say(f"    v1's clustering is the model's reference: v2 is audited on the same clusters; "
+                f"report {done['report']}")
     v1, v2 = results["v1"][1], results["v2"][1]
     moved = sum(b.rank is not None and a.rank is not None and b.rank < a.rank for a, b in zip(v1, v2))
     found = sum(f.found for f in v1)
@@ -162,15 +163,6 @@ def _stored(run_id: str) -> AuditResult:
 
     with session_for(get_settings().database_url) as session:
         return load_audit(session=session, run_id=run_id)
-
-
-def _freeze(run_id: str) -> None:
-    from .db import session_for
-    from .persist import freeze_clustering
-    from .settings import get_settings
-
-    with session_for(get_settings().database_url) as session:
-        freeze_clustering(session=session, run_id=run_id)
 
 
 def _write_pages(out: Path, results: dict, lines: list[str]) -> Path:

@@ -1,7 +1,9 @@
 """A model's dominance history as one HTML page, read from the SQL views and never recomputed.
 
-One section per settings key (a run's ``config_hash``), so numbers from different settings never
-share a figure or a table. Per class: each cluster's rank and score across the versions (ordered by
+One section per settings key (a run's ``config_hash``) and clustering, so numbers from different
+settings or clusters never share a figure or a table; a section whose versions all have a longer series
+on another clustering with the same settings (audited on their own clusters, then on the reference) is
+superseded and folded away. Per class: each cluster's rank and score across the versions (ordered by
 registry time, else first record; view ``dominance_history``), the drift between consecutive versions
 on one clustering (view ``hierarchy_drift``), the pairs without evidence (view ``pairwise_dominance``)
 and the training share of the least dominant cluster (Fig. 4/5 of the XICH paper, version by version).
@@ -12,6 +14,7 @@ from __future__ import annotations
 import html
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +53,7 @@ class _Section:
     """The rows of one settings key, with its versions in history order."""
 
     settings_key: str
+    clustering_key: str
     versions: list[str]
     history: list
     drift: list
@@ -57,11 +61,11 @@ class _Section:
 
 
 def write_history_report(*, session_or_engine: Session | Engine, model_name: str, out_dir: str | Path,
-                         class_name: str | None = None) -> Path:
+                         class_name: str | None = None, report_uri: Callable[[str], str] | None = None) -> Path:
     """Write ``out_dir/index.html`` and its figures for ``model_name``'s recorded audits; returns the page's path.
 
-    ``class_name`` limits the page to one class. Raises :class:`XichError` when the model has no
-    complete audit (of that class).
+    ``class_name`` limits the page to one class. ``report_uri``: run id → the URL of its audit report
+    (linked from each section). Raises :class:`XichError` when the model has no complete audit (of that class).
     """
     params = {"model": model_name}
     history = _read(session_or_engine, HISTORY_SQL, params)
@@ -77,16 +81,26 @@ def write_history_report(*, session_or_engine: Session | Engine, model_name: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sections = _sections(history, drift, evidence)
+    current = [sec for sec in sections if not _superseded(sec, sections)]
     versions = {r.model_version for r in history}
     parts = [f"<h1>XICH history of {html.escape(model_name)}</h1>",
              f"<p>{len(versions)} version(s), {len({r.run_id for r in history})} complete run(s), "
-             f"{len(sections)} settings key(s)"
+             f"{len({sec.settings_key for sec in sections})} settings key(s)"
+             + f", {len(current)} series (settings and clustering)"
              + (f"; class {html.escape(class_name)} only" if class_name else "")
              + ". Read from the views <code>dominance_history</code>, <code>hierarchy_drift</code> and "
                "<code>pairwise_dominance</code>; versions are ordered by their registry time, else their first "
                "record. A gap in a line: the cluster has no rank or score in that version (no evidence).</p>"]
     for number, section in enumerate(sections):
-        parts += _section_html(section, number, out)
+        if section in current:
+            parts += _section_html(section, number, out, report_uri)
+    superseded = [(n, sec) for n, sec in enumerate(sections) if sec not in current]
+    if superseded:
+        parts.append(f"<details class='superseded'><summary>{len(superseded)} superseded series: versions audited "
+                     f"on their own clusters before the reference clustering existed (their runs are kept)</summary>")
+        for number, section in superseded:
+            parts += _section_html(section, number, out, report_uri)
+        parts.append("</details>")
     return write_page(out_dir=out, title=f"XICH history of {model_name}", body="\n".join(parts))
 
 
@@ -98,26 +112,46 @@ def _read(session_or_engine: Session | Engine, sql: str, params: dict) -> list:
 
 
 def _sections(history: list, drift: list, evidence: dict) -> list[_Section]:
-    """Group by settings key, first recorded first; versions by creation time (then name)."""
-    keys = sorted({r.settings_key for r in history},
-                  key=lambda k: min(str(r.run_finished_at) for r in history if r.settings_key == k))
+    """Group by settings key and clustering, first recorded first; versions by creation time (then name)."""
+    keys = sorted({(r.settings_key, r.clustering_key) for r in history},
+                  key=lambda k: min(str(r.run_finished_at) for r in history if (r.settings_key, r.clustering_key) == k))
     sections = []
-    for key in keys:
-        rows = [r for r in history if r.settings_key == key]
+    for key, clustering in keys:
+        rows = [r for r in history if (r.settings_key, r.clustering_key) == (key, clustering)]
         created = {r.model_version: r.version_created_at for r in rows}
         versions = sorted(created, key=lambda v: (str(created[v]), v))
-        sections.append(_Section(key, versions, rows, [r for r in drift if r.settings_key == key], evidence))
+        sections.append(_Section(key, clustering, versions, rows,
+                                 [r for r in drift if (r.settings_key, r.clustering_key) == (key, clustering)], evidence))
     return sections
 
 
-def _section_html(section: _Section, number: int, out: Path) -> list[str]:
+def _superseded(section: _Section, sections: list[_Section]) -> bool:
+    """Every version of ``section`` is in a longer series with the same settings on another clustering."""
+    return any(other.settings_key == section.settings_key and other is not section
+               and len(other.versions) > len(section.versions) and set(section.versions) <= set(other.versions)
+               for other in sections)
+
+
+def _clustering_name(key: str, history: list) -> str:
+    """``run:<id>`` (a run's own clustering) by the version that made it; other keys as they are."""
+    kind, _, run_id = key.partition(":")
+    made_by = next((r.model_version for r in history if r.run_id == run_id), None) if kind == "run" else None
+    return f"clustering of {made_by} (run {run_id[:8]})" if made_by else key
+
+
+def _section_html(section: _Section, number: int, out: Path, report_uri: Callable[[str], str] | None) -> list[str]:
     datasets = sorted({r.dataset_uri for r in section.history})
-    clusterings = sorted({r.clustering_key for r in section.history})
+    runs = {r.model_version: r.run_id for r in section.history}
+    links = ", ".join(
+        f"<a href='{html.escape(report_uri(runs[v]))}'>{html.escape(v)}</a>" if report_uri else
+        f"{html.escape(v)} (run <code>{html.escape(runs[v][:8])}</code>)" for v in section.versions)
     parts = [f"<h2 data-settings-key='{html.escape(section.settings_key)}'>Settings "
-             f"<code>{html.escape(section.settings_key[:KEY_CHARS])}</code></h2>",
+             f"<code>{html.escape(section.settings_key[:KEY_CHARS])}</code> on "
+             f"{html.escape(_clustering_name(section.clustering_key, section.history))}</h2>",
              f"<p>versions {html.escape(' → '.join(section.versions))}; data "
-             + ", ".join(f"<code>{html.escape(d)}</code>" for d in datasets) + "; clustering(s) "
-             + ", ".join(f"<code>{html.escape(c)}</code>" for c in clusterings) + "</p>",
+             + ", ".join(f"<code>{html.escape(d)}</code>" for d in datasets) + "; clustering "
+             + f"<code>{html.escape(section.clustering_key)}</code></p>",
+             f"<p class='reports'>audit report of each version: {links}</p>",
              "<h3>Drift between consecutive versions</h3>", _drift_table(section),
              "<h3>Least dominant cluster's training share</h3>"]
     if any(r.train_share is not None and r.rank is not None for r in section.history):
@@ -133,13 +167,13 @@ def _section_html(section: _Section, number: int, out: Path) -> list[str]:
     return parts
 
 
-def _cluster_label(key: str, keys: set[str]) -> str:
-    """``cluster 2`` when the class has one clustering here, else the clustering's key with the id."""
+def _cluster_label(key: str, keys: set[str], history: list) -> str:
+    """``cluster 2`` when the class has one clustering here, else with the clustering's name."""
     clustering, _, index = key.rpartition("/")
     clustering = clustering.rpartition("/")[0]  # drop the class name
     if len({k.rsplit("/", 2)[0] for k in keys}) == 1:
         return f"cluster {index}"
-    return f"{clustering[:KEY_CHARS + 4]}… cluster {index}"
+    return f"cluster {index} ({_clustering_name(clustering, history)})"
 
 
 def plot_class_history(section: _Section, class_name: str, path: Path) -> None:
@@ -155,7 +189,7 @@ def plot_class_history(section: _Section, class_name: str, path: Path) -> None:
         xs = range(len(section.versions))
         ranks = [_nan(mine[v].rank) if v in mine else math.nan for v in section.versions]
         scores = [_nan(mine[v].score) if v in mine else math.nan for v in section.versions]
-        line, = ax_rank.plot(xs, ranks, marker="o", label=_cluster_label(key, keys))
+        line, = ax_rank.plot(xs, ranks, marker="o", label=_cluster_label(key, keys, section.history))
         ax_score.plot(xs, scores, marker="o", color=line.get_color())
         unranked = [x_of[v] + 0.06 * (n - (len(keys) - 1) / 2) for v, r in mine.items() if r.rank is None]
         ax_rank.scatter(unranked, [max_rank + 1] * len(unranked), marker="x", color=line.get_color())  # side by side
@@ -171,9 +205,12 @@ def plot_class_history(section: _Section, class_name: str, path: Path) -> None:
         ax.set_xticks(range(len(section.versions)), section.versions, rotation=30 if len(section.versions) > 6 else 0)
         ax.set_xlim(-0.5, len(section.versions) - 0.5)
         ax.set_xlabel("model version")
-    ax_rank.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    # one legend for both charts, below them: beside the rank chart it covered the score chart's axis label
+    handles, labels = ax_rank.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(labels), 3 if any(len(x) > 20 for x in labels) else 6), frameon=False)
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 def _least_dominant(section: _Section) -> dict[tuple[str, str, str], object]:
@@ -198,7 +235,7 @@ def plot_least_dominant_share(section: _Section, path: Path) -> None:
         ys = [_nan(least[cls, clustering, v].train_share) if (cls, clustering, v) in least else math.nan
               for v in section.versions]
         ax.plot(range(len(section.versions)), ys, marker="o",
-                label=f"{cls} ({clustering[:KEY_CHARS + 4]}…)" if several else cls)
+                label=f"{cls} ({_clustering_name(clustering, section.history)})" if several else cls)
     ax.set_xticks(range(len(section.versions)), section.versions, rotation=30 if len(section.versions) > 6 else 0)
     ax.set_xlim(-0.5, len(section.versions) - 0.5)
     ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
@@ -206,9 +243,9 @@ def plot_least_dominant_share(section: _Section, path: Path) -> None:
     ax.set_xlabel("model version")
     ax.set_ylabel("share of the class's training images")
     ax.set_title("Least dominant cluster's training share", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, off the data
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 def _least_dominant_table(section: _Section) -> str:
@@ -233,7 +270,8 @@ def _least_dominant_table(section: _Section) -> str:
 def _drift_table(section: _Section) -> str:
     if not section.drift:
         return ("<p class='note'>No drift to show: it needs two versions audited on one clustering with these "
-                "settings (freeze a run's clustering with <code>xich clustering freeze --run RUN</code>).</p>")
+                "settings. Later versions are audited on the model's reference clustering by default "
+                "(<code>xich clustering show --model NAME</code>).</p>")
     order = {v: k for k, v in enumerate(section.versions)}
     rows = "".join(
         f"<tr><td>{html.escape(r.class_name)}</td><td>{html.escape(r.from_version)}</td>"

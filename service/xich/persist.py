@@ -38,8 +38,12 @@ def settings_key(settings: dict) -> str:
 def get_or_create_model_version(*, session: Session, name: str, version: str, spec: str, weights_uri: str | None,
                                 weights_sha256: str | None, registry_metadata: dict | None = None,
                                 labels: list[str] | None = None, labels_source: str | None = None,
-                                registered_at: datetime | None = None) -> ModelVersion:
+                                registered_at: datetime | None = None,
+                                version_flag: str | None = "--model-version") -> ModelVersion:
     """The model version ``name``/``version``; an existing one must have the same spec, weights and labels.
+
+    ``version_flag``: the command-line flag that names the version, for the refusal of other weights under a
+    recorded version (None: the caller is no command line, e.g. a registry hook).
 
     ``registered_at``: the registry's creation time of the version, which orders versions in the
     history views (else the time the version was first recorded).
@@ -58,9 +62,11 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
         session.flush()
         return mv
     if (mv.spec, mv.weights_sha256) != (spec, weights_sha256):
-        raise XichError(f"--model-version {version}: model {name!r} version {version!r} was recorded with "
+        prefix, hint = ((f"{version_flag} {version}: ", f"give this model a new {version_flag}") if version_flag
+                        else ("", "register these weights as a new version of the model"))
+        raise XichError(f"{prefix}model {name!r} version {version!r} was recorded with "
                         f"{mv.spec} and weights sha256 {mv.weights_sha256 or 'none'}, not {spec} and "
-                        f"{weights_sha256 or 'none'}; give this model a new --model-version")
+                        f"{weights_sha256 or 'none'}; {hint}")
     if (labels is not None and mv.labels is not None and _known(labels_source) and _known(mv.labels_source)
             and list(mv.labels) != list(labels)):
         raise XichError(f"--labels: model {name!r} version {version!r} was recorded with another label list "
@@ -92,8 +98,9 @@ def register_version(*, session: Session, name: str, version: str, spec: str, we
     """Record a model version and the audit it asks for (dataset and settings); both are kept if present. Committed."""
     mv = get_or_create_model_version(session=session, name=name, version=version, spec=spec, weights_uri=weights_uri,
                                      weights_sha256=weights_sha256, registry_metadata=registry_metadata,
-                                     registered_at=registered_at)
+                                     registered_at=registered_at, version_flag=None)
     request = _request(session, mv, dataset_uri, settings)
+    request.failures, request.last_error, request.next_try_at = 0, None, None  # registered again: tried afresh
     session.commit()
     return request
 
@@ -135,13 +142,30 @@ def version_metadata(*, session: Session, model_name: str, version: str) -> dict
                           .where(Model.name == model_name, ModelVersion.version == version))
 
 
+# the nightly flow's back-off: after failure n of a request it waits RETRY_AFTER * 2**(n-1); after MAX_FAILURES
+# identical failures in a row it gives the request up (registering it again starts afresh)
+RETRY_AFTER = timedelta(hours=12)
+MAX_FAILURES = 5
+
+
 def unaudited_requests(*, session: Session, model_name: str | None = None,
                        stale_after: timedelta = timedelta(hours=12)) -> list[dict]:
-    """Registered audits without a complete run, oldest first, as the parameters of ``audit_model_version``.
+    """Registered audits to start now, oldest first, as the parameters of ``audit_model_version``
+    (those of ``request_plan`` whose action is ``start``)."""
+    return [p["parameters"] for p in request_plan(session=session, model_name=model_name, stale_after=stale_after)
+            if p["action"] == "start"]
 
+
+def request_plan(*, session: Session, model_name: str | None = None, stale_after: timedelta = timedelta(hours=12),
+                 now: datetime | None = None) -> list[dict]:
+    """Every registered audit without a complete run, oldest first, with what the nightly flow does with it.
+
+    ``{"parameters": <audit_model_version's>, "action": start | running | backed-off | given-up, "detail": str}``.
     A request whose run is ``running`` is left to the process running it, unless it started more than
-    ``stale_after`` ago (a process killed without a word leaves its run ``running``).
+    ``stale_after`` ago (a process killed without a word leaves its run ``running``); one that failed waits
+    until its ``next_try_at``, and after ``MAX_FAILURES`` identical failures is given up.
     """
+    now = now or utcnow()
     query = (select(AuditRequest, ModelVersion, Model.name, AuditRun.status, AuditRun.started_at)
              .join(ModelVersion, ModelVersion.id == AuditRequest.model_version_id)
              .join(Model, Model.id == ModelVersion.model_id)
@@ -149,14 +173,46 @@ def unaudited_requests(*, session: Session, model_name: str | None = None,
              .where(AuditRun.status.is_(None) | (AuditRun.status != "complete")))
     if model_name is not None:
         query = query.where(Model.name == model_name)
-    cutoff = utcnow() - stale_after
     out = []
+    cutoff = now - stale_after
     for request, mv, name, status, started in session.execute(query.order_by(AuditRequest.created_at, AuditRequest.id)):
+        parameters = {"model": name, "version": mv.version, "model_spec": mv.spec, "weights_uri": mv.weights_uri,
+                      "dataset_uri": request.dataset_uri, "settings": dict(request.settings or {})}
         if status == "running" and started is not None and _aware(started) > cutoff:
-            continue
-        out.append({"model": name, "version": mv.version, "model_spec": mv.spec, "weights_uri": mv.weights_uri,
-                    "dataset_uri": request.dataset_uri, "settings": dict(request.settings or {})})
+            action, detail = "running", f"its run {request.run_id} is running (since {_aware(started):%Y-%m-%d %H:%M} UTC)"
+        elif request.failures >= MAX_FAILURES:
+            action, detail = "given-up", (f"given up after {request.failures} identical failures: {request.last_error}; "
+                                          f"fix the cause, then register the version again")
+        elif request.next_try_at is not None and _aware(request.next_try_at) > now:
+            action, detail = "backed-off", (f"failed {request.failures} time(s) ({request.last_error}); next try after "
+                                            f"{_aware(request.next_try_at):%Y-%m-%d %H:%M} UTC")
+        else:
+            action, detail = "start", ("no run yet" if status is None else f"its run {request.run_id} is {status}")
+        out.append({"parameters": parameters, "action": action, "detail": detail})
     return out
+
+
+def record_request_failure(*, session: Session, model_name: str, version: str, dataset_uri: str, settings: dict,
+                           error: str, now: datetime | None = None) -> AuditRequest | None:
+    """Count a failed audit of a registered request (identical errors in a row; another error counts 1) and set
+    its next try (``RETRY_AFTER * 2**(failures-1)`` later). None: no such request was registered. Committed."""
+    request = _find_request(session, model_name, version, dataset_uri, settings)
+    if request is None:
+        return None
+    request.failures = request.failures + 1 if request.last_error == error else 1
+    request.last_error = error
+    request.next_try_at = (now or utcnow()) + RETRY_AFTER * 2 ** (request.failures - 1)
+    session.commit()
+    return request
+
+
+def _find_request(session: Session, model_name: str, version: str, dataset_uri: str, settings: dict
+                  ) -> AuditRequest | None:
+    return session.scalar(select(AuditRequest)
+                          .join(ModelVersion, ModelVersion.id == AuditRequest.model_version_id)
+                          .join(Model, Model.id == ModelVersion.model_id)
+                          .where(Model.name == model_name, ModelVersion.version == version,
+                                 AuditRequest.request_key == request_key(dataset_uri, settings)))
 
 
 def _aware(t: datetime) -> datetime:
@@ -195,7 +251,7 @@ def begin_run(*, session: Session, run_id: str, model_version: ModelVersion, dat
         clustering = frozen
         if clustering is None:
             clustering = Clustering(key=f"run:{run_id}", frozen=False, model_version_id=model_version.id,
-                                    dataset_id=dataset.id, eval_split=eval_split)
+                                    dataset_id=dataset.id, eval_split=eval_split, clusters=clusters)
             session.add(clustering)
             session.flush()
         run = AuditRun(id=run_id, model_version_id=model_version.id, dataset_id=dataset.id, clustering_key=clustering_key,
@@ -213,15 +269,17 @@ def stored_classes(*, session: Session, run: AuditRun) -> set[str]:
     return set(session.scalars(select(RunClass.class_name).where(RunClass.run_id == run.id)))
 
 
-def store_class(*, session: Session, run: AuditRun, cls: ClassResult, worker: str | None = None) -> None:
+def store_class(*, session: Session, run: AuditRun, cls: ClassResult, worker: str | None = None,
+                clustering_id: int | None = None) -> None:
     """Every number of one class's result, in one transaction; a class already stored is left as it is.
 
-    ``worker`` names the process that computed it (host:pid).
+    ``worker`` names the process that computed it (Prefect worker and host:pid). ``clustering_id``: the
+    clustering its clusters belong to (default: the run's; a class its reference lacks has its own).
     """
     if session.get(RunClass, (run.id, cls.index)) is not None:
         return
     try:
-        _add_class_rows(session, run, cls, worker)
+        _add_class_rows(session, run, cls, worker, clustering_id or run.clustering_id)
         session.commit()
     except IntegrityError:  # stored first by a process that did not take the class lock: same numbers
         session.rollback()
@@ -249,13 +307,13 @@ def _set_per_image(session: Session, rc: RunClass, pi: dict) -> None:
         for k, r in enumerate(pi.get("images", [])))
 
 
-def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult, worker: str | None) -> None:
-    rc = RunClass(run_id=run.id, class_index=cls.index, class_name=cls.name, clustering_id=run.clustering_id,
+def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult, worker: str | None, clustering_id: int) -> None:
+    rc = RunClass(run_id=run.id, class_index=cls.index, class_name=cls.name, clustering_id=clustering_id,
                   excluded_mosaics=cls.excluded_mosaics, spearman_score_train_share=cls.spearman_score_train_share,
                   notes=list(cls.notes), worker=worker)
     session.add(rc)
     session.flush()
-    clustering = session.get(Clustering, run.clustering_id)
+    clustering = session.get(Clustering, clustering_id)
     for c in cls.clusters:
         cluster = session.scalar(select(Cluster).where(Cluster.clustering_id == clustering.id,
                                                        Cluster.class_name == cls.name, Cluster.cluster_index == c.id))
@@ -322,27 +380,83 @@ def fail_run(*, session: Session, run: AuditRun, error: str) -> None:
     session.commit()
 
 
-def freeze_clustering(*, session: Session, run_id: str) -> Clustering:
-    """Freeze a complete run's clustering so that later versions' audits reuse its clusters."""
+def set_reference(*, session: Session, run_id: str) -> Clustering:
+    """Make a complete run's clustering its model's reference on that dataset, split and P (``xich clustering
+    use``): later audits with ``clustering = auto`` reuse its clusters. Committed."""
     run = session.get(AuditRun, run_id)
     if run is None or run.status != "complete":
-        raise XichError(f"--run {run_id}: no complete audit run with that id (see `xich history`)")
+        raise XichError(f"--run {run_id}: no complete audit run with that id (see `xich history` or `xich clustering "
+                        f"show --model NAME`)")
     clustering = session.get(Clustering, run.clustering_id)
-    clustering.frozen = True
+    clustering.frozen, clustering.reference_at = True, utcnow()
     session.commit()
     return clustering
 
 
-def frozen_clustering(*, session: Session, model_name: str, dataset: Dataset, eval_split: str,
-                      version: str | None = None) -> Clustering | None:
-    """The newest frozen clustering of a model on a dataset's split (of one of its versions, if given)."""
+freeze_clustering = set_reference  # its name before reference clusterings were made by default
+
+
+def promote_first_reference(*, session: Session, run: AuditRun) -> Clustering | None:
+    """A complete run with its own clustering becomes the reference of its model on (dataset, eval split, P)
+    when there is none yet; returns that clustering (None: a reference exists). Committed."""
+    clustering = session.get(Clustering, run.clustering_id)
+    mv = session.get(ModelVersion, run.model_version_id)
+    if clustering.frozen or reference_clustering(session=session, model_id=mv.model_id, dataset_id=run.dataset_id,
+                                                  eval_split=run.eval_split, clusters=clustering.clusters) is not None:
+        return None
+    clustering.frozen, clustering.reference_at = True, utcnow()
+    session.commit()
+    return clustering
+
+
+def reference_clustering(*, session: Session, model_id: int, dataset_id: int, eval_split: str,
+                         clusters: int | None = None, version: str | None = None) -> Clustering | None:
+    """The reference clustering of a model on a dataset's split: the one made reference last, with P =
+    ``clusters`` if given; of one of its versions if ``version`` is given (any it made reference)."""
     query = (select(Clustering).join(ModelVersion, ModelVersion.id == Clustering.model_version_id)
-             .join(Model, Model.id == ModelVersion.model_id)
-             .where(Clustering.frozen.is_(True), Model.name == model_name, Clustering.dataset_id == dataset.id,
-                    Clustering.eval_split == eval_split))
+             .where(Clustering.frozen.is_(True), ModelVersion.model_id == model_id,
+                    Clustering.dataset_id == dataset_id, Clustering.eval_split == eval_split))
+    if clusters is not None:
+        query = query.where(Clustering.clusters == clusters)
     if version is not None:
         query = query.where(ModelVersion.version == version)
-    return session.scalars(query.order_by(Clustering.created_at.desc(), Clustering.id.desc())).first()
+    return session.scalars(query.order_by(Clustering.reference_at.desc(), Clustering.id.desc())).first()
+
+
+def own_clustering(*, session: Session, run: AuditRun, clusters: int) -> Clustering:
+    """The clustering of a run on a reference for the classes that reference lacks (key ``run:<id>``). Committed."""
+    key = f"run:{run.id}"
+    clustering = session.scalar(select(Clustering).where(Clustering.key == key))
+    if clustering is None:
+        clustering = Clustering(key=key, frozen=False, model_version_id=run.model_version_id,
+                                dataset_id=run.dataset_id, eval_split=run.eval_split, clusters=clusters)
+        session.add(clustering)
+        session.commit()
+    return clustering
+
+
+def references(*, session: Session, model_name: str) -> list[dict]:
+    """Every clustering a model has had as reference, newest first, with whether it is the current one."""
+    rows = session.execute(
+        select(Clustering, ModelVersion.version, Dataset.uri, AuditRun.id)
+        .join(ModelVersion, ModelVersion.id == Clustering.model_version_id)
+        .join(Model, Model.id == ModelVersion.model_id).join(Dataset, Dataset.id == Clustering.dataset_id)
+        .outerjoin(AuditRun, (AuditRun.clustering_id == Clustering.id) & (AuditRun.model_version_id == ModelVersion.id)
+                   & AuditRun.clustering_key.like("own:%"))
+        .where(Model.name == model_name, Clustering.frozen.is_(True))
+        .order_by(Clustering.reference_at.desc(), Clustering.id.desc())).all()
+    out, seen, current = [], set(), set()
+    for clustering, version, uri, run_id in rows:
+        if clustering.id in seen:
+            continue
+        seen.add(clustering.id)
+        key = (clustering.dataset_id, clustering.eval_split, clustering.clusters)
+        classes = sorted(set(session.scalars(select(Cluster.class_name).where(Cluster.clustering_id == clustering.id))))
+        out.append({"dataset": uri, "eval_split": clustering.eval_split, "clusters": clustering.clusters,
+                    "version": version, "run_id": run_id, "since": clustering.reference_at, "classes": classes,
+                    "current": key not in current})
+        current.add(key)
+    return out
 
 
 def frozen_membership(*, session: Session, clustering: Clustering) -> dict[str, dict[str, int]]:

@@ -29,9 +29,9 @@ from .db import AuditRun, Clustering, Model, ModelVersion, RunClass, make_engine
 from .errors import XichError
 from .locks import named_lock
 from .migrate import upgrade
-from .persist import (attach_request, begin_run, fail_run, file_sha256, finish_run, frozen_clustering,
-                      frozen_membership, get_or_create_dataset, get_or_create_model_version, load_audit, load_classes,
-                      stored_classes, store_class, store_per_image)
+from .persist import (attach_request, begin_run, fail_run, file_sha256, finish_run, frozen_membership,
+                      get_or_create_dataset, get_or_create_model_version, load_audit, load_classes, own_clustering,
+                      promote_first_reference, reference_clustering, stored_classes, store_class, store_per_image)
 from .registration import registry_time
 from .result import AuditResult, ClassResult
 
@@ -39,8 +39,11 @@ log = logging.getLogger(__name__)
 
 
 def worker_name() -> str:
-    """host:pid of this process, stored with each class it computes."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``<Prefect worker>@host:pid`` of this process (``host:pid`` outside a worker), stored with each class it
+    computes; a Prefect worker names itself to the flow runs it starts in ``PREFECT__WORKER_NAME``."""
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    prefect_worker = os.environ.get("PREFECT__WORKER_NAME")
+    return f"{prefect_worker}@{here}" if prefect_worker else here
 
 
 @dataclass
@@ -55,10 +58,12 @@ class RecordedRun:
     engine: Engine
     session: Session
     run: AuditRun
-    membership: dict[str, dict[str, int]] | None  # a frozen clustering's class → (image id → cluster)
+    membership: dict[str, dict[str, int]] | None  # the reference clustering's class → (image id → cluster)
     notes: list[str]
     resumed: set[str]  # classes stored before this process began
     fingerprint_s: float
+    clustering: str = "auto"  # as asked: auto, own or reference:<version>
+    own_clustering_id: int | None = None  # for the classes the reference lacks: clustered in this run
     started: float = field(default_factory=time.perf_counter)
     computed: list[str] = field(default_factory=list)
 
@@ -82,14 +87,26 @@ class RecordedRun:
         with named_lock(self.engine, f"xich:run:{self.run.id}:class:{name}", wait=wait) as got:
             yield got and name not in stored_classes(session=self.session, run=self.run)
 
+    @property
+    def own_classes(self) -> list[str]:
+        """Selected classes the run's reference clustering lacks: clustered in this run."""
+        if self.membership is None:
+            return []
+        return [c for c in self.opened.classes if c not in self.membership]
+
     def compute(self, images: ClassImages) -> ClassResult:
-        """Every stage of one class (with the frozen clustering's membership, if any). No database write."""
-        return audit_class(self.opened, images, (self.membership or {}).get(images.name))
+        """Every stage of one class (with the reference clustering's membership, if it has the class). No
+        database write."""
+        cls = audit_class(self.opened, images, (self.membership or {}).get(images.name))
+        if images.name in self.own_classes:
+            cls.notes.append("clustered in this run: the reference clustering lacks this class")
+        return cls
 
     def store(self, cls: ClassResult) -> None:
         """Commit one class's rows (a class already stored is left as it is)."""
         try:
-            store_class(session=self.session, run=self.run, cls=cls, worker=worker_name())
+            store_class(session=self.session, run=self.run, cls=cls, worker=worker_name(),
+                        clustering_id=self.own_clustering_id if cls.name in self.own_classes else None)
         except BaseException:
             self.session.rollback()
             raise
@@ -129,12 +146,23 @@ class RecordedRun:
         self._join_per_image()
         classes = load_classes(session=self.session, run_id=self.run.id)
         result = assemble_result(self.opened, classes, self.run.id, notes=self.notes)
+        stored = stored_classes(session=self.session, run=self.run)
         with named_lock(self.engine, f"xich:run:{self.run.id}:finish"):  # processes finishing together: one writes
             finish_run(session=self.session, run=self.run, classes=self.opened.classes, resolved_config=result.config,
                        train_split=result.dataset["train_split"], summary=result.summary,
                        timings={"fingerprint_s": self.fingerprint_s, "audit_s": time.perf_counter() - self.started,
                                 "resumed_classes": sorted(self.resumed & set(self.opened.classes)),
-                                "computed_classes": self.computed})
+                                # by this process and every shard that worked on the run meanwhile
+                                "computed_classes": [c for c in self.opened.classes
+                                                     if c in stored and c not in self.resumed],
+                                "computed_here": self.computed, "own_clustering_classes": self.own_classes})
+        if self.clustering == "auto" and self.membership is None:
+            with named_lock(self.engine, "xich:register"):
+                if (made := promote_first_reference(session=self.session, run=self.run)) is not None:
+                    log.info("run %s: its clustering %s is now the reference of this model on this dataset (P=%s)",
+                             self.run.id, made.key, made.clusters)
+                    result.notes.append(f"clustering: this run's clustering {made.key} became the model's reference "
+                                        f"on this dataset (P={made.clusters}); later versions are audited on it")
         return result
 
     def fail(self, exc: BaseException) -> None:
@@ -191,7 +219,7 @@ def open_recorded_run(config: AuditConfig, *, database_url: str, model_name: str
                 registered_at=registered_at or registry_time(registry_metadata))
             ds = get_or_create_dataset(session=session, uri=config.data_uri or config.data,
                                        fingerprint=fingerprint, n_images=n_images)
-            frozen = _frozen(session, clustering, mv, ds, config.eval_split)
+            frozen = _frozen(session, clustering, mv, ds, config.eval_split, config.clusters)
             run = begin_run(session=session, run_id=os.urandom(16).hex(), model_version=mv, dataset=ds,
                             settings=opened.settings(), eval_split=config.eval_split,
                             train_split=config.train_split, frozen=frozen, clusters=config.clusters)
@@ -200,14 +228,13 @@ def open_recorded_run(config: AuditConfig, *, database_url: str, model_name: str
                                settings=request["settings"], run_id=run.id)
         notes = [_clustering_note(clustering, frozen, session.get(Model, mv.model_id).name)]
         membership = frozen_membership(session=session, clustering=frozen) if frozen else None
-        missing = [c for c in opened.classes if membership is not None and c not in membership]
-        if missing:
-            error = XichError(f"class(es) {', '.join(missing)} are not in the frozen clustering; audit its classes "
-                              f"(--classes {','.join(sorted(membership))}) or use --clustering own")
-            fail_run(session=session, run=run, error=str(error))
-            raise error
-        return RecordedRun(opened, engine, session, run, membership, notes,
-                           stored_classes(session=session, run=run), fingerprint_s)
+        rec = RecordedRun(opened, engine, session, run, membership, notes, stored_classes(session=session, run=run),
+                          fingerprint_s, clustering=clustering)
+        if rec.own_classes:
+            rec.own_clustering_id = own_clustering(session=session, run=run, clusters=config.clusters).id
+            notes.append(f"clustering: class(es) {', '.join(rec.own_classes)} are not in the reference clustering "
+                         f"{frozen.key}: clustered in this run (clustering run:{run.id})")
+        return rec
     except BaseException:
         session.close()
         engine.dispose()
@@ -236,11 +263,12 @@ def recorded_audit(config: AuditConfig, **options) -> AuditResult:
 
 def _clustering_note(requested: str, frozen: Clustering | None, model_name: str) -> str:
     if frozen is not None:
-        return f"clustering: frozen clustering {frozen.key} (cluster keys mean the same images in every version)"
+        return (f"clustering: reference clustering {frozen.key} (cluster keys mean the same images in every version; "
+                f"see `xich clustering show --model {model_name}`)")
     if requested == "auto":
-        return (f"clustering: own — no frozen clustering of model {model_name!r} on this dataset; "
-                f"freeze one with `xich clustering freeze --run RUN` to compare versions on the same clusters")
-    return "clustering: own (--clustering own)"
+        return (f"clustering: own — no reference clustering of model {model_name!r} on this dataset with this P; "
+                f"once complete, this run's clustering becomes the reference later versions are audited on")
+    return "clustering: own (--clustering own): not a reference for later versions"
 
 
 def publish_run(result: AuditResult, *, store_url: str, report_dir: str | Path | None = None, **store_options) -> list[str]:
@@ -258,7 +286,8 @@ def publish_run(result: AuditResult, *, store_url: str, report_dir: str | Path |
     return keys
 
 
-def publish_with_report(result: AuditResult, opened: OpenedAudit, *, store_url: str, **store_options) -> str:
+def publish_with_report(result: AuditResult, opened: OpenedAudit, *, store_url: str, model: str | None = None,
+                        version: str | None = None, **store_options) -> str:
     """Write the report (mosaics rendered again from the stored manifests) and publish it with the audit
     document under ``runs/<run id>/``; returns the report page's URI in the store."""
     import tempfile
@@ -269,22 +298,26 @@ def publish_with_report(result: AuditResult, opened: OpenedAudit, *, store_url: 
 
     with tempfile.TemporaryDirectory(prefix="xich-report-") as tmp:
         examples = {cls.name: collect_examples(cls, explain) for cls, explain in explain_stored(opened, result.classes)}
-        write_report(result, tmp, examples)
+        write_report(result, tmp, examples, model=model, version=version)
         publish_run(result, store_url=store_url, report_dir=tmp, **store_options)
     return open_store(store_url, **store_options).uri(f"runs/{result.run_id}/report/index.html")
 
 
-def _frozen(session: Session, clustering: str, mv: ModelVersion, ds, eval_split: str) -> Clustering | None:
-    model_name = session.get(Model, mv.model_id).name
+def _frozen(session: Session, clustering: str, mv: ModelVersion, ds, eval_split: str, clusters: int
+            ) -> Clustering | None:
+    """The reference clustering the run uses: for ``auto`` the model's current one on (dataset, eval split, P)."""
     if clustering == "own":
         return None
     if clustering == "auto":
-        return frozen_clustering(session=session, model_name=model_name, dataset=ds, eval_split=eval_split)
+        return reference_clustering(session=session, model_id=mv.model_id, dataset_id=ds.id, eval_split=eval_split,
+                                    clusters=clusters)
     kind, _, version = clustering.partition(":")
     if kind != "reference" or not version:
         raise XichError(f"--clustering {clustering!r}: use auto, own or reference:<model-version>")
-    found = frozen_clustering(session=session, model_name=model_name, dataset=ds, eval_split=eval_split, version=version)
+    found = reference_clustering(session=session, model_id=mv.model_id, dataset_id=ds.id, eval_split=eval_split,
+                                 version=version)
     if found is None:
-        raise XichError(f"--clustering {clustering}: model {model_name!r} has no frozen clustering from version "
-                        f"{version!r} on this dataset; freeze one with `xich clustering freeze --run RUN`")
+        model_name = session.get(Model, mv.model_id).name
+        raise XichError(f"--clustering {clustering}: model {model_name!r} has no reference clustering from version "
+                        f"{version!r} on this dataset; make one with `xich clustering use --run RUN`")
     return found

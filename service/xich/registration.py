@@ -18,8 +18,10 @@ from .config import AuditConfig, check_config
 from .db import make_engine, session_for
 from .errors import XichError
 from .locks import named_lock
+from . import persist
 from .migrate import upgrade
-from .persist import file_sha256, register_version, request_run, unaudited_requests, version_metadata
+from .preflight import absolute_uri, preflight
+from .persist import file_sha256, register_version, request_run, version_metadata
 
 log = logging.getLogger(__name__)
 DEFAULT_SPECS = ("cifar:", "torchvision:")  # XICH_HOOKS_ALLOWED_SPECS' default
@@ -77,6 +79,7 @@ def register(*, database_url: str, model: str, version: str, model_spec: str, we
     check_name(model, "model name")
     check_name(version, "version")
     check_spec(model_spec, list(allowed_specs))
+    weights_uri, dataset_uri = absolute_uri(weights_uri, "--weights"), absolute_uri(dataset_uri, "--dataset")
     audit_config(model_spec=model_spec, dataset_uri=dataset_uri, weights_uri=weights_uri, settings=settings)
     local_data = dataset_uri.split(":", 1)[1] if dataset_uri.startswith(("cifar10:", "cifar100:")) else dataset_uri
     if "://" not in local_data and not Path(local_data).exists():
@@ -84,6 +87,7 @@ def register(*, database_url: str, model: str, version: str, model_spec: str, we
     weights_path = local_weights or weights_uri
     if weights_path and not Path(weights_path).is_file():
         raise XichError(f"--weights {weights_uri}: no such file")
+    preflight(model_spec=model_spec, weights=weights_path, dataset_uri=dataset_uri, settings=settings)
     upgrade(database_url)
     engine = make_engine(database_url)
     try:
@@ -100,21 +104,14 @@ def register(*, database_url: str, model: str, version: str, model_spec: str, we
 
 def unaudited(*, database_url: str, model: str | None = None,
               allowed_specs: list[str] | tuple[str, ...] = DEFAULT_SPECS) -> list[dict]:
-    """The parameters of ``audit_model_version`` for every registered audit without a complete run.
-
-    Each recorded request is checked again (spec kind against ``allowed_specs``, settings) before anything is
-    imported for it: the table is outside input too. A request that fails is left out with a warning.
-    """
-    upgrade(database_url)
-    with session_for(database_url) as session:
-        requests = unaudited_requests(session=session, model_name=model)
+    """The parameters of ``audit_model_version`` for every registered audit without a complete run whose recorded
+    request passes the checks of :func:`register` again (see :func:`request_plan`); the others are logged."""
     admitted = []
-    for request in requests:
-        try:
-            admit_recorded(request, allowed_specs)
-        except XichError as exc:
+    for item in request_plan(database_url=database_url, model=model, allowed_specs=allowed_specs):
+        request = item["parameters"]
+        if item["action"] == "refused":
             log.warning("audit request %s %s left out: %s", escape(request["model"]), escape(request["version"]),
-                        escape(exc, 500))
+                        item["detail"])
             continue
         admitted.append(request)
     return admitted
@@ -125,6 +122,36 @@ def admit_recorded(parameters: dict, allowed_specs: list[str] | tuple[str, ...])
     check_spec(parameters["model_spec"], list(allowed_specs))
     audit_config(model_spec=parameters["model_spec"], dataset_uri=parameters["dataset_uri"],
                  weights_uri=parameters["weights_uri"], settings=parameters["settings"])
+
+
+def request_plan(*, database_url: str, model: str | None = None,
+                 allowed_specs: list[str] | tuple[str, ...] = DEFAULT_SPECS) -> list[dict]:
+    """Every registered audit without a complete run, with what the nightly flow does with it (``persist.request_plan``).
+
+    Each request to start is checked again (:func:`admit_recorded`) before anything is imported for it: the table
+    is outside input too. One that fails gets the action ``refused`` and the reason.
+    """
+    upgrade(database_url)
+    with session_for(database_url) as session:
+        plan = persist.request_plan(session=session, model_name=model)
+    for item in plan:
+        if item["action"] != "start":
+            continue
+        try:
+            admit_recorded(item["parameters"], allowed_specs)
+        except XichError as exc:
+            item["action"], item["detail"] = "refused", escape(exc, 500)
+    return plan
+
+
+def record_request_failure(*, database_url: str, parameters: dict, error: str) -> dict | None:
+    """Record a failed audit on its registered request (``persist.record_request_failure``); returns its failures
+    in a row and next try, or None when the audit was not registered."""
+    with session_for(database_url) as session:
+        request = persist.record_request_failure(session=session, model_name=parameters["model"],
+                                                 version=parameters["version"], dataset_uri=parameters["dataset_uri"],
+                                                 settings=parameters["settings"], error=error)
+        return None if request is None else {"failures": request.failures, "next_try_at": request.next_try_at}
 
 
 def audit_status(*, database_url: str, model: str, version: str, dataset_uri: str, settings: dict

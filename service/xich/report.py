@@ -72,10 +72,14 @@ def _axes_for_matrix(ax, P: int, title: str) -> None:
 
 
 def _heatmap(ax, M: np.ndarray, title: str, fmt: str, cmap: str, vmin: float, vmax: float) -> None:
-    im = ax.imshow(M, cmap=cmap, vmin=vmin, vmax=vmax)
+    """A matrix with its values written in; NaN cells (the diagonal) are left grey, as in D's."""
+    im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, vmin=vmin, vmax=vmax)
     P = M.shape[0]
     for i in range(P):
         for j in range(P):
+            if np.isnan(M[i, j]):
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, linewidth=0, facecolor="#dddddd"))
+                continue
             ax.text(j, i, format(M[i, j], fmt), ha="center", va="center", fontsize=8,
                     color="white" if (M[i, j] - vmin) / (vmax - vmin + 1e-12) < 0.35 else "black")
     _axes_for_matrix(ax, P, title)
@@ -114,8 +118,10 @@ def plot_matrices(cls: ClassResult, path: Path) -> None:
     side = max(4.5, 1.0 * P + 1.5)  # room for three lines of text per cell
     fig, axes = plt.subplots(1, 2, figsize=(2 * side, side - 0.5))
     _dominance_heatmap(axes[0], cls, fontsize=8 if P <= 4 else 7 if P <= 6 else 5.5)
-    p = np.array(cls.p_values_holm)
-    _heatmap(axes[1], p, f"{cls.name}: p-value (t-test vs 0.5, Holm)", ".0e" if p.min() < 0.01 else ".2f", "viridis", 0, 1)
+    p = np.array(cls.p_values_holm, dtype=float)
+    np.fill_diagonal(p, np.nan)  # a cluster against itself: no test
+    small = P > 1 and np.nanmin(p) < 0.01
+    _heatmap(axes[1], p, f"{cls.name}: p-value (t-test vs 0.5, Holm)", ".0e" if small else ".2f", "viridis", 0, 1)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -159,9 +165,9 @@ def plot_training_distribution(result: AuditResult, path: Path) -> None:
     ax.set_xlabel("dominance rank (0 = most dominant)")
     ax.set_ylabel("share of the class's training images")
     ax.set_title("Training distribution by dominance rank")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, off the data
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 def plot_per_image(cls: ClassResult, path: Path) -> None:
@@ -184,12 +190,15 @@ def _signed(x: float | None) -> str:
 
 
 def write_report(result: AuditResult, out_dir: str | Path, examples: dict[str, list[Example]] | None = None,
-                 extra_html: str = "") -> Path:
-    """Write ``index.html`` and its figures under ``out_dir``; returns the page's path."""
+                 extra_html: str = "", model: str | None = None, version: str | None = None) -> Path:
+    """Write ``index.html`` and its figures under ``out_dir``; returns the page's path.
+
+    ``model`` / ``version``: the recorded model name and version, for the title (else the spec)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     examples = examples or {}
-    parts = [f"<h1>XICH audit {html.escape(result.run_id)}</h1>",
+    title = f"XICH audit of {model or result.model['spec']}" + (f" {version}" if version else "")
+    parts = [f"<h1>{html.escape(title)}</h1>", f"<p>run <code>{html.escape(result.run_id)}</code></p>",
              f"<p>model <code>{html.escape(result.model['spec'])}</code> weights "
              f"<code>{html.escape(str(result.model['weights']))}</code>; data <code>{html.escape(result.dataset['uri'])}</code>; "
              + ", ".join(f"{k}={html.escape(str(v))}" for k, v in result.config.items()) + "</p>",
@@ -216,7 +225,7 @@ def write_report(result: AuditResult, out_dir: str | Path, examples: dict[str, l
             parts.append(f'<div class="beside"><img class="figure" data-kind="per-image" src="per_image_{slug}.png">'
                          f"{_correlation_table(cls)}</div>")
         parts += [f"<p class='note'>{html.escape(n)}</p>" for n in cls.notes]
-    return write_page(out_dir=out, title="XICH audit report", body="\n".join(parts))
+    return write_page(out_dir=out, title=title, body="\n".join(parts))
 
 
 def _labels_and_notes(result: AuditResult) -> str:
@@ -293,12 +302,14 @@ def _cluster_table(cls: ClassResult) -> str:
             f"<th>train share</th><th>evidence</th></tr>{rows}</table>")
 
 
-def save_figure(fig, path: str | Path) -> None:
-    """A PNG of ``fig`` written atomically (``atomic.write_atomically``: never through a planted link), then closed."""
+def save_figure(fig, path: str | Path, *, tight: bool = False) -> None:
+    """A PNG of ``fig`` written atomically (``atomic.write_atomically``: never through a planted link), then closed.
+    ``tight``: the saved area grows to hold what lies outside the axes (a legend placed beside them)."""
     from .atomic import write_atomically
 
+    extra = {"bbox_inches": "tight"} if tight else {}
     try:
-        write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=90), what=str(path))
+        write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=90, **extra), what=str(path))
     finally:
         plt.close(fig)
 

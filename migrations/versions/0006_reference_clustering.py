@@ -1,7 +1,7 @@
 """Reference clusterings and request back-off: a clustering's P and the time it became its model's reference
 on a dataset; an audit request's consecutive failures, last error and next try.
 
-Revision ID: 0007
+Revision ID: 0006
 Revises: 0005
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
+revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None

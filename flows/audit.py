@@ -270,7 +270,7 @@ def audit_new_versions(model: str | None = None, shards: int = 1) -> list[str]:
         parameters = item["parameters"]
         name = f"{parameters['model']}/{parameters['version']}"
         if item["action"] in ("given-up", "refused"):
-            logger.warning("%s: %s: %s", name, item["action"], item["detail"])
+            logger.warning("%s: %s%s", name, "refused: " if item["action"] == "refused" else "", item["detail"])
             continue
         if item["action"] != "start":
             logger.info("%s: skipped (%s): %s", name, item["action"], item["detail"])

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import stack
+from test_hooks import checkpoint
 from xich.atomic import write_atomically
 from xich.cli import main
 from xich.datasets import open_dataset
@@ -46,7 +47,7 @@ def world(tmp_path) -> dict:
     a symlink from inside the root to it, and a mapping file for model ``shapes``."""
     root, outside = tmp_path / "allowed", tmp_path / "outside"
     (root / "data" / "test" / "cat").mkdir(parents=True)
-    (root / "weights.pt").write_bytes(b"hashed only")
+    checkpoint(root / "weights.pt")  # registration reads its keys (xich.preflight)
     outside.mkdir()
     (outside / OUTSIDE_NAME).write_bytes(b"not yours")
     (root / "link").symlink_to(outside)
@@ -178,8 +179,9 @@ def test_an_s3_weights_prefix_is_bounded_before_any_download(world, results_db, 
     bucket = f"xich-{uuid.uuid4().hex[:12]}"
     client = seaweedfs.client()
     client.make_bucket(bucket)
+    weights = (world["root"] / "weights.pt").read_bytes()  # a real checkpoint: registration reads its keys
     for n in range(3):
-        client.put_object(bucket, f"w/{n}.pt", io.BytesIO(b"w"), 1)
+        client.put_object(bucket, f"w/{n}.pt", io.BytesIO(weights), len(weights))
     monkeypatch.setattr(xich.mlflow_registry, "WALK_MAX_FILES", 2)
     receiver = Receiver(world, results_db, hooks_allowed_sources=f"{world['root']},s3://{bucket}/",
                         s3_endpoint=seaweedfs.endpoint, s3_access_key=seaweedfs.access_key,

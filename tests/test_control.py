@@ -131,3 +131,44 @@ def test_stored_and_read_back_unchanged(cifar_subset, database_url, tmp_path):
         assert timings["control_s"] > 0 and timings["cam_s"] > 0
     finally:
         engine.dispose()
+
+
+def test_report_console_and_prefect_table_say_it(audited, tmp_path, capsys):
+    from xich.cli import print_summary
+    from xich.report import class_table, summary_markdown, write_report
+
+    result, _ = audited
+    page = write_report(result, tmp_path).read_text()
+    for cls in result.classes:
+        tau = cls.agreement["mean_logit"]
+        expected = ("The hierarchy is the clusters&#x27; mean-logit order" if tau == 1.0
+                    else f"The hierarchy differs from the mean-logit order (Kendall τ = {tau:+.2f}")
+        assert expected in page
+        assert f"Randomized control (the architecture re-initialised, seed {cls.control['seed']}): hierarchy " \
+               f"{' > '.join(map(str, cls.control['hierarchy']))}" in page
+    assert "<th>mean logit (τ" in page and "<th>control score</th>" in page
+    rows = class_table(result)
+    assert [r["tau(score, mean logit)"] for r in rows] == [f"{c.agreement['mean_logit']:+.2f}" for c in result.classes]
+    assert all(r["control hierarchy"].startswith(" > ".join(map(str, c.control["hierarchy"])))
+               for r, c in zip(rows, result.classes))
+    assert "Mean Kendall tau(score, mean logit)" in summary_markdown(result, model="m", version="1", report_uri=None)
+    print_summary(result)
+    out = capsys.readouterr().out
+    assert out.count("control (re-initialised, seed") == len(result.classes)
+    assert "kendall tau(score, baseline): mean_logit" in out
+
+
+def test_a_control_as_significant_as_the_model_is_flagged(audited, tmp_path):
+    import copy
+
+    from xich.report import class_table, write_report
+    from xich.result import summarize
+
+    result = copy.deepcopy(audited[0])
+    cls = result.classes[0]
+    cls.control = {**cls.control, "significant_pairs": [[0, 1]] * max(1, len(cls.significant_pairs())),
+                   "image_statistics": True}
+    result.summary = summarize(result.classes)
+    assert result.summary["classes_image_statistics"] == [cls.name]
+    assert "Image statistics, not the model:</b>" in write_report(result, tmp_path).read_text()
+    assert class_table(result)[0]["control hierarchy"].endswith("IMAGE STATISTICS, NOT THE MODEL")

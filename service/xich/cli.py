@@ -382,7 +382,7 @@ def cmd_clustering(args: argparse.Namespace) -> int:
 
 
 HISTORY_COLUMNS = ("model_version", "version_created_at", "run_id", "class_name", "cluster_key", "score", "rank",
-                   "train_share", "eval_size")
+                   "train_share", "eval_size", "method", "mean_logit", "control_score")
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -415,7 +415,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"dominance history of {args.model}", title_justify="left")
     for col in HISTORY_COLUMNS:
-        table.add_column(col, justify="right" if col in ("score", "rank", "train_share", "eval_size") else "left")
+        table.add_column(col, justify="right" if col in ("score", "rank", "train_share", "eval_size", "mean_logit",
+                                                      "control_score") else "left")
     for r in rows:
         table.add_row(*("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r))
     out.print(table)

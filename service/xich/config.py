@@ -65,7 +65,7 @@ def check_config(config: AuditConfig) -> None:
             raise XichError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(config, name)}")
     if config.cam not in ("auto", "fast", "reference"):
         raise XichError(f"--cam {config.cam!r}: use auto, fast or reference")
-    if config.method not in CAM_METHODS:
+    if not isinstance(config.method, str) or config.method not in CAM_METHODS:
         raise XichError(f"--method {str(config.method)[:40]!r}: use one of {', '.join(CAM_METHODS)}")
     if config.cam == "fast" and config.method not in FAST_METHODS:
         raise XichError(f"--cam fast: --method {config.method} has no fast path (only {', '.join(FAST_METHODS)}); "

@@ -22,14 +22,14 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WEIGHTS = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
 TEST_TAR = SHARED / "cifar10-jpeg" / "test.tar.gz"
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
-              pytest.mark.skipif(not (WEIGHTS.is_file() and TEST_TAR.is_file()),
-                                 reason="../shared/data (ResNet-20 checkpoint, CIFAR-10 JPEGs) absent")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def cifar_subset(tmp_path_factory) -> Path:
     """The first 24 test JPEGs of cat and truck, as an image folder in a temporary directory (never the repo)."""
+    if not (WEIGHTS.is_file() and TEST_TAR.is_file()):
+        pytest.skip("../shared/data (ResNet-20 checkpoint, CIFAR-10 JPEGs) absent")
     root = tmp_path_factory.mktemp("cifar_subset")
     wanted = {"cat": 0, "truck": 0}
     with tarfile.open(TEST_TAR) as tar:
@@ -126,7 +126,8 @@ def test_stored_and_read_back_unchanged(cifar_subset, database_url, tmp_path):
         assert [r.method for r in rows] == ["gradcam"] * 3
         assert [r.mean_logit for r in rows] == pytest.approx([c.baselines["mean_logit"] for c in cls.clusters])
         assert [r.control_score for r in rows] == pytest.approx(cls.control["scores"])
-        assert {r.tau_mean_logit for r in rows} == {pytest.approx(cls.agreement["mean_logit"])}
+        assert [r.tau_mean_logit for r in rows] == pytest.approx([cls.agreement["mean_logit"]] * 3)
+        assert [r.control_tau for r in rows] == pytest.approx([cls.control["tau"]] * 3)
         timings = timings if isinstance(timings, dict) else __import__("json").loads(timings)
         assert timings["control_s"] > 0 and timings["cam_s"] > 0
     finally:
@@ -172,3 +173,16 @@ def test_a_control_as_significant_as_the_model_is_flagged(audited, tmp_path):
     assert result.summary["classes_image_statistics"] == [cls.name]
     assert "Image statistics, not the model:</b>" in write_report(result, tmp_path).read_text()
     assert class_table(result)[0]["control hierarchy"].endswith("IMAGE STATISTICS, NOT THE MODEL")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "gradcam3"], "error: --method 'gradcam3': use one of gradcam, hirescam, gradcamelementwise, "),
+    (["--method", "scorecam", "--cam", "fast"], "error: --cam fast: --method scorecam has no fast path (only gradcam, "
+                                                "hirescam); use --cam auto or --cam reference"),
+])
+def test_a_method_that_cannot_work_is_one_error_line(tmp_path, capsys, args, message):
+    from xich.cli import main
+
+    assert main(["audit", "--model", "cifar:resnet20", "--data", str(tmp_path), "--no-db", *args]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(message) and err.count("error:") == 1 and "Traceback" not in err

@@ -32,6 +32,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mosaics", type=int, default=32)
     ap.add_argument("--class", dest="cls", default="cat")
+    ap.add_argument("--methods", default=",".join(CAM_METHODS), help="comma-separated (gradcam is always run first)")
     args = ap.parse_args()
     weights = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
     if not weights.is_file():
@@ -48,7 +49,7 @@ def main() -> int:
     d = {}
     print(f"{len(plan)} mosaics of {args.cls}, ResNet-20, torch threads {torch.get_num_threads()}")
     print(f"{'method':20s} {'path':9s} {'ms/mosaic':>9s} {'max|Δd|':>9s} {'mean|Δd|':>9s} {'excluded':>8s}")
-    for method in CAM_METHODS:
+    for method in dict.fromkeys(["gradcam", *args.methods.split(",")]):
         prepared = PreparedModel(model, model_spec="cifar:resnet20", num_classes=10, tile_size=32, method=method)
         mosaics = assemble_mosaics(prepared.normalize(images), plan.images)
         prepared.mosaic_cams(mosaics[:2], CLASSES.index(args.cls))  # tracing (fast path) and warm-up, not timed

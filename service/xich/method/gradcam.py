@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -21,7 +22,14 @@ from torch import nn
 
 from .cam_methods import CAM_METHODS
 
-_PROGRESS_BARS = ("scorecam", "ablationcam")  # they draw tqdm bars on standard error
+# Score-CAM and Ablation-CAM draw tqdm bars on standard error; FullGrad prints a warning on standard output
+_NOISY = ("scorecam", "ablationcam", "fullgrad")
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def gap_linear_cam(feature_map: torch.Tensor, head_weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -66,8 +74,8 @@ def reference_cams(model: nn.Module, layer: nn.Module, mosaics: torch.Tensor, cl
     per mosaic.
 
     Returns float32 array (B, H, W) at the mosaics' size. The library needs autograd, so
-    this enables it even when called under inference mode elsewhere; the progress bars that
-    Score-CAM and Ablation-CAM write to standard error are kept out of the caller's terminal.
+    this enables it even when called under inference mode elsewhere; what Score-CAM, Ablation-CAM
+    and FullGrad write to the terminal (progress bars, a warning) is kept out of the caller's output.
     """
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -78,7 +86,7 @@ def reference_cams(model: nn.Module, layer: nn.Module, mosaics: torch.Tensor, cl
         raise ValueError("one class per mosaic is needed (a single target silently zeroes the rest)")
     cam_class = getattr(pytorch_grad_cam, CAM_METHODS[method])
     cams = None
-    quiet = contextlib.redirect_stderr(io.StringIO()) if method in _PROGRESS_BARS else contextlib.nullcontext()
+    quiet = _silenced() if method in _NOISY else contextlib.nullcontext()
     with torch.enable_grad(), quiet, cam_class(model=model, target_layers=[layer]) as cam:
         cams = cam(input_tensor=mosaics, targets=[ClassifierOutputTarget(int(c)) for c in classes])
     if cams is None:  # the library's __exit__ swallows IndexError; do not let that pass silently

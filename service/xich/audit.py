@@ -1,7 +1,8 @@
 """An audit as a sequence of stages, each taking and returning plain data (the CLI and the flows call them).
 
-    prepare the model (open_audit) → per class: embed (eq. 1) → cluster (or take a frozen clustering)
-    → plan mosaics (eq. 2) → score mosaics (eq. 3–6) → rank clusters (eq. 7–8, p-values, intervals)
+    prepare the model (open_audit) → per class: embed (eq. 1; the logits give the baselines) → cluster
+    (or take a frozen clustering) → plan mosaics (eq. 2) → score mosaics (eq. 3–6; the randomized control
+    scores the same mosaics) → rank clusters (eq. 7–8, p-values, intervals; agreement with the baselines)
     → place the training split (Fig. 4/5) → per-image mode (Fig. 3) → the class result
     → assemble_result: one AuditResult for every sink.
 
@@ -11,10 +12,11 @@ The model runtime (tracing, chunking, device) is ``runtime.py``; the equations a
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,13 +25,14 @@ from torch import nn
 from .datasets import Dataset, Split, open_dataset
 from .errors import XichError
 from .labels import LabelList, model_indices, resolve_labels
+from .method.baselines import baseline_agreement, cluster_baselines, kendall_tau
 from .method.clustering import Clustering, assign_clusters, cluster_embeddings, clustering_from_labels
 from .method.distribution import score_share_spearman, training_distribution
 from .method.dominance import dominance_matrix, mosaic_dominance, quadrant_relevance
 from .method.hierarchy import hierarchy, hierarchy_scores
 from .method.mosaic import MosaicPlan, assemble_mosaics, image_sets, plan_mosaics
 from .method.per_image import class_softmax, dominance_correlations
-from .method.significance import confidence_intervals, p_value_matrices, set_means
+from .method.significance import confidence_intervals, p_value_matrices, set_means, significant_pairs
 from .models import build_model, head_name, load_weights, read_checkpoint
 from .result import AuditResult, ClassResult, ClusterResult, Explainer, MosaicResult, summarize
 from .config import AuditConfig, check_config, parse_normalize
@@ -71,6 +74,9 @@ class OpenedAudit:
     prepared: PreparedModel
     tile_size: int
     mosaic_size: int
+    control: PreparedModel | None = None  # the same architecture, re-initialised (None: --no-control)
+    control_seed: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds spent in CAM passes, by model
 
     @property
     def classes(self) -> list[str]:
@@ -98,17 +104,20 @@ class OpenedAudit:
         """The document's ``config``: what was asked, with ``auto`` values resolved."""
         c = self.config
         return {"clusters": c.clusters, "mosaics_per_pair": c.mosaics_per_pair, "seed": c.seed,
-                "layer": self.prepared.layer_name, "cam": self.prepared.cam, "tile_size": self.tile_size,
+                "layer": self.prepared.layer_name, "cam": self.prepared.cam, "method": c.method,
+                "control_seed": self.control_seed, "tile_size": self.tile_size,
                 "mosaic_size": self.mosaic_size, "normalize": c.normalize, "per_image": c.per_image}
 
     def settings(self) -> dict:
         """The settings that change numbers: what identifies a run besides model version, data and clustering.
 
         Architecture and weights belong to the model version, P to the clustering; batch size, device,
-        --cam (fast and reference agree), class order and per-image mode change no number of the run.
+        --cam (fast and reference agree), class order and per-image mode change no number of the run;
+        --method and the randomized control do.
         """
         mean, std = parse_normalize(self.config.normalize)
-        return {"mosaics_per_pair": self.config.mosaics_per_pair,
+        return {"mosaics_per_pair": self.config.mosaics_per_pair, "method": self.config.method,
+                "control": self.config.control,
                 "seed": self.config.seed, "tile_size": self.tile_size, "mosaic_size": self.mosaic_size,
                 "normalize": [list(mean), list(std)], "layer": self.prepared.layer_name,
                 "classes": sorted(self.indices)}
@@ -127,8 +136,33 @@ def open_audit(config: AuditConfig) -> OpenedAudit:
     indices = dict(sorted(((c, indices[c]) for c in selected), key=lambda kv: kv[1]))
     prepared = PreparedModel(model, model_spec=config.model, num_classes=len(labels.names), tile_size=tile,
                              mosaic_size=mosaic_size, device=config.device, normalize=config.normalize,
-                             layer=config.layer, cam=config.cam)
-    return OpenedAudit(config, dataset, eval_split, train_split, labels, indices, prepared, tile, mosaic_size)
+                             layer=config.layer, cam=config.cam, method=config.method)
+    control = control_model(config, prepared, len(labels.names), tile, mosaic_size) if config.control else None
+    seed = control_seed(config.seed) if config.control else None
+    return OpenedAudit(config, dataset, eval_split, train_split, labels, indices, prepared, tile, mosaic_size,
+                       control, seed)
+
+
+def control_seed(seed: int) -> int:
+    """The seed of the control's weights: derived from the audit's seed, and never equal to the seed that
+    initialises a model audited without --weights."""
+    return int(np.random.SeedSequence([seed, 0xC047]).generate_state(1)[0])
+
+
+def control_model(config: AuditConfig, prepared: PreparedModel, outputs: int, tile_size: int,
+                  mosaic_size: int) -> PreparedModel:
+    """The randomized control: the audited architecture with freshly initialised weights (seeded), prepared with
+    the same target layer, CAM method and path. A model that scores mosaics this way knows nothing of the data."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(control_seed(config.seed))
+        model = build_model(config.model, outputs)
+    trained, fresh = prepared.model.state_dict(), model.state_dict()
+    if all(k in trained and torch.equal(v.cpu(), trained[k].cpu()) for k, v in fresh.items() if v.is_floating_point()):
+        raise XichError(f"--model {config.model!r}: building it again gives the same weights as the audited model, "
+                        f"so there is no re-initialised control; audit with --no-control")
+    return PreparedModel(model, model_spec=config.model, num_classes=outputs, tile_size=tile_size,
+                         mosaic_size=mosaic_size, device=str(prepared.device), normalize=config.normalize,
+                         layer=prepared.layer_name, cam=prepared.cam, method=config.method)
 
 
 def load_model(config: AuditConfig, dataset_classes: list[str]) -> tuple[nn.Module, LabelList, dict[str, int]]:
@@ -194,14 +228,21 @@ def audit_class(opened: OpenedAudit, images: ClassImages, frozen: Mapping[str, i
     config = opened.config
     embeddings, logits = embed_class(opened, images.eval_images)
     clustering, notes = cluster_class(opened, images, embeddings, frozen)
+    baselines = cluster_baselines(logits, clustering.labels, clustering.n_clusters, images.index)
     tiles = opened.prepared.normalize(images.eval_images)
     plan = plan_class_mosaics(opened, clustering, images.index)
-    d = score_mosaics(opened, tiles, plan, images.index)
+    d, *control_d = score_mosaics_with(opened, _scoring_models(opened), tiles, plan, images.index)
     stats = rank_clusters(plan, d, clustering.n_clusters)
+    control = control_result(opened, plan, control_d[0], stats) if control_d else None
     placement = (place_training(opened, clustering, images.train_images, embeddings.shape[1])
                  if images.train_images is not None else None)
     per_image = per_image_result(opened, images, tiles, logits) if config.per_image else None
-    return class_result(images, clustering, plan, d, stats, placement, notes, per_image)
+    return class_result(images, clustering, plan, d, stats, placement, notes, per_image, baselines, control)
+
+
+def _scoring_models(opened: OpenedAudit) -> dict[str, PreparedModel]:
+    """The models that score each mosaic: the audited one (``cam_s``), and the control (``control_s``) if on."""
+    return {"cam_s": opened.prepared, **({"control_s": opened.control} if opened.control is not None else {})}
 
 
 def embed_class(opened: OpenedAudit, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -241,14 +282,25 @@ def score_mosaics(opened: OpenedAudit, tiles: torch.Tensor, plan: MosaicPlan, cl
     ``tiles``: the class's normalised images. Identical manifests (frequent in per-image mode) are
     rendered and explained once.
     """
-    prepared, batch_size = opened.prepared, opened.config.batch_size
+    return score_mosaics_with(opened, {"cam_s": opened.prepared}, tiles, plan, class_index)[0]
+
+
+def score_mosaics_with(opened: OpenedAudit, models: dict[str, PreparedModel], tiles: torch.Tensor, plan: MosaicPlan,
+                       class_index: int) -> list[np.ndarray]:
+    """:func:`score_mosaics` under each of ``models`` (timing key → model), on the same mosaics: each batch is
+    assembled once and explained by every model; the seconds each spends go to ``opened.timings[key]``."""
+    batch_size = opened.config.batch_size
     unique, inverse = np.unique(plan.images, axis=0, return_inverse=True)
-    relevance = np.empty((len(unique), 4))
+    relevance = np.empty((len(models), len(unique), 4))
     for start in range(0, len(unique), batch_size):
         sl = slice(start, start + batch_size)
         mosaics = assemble_mosaics(tiles, unique[sl], opened.mosaic_size)
-        relevance[sl] = quadrant_relevance(prepared.mosaic_cams(mosaics, class_index))
-    return mosaic_dominance(relevance[inverse.ravel()], plan.clusters == plan.pairs[:, :1])
+        for k, (key, prepared) in enumerate(models.items()):
+            began = time.perf_counter()
+            relevance[k, sl] = quadrant_relevance(prepared.mosaic_cams(mosaics, class_index))
+            opened.timings[key] = opened.timings.get(key, 0.0) + time.perf_counter() - began
+    in_i = plan.clusters == plan.pairs[:, :1]
+    return [mosaic_dominance(r[inverse.ravel()], in_i) for r in relevance]
 
 
 @dataclass(frozen=True)
@@ -287,6 +339,19 @@ def rank_clusters(plan: MosaicPlan, d: np.ndarray, n: int) -> PairStatistics:
     return PairStatistics(D, p_raw, p_holm, lo, hi, n_sets, scores, rank, order)
 
 
+def control_result(opened: OpenedAudit, plan: MosaicPlan, d: np.ndarray, trained: PairStatistics) -> dict:
+    """The randomized control of one class: its hierarchy on the same mosaics, its significant pairs, and
+    Kendall's τ of its scores against the audited model's. ``image_statistics``: the control has at least as
+    many significant pairs as the audited model (and some), so significance alone says nothing of the model."""
+    stats = rank_clusters(plan, d, trained.scores.size)
+    pairs = significant_pairs(stats.D, stats.p_holm)
+    keep = ~np.isnan(stats.scores) & ~np.isnan(trained.scores)
+    tau = kendall_tau(trained.scores[keep], stats.scores[keep])
+    return {"seed": opened.control_seed, "scores": [_none(v) for v in stats.scores],
+            "hierarchy": stats.order.tolist(), "significant_pairs": [list(p) for p in pairs], "tau": _none(tau),
+            "image_statistics": bool(pairs) and len(pairs) >= len(significant_pairs(trained.D, trained.p_holm))}
+
+
 def place_training(opened: OpenedAudit, clustering: Clustering, train_images: torch.Tensor,
                    dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Stage 6 (Fig. 4/5): each training image goes to its nearest cluster centre → (counts, shares) per cluster."""
@@ -296,7 +361,8 @@ def place_training(opened: OpenedAudit, clustering: Clustering, train_images: to
 
 def class_result(images: ClassImages, clustering: Clustering, plan: MosaicPlan, d: np.ndarray,
                  stats: PairStatistics, placement: tuple[np.ndarray, np.ndarray] | None, notes: list[str],
-                 per_image: dict | None) -> ClassResult:
+                 per_image: dict | None, baselines: dict[str, np.ndarray] | None = None,
+                 control: dict | None = None) -> ClassResult:
     """Last per-class stage: the ClassResult of the stages' outputs, with notes on missing evidence."""
     P, labels, eval_ids = clustering.n_clusters, clustering.labels, images.eval_ids
     notes = list(notes)
@@ -319,6 +385,7 @@ def class_result(images: ClassImages, clustering: Clustering, plan: MosaicPlan, 
             train_share=None if shares is None else float(shares[c]),
             score=_none(stats.scores[c]), rank=None if np.isnan(stats.rank[c]) else int(stats.rank[c]),
             members=[eval_ids[k] for k in np.flatnonzero(labels == c)],
+            baselines=None if baselines is None else {k: _none(v[c]) for k, v in baselines.items()},
         )
         for c in range(P)
     ]
@@ -337,6 +404,7 @@ def class_result(images: ClassImages, clustering: Clustering, plan: MosaicPlan, 
         spearman_score_train_share=(score_share_spearman(stats.scores[ranked], shares[ranked])
                                     if shares is not None else None),
         excluded_mosaics=excluded, mosaics=mosaics, notes=notes, per_image=per_image,
+        agreement=None if baselines is None else baseline_agreement(stats.scores, baselines), control=control,
     )
 
 

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import XichError
+from .method.cam_methods import CAM_METHODS
 from .settings import Settings, describe_error, get_settings
 
 err = Console(stderr=True, soft_wrap=True)
@@ -37,6 +38,10 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layer", default="auto", help="target layer name (default: last conv block before pooling)")
     p.add_argument("--cam", default="auto", choices=["auto", "fast", "reference"])
+    p.add_argument("--method", default="gradcam", help="attribution map, from pytorch-grad-cam: "
+                   + ", ".join(CAM_METHODS) + " (default gradcam)")
+    p.add_argument("--no-control", dest="control", action="store_false",
+                   help="skip the randomized control (the same mosaics under the architecture re-initialised)")
     p.add_argument("--tile-size", type=int, help="image side in a mosaic (default 32 for cifar:, 224 for torchvision:)")
     p.add_argument("--mosaic-size", type=int, help="mosaic side (default 2 × tile size)")
     p.add_argument("--normalize", default="imagenet", help="imagenet, cifar, none or m1,m2,m3/s1,s2,s3")
@@ -194,7 +199,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         model=args.model, data=data, weights=weights, data_uri=args.data, weights_uri=args.weights,
         eval_split=args.eval_split,
         train_split=args.train_split or None, clusters=args.clusters, mosaics_per_pair=args.mosaics_per_pair,
-        seed=args.seed, layer=args.layer, cam=args.cam, tile_size=args.tile_size, mosaic_size=args.mosaic_size,
+        seed=args.seed, layer=args.layer, cam=args.cam, method=args.method, control=args.control,
+        tile_size=args.tile_size, mosaic_size=args.mosaic_size,
         normalize=args.normalize, classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
         batch_size=args.batch_size, device=args.device, per_image=args.per_image, labels=args.labels,
     )
@@ -238,6 +244,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             finally:
                 rec.close()
     print_summary(result)
+    if opened.timings:
+        out.print("CAM time: " + ", ".join(f"{'control' if k == 'control_s' else 'model'} {v:.1f} s"
+                                           for k, v in opened.timings.items()), highlight=False)
     if not args.no_db:
         out.print(f"run id: {result.run_id}", highlight=False)
     if args.json:
@@ -424,9 +433,10 @@ def cmd_clustering(args: argparse.Namespace) -> int:
 
 
 HISTORY_COLUMNS = ("model_version", "version_created_at", "run_id", "class_name", "cluster_key", "score", "rank",
-                   "train_share", "eval_size")
+                   "train_share", "eval_size", "method", "mean_logit", "control_score")
 # the default table (fits 100 columns): runs by their first 8 digits, a cluster as <its clustering's run>/<index>
 HISTORY_COMPACT = ("model_version", "run_id", "class_name", "cluster", "score", "rank", "train_share", "eval_size")
+NUMERIC_COLUMNS = ("score", "rank", "train_share", "eval_size", "mean_logit", "control_score")
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -463,7 +473,7 @@ def cmd_history(args: argparse.Namespace) -> int:
              "eval_size": "eval"}
     for col in columns:
         table.add_column(col if args.wide else short.get(col, col),
-                         justify="right" if col in ("score", "rank", "train_share", "eval_size") else "left")
+                         justify="right" if col in NUMERIC_COLUMNS else "left")
     for r in rows:
         values = r._asdict()
         clustering, _, index = str(values["cluster_key"]).rpartition("/")
@@ -568,17 +578,25 @@ def _f(value, fmt: str = ".3f") -> str:
 
 
 def print_summary(result) -> None:
+    from .method.baselines import BASELINES
+
     c = result.config
     out.print(f"[bold]XICH audit[/] {result.run_id}  model {result.model['spec']}  layer {c['layer']}  "
-              f"cam {c['cam']}  P={c['clusters']} J={c['mosaics_per_pair']} seed={c['seed']}", highlight=False)
+              f"method {c.get('method', 'gradcam')} ({c['cam']})  P={c['clusters']} J={c['mosaics_per_pair']} "
+              f"seed={c['seed']}", highlight=False)
     out.print(f"labels: {result.labels['source']}", highlight=False)
     for cls in result.classes:
         table = Table(title=f"{cls.name} (model output {cls.index})", title_justify="left")
-        for col in ("rank", "cluster", "score", "eval size", "train count", "train share"):
+        baselines = any(cl.baselines for cl in cls.clusters)
+        for col in ("rank", "cluster", "score", "eval size", "train count", "train share",
+                    *(("mean logit", "softmax", "accuracy", "margin") if baselines else ()),
+                    *(("control score",) if cls.control else ())):
             table.add_column(col, justify="right")
         for cl in sorted(cls.clusters, key=lambda x: (x.rank is None, x.rank, x.id)):
             table.add_row(_f(cl.rank, "d"), str(cl.id), _f(cl.score), str(cl.eval_size), _f(cl.train_count, "d"),
-                          _f(cl.train_share))
+                          _f(cl.train_share),
+                          *((_f(cl.baselines[b]) for b in BASELINES) if baselines else ()),
+                          *((_f(cls.control["scores"][cl.id]),) if cls.control else ()))
         out.print(table)
         sig = cls.significant_pairs()
         out.print("  hierarchy: " + (" > ".join(map(str, cls.hierarchy)) or "none (no evidence)")
@@ -588,6 +606,15 @@ def print_summary(result) -> None:
             f"{i}>{j} (D={cls.dominance[i][j]:.2f} [{cls.dominance_ci[i][j][0]:.2f}, {cls.dominance_ci[i][j][1]:.2f}], "
             f"p={cls.p_values_holm[i][j]:.1e}, {cls.distinct_sets[i][j]} image sets)" for i, j in sig) or "none"),
             highlight=False)
+        if cls.agreement:
+            out.print("  kendall tau(score, baseline): " + "  ".join(
+                f"{b} {'n/a' if v is None else f'{v:+.2f}'}" for b, v in cls.agreement.items())
+                + ("   (hierarchy = mean-logit order)" if cls.agreement["mean_logit"] == 1.0 else ""), highlight=False)
+        if cls.control:
+            ctl = cls.control
+            out.print(f"  control (re-initialised, seed {ctl['seed']}): " + (" > ".join(map(str, ctl["hierarchy"]))
+                      or "none") + f"   {len(ctl['significant_pairs'])} significant   tau {_f(ctl['tau'], '+.2f')}"
+                      + ("   [image statistics, not the model]" if ctl["image_statistics"] else ""), highlight=False)
         if cls.per_image:
             pi = cls.per_image
             out.print(f"  per-image ({len(pi['images'])} images): " + "  ".join(
@@ -601,6 +628,12 @@ def print_summary(result) -> None:
                   + "  ".join(f"{r}: {v:.3f}" for r, v in enumerate(s["train_share_by_rank"])), highlight=False)
     if s["mean_spearman"] is not None:
         out.print(f"mean spearman(score, train share) over classes: {s['mean_spearman']:+.3f}", highlight=False)
+    if s.get("mean_tau_mean_logit") is not None:
+        out.print(f"mean kendall tau(score, mean logit): {s['mean_tau_mean_logit']:+.2f}; hierarchy differs from the "
+                  f"mean-logit order in: {', '.join(s['classes_unlike_mean_logit']) or 'none'}", highlight=False)
+    if s.get("classes_image_statistics"):
+        out.print(f"control as significant (image statistics, not the model): "
+                  f"{', '.join(s['classes_image_statistics'])}", highlight=False)
     if s["classes_without_evidence"]:
         out.print(f"without a hierarchy (no evidence): {', '.join(s['classes_without_evidence'])}", highlight=False)
     for note in result.notes:

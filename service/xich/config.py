@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import XichError
+from .method.cam_methods import CAM_METHODS, FAST_METHODS
 
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -40,6 +41,8 @@ class AuditConfig:
     seed: int = 0
     layer: str = "auto"
     cam: str = "auto"
+    method: str = "gradcam"  # --method: the attribution map (a key of method.cam_methods.CAM_METHODS)
+    control: bool = True  # score the same mosaics under the architecture with re-initialised weights
     tile_size: int | None = None
     mosaic_size: int | None = None
     normalize: str = "imagenet"
@@ -91,6 +94,13 @@ def check_config(config: AuditConfig) -> None:
             raise XichError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(config, name)}")
     if config.cam not in ("auto", "fast", "reference"):
         raise XichError(f"--cam {config.cam!r}: use auto, fast or reference")
+    if not isinstance(config.method, str) or config.method not in CAM_METHODS:
+        raise XichError(f"--method {str(config.method)[:40]!r}: use one of {', '.join(CAM_METHODS)}")
+    if config.cam == "fast" and config.method not in FAST_METHODS:
+        raise XichError(f"--cam fast: --method {config.method} has no fast path (only {', '.join(FAST_METHODS)}); "
+                        f"use --cam auto or --cam reference")
+    if not isinstance(config.control, bool):
+        raise XichError(f"control must be true or false, got {str(config.control)[:40]!r}")
     for name in ("tile_size", "mosaic_size"):
         value = getattr(config, name)
         if value is not None and value < 8:

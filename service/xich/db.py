@@ -127,6 +127,7 @@ class AuditRun(Base):
     timings: Mapped[dict] = mapped_column(JSONDoc, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     mean_spearman: Mapped[float | None] = mapped_column(Float)
+    method: Mapped[str | None] = mapped_column(String(32))  # --method (NULL: a run from before it, Grad-CAM)
 
 
 class AuditRequest(Base):
@@ -198,6 +199,13 @@ class RunClass(Base):
     spearman_logit: Mapped[float | None] = mapped_column(Float)
     pearson_softmax: Mapped[float | None] = mapped_column(Float)
     spearman_softmax: Mapped[float | None] = mapped_column(Float)
+    # Kendall's tau of the clusters' scores against each baseline (method.baselines), and the randomized control
+    tau_mean_logit: Mapped[float | None] = mapped_column(Float)
+    tau_mean_softmax: Mapped[float | None] = mapped_column(Float)
+    tau_accuracy: Mapped[float | None] = mapped_column(Float)
+    tau_mean_margin: Mapped[float | None] = mapped_column(Float)
+    control_tau: Mapped[float | None] = mapped_column(Float)
+    control: Mapped[dict | None] = mapped_column(JSONDoc)  # ClassResult.control; NULL: --no-control
 
 
 class _ClassRow:
@@ -225,6 +233,11 @@ class RunCluster(_ClassRow, Base):
     train_share: Mapped[float | None] = mapped_column(Float)
     score: Mapped[float | None] = mapped_column(Float)  # NULL: no evidence against any other cluster
     rank: Mapped[int | None] = mapped_column(Integer)
+    mean_logit: Mapped[float | None] = mapped_column(Float)  # baselines (method.baselines); NULL before 0007
+    mean_softmax: Mapped[float | None] = mapped_column(Float)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    mean_margin: Mapped[float | None] = mapped_column(Float)
+    control_score: Mapped[float | None] = mapped_column(Float)  # the score under the randomized control
 
 
 class PairDominance(_ClassRow, Base):

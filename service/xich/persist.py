@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from .db import (AuditRequest, AuditRun, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
                  PerImageScore, RunClass, RunCluster, RunRankShare, utcnow)
 from .errors import XichError
+from .method.baselines import BASELINES
 from .result import AuditResult, ClassResult, ClusterResult, MosaicResult, summarize
 
 
@@ -256,7 +257,7 @@ def begin_run(*, session: Session, run_id: str, model_version: ModelVersion, dat
             session.flush()
         run = AuditRun(id=run_id, model_version_id=model_version.id, dataset_id=dataset.id, clustering_key=clustering_key,
                        clustering_id=clustering.id, config_hash=digest, config=config, eval_split=eval_split,
-                       train_split=train_split, status="queued")
+                       train_split=train_split, status="queued", method=settings.get("method", "gradcam"))
         session.add(run)
         session.flush()
     if run.status != "complete":
@@ -310,7 +311,9 @@ def _set_per_image(session: Session, rc: RunClass, pi: dict) -> None:
 def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult, worker: str | None, clustering_id: int) -> None:
     rc = RunClass(run_id=run.id, class_index=cls.index, class_name=cls.name, clustering_id=clustering_id,
                   excluded_mosaics=cls.excluded_mosaics, spearman_score_train_share=cls.spearman_score_train_share,
-                  notes=list(cls.notes), worker=worker)
+                  notes=list(cls.notes), worker=worker, control=cls.control,
+                  control_tau=cls.control["tau"] if cls.control else None,
+                  **{f"tau_{b}": (cls.agreement or {}).get(b) for b in BASELINES})
     session.add(rc)
     session.flush()
     clustering = session.get(Clustering, clustering_id)
@@ -325,7 +328,8 @@ def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult, worker: s
             session.add_all(ClusterMember(cluster_id=cluster.id, image_id=m) for m in c.members)
         session.add(RunCluster(run_id=run.id, class_index=cls.index, cluster_index=c.id, cluster_id=cluster.id,
                                eval_size=c.eval_size, train_count=c.train_count, train_share=c.train_share,
-                               score=c.score, rank=c.rank))
+                               score=c.score, rank=c.rank, **{b: (c.baselines or {}).get(b) for b in BASELINES},
+                               control_score=cls.control["scores"][c.id] if cls.control else None))
     P = len(cls.clusters)
     counts = {}
     for m in cls.mosaics:
@@ -479,7 +483,8 @@ def load_classes(*, session: Session, run_id: str) -> list[ClassResult]:
         clusters = [ClusterResult(id=r.cluster_index, eval_size=r.eval_size, train_count=r.train_count,
                                   train_share=r.train_share, score=r.score, rank=r.rank,
                                   members=sorted(session.scalars(select(ClusterMember.image_id)
-                                                                 .where(ClusterMember.cluster_id == r.cluster_id))))
+                                                                 .where(ClusterMember.cluster_id == r.cluster_id))),
+                                  baselines=_baselines(r))
                     for r in rows]
         P = len(clusters)
         D = [[0.5] * P for _ in range(P)]
@@ -510,8 +515,16 @@ def load_classes(*, session: Session, run_id: str) -> list[ClassResult]:
             p_values_holm=q, distinct_sets=n_sets,
             hierarchy=[c.id for c in sorted((c for c in clusters if c.rank is not None), key=lambda c: c.rank)],
             spearman_score_train_share=rc.spearman_score_train_share, excluded_mosaics=rc.excluded_mosaics,
-            mosaics=mosaics, notes=list(rc.notes), per_image=per_image))
+            mosaics=mosaics, notes=list(rc.notes), per_image=per_image,
+            agreement={b: getattr(rc, f"tau_{b}") for b in BASELINES} if any(c.baselines for c in clusters) else None,
+            control=dict(rc.control) if rc.control is not None else None))
     return out
+
+
+def _baselines(row: RunCluster) -> dict[str, float | None] | None:
+    """A stored cluster's baselines; None for a run stored before they were computed (every one NULL)."""
+    values = {b: getattr(row, b) for b in BASELINES}
+    return values if any(v is not None for v in values.values()) else None
 
 
 def load_audit(*, session: Session, run_id: str) -> AuditResult:

@@ -151,6 +151,7 @@ class RecordedRun:
             finish_run(session=self.session, run=self.run, classes=self.opened.classes, resolved_config=result.config,
                        train_split=result.dataset["train_split"], summary=result.summary,
                        timings={"fingerprint_s": self.fingerprint_s, "audit_s": time.perf_counter() - self.started,
+                                **self.opened.timings,  # CAM seconds: the model's (cam_s) and the control's
                                 "resumed_classes": sorted(self.resumed & set(self.opened.classes)),
                                 # by this process and every shard that worked on the run meanwhile
                                 "computed_classes": [c for c in self.opened.classes

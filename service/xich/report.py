@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .method.baselines import order_differences  # noqa: E402
 from .result import AuditResult, ClassResult, Explainer  # noqa: E402
 
 
@@ -211,10 +212,12 @@ def write_report(result: AuditResult, out_dir: str | Path, examples: dict[str, l
         parts.append(_left_out_of_summary(result))
     if any(c.per_image for c in result.classes):
         parts.append(_per_image_finding(result))
+    parts.append(_baselines_and_control_finding(result))
     for cls in result.classes:
         slug = f"{cls.index}-{file_slug(cls.name)}"
         parts.append(f"<h2>{html.escape(cls.name)}</h2>")
         parts.append(_cluster_table(cls))
+        parts.append(_class_baseline_sentences(cls))
         plot_matrices(cls, out / f"matrices_{slug}.png")
         parts.append(f'<img class="figure" data-kind="matrices" src="matrices_{slug}.png">')
         if examples.get(cls.name):
@@ -279,6 +282,65 @@ def _per_image_finding(result: AuditResult) -> str:
             "the rescaled mosaic shows it, the correlation is 0.94 again (docs/science.md).</p>")
 
 
+def _mean_logit_sentence(cls: ClassResult) -> str:
+    """Whether the class's hierarchy is its clusters' mean-logit order, and which clusters take other places."""
+    tau = (cls.agreement or {}).get("mean_logit")
+    if cls.agreement is None:
+        return "No baselines were stored with this run."
+    if tau is None:
+        return "The hierarchy cannot be compared with the mean-logit order (fewer than two ranked clusters)."
+    if tau >= 1.0:
+        return ("The hierarchy is the clusters' mean-logit order (Kendall τ = 1.00): here dominance ranks the "
+                "clusters as one forward pass per image does.")
+    by_logit = [c.id for c in sorted(_ranked(cls), key=lambda c: (-c.baselines["mean_logit"], c.id))]
+    moved = order_differences(np.array([np.nan if c.score is None else c.score for c in cls.clusters]),
+                              np.array([c.baselines["mean_logit"] for c in cls.clusters], dtype=float))
+    return (f"The hierarchy differs from the mean-logit order (Kendall τ = {tau:+.2f}; by mean logit: "
+            f"{' > '.join(map(str, by_logit))}): cluster(s) {', '.join(map(str, moved))} take other places. "
+            f"That difference is what dominance adds to the logit.")
+
+
+def _control_sentence(cls: ClassResult) -> str:
+    """The randomized control beside the hierarchy, and its flag."""
+    ctl = cls.control
+    if ctl is None:
+        return "No randomized control (--no-control)."
+    text = (f"Randomized control (the architecture re-initialised, seed {ctl['seed']}): hierarchy "
+            f"{' > '.join(map(str, ctl['hierarchy'])) or 'none'}, {len(ctl['significant_pairs'])} significant "
+            f"pair(s) against the model's {len(cls.significant_pairs())}, Kendall τ with the model's scores "
+            f"{_signed(ctl['tau'])}.")
+    if ctl["image_statistics"]:
+        text += (" <b class='flag'>Image statistics, not the model:</b> a network that learnt nothing finds as "
+                 "many significant pairs, so their significance says nothing about what this model learnt.")
+    return text
+
+
+def _class_baseline_sentences(cls: ClassResult) -> str:
+    return (f"<p class='baselines'>{html.escape(_mean_logit_sentence(cls))}</p>"
+            f"<p class='control'>{_control_sentence(cls)}</p>")
+
+
+def _baselines_and_control_finding(result: AuditResult) -> str:
+    """Across classes: how often the hierarchy is the mean-logit order, and which classes the control flags."""
+    s = result.summary
+    compared = [c for c in result.classes if c.agreement and c.agreement.get("mean_logit") is not None]
+    if not compared:
+        text = "No class has baselines to compare the hierarchy with."
+    else:
+        unlike = s.get("classes_unlike_mean_logit") or []
+        text = (f"In {len(compared) - len(unlike)} of {len(compared)} class(es) the hierarchy is the clusters' "
+                f"mean-logit order (mean Kendall τ {s['mean_tau_mean_logit']:+.2f}); "
+                + (f"it differs in {', '.join(unlike)}." if unlike else "it differs in none.")
+                + " Where they agree, one forward pass per image gives the same ranking: for a global-average-pool "
+                  "→ linear head, Grad-CAM's map is the class activation map, whose mean is the logit minus the bias.")
+    flagged = s.get("classes_image_statistics") or []
+    if any(c.control for c in result.classes):
+        text += (" Randomized control: " + (f"{', '.join(flagged)} — as many significant pairs under re-initialised "
+                                            f"weights: image statistics, not the model." if flagged
+                                            else "no class gets as many significant pairs under re-initialised weights."))
+    return f"<h2>Dominance, the logit and a network that knows nothing</h2><p class='finding'>{html.escape(text)}</p>"
+
+
 def _correlation_table(cls: ClassResult) -> str:
     pi = cls.per_image
     scored = sum(r["score"] is not None for r in pi["images"])
@@ -290,16 +352,32 @@ def _correlation_table(cls: ClassResult) -> str:
             f"{scored} with a score; {pi['mosaics']} mosaics</p></div>")
 
 
+BASELINE_HEADINGS = {"mean_logit": "mean logit", "mean_softmax": "mean softmax", "accuracy": "accuracy",
+                     "mean_margin": "mean margin"}
+
+
 def _cluster_table(cls: ClassResult) -> str:
+    """One row per cluster: rank, score, sizes, training share, baselines and the control's score."""
+    shown = [b for b in BASELINE_HEADINGS if any(c.baselines for c in cls.clusters)]
+    control = cls.control["scores"] if cls.control else None
     rows = "".join(
         f"<tr><td>{'—' if c.rank is None else c.rank}</td><td>{c.id}</td>"
         f"<td>{'—' if c.score is None else f'{c.score:.3f}'}</td><td>{c.eval_size}</td>"
         f"<td>{'-' if c.train_count is None else c.train_count}</td>"
         f"<td>{'-' if c.train_share is None else f'{c.train_share:.3f}'}</td>"
-        f"<td class='flag'>{'no evidence' if c.rank is None else ''}</td></tr>"
+        + "".join(f"<td>{_number((c.baselines or {}).get(b))}</td>" for b in shown)
+        + (f"<td>{_number(control[c.id])}</td>" if control else "")
+        + f"<td class='flag'>{'no evidence' if c.rank is None else ''}</td></tr>"
         for c in sorted(cls.clusters, key=lambda c: (c.rank is None, c.rank or 0, c.id)))
+    tau = cls.agreement or {}
+    heads = "".join(f"<th>{BASELINE_HEADINGS[b]} (τ {_signed(tau.get(b))})</th>" for b in shown)
     return ("<table><tr><th>rank</th><th>cluster</th><th>score</th><th>eval size</th><th>train count</th>"
-            f"<th>train share</th><th>evidence</th></tr>{rows}</table>")
+            f"<th>train share</th>{heads}{'<th>control score</th>' if control else ''}<th>evidence</th></tr>"
+            f"{rows}</table>")
+
+
+def _number(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def save_figure(fig, path: str | Path, *, tight: bool = False) -> None:
@@ -357,8 +435,18 @@ def class_table(result: AuditResult) -> list[dict]:
             "train shares": " ".join(f"{c.id}:{_share(c.train_share)}" for c in ranked),
             "significant (Holm p < 0.05)": ", ".join(f"{i}>{j}" for i, j in cls.significant_pairs()) or "none",
             "spearman(score, train share)": _signed(cls.spearman_score_train_share),
+            "tau(score, mean logit)": _signed((cls.agreement or {}).get("mean_logit")),
+            "control hierarchy": _control_cell(cls.control),
         })
     return rows
+
+
+def _control_cell(control: dict | None) -> str:
+    """The control in one table cell: hierarchy, significant pairs, τ, and the flag."""
+    if control is None:
+        return "off"
+    return (f"{' > '.join(map(str, control['hierarchy'])) or 'none'}; {len(control['significant_pairs'])} significant; "
+            f"tau {_signed(control['tau'])}" + ("; IMAGE STATISTICS, NOT THE MODEL" if control["image_statistics"] else ""))
 
 
 def _share(x: float | None) -> str:
@@ -370,7 +458,8 @@ def summary_markdown(result: AuditResult, *, model: str, version: str, report_ur
     s = result.summary
     lines = [f"# XICH audit of {model} {version}", "",
              f"run `{result.run_id}` · data `{result.dataset['uri']}` · P={result.config.get('clusters')} "
-             f"J={result.config.get('mosaics_per_pair')} seed={result.config.get('seed')}", ""]
+             f"J={result.config.get('mosaics_per_pair')} seed={result.config.get('seed')} "
+             f"method={result.config.get('method', 'gradcam')}", ""]
     if s["train_share_by_rank"]:
         lines.append("Mean training share by dominance rank (0 = most dominant), over "
                      f"{s['classes_ranked']} class(es): "
@@ -382,6 +471,13 @@ def summary_markdown(result: AuditResult, *, model: str, version: str, report_ur
         lines.append("\nLeast dominant cluster per class: " + "; ".join(lowest))
     if s["classes_without_evidence"]:
         lines.append(f"\nWithout a hierarchy (no evidence): {', '.join(s['classes_without_evidence'])}")
+    if s.get("mean_tau_mean_logit") is not None:
+        unlike = s.get("classes_unlike_mean_logit") or []
+        lines.append(f"\nMean Kendall tau(score, mean logit): {s['mean_tau_mean_logit']:+.2f}; hierarchy differs from "
+                     f"the mean-logit order in: {', '.join(unlike) or 'none'}")
+    if s.get("classes_image_statistics"):
+        lines.append(f"\nRandomized control as significant (image statistics, not the model): "
+                     f"{', '.join(s['classes_image_statistics'])}")
     if report_uri:
         lines.append(f"\nReport: [{report_uri}]({report_uri})")
     return "\n".join(lines)

@@ -17,7 +17,10 @@ Explainer = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # image ids (T
 
 @dataclass
 class ClusterResult:
-    """``score`` and ``rank`` are None for a cluster without evidence (no defined mosaic against any other)."""
+    """``score`` and ``rank`` are None for a cluster without evidence (no defined mosaic against any other).
+    ``baselines``: what one forward pass per image says (``method.baselines.BASELINES``: mean class logit,
+    mean softmax, accuracy, mean margin over the cluster's evaluation images); None in documents made
+    before they were computed."""
 
     id: int
     eval_size: int
@@ -26,6 +29,7 @@ class ClusterResult:
     score: float | None
     rank: int | None
     members: list[str]
+    baselines: dict[str, float | None] | None = None
 
 
 @dataclass
@@ -42,7 +46,11 @@ class MosaicResult:
 class ClassResult:
     """One class: ``index`` is the model's output for it; ``dominance[i][j]`` is None for a pair without
     evidence; ``dominance_ci[i][j]`` is [low, high] (95 %, t-based on distinct image sets) or None;
-    ``distinct_sets[i][j]`` counts the pair's distinct image sets; ``hierarchy`` lists the ranked clusters."""
+    ``distinct_sets[i][j]`` counts the pair's distinct image sets; ``hierarchy`` lists the ranked clusters.
+    ``agreement``: Kendall's τ between the clusters' scores and each baseline (None where undefined).
+    ``control``: the randomized control (the same mosaics under the architecture re-initialised):
+    ``seed``, ``scores``, ``hierarchy``, ``significant_pairs``, ``tau`` (against ``scores``) and
+    ``image_statistics`` (as many significant pairs as the model, or more); None with --no-control."""
 
     index: int
     name: str
@@ -58,6 +66,8 @@ class ClassResult:
     mosaics: list[MosaicResult]
     notes: list[str] = field(default_factory=list)
     per_image: dict | None = None
+    agreement: dict[str, float | None] | None = None
+    control: dict | None = None
 
     def significant_pairs(self, alpha: float = 0.05) -> list[tuple[int, int]]:
         """(i, j) where cluster i dominates j (D > 0.5) with a Holm-adjusted p below ``alpha``."""
@@ -109,8 +119,13 @@ def summarize(classes: list[ClassResult]) -> dict:
               if r.clusters and r.clusters[0].train_share is not None and all(c.rank is not None for c in r.clusters)
               and len(r.clusters) > 1]
     rhos = [r.spearman_score_train_share for r in classes if r.spearman_score_train_share is not None]
+    taus = [r.agreement["mean_logit"] for r in classes if r.agreement and r.agreement["mean_logit"] is not None]
     return {"train_share_by_rank": train_share_by_rank(ranked), "mean_spearman": float(np.mean(rhos)) if rhos else None,
-            "classes_ranked": len(ranked), "classes_without_evidence": [r.name for r in classes if not r.hierarchy]}
+            "classes_ranked": len(ranked), "classes_without_evidence": [r.name for r in classes if not r.hierarchy],
+            "mean_tau_mean_logit": float(np.mean(taus)) if taus else None,
+            "classes_unlike_mean_logit": [r.name for r in classes if r.agreement
+                                          and r.agreement["mean_logit"] is not None and r.agreement["mean_logit"] < 1.0],
+            "classes_image_statistics": [r.name for r in classes if r.control and r.control["image_statistics"]]}
 
 
 def least_dominant_share(classes: list[ClassResult]) -> float | None:

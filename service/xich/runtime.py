@@ -14,6 +14,7 @@ from torch import nn
 from .device import resolve_device
 from .errors import XichError
 from .method.embedding import gap, layer_output
+from .method.cam_methods import FAST_METHODS
 from .method.gradcam import gap_linear_cam, reference_cams, scale_cams
 from .config import parse_normalize
 from .models import find_target_layer, gap_linear_head, probe_logits
@@ -36,7 +37,10 @@ class _Tap(nn.Module):
 
 
 class PreparedModel:
-    """A model ready to audit: weights loaded, target layer and CAM path chosen, on its device.
+    """A model ready to audit: weights loaded, target layer, CAM method and CAM path chosen, on its device.
+
+    ``method`` (``--method``) is a key of ``method.cam_methods.CAM_METHODS``; the fast path serves the
+    methods of ``FAST_METHODS`` on a GAP → Linear head, the library itself every other case.
 
     Inference runs through a traced, frozen copy (conv–BN folding roughly doubles CPU speed);
     the copy is checked against the eager model on a probe and dropped if it disagrees.
@@ -44,7 +48,7 @@ class PreparedModel:
 
     def __init__(self, model: nn.Module, *, model_spec: str, num_classes: int, tile_size: int,
                  mosaic_size: int | None = None, device: str | None = None, normalize: str = "imagenet",
-                 layer: str = "auto", cam: str = "auto"):
+                 layer: str = "auto", cam: str = "auto", method: str = "gradcam"):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         mean, std = parse_normalize(normalize)
@@ -61,7 +65,11 @@ class PreparedModel:
         if cam == "fast" and self.head is None:
             raise XichError(f"--cam fast: layer {self.layer_name!r} does not feed a global-average-pool → linear head; "
                             f"use --cam reference or --cam auto")
-        self.cam = "reference" if cam == "reference" or self.head is None else "fast"
+        if cam == "fast" and method not in FAST_METHODS:
+            raise XichError(f"--cam fast: --method {method} has no fast path (only {', '.join(FAST_METHODS)}); "
+                            f"use --cam auto or --cam reference")
+        self.method = method
+        self.cam = "reference" if cam == "reference" or self.head is None or method not in FAST_METHODS else "fast"
         self._tap = _Tap(self.model, self.layer).eval()
         self._traced: dict[tuple[int, ...], Callable] = {}
 
@@ -112,11 +120,11 @@ class PreparedModel:
         return torch.cat(embs).numpy(), torch.cat(logits).numpy()
 
     def mosaic_cams(self, mosaics: torch.Tensor, class_index: int) -> np.ndarray:
-        """Scaled Grad-CAM maps (eq. 3–4) of normalised mosaics (B, 3, S, S) → (B, S, S)."""
+        """Scaled maps of the CAM method (eq. 3–4) of normalised mosaics (B, 3, S, S) → (B, S, S)."""
         size = (mosaics.shape[2], mosaics.shape[3])
         classes = [class_index] * mosaics.shape[0]
         if self.cam == "reference":
-            return reference_cams(self.model, self.layer, mosaics, classes)
+            return reference_cams(self.model, self.layer, mosaics, classes, self.method)
         fmap, _ = self.forward(mosaics)
         raw = gap_linear_cam(fmap, self.head.weight.detach(), torch.tensor(classes, device=self.device))
         return scale_cams(raw, size).cpu().numpy()

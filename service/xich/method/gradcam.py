@@ -1,17 +1,35 @@
-"""Grad-CAM maps of mosaics (eq. 3–4 of the XICH paper), two ways that agree.
+"""CAM maps of mosaics (eq. 3–4 of the XICH paper), two ways that agree.
 
-*reference*: pytorch-grad-cam's ``GradCAM`` (the implementation the paper used).
+*reference*: pytorch-grad-cam's own class for the method (``GradCAM`` is the one the paper used;
+:data:`CAM_METHODS` lists every method of the pinned grad-cam 1.5.7 that runs on a classifier).
 *fast*: for a head GAP → Linear right after the target layer, ∂y^ℓ/∂A^k_ij = W[ℓ, k] / (H·W),
 so α^ℓ_k (eq. 3) is W[ℓ, k] / (H·W) and the map needs one forward pass and no backward.
-Both finish with the library's own scaling, so their numbers match.
+Both finish with the library's own scaling, so their numbers match. HiResCAM's map, Σ_k (∂y/∂A^k) ⊙ A^k,
+is then the same sum term by term, so :data:`FAST_METHODS` serves it too; the other methods weigh or
+transform the channels differently and always run through the library.
 """
 
 from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .cam_methods import CAM_METHODS
+
+# Score-CAM and Ablation-CAM draw tqdm bars on standard error; FullGrad prints a warning on standard output
+_NOISY = ("scorecam", "ablationcam", "fullgrad")
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def gap_linear_cam(feature_map: torch.Tensor, head_weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -50,20 +68,27 @@ def scale_cams(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return _minmax(torch.relu(resized))
 
 
-def reference_cams(model: nn.Module, layer: nn.Module, mosaics: torch.Tensor, classes: list[int]) -> np.ndarray:
-    """Grad-CAM maps from pytorch-grad-cam, one ``ClassifierOutputTarget`` per mosaic.
+def reference_cams(model: nn.Module, layer: nn.Module, mosaics: torch.Tensor, classes: list[int],
+                   method: str = "gradcam") -> np.ndarray:
+    """Maps of ``method`` (a key of :data:`CAM_METHODS`) from pytorch-grad-cam, one ``ClassifierOutputTarget``
+    per mosaic.
 
     Returns float32 array (B, H, W) at the mosaics' size. The library needs autograd, so
-    this enables it even when called under inference mode elsewhere.
+    this enables it even when called under inference mode elsewhere; what Score-CAM, Ablation-CAM
+    and FullGrad write to the terminal (progress bars, a warning) is kept out of the caller's output.
     """
-    from pytorch_grad_cam import GradCAM
+    import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; use one of {', '.join(CAM_METHODS)}")
     if len(classes) != mosaics.shape[0]:
         raise ValueError("one class per mosaic is needed (a single target silently zeroes the rest)")
+    cam_class = getattr(pytorch_grad_cam, CAM_METHODS[method])
     cams = None
-    with torch.enable_grad(), GradCAM(model=model, target_layers=[layer]) as cam:
+    quiet = _silenced() if method in _NOISY else contextlib.nullcontext()
+    with torch.enable_grad(), quiet, cam_class(model=model, target_layers=[layer]) as cam:
         cams = cam(input_tensor=mosaics, targets=[ClassifierOutputTarget(int(c)) for c in classes])
     if cams is None:  # the library's __exit__ swallows IndexError; do not let that pass silently
-        raise RuntimeError("pytorch-grad-cam failed on this batch (IndexError inside GradCAM)")
+        raise RuntimeError(f"pytorch-grad-cam failed on this batch (IndexError inside {CAM_METHODS[method]})")
     return np.asarray(cams, dtype=np.float32)

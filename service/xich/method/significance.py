@@ -102,3 +102,14 @@ def confidence_intervals(pair_sets: dict[tuple[int, int], np.ndarray], D: np.nda
         lo[i, j], hi[i, j] = pair_confidence_interval(values, D[i, j], level)
         lo[j, i], hi[j, i] = 1.0 - hi[i, j], 1.0 - lo[i, j]
     return lo, hi
+
+
+def significant_pairs(D: np.ndarray, p_holm: np.ndarray, alpha: float = 0.05) -> list[tuple[int, int]]:
+    """(i, j) where cluster i dominates j (D > 0.5, eq. 8) with a Holm-adjusted p below ``alpha``, row by row.
+
+    ``D``, ``p_holm``: P×P matrices (NaN in D: no evidence, never significant).
+    """
+    D, p_holm = np.asarray(D, dtype=np.float64), np.asarray(p_holm, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        hits = (D > 0.5) & (p_holm < alpha)
+    return [(int(i), int(j)) for i, j in zip(*np.nonzero(hits))]

@@ -1,0 +1,188 @@
+"""The randomized control and the baselines through a whole audit of real CIFAR-10 images with the public ResNet-20:
+reproducible for a seed, different from the trained model, part of the settings key, stored and read back."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xich.audit import AuditConfig, open_audit, run_audit
+from xich.persist import load_audit
+from xich.pipeline import recorded_audit
+from xich.db import make_engine
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+WEIGHTS = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
+TEST_TAR = SHARED / "cifar10-jpeg" / "test.tar.gz"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def cifar_subset(tmp_path_factory) -> Path:
+    """The first 24 test JPEGs of cat and truck, as an image folder in a temporary directory (never the repo)."""
+    if not (WEIGHTS.is_file() and TEST_TAR.is_file()):
+        pytest.skip("../shared/data (ResNet-20 checkpoint, CIFAR-10 JPEGs) absent")
+    root = tmp_path_factory.mktemp("cifar_subset")
+    wanted = {"cat": 0, "truck": 0}
+    with tarfile.open(TEST_TAR) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 3 and wanted.get(parts[1], 99) < 24:
+                target = root / "test" / parts[1] / parts[2]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                wanted[parts[1]] += 1
+            if all(v == 24 for v in wanted.values()):
+                break
+    return root
+
+
+def _config(data: Path, **kw) -> AuditConfig:
+    return AuditConfig(model="cifar:resnet20", weights=str(WEIGHTS), data=str(data), train_split=None, clusters=3,
+                       mosaics_per_pair=6, batch_size=32, **kw)
+
+
+@pytest.fixture(scope="module")
+def audited(cifar_subset):
+    return run_audit(_config(cifar_subset), run_id="a"), run_audit(_config(cifar_subset), run_id="b")
+
+
+def test_control_is_reproducible_for_a_seed(audited):
+    first, second = audited
+    assert [c.control for c in first.classes] == [c.control for c in second.classes]
+    assert first.config["control_seed"] == second.config["control_seed"] is not None
+    assert all(c.control["seed"] == first.config["control_seed"] for c in first.classes)
+
+
+def test_control_differs_from_the_trained_model(audited, cifar_subset):
+    result, _ = audited
+    for cls in result.classes:
+        trained = np.array([c.score for c in cls.clusters], dtype=float)
+        control = np.array(cls.control["scores"], dtype=float)
+        assert np.abs(trained - control).max() > 1e-3
+        assert -1.0 <= cls.control["tau"] <= 1.0
+        assert sorted(cls.control["hierarchy"]) == [0, 1, 2]
+    opened = open_audit(_config(cifar_subset, classes=("cat",)))
+    trained, control = opened.prepared.model.state_dict(), opened.control.model.state_dict()
+    assert not torch.equal(trained["layer3.2.conv2.weight"], control["layer3.2.conv2.weight"])
+    assert opened.control.layer_name == opened.prepared.layer_name == "layer3"
+
+
+def test_another_seed_gives_another_control(cifar_subset):
+    one = open_audit(_config(cifar_subset, classes=("cat",), seed=1))
+    zero = open_audit(_config(cifar_subset, classes=("cat",), seed=0))
+    assert one.control_seed != zero.control_seed
+    assert not torch.equal(one.control.model.linear.weight, zero.control.model.linear.weight)
+
+
+def test_baselines_and_agreement_in_the_document(audited):
+    result, _ = audited
+    doc = result.to_dict()
+    for cls in doc["classes"]:
+        assert set(cls["agreement"]) == {"mean_logit", "mean_softmax", "accuracy", "mean_margin"}
+        for c in cls["clusters"]:
+            b = c["baselines"]
+            assert 0 <= b["accuracy"] <= 1 and 0 <= b["mean_softmax"] <= 1
+            assert b["mean_margin"] <= b["mean_logit"] + 1e-9 or b["mean_margin"] > 0
+    assert result.config["method"] == "gradcam"
+
+
+def test_no_control_is_another_settings_key_and_leaves_no_control(cifar_subset):
+    on = open_audit(_config(cifar_subset, classes=("cat",)))
+    off = open_audit(_config(cifar_subset, classes=("cat",), control=False))
+    other = open_audit(_config(cifar_subset, classes=("cat",), method="gradcam++"))
+    assert off.control is None and off.control_seed is None
+    assert len({str(sorted(o.settings().items())) for o in (on, off, other)}) == 3
+    result = run_audit(_config(cifar_subset, classes=("cat",), control=False))
+    assert result.classes[0].control is None and "control_s" not in off.timings
+
+
+def test_stored_and_read_back_unchanged(cifar_subset, database_url, tmp_path):
+    """Baselines, agreement, control and method through the results database (SQLite and PostgreSQL)."""
+    result = recorded_audit(_config(cifar_subset, classes=("cat",)), database_url=database_url,
+                            cache_dir=str(tmp_path / "cache"))
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            back = load_audit(session=session, run_id=result.run_id)
+        assert [c.control for c in back.classes] == [c.control for c in result.classes]
+        assert [c.agreement for c in back.classes] == [c.agreement for c in result.classes]
+        assert ([k.baselines for c in back.classes for k in c.clusters]
+                == [k.baselines for c in result.classes for k in c.clusters])
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT method, mean_logit, control_score, tau_mean_logit, control_tau "
+                                     "FROM dominance_history ORDER BY cluster_key")).all()
+            timings = conn.execute(text("SELECT timings FROM audit_run")).scalar_one()
+        cls = result.classes[0]
+        assert [r.method for r in rows] == ["gradcam"] * 3
+        assert [r.mean_logit for r in rows] == pytest.approx([c.baselines["mean_logit"] for c in cls.clusters])
+        assert [r.control_score for r in rows] == pytest.approx(cls.control["scores"])
+        assert [r.tau_mean_logit for r in rows] == pytest.approx([cls.agreement["mean_logit"]] * 3)
+        assert [r.control_tau for r in rows] == pytest.approx([cls.control["tau"]] * 3)
+        timings = timings if isinstance(timings, dict) else __import__("json").loads(timings)
+        assert timings["control_s"] > 0 and timings["cam_s"] > 0
+    finally:
+        engine.dispose()
+
+
+def test_report_console_and_prefect_table_say_it(audited, tmp_path, capsys):
+    from xich.cli import print_summary
+    from xich.report import class_table, summary_markdown, write_report
+
+    result, _ = audited
+    page = write_report(result, tmp_path).read_text()
+    for cls in result.classes:
+        tau = cls.agreement["mean_logit"]
+        expected = ("The hierarchy is the clusters&#x27; mean-logit order" if tau == 1.0
+                    else f"The hierarchy differs from the mean-logit order (Kendall τ = {tau:+.2f}")
+        assert expected in page
+        assert f"Randomized control (the architecture re-initialised, seed {cls.control['seed']}): hierarchy " \
+               f"{' > '.join(map(str, cls.control['hierarchy']))}" in page
+    assert "<th>mean logit (τ" in page and "<th>control score</th>" in page
+    rows = class_table(result)
+    assert [r["tau(score, mean logit)"] for r in rows] == [f"{c.agreement['mean_logit']:+.2f}" for c in result.classes]
+    assert all(r["control hierarchy"].startswith(" > ".join(map(str, c.control["hierarchy"])))
+               for r, c in zip(rows, result.classes))
+    assert "Mean Kendall tau(score, mean logit)" in summary_markdown(result, model="m", version="1", report_uri=None)
+    print_summary(result)
+    out = capsys.readouterr().out
+    assert out.count("control (re-initialised, seed") == len(result.classes)
+    assert "kendall tau(score, baseline): mean_logit" in out
+
+
+def test_a_control_as_significant_as_the_model_is_flagged(audited, tmp_path):
+    import copy
+
+    from xich.report import class_table, write_report
+    from xich.result import summarize
+
+    result = copy.deepcopy(audited[0])
+    cls = result.classes[0]
+    cls.control = {**cls.control, "significant_pairs": [[0, 1]] * max(1, len(cls.significant_pairs())),
+                   "image_statistics": True}
+    result.summary = summarize(result.classes)
+    assert result.summary["classes_image_statistics"] == [cls.name]
+    assert "Image statistics, not the model:</b>" in write_report(result, tmp_path).read_text()
+    assert class_table(result)[0]["control hierarchy"].endswith("IMAGE STATISTICS, NOT THE MODEL")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "gradcam3"], "error: --method 'gradcam3': use one of gradcam, hirescam, gradcamelementwise, "),
+    (["--method", "scorecam", "--cam", "fast"], "error: --cam fast: --method scorecam has no fast path (only gradcam, "
+                                                "hirescam); use --cam auto or --cam reference"),
+])
+def test_a_method_that_cannot_work_is_one_error_line(tmp_path, capsys, args, message):
+    from xich.cli import main
+
+    assert main(["audit", "--model", "cifar:resnet20", "--data", str(tmp_path), "--no-db", *args]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(message) and err.count("error:") == 1 and "Traceback" not in err

@@ -200,33 +200,116 @@ def _url(database: str) -> str:
     return f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
 
 
-def test_postgres_init_creates_prefect_database_and_a_read_only_role(tmp_path):
-    """docker/postgres/initdb.sh, as the postgres image runs it: Prefect's database, and a role that may read every
-    table and view the migrations create afterwards, and write none."""
+@contextmanager
+def initialized_database(tmp_path: Path):
+    """docker/postgres/initdb.sh as the postgres image runs it (on a throwaway results database of the machine's
+    PostgreSQL, a throwaway maintenance database standing for ``postgres``), the migrations as the owner, then
+    docker/postgres/grants.sql as compose's db-grants runs it. Yields the role names and database names; drops them."""
     if shutil.which("psql") is None:
         pytest.skip("psql not installed")
-    reader, prefect_db = f"grafana_{uuid.uuid4().hex[:8]}", f"prefect_{uuid.uuid4().hex[:8]}"
-    with fresh_database() as results_db:
+    tag = uuid.uuid4().hex[:8]
+    names = {"reader": f"grafana_{tag}", "worker": f"worker_{tag}", "hooks": f"hooks_{tag}",
+             "prefect_db": f"prefect_{tag}"}
+    with fresh_database() as results_db, fresh_database() as maintenance_db:
+        names |= {"results_db": results_db, "maintenance_db": maintenance_db}
         env = {"PATH": "/usr/bin:/bin", "PGHOST": "127.0.0.1", "POSTGRES_USER": "postgres", "POSTGRES_DB": results_db,
-               "PREFECT_DB": prefect_db, "GRAFANA_DB_USER": reader, "GRAFANA_DB_PASSWORD": "it's \"quoted\""}
+               "PREFECT_DB": names["prefect_db"], "MAINTENANCE_DB": maintenance_db,
+               "GRAFANA_DB_USER": names["reader"], "GRAFANA_DB_PASSWORD": "it's \"quoted\"",
+               "WORKER_DB_USER": names["worker"], "WORKER_DB_PASSWORD": uuid.uuid4().hex,
+               "HOOKS_DB_USER": names["hooks"], "HOOKS_DB_PASSWORD": uuid.uuid4().hex}
         try:
             done = subprocess.run(["bash", str(REPO / "docker" / "postgres" / "initdb.sh")], env=env,
                                   capture_output=True, text=True, timeout=60)
             assert done.returncode == 0, done.stderr
             upgrade(_url(results_db))
-            with psycopg.connect(f"host=127.0.0.1 user={reader} dbname={results_db}") as conn:
-                for view in ("dominance_history", "pairwise_dominance", "hierarchy_drift"):
-                    conn.execute(f"SELECT * FROM {view}").fetchall()
-                with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    conn.execute("INSERT INTO model (name) VALUES ('x')")
-            with psycopg.connect(PG_ADMIN) as conn:
-                assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (prefect_db,)).fetchone()
+            done = subprocess.run(["psql", "-v", "ON_ERROR_STOP=1", "-v", f"hooks={names['hooks']}", "-U", "postgres",
+                                   "-d", results_db, "-f", str(REPO / "docker" / "postgres" / "grants.sql")], env=env,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            yield names
         finally:
             with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={results_db}", autocommit=True) as conn:
-                conn.execute(f'DROP OWNED BY "{reader}"')
+                for role in ("reader", "worker", "hooks"):
+                    conn.execute(f'DROP OWNED BY "{names[role]}"')
+                conn.execute(f'DROP SCHEMA public CASCADE')  # the default privileges the init script set
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{prefect_db}"')
-                conn.execute(f'DROP ROLE IF EXISTS "{reader}"')
+                conn.execute(f'DROP DATABASE IF EXISTS "{names["prefect_db"]}"')
+                for role in ("reader", "worker", "hooks"):
+                    conn.execute(f'DROP ROLE IF EXISTS "{names[role]}"')
+
+
+def _as(role: str, database: str) -> psycopg.Connection:
+    return psycopg.connect(f"host=127.0.0.1 user={role} dbname={database}", autocommit=True)
+
+
+def test_postgres_roles_get_least_privilege(tmp_path):
+    """docker/postgres/initdb.sh and grants.sql: Prefect's database; Grafana's role reads every table and view and
+    writes none; the workers' role writes rows of every table, also of a table a later migration adds, and changes
+    no schema; the hooks' role touches only its own tables; PUBLIC's CONNECT and TEMP are gone."""
+    with initialized_database(tmp_path) as db:
+        results = db["results_db"]
+        with _as(db["reader"], results) as conn:
+            for view in ("dominance_history", "pairwise_dominance", "hierarchy_drift"):
+                conn.execute(f"SELECT * FROM {view}").fetchall()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("INSERT INTO model (name) VALUES ('x')")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("CREATE TEMP TABLE t (x int)")  # PUBLIC's TEMP revoked
+        for role in ("reader", "worker", "hooks"):  # PUBLIC's CONNECT revoked everywhere else
+            for other in (db["prefect_db"], db["maintenance_db"]):
+                with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+                    _as(db[role], other)
+        with _as(db["worker"], results) as conn:
+            conn.execute("INSERT INTO model (name) VALUES ('w')")
+            conn.execute("UPDATE model SET name = 'w2' WHERE name = 'w'")
+            conn.execute("DELETE FROM model WHERE name = 'w2'")
+            for ddl in ("CREATE TABLE x (i int)", "ALTER TABLE model ADD COLUMN x int", "DROP TABLE run_class"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(ddl)
+        with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={results}", autocommit=True) as conn:
+            tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+            conn.execute("CREATE TABLE later_migration (id serial PRIMARY KEY, x int)")  # as the owner, like alembic
+            granted = dict(conn.execute(
+                "SELECT c.relname, has_table_privilege(%s, c.oid, 'SELECT, INSERT, UPDATE, DELETE') FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r'",
+                (db["worker"],)).fetchall())
+            hooks = {t: [p for p in ("SELECT", "INSERT", "UPDATE", "DELETE")
+                         if conn.execute("SELECT has_table_privilege(%s, %s, %s)", (db["hooks"], t, p)).fetchone()[0]]
+                     for t in [*tables, "later_migration"]}
+        assert granted == {t: True for t in [*tables, "later_migration"]}, granted
+        assert {t: p for t, p in hooks.items() if p} == {
+            "hook_delivery": ["SELECT", "INSERT", "UPDATE", "DELETE"], "model": ["SELECT", "INSERT"],
+            "model_version": ["SELECT", "INSERT", "UPDATE"], "audit_request": ["SELECT", "INSERT"],
+            "audit_run": ["SELECT"], "alembic_version": ["SELECT"]}, hooks
+        with psycopg.connect(PG_ADMIN) as conn:
+            assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db["prefect_db"],)).fetchone()
+
+
+def test_the_hooks_receiver_works_on_its_own_role(tmp_path):
+    """The real receiver (in this process), on the hooks' role alone: it starts (the schema check reads
+    alembic_version), records a delivered version and its audit request, and a repeat is refused from its row."""
+    from test_hooks import GENERIC, GENERIC_SECRET, receiver
+
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"hashed, not read")
+    (tmp_path / "data" / "test" / "cat").mkdir(parents=True)
+    mapping = tmp_path / "hooks.toml"
+    mapping.write_text(f'[models."shapes"]\nspec = "cifar:resnet20"\ndataset = "{tmp_path / "data"}"\n'
+                       f'labels = "cifar10"\nsettings = {{classes = ["cat"], clusters = 3}}\n')
+    world = {"weights": str(weights), "data": str(tmp_path / "data"), "mapping": str(mapping), "dir": tmp_path}
+    allowed = {"hooks_allowed_sources": str(tmp_path)} if "hooks_allowed_sources" in Settings.model_fields else {}
+    with initialized_database(tmp_path) as db:
+        url = f"postgresql+psycopg://{db['hooks']}@127.0.0.1:5432/{db['results_db']}"
+        client, recorder = receiver(world, url, **allowed)
+        body = {"model": "shapes", "version": "1", "weights_uri": str(weights)}
+        answer = client.deliver(body, hook=GENERIC, secret=GENERIC_SECRET, delivery_id="role-1")
+        assert answer.status_code == 202, answer.text
+        assert [c["version"] for c in recorder.calls] == ["1"]
+        again = client.deliver(body, hook=GENERIC, secret=GENERIC_SECRET, delivery_id="role-1")
+        assert again.status_code == 409, again.text
+        with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={db['results_db']}") as conn:
+            assert conn.execute("SELECT count(*) FROM audit_request").fetchone()[0] == 1
+            assert conn.execute("SELECT outcome FROM hook_delivery").fetchall() == [("started",)]
 
 
 def dashboard_queries(model: str, classes: list[str]) -> dict[str, str]:
@@ -259,38 +342,11 @@ def _report(line: str) -> None:
 
 @pytest.fixture(scope="session")
 def built_images(docker_engine) -> dict[str, dict]:
-    """Both images built once per session against the stand-in base; their build time and size."""
-    timings = containers.ensure_python_standin(docker_engine)
-    if timings:
-        _report("stand-in python:3.11-slim-bookworm: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    built = {}
-    for tag, dockerfile in ((SERVICE, "docker/service.Dockerfile"), (WORKER, "docker/worker.Dockerfile")):
-        seconds, log = docker_engine.build(dockerfile, tag)
-        size = docker_engine.image_size(tag)
-        built[tag] = {"build_s": seconds, "size": size, "log": log}
-        rebuilt, total = len(_uncached_steps(log).splitlines()), len(_steps(log))
-        torch = "" if tag != WORKER else (", torch from the cache" if _cached(log, "RUN pip install -r /tmp/torch.txt")
-                                          else ", torch installed")
-        _report(f"{tag}: built in {seconds:.1f} s ({rebuilt} of {total} steps run{torch}), {size / 2**20:,.0f} MiB")
-    return built
+    """Both images built once per session (shared with tests/test_compose_stack.py); build time and size."""
+    return containers.build_project_images(docker_engine)
 
 
-def _steps(log: str) -> dict[str, str]:
-    """BuildKit's plain progress: step id -> its title ('[build 4/6] RUN pip install ...')."""
-    return {step: title for step, title in re.findall(r"^#(\d+) (\[[^\]]+\] .*)$", log, flags=re.M)
-            if not title.startswith("[internal]")}
-
-
-def _uncached_steps(log: str) -> str:
-    cached = set(re.findall(r"^#(\d+) CACHED$", log, flags=re.M))
-    return "\n".join(title for step, title in _steps(log).items() if step not in cached)
-
-
-def _cached(log: str, needle: str) -> bool:
-    """Whether the build step whose title holds ``needle`` came from the cache."""
-    steps = [step for step, title in _steps(log).items() if needle in title]
-    assert steps, f"no build step {needle!r} in:\n{log[-3000:]}"
-    return all(re.search(rf"^#{step} CACHED$", log, flags=re.M) for step in steps)
+_cached, _uncached_steps = containers.build_step_cached, containers.uncached_steps
 
 
 def test_service_image_has_no_torch_and_runs_as_a_user(docker_engine, built_images):
@@ -332,9 +388,9 @@ def test_service_image_migrates_the_machines_postgresql(docker_engine, built_ima
 
 
 def test_service_image_serves_the_hooks_health_endpoint(docker_engine, built_images):
-    if containers.run_container(docker_engine, SERVICE, ["xich", "serve-hooks", "--help"],
-                                check=False).returncode != 0:
-        pytest.skip("xich serve-hooks not in this checkout")
+    # an image whose receiver does not even start is broken: a failure, never a skip
+    done = containers.run_container(docker_engine, SERVICE, ["xich", "serve-hooks", "--help"], check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     port = stack.free_port()
     with fresh_database() as database:
         env = {"XICH_DATABASE_URL": _url(database), "XICH_HOOKS_SECRET": uuid.uuid4().hex}

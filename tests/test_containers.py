@@ -318,8 +318,25 @@ def dashboard_queries(model: str, classes: list[str]) -> dict[str, str]:
     board = json.loads((REPO / "docker" / "grafana" / "dashboards" / "xich-dominance.json").read_text())
     texts = {f"variable {v['name']}": v["query"] for v in board["templating"]["list"]}
     texts |= {f"panel {p['title']}": t["rawSql"] for p in board["panels"] for t in p["targets"]}
-    quoted = ", ".join(f"'{c}'" for c in classes)
-    return {k: v.replace("$model", model).replace("$class", quoted) for k, v in texts.items()}
+    return {k: v.replace("${model:sqlstring}", sqlstring(model)).replace("${class:sqlstring}",
+                                                                         ",".join(map(sqlstring, classes)))
+            for k, v in texts.items()}
+
+
+def sqlstring(value: str) -> str:
+    """Grafana's ``${var:sqlstring}`` format of one value: single-quoted, each ``'`` doubled."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def test_dashboard_sql_quotes_every_variable():
+    """Every variable reaches the dashboard's SQL through ${var:sqlstring}, never raw ('$model' or $class), and
+    filled as Grafana fills it, a model name made to break out of its quotes stays one string."""
+    for what, sql in dashboard_queries("m", ["c"]).items():
+        assert "$" not in sql, (what, sql)
+    hostile = "x' OR '1'='1"
+    for what, sql in dashboard_queries(hostile, ["c"]).items():
+        assert "model_name =" not in sql or sqlstring(hostile) in sql, (what, sql)
+        assert " OR '1'='1" not in sql.replace(sqlstring(hostile), ""), (what, sql)
 
 
 def test_grafana_provisioning_names_the_dashboard_datasource():
@@ -525,6 +542,8 @@ def test_worker_image_audits_two_cifar_classes_from_s3_into_postgresql(docker_en
             rows = conn.execute(sql).fetchall()
             if "drift" not in what:  # one version: no drift yet
                 assert rows, what
+        for what, sql in dashboard_queries("cifar-resnet20' OR ''='", CLASSES).items():  # quoted: one name
+            assert conn.execute(sql).fetchall() == [], what
     bucket = cifar_in_s3["bucket"]
     published = {o.object_name for o in seaweedfs.client().list_objects(bucket, prefix=f"results/runs/{run_id}/",
                                                                         recursive=True)}

@@ -253,7 +253,8 @@ def test_postgres_roles_get_least_privilege(tmp_path):
                 conn.execute(f"SELECT * FROM {view}").fetchall()
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("INSERT INTO model (name) VALUES ('x')")
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                               match="permission denied to create temporary tables in database"):
                 conn.execute("CREATE TEMP TABLE t (x int)")  # PUBLIC's TEMP revoked
         for role in ("reader", "worker", "hooks"):  # PUBLIC's CONNECT revoked everywhere else
             for other in (db["prefect_db"], db["maintenance_db"]):
@@ -263,9 +264,15 @@ def test_postgres_roles_get_least_privilege(tmp_path):
             conn.execute("INSERT INTO model (name) VALUES ('w')")
             conn.execute("UPDATE model SET name = 'w2' WHERE name = 'w'")
             conn.execute("DELETE FROM model WHERE name = 'w2'")
-            for ddl in ("CREATE TABLE x (i int)", "ALTER TABLE model ADD COLUMN x int", "DROP TABLE run_class"):
-                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            for ddl, refusal in (("CREATE TABLE x (i int)", "permission denied for schema public"),
+                                 ("ALTER TABLE model ADD COLUMN x int", "must be owner of table model"),
+                                 ("DROP TABLE run_class", "must be owner of table run_class")):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match=refusal):
                     conn.execute(ddl)
+        with _as(db["hooks"], results) as conn:
+            conn.execute("SELECT count(*) FROM hook_delivery").fetchone()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for table run_class"):
+                conn.execute("SELECT * FROM run_class")
         with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={results}", autocommit=True) as conn:
             tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
             conn.execute("CREATE TABLE later_migration (id serial PRIMARY KEY, x int)")  # as the owner, like alembic

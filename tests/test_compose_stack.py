@@ -31,9 +31,9 @@ IMAGES_PER_CLASS = 60
 
 
 def readme_commands() -> list[str]:
-    """The `docker compose ...` lines of README's "Run the service with Docker", in order."""
+    """The `docker compose ...` lines of README's "Run the service with Docker", in order, up to its GPU containers."""
     text = (REPO / "README.md").read_text()
-    section = text.split("### Run the service with Docker", 1)[1].split("\n## ", 1)[0]
+    section = text.split("### Run the service with Docker", 1)[1].split("**GPU containers", 1)[0]
     return [line.strip() for line in section.splitlines() if line.startswith("    docker compose ")]
 
 
@@ -88,7 +88,7 @@ class Stack:
         prefix, env = containers.compose_cli(config_dir)
         self.prefix = [*prefix, f"--project-directory={REPO}", f"--project-name={self.project}",
                        f"--env-file={env_file}"]
-        self.env = {**env, "DOCKER_HOST": engine.env["DOCKER_HOST"], "COMPOSE_FILE": ":".join(FILES)}
+        self.env = {**env, "DOCKER_HOST": engine.env["DOCKER_HOST"], "COMPOSE_FILE": ":".join(str(REPO / f) for f in FILES)}
         for name in env_file.read_text().split():  # the caller's environment must not fill what .env leaves empty
             self.env.pop(name.split("=", 1)[0], None)
 
@@ -134,8 +134,6 @@ def test_the_whole_stack(stack, tmp_path):
     for command in readme_commands():
         step = _step(command)
         args = shlex.split(command.replace('"$PWD/../shared/data:/data:ro"', f"{data}:/data:ro"))[2:]
-        if step == "up":
-            args += ["--wait"]
         began = time.monotonic()
         done = stack(*args)
         timings[step] = timings.get(step, 0) + time.monotonic() - began
@@ -161,8 +159,15 @@ def test_the_whole_stack(stack, tmp_path):
     query = stack(*shlex.split(readme_commands()[-1])[2:]).stdout
     assert all(c in query for c in CLASSES), query
 
-    keys = stack("run", "--rm", "minio-buckets", "ls", "--recursive", f"local/xich/results/runs/{run_id}/").stdout
-    assert f"results/runs/{run_id}/audit.json" in keys.split(), keys
+    deadline = time.monotonic() + 180  # the run is complete, then the parent flow run publishes it
+    while True:
+        keys = stack("run", "--rm", "minio-buckets", "ls", "--recursive",
+                     f"local/xich/results/runs/{run_id}/").stdout.split()
+        if f"results/runs/{run_id}/audit.json" in keys or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert f"results/runs/{run_id}/audit.json" in keys, keys
+    assert any(k.startswith(f"results/runs/{run_id}/report/") for k in keys), keys
     report = json.loads(stack("run", "--rm", "minio-buckets", "cat",
                               f"local/xich/results/runs/{run_id}/audit.json").stdout)
     assert report["run_id"] == run_id, list(report)

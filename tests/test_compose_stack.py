@@ -286,8 +286,9 @@ def test_the_hooks_minio_user_only_reads_datasets_and_models(stack):
     def mc(url: str, *args: str) -> subprocess.CompletedProcess:
         return stack("run", "--rm", "-e", f"MC_HOST_as={url}", "minio-buckets", *args, check=False)
 
-    assert mc(hooks, "cat", "as/xich/models/resnet20.th").returncode == 0
-    assert mc(hooks, "ls", "as/xich/datasets/").returncode == 0
+    assert mc(worker, "cp", "/etc/hostname", "as/xich/models/readable.txt").returncode == 0
+    assert mc(hooks, "cat", "as/xich/models/readable.txt").returncode == 0
+    assert "datasets/cifar10-jpeg/test.tar.gz" in mc(hooks, "ls", "--recursive", "as/xich/datasets/").stdout
     denied = mc(hooks, "cat", f"as/xich/results/runs/{run_id}/audit.json")
     assert denied.returncode != 0 and "AccessDenied" in denied.stderr, denied.stderr[-2000:]
     for key in ("models/planted.th", "datasets/planted.txt", "results/planted.json"):

@@ -237,6 +237,9 @@ def test_the_docker_pool_runs_one_worker_container_per_flow_run(stack, docker_en
     stack("run", "--rm", "worker", "prefect", "--no-prompt", "deploy", "--name", "audit-gpu",
           "--job-variable", json.dumps(job_variables))
 
+    engine_pool = ("ps", "--all", "--filter", "label=io.prefect.work-pool-name=xich-gpu", "--format", "{{.ID}}")
+    if leftover := docker_engine.run(*engine_pool).stdout.split():  # an earlier session's flow-run containers
+        docker_engine.run("rm", "--force", *leftover)
     proc, mark = native.start_in_session([str(native.PREFECT), "worker", "start", "--pool", "xich-gpu", "--type",
                                           "docker", "--name", "docker-pool", "--limit", "2"],
                                          tmp_path / "docker-worker.log", {**docker_engine.env, **host_env},
@@ -257,17 +260,16 @@ def test_the_docker_pool_runs_one_worker_container_per_flow_run(stack, docker_en
                 native.log_tail(tmp_path / "docker-worker.log", 40)
             time.sleep(5)
         seconds = time.monotonic() - began
+        ours = set(docker_engine.run(*engine_pool).stdout.split())  # prefect-docker labels its containers
     finally:
         native.stop_group(proc, mark)
     (run_id,), = stack.sql(query)
     hosts = {w.rsplit(":", 1)[0] for _, w in stack.sql(f"SELECT class_name, worker FROM run_class "
                                                         f"WHERE run_id = '{run_id}'")}
-    # the worker image's containers that compose did not start (those carry its project label)
-    flow_containers = docker_engine.run("ps", "--all", "--filter", "ancestor=xich-worker:latest", "--format",
-                                        "{{.ID}} {{.Image}} {{.Label \"com.docker.compose.project\"}}"
-                                        ).stdout.splitlines()
-    ours = {line.split()[0][:12] for line in flow_containers if len(line.split()) == 2}
-    assert len(ours) == 2, flow_containers  # one per flow run: the parent and its shard
+    images = {docker_engine.run("inspect", "--format", "{{.Config.Image}}", c).stdout.strip() for c in ours}
+    if ours:
+        docker_engine.run("rm", "--force", *ours)
+    assert len(ours) == 2 and images == {"xich-worker:latest"}, (ours, images)  # one per flow run: parent, shard
     assert hosts == ours, (hosts, ours)  # each container computed classes
     containers.REPORT.append(f"docker pool: audit of 2 classes in 2 flow-run containers in {seconds:.0f} s")
 

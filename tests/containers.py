@@ -16,6 +16,8 @@ folder to start cold. One test session at a time uses it (``lock``).
 * ``docker_engine()`` — dockerd on a socket of its own, stopped (SIGTERM by its pid file) on exit; yields ``Engine``.
 * ``ensure_python_standin(engine)`` — the stand-in base image, made or imported when missing.
 * ``compose_cli(env_dir)`` — ``docker compose`` for ``config`` checks (needs no daemon).
+* ``build_project_images(engine)`` — the service and worker images, built once per session whichever test file
+  asks first; ``build_standins(engine)`` — the test-only stand-ins of tests/standins/ (PostgreSQL, SeaweedFS as MinIO).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -307,3 +310,57 @@ def run_container(engine: Engine, image: str, args: Sequence[str], *, env: dict[
     PostgreSQL and SeaweedFS on 127.0.0.1 are reachable as they are)."""
     flags = [f"--env={k}={v}" for k, v in (env or {}).items()]
     return engine.run("run", "--rm", "--network", "host", *flags, *extra, image, *args, timeout=timeout, check=check)
+
+
+# --- the project's images and the compose stack's stand-ins, built once per session ---------------------------
+
+SERVICE, WORKER = "xich-service:latest", "xich-worker:latest"
+STANDINS = {"xich-standin/postgres:15-bookworm": "postgres.Dockerfile", "xich-standin/s3:seaweedfs": "s3.Dockerfile"}
+_BUILT: dict[str, dict] = {}  # tag -> {"build_s", "size", "log"}, for this process
+
+
+def _steps(log: str) -> dict[str, str]:
+    """BuildKit's plain progress: step id -> its title ('[build 4/6] RUN pip install ...')."""
+    return {step: title for step, title in re.findall(r"^#(\d+) (\[[^\]]+\] .*)$", log, flags=re.M)
+            if not title.startswith("[internal]")}
+
+
+def uncached_steps(log: str) -> str:
+    """The titles of the build steps that ran (were not taken from the cache), one a line."""
+    cached = set(re.findall(r"^#(\d+) CACHED$", log, flags=re.M))
+    return "\n".join(title for step, title in _steps(log).items() if step not in cached)
+
+
+def build_step_cached(log: str, needle: str) -> bool:
+    """Whether the build step whose title holds ``needle`` came from the cache."""
+    steps = [step for step, title in _steps(log).items() if needle in title]
+    assert steps, f"no build step {needle!r} in:\n{log[-3000:]}"
+    return all(re.search(rf"^#{step} CACHED$", log, flags=re.M) for step in steps)
+
+
+def _build_once(engine: Engine, tag: str, dockerfile: str, context: Path = REPO) -> dict:
+    if tag not in _BUILT:
+        seconds, log = engine.build(dockerfile, tag, context=context)
+        size = engine.image_size(tag)
+        _BUILT[tag] = {"build_s": seconds, "size": size, "log": log}
+        rebuilt, total = len(uncached_steps(log).splitlines()), len(_steps(log))
+        torch = "" if tag != WORKER else (", torch from the cache" if build_step_cached(
+            log, "RUN pip install -r /tmp/torch.txt") else ", torch installed")
+        REPORT.append(f"{tag}: built in {seconds:.1f} s ({rebuilt} of {total} steps run{torch}), "
+                      f"{size / 2**20:,.0f} MiB")
+    return _BUILT[tag]
+
+
+def build_project_images(engine: Engine) -> dict[str, dict]:
+    """docker/service.Dockerfile and docker/worker.Dockerfile built against the stand-in base, once per session."""
+    if timings := ensure_python_standin(engine):
+        REPORT.append("stand-in python:3.11-slim-bookworm: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    return {tag: _build_once(engine, tag, dockerfile)
+            for tag, dockerfile in ((SERVICE, "docker/service.Dockerfile"), (WORKER, "docker/worker.Dockerfile"))}
+
+
+def build_standins(engine: Engine) -> dict[str, dict]:
+    """The compose stack's stand-ins (tests/standins/, on the python stand-in base), once per session."""
+    ensure_python_standin(engine)
+    return {tag: _build_once(engine, tag, dockerfile, context=REPO / "tests" / "standins")
+            for tag, dockerfile in STANDINS.items()}

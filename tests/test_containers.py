@@ -200,33 +200,123 @@ def _url(database: str) -> str:
     return f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
 
 
-def test_postgres_init_creates_prefect_database_and_a_read_only_role(tmp_path):
-    """docker/postgres/initdb.sh, as the postgres image runs it: Prefect's database, and a role that may read every
-    table and view the migrations create afterwards, and write none."""
+@contextmanager
+def initialized_database(tmp_path: Path):
+    """docker/postgres/initdb.sh as the postgres image runs it (on a throwaway results database of the machine's
+    PostgreSQL, a throwaway maintenance database standing for ``postgres``), the migrations as the owner, then
+    docker/postgres/grants.sql as compose's db-grants runs it. Yields the role names and database names; drops them."""
     if shutil.which("psql") is None:
         pytest.skip("psql not installed")
-    reader, prefect_db = f"grafana_{uuid.uuid4().hex[:8]}", f"prefect_{uuid.uuid4().hex[:8]}"
-    with fresh_database() as results_db:
+    tag = uuid.uuid4().hex[:8]
+    names = {"reader": f"grafana_{tag}", "worker": f"worker_{tag}", "hooks": f"hooks_{tag}",
+             "prefect_db": f"prefect_{tag}"}
+    with fresh_database() as results_db, fresh_database() as maintenance_db:
+        names |= {"results_db": results_db, "maintenance_db": maintenance_db}
         env = {"PATH": "/usr/bin:/bin", "PGHOST": "127.0.0.1", "POSTGRES_USER": "postgres", "POSTGRES_DB": results_db,
-               "PREFECT_DB": prefect_db, "GRAFANA_DB_USER": reader, "GRAFANA_DB_PASSWORD": "it's \"quoted\""}
+               "PREFECT_DB": names["prefect_db"], "MAINTENANCE_DB": maintenance_db,
+               "GRAFANA_DB_USER": names["reader"], "GRAFANA_DB_PASSWORD": "it's \"quoted\"",
+               "WORKER_DB_USER": names["worker"], "WORKER_DB_PASSWORD": uuid.uuid4().hex,
+               "HOOKS_DB_USER": names["hooks"], "HOOKS_DB_PASSWORD": uuid.uuid4().hex}
         try:
             done = subprocess.run(["bash", str(REPO / "docker" / "postgres" / "initdb.sh")], env=env,
                                   capture_output=True, text=True, timeout=60)
             assert done.returncode == 0, done.stderr
             upgrade(_url(results_db))
-            with psycopg.connect(f"host=127.0.0.1 user={reader} dbname={results_db}") as conn:
-                for view in ("dominance_history", "pairwise_dominance", "hierarchy_drift"):
-                    conn.execute(f"SELECT * FROM {view}").fetchall()
-                with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    conn.execute("INSERT INTO model (name) VALUES ('x')")
-            with psycopg.connect(PG_ADMIN) as conn:
-                assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (prefect_db,)).fetchone()
+            done = subprocess.run(["psql", "-v", "ON_ERROR_STOP=1", "-v", f"hooks={names['hooks']}", "-U", "postgres",
+                                   "-d", results_db, "-f", str(REPO / "docker" / "postgres" / "grants.sql")], env=env,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            yield names
         finally:
             with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={results_db}", autocommit=True) as conn:
-                conn.execute(f'DROP OWNED BY "{reader}"')
+                for role in ("reader", "worker", "hooks"):
+                    conn.execute(f'DROP OWNED BY "{names[role]}"')
+                conn.execute(f'DROP SCHEMA public CASCADE')  # the default privileges the init script set
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{prefect_db}"')
-                conn.execute(f'DROP ROLE IF EXISTS "{reader}"')
+                conn.execute(f'DROP DATABASE IF EXISTS "{names["prefect_db"]}"')
+                for role in ("reader", "worker", "hooks"):
+                    conn.execute(f'DROP ROLE IF EXISTS "{names[role]}"')
+
+
+def _as(role: str, database: str) -> psycopg.Connection:
+    return psycopg.connect(f"host=127.0.0.1 user={role} dbname={database}", autocommit=True)
+
+
+def test_postgres_roles_get_least_privilege(tmp_path):
+    """docker/postgres/initdb.sh and grants.sql: Prefect's database; Grafana's role reads every table and view and
+    writes none; the workers' role writes rows of every table, also of a table a later migration adds, and changes
+    no schema; the hooks' role touches only its own tables; PUBLIC's CONNECT and TEMP are gone."""
+    with initialized_database(tmp_path) as db:
+        results = db["results_db"]
+        with _as(db["reader"], results) as conn:
+            for view in ("dominance_history", "pairwise_dominance", "hierarchy_drift"):
+                conn.execute(f"SELECT * FROM {view}").fetchall()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("INSERT INTO model (name) VALUES ('x')")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                               match="permission denied to create temporary tables in database"):
+                conn.execute("CREATE TEMP TABLE t (x int)")  # PUBLIC's TEMP revoked
+        for role in ("reader", "worker", "hooks"):  # PUBLIC's CONNECT revoked everywhere else
+            for other in (db["prefect_db"], db["maintenance_db"]):
+                with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+                    _as(db[role], other)
+        with _as(db["worker"], results) as conn:
+            conn.execute("INSERT INTO model (name) VALUES ('w')")
+            conn.execute("UPDATE model SET name = 'w2' WHERE name = 'w'")
+            conn.execute("DELETE FROM model WHERE name = 'w2'")
+            for ddl, refusal in (("CREATE TABLE x (i int)", "permission denied for schema public"),
+                                 ("ALTER TABLE model ADD COLUMN x int", "must be owner of table model"),
+                                 ("DROP TABLE run_class", "must be owner of table run_class")):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match=refusal):
+                    conn.execute(ddl)
+        with _as(db["hooks"], results) as conn:
+            conn.execute("SELECT count(*) FROM hook_delivery").fetchone()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for table run_class"):
+                conn.execute("SELECT * FROM run_class")
+        with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={results}", autocommit=True) as conn:
+            tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+            conn.execute("CREATE TABLE later_migration (id serial PRIMARY KEY, x int)")  # as the owner, like alembic
+            granted = dict(conn.execute(
+                "SELECT c.relname, has_table_privilege(%s, c.oid, 'SELECT, INSERT, UPDATE, DELETE') FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r'",
+                (db["worker"],)).fetchall())
+            hooks = {t: [p for p in ("SELECT", "INSERT", "UPDATE", "DELETE")
+                         if conn.execute("SELECT has_table_privilege(%s, %s, %s)", (db["hooks"], t, p)).fetchone()[0]]
+                     for t in [*tables, "later_migration"]}
+        assert granted == {t: True for t in [*tables, "later_migration"]}, granted
+        assert {t: p for t, p in hooks.items() if p} == {
+            "hook_delivery": ["SELECT", "INSERT", "UPDATE", "DELETE"], "model": ["SELECT", "INSERT"],
+            "model_version": ["SELECT", "INSERT", "UPDATE"], "audit_request": ["SELECT", "INSERT"],
+            "audit_run": ["SELECT"], "alembic_version": ["SELECT"]}, hooks
+        with psycopg.connect(PG_ADMIN) as conn:
+            assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db["prefect_db"],)).fetchone()
+
+
+def test_the_hooks_receiver_works_on_its_own_role(tmp_path):
+    """The real receiver (in this process), on the hooks' role alone: it starts (the schema check reads
+    alembic_version), records a delivered version and its audit request, and a repeat is refused from its row."""
+    from test_hooks import GENERIC, GENERIC_SECRET, receiver
+
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"hashed, not read")
+    (tmp_path / "data" / "test" / "cat").mkdir(parents=True)
+    mapping = tmp_path / "hooks.toml"
+    mapping.write_text(f'[models."shapes"]\nspec = "cifar:resnet20"\ndataset = "{tmp_path / "data"}"\n'
+                       f'labels = "cifar10"\nsettings = {{classes = ["cat"], clusters = 3}}\n')
+    world = {"weights": str(weights), "data": str(tmp_path / "data"), "mapping": str(mapping), "dir": tmp_path}
+    allowed = {"hooks_allowed_sources": str(tmp_path)} if "hooks_allowed_sources" in Settings.model_fields else {}
+    with initialized_database(tmp_path) as db:
+        url = f"postgresql+psycopg://{db['hooks']}@127.0.0.1:5432/{db['results_db']}"
+        client, recorder = receiver(world, url, **allowed)
+        body = {"model": "shapes", "version": "1", "weights_uri": str(weights)}
+        answer = client.deliver(body, hook=GENERIC, secret=GENERIC_SECRET, delivery_id="role-1")
+        assert answer.status_code == 202, answer.text
+        assert [c["version"] for c in recorder.calls] == ["1"]
+        again = client.deliver(body, hook=GENERIC, secret=GENERIC_SECRET, delivery_id="role-1")
+        assert again.status_code == 409, again.text
+        with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={db['results_db']}") as conn:
+            assert conn.execute("SELECT count(*) FROM audit_request").fetchone()[0] == 1
+            assert conn.execute("SELECT outcome FROM hook_delivery").fetchall() == [("started",)]
 
 
 def dashboard_queries(model: str, classes: list[str]) -> dict[str, str]:
@@ -235,8 +325,25 @@ def dashboard_queries(model: str, classes: list[str]) -> dict[str, str]:
     board = json.loads((REPO / "docker" / "grafana" / "dashboards" / "xich-dominance.json").read_text())
     texts = {f"variable {v['name']}": v["query"] for v in board["templating"]["list"]}
     texts |= {f"panel {p['title']}": t["rawSql"] for p in board["panels"] for t in p["targets"]}
-    quoted = ", ".join(f"'{c}'" for c in classes)
-    return {k: v.replace("$model", model).replace("$class", quoted) for k, v in texts.items()}
+    return {k: v.replace("${model:sqlstring}", sqlstring(model)).replace("${class:sqlstring}",
+                                                                         ",".join(map(sqlstring, classes)))
+            for k, v in texts.items()}
+
+
+def sqlstring(value: str) -> str:
+    """Grafana's ``${var:sqlstring}`` format of one value: single-quoted, each ``'`` doubled."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def test_dashboard_sql_quotes_every_variable():
+    """Every variable reaches the dashboard's SQL through ${var:sqlstring}, never raw ('$model' or $class), and
+    filled as Grafana fills it, a model name made to break out of its quotes stays one string."""
+    for what, sql in dashboard_queries("m", ["c"]).items():
+        assert "$" not in sql, (what, sql)
+    hostile = "x' OR '1'='1"
+    for what, sql in dashboard_queries(hostile, ["c"]).items():
+        assert "model_name =" not in sql or sqlstring(hostile) in sql, (what, sql)
+        assert " OR '1'='1" not in sql.replace(sqlstring(hostile), ""), (what, sql)
 
 
 def test_grafana_provisioning_names_the_dashboard_datasource():
@@ -259,38 +366,11 @@ def _report(line: str) -> None:
 
 @pytest.fixture(scope="session")
 def built_images(docker_engine) -> dict[str, dict]:
-    """Both images built once per session against the stand-in base; their build time and size."""
-    timings = containers.ensure_python_standin(docker_engine)
-    if timings:
-        _report("stand-in python:3.11-slim-bookworm: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    built = {}
-    for tag, dockerfile in ((SERVICE, "docker/service.Dockerfile"), (WORKER, "docker/worker.Dockerfile")):
-        seconds, log = docker_engine.build(dockerfile, tag)
-        size = docker_engine.image_size(tag)
-        built[tag] = {"build_s": seconds, "size": size, "log": log}
-        rebuilt, total = len(_uncached_steps(log).splitlines()), len(_steps(log))
-        torch = "" if tag != WORKER else (", torch from the cache" if _cached(log, "RUN pip install -r /tmp/torch.txt")
-                                          else ", torch installed")
-        _report(f"{tag}: built in {seconds:.1f} s ({rebuilt} of {total} steps run{torch}), {size / 2**20:,.0f} MiB")
-    return built
+    """Both images built once per session (shared with tests/test_compose_stack.py); build time and size."""
+    return containers.build_project_images(docker_engine)
 
 
-def _steps(log: str) -> dict[str, str]:
-    """BuildKit's plain progress: step id -> its title ('[build 4/6] RUN pip install ...')."""
-    return {step: title for step, title in re.findall(r"^#(\d+) (\[[^\]]+\] .*)$", log, flags=re.M)
-            if not title.startswith("[internal]")}
-
-
-def _uncached_steps(log: str) -> str:
-    cached = set(re.findall(r"^#(\d+) CACHED$", log, flags=re.M))
-    return "\n".join(title for step, title in _steps(log).items() if step not in cached)
-
-
-def _cached(log: str, needle: str) -> bool:
-    """Whether the build step whose title holds ``needle`` came from the cache."""
-    steps = [step for step, title in _steps(log).items() if needle in title]
-    assert steps, f"no build step {needle!r} in:\n{log[-3000:]}"
-    return all(re.search(rf"^#{step} CACHED$", log, flags=re.M) for step in steps)
+_cached, _uncached_steps = containers.build_step_cached, containers.uncached_steps
 
 
 def test_service_image_has_no_torch_and_runs_as_a_user(docker_engine, built_images):
@@ -332,9 +412,9 @@ def test_service_image_migrates_the_machines_postgresql(docker_engine, built_ima
 
 
 def test_service_image_serves_the_hooks_health_endpoint(docker_engine, built_images):
-    if containers.run_container(docker_engine, SERVICE, ["xich", "serve-hooks", "--help"],
-                                check=False).returncode != 0:
-        pytest.skip("xich serve-hooks not in this checkout")
+    # an image whose receiver does not even start is broken: a failure, never a skip
+    done = containers.run_container(docker_engine, SERVICE, ["xich", "serve-hooks", "--help"], check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     port = stack.free_port()
     with fresh_database() as database:
         env = {"XICH_DATABASE_URL": _url(database), "XICH_HOOKS_SECRET": uuid.uuid4().hex}
@@ -469,76 +549,11 @@ def test_worker_image_audits_two_cifar_classes_from_s3_into_postgresql(docker_en
             rows = conn.execute(sql).fetchall()
             if "drift" not in what:  # one version: no drift yet
                 assert rows, what
+        hostile = "cifar-resnet20' OR ''='"
+        for what, sql in dashboard_queries(hostile, CLASSES).items():  # quoted by sqlstring: one name, no match
+            if sqlstring(hostile) in sql:
+                assert conn.execute(sql).fetchall() == [], what
     bucket = cifar_in_s3["bucket"]
     published = {o.object_name for o in seaweedfs.client().list_objects(bucket, prefix=f"results/runs/{run_id}/",
                                                                         recursive=True)}
     assert f"results/runs/{run_id}/audit.json" in published, published
-
-
-def _wait(what: str, ready, timeout: float, logs) -> None:
-    """Until ``ready()`` is true; fails with ``logs()`` (a container's log tail) after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not after {timeout:.0f} s; the worker container's log ends:\n{logs()}")
-        time.sleep(1)
-
-
-@pytest.mark.shared_data
-def test_worker_container_runs_a_deployed_audit(docker_engine, built_images, cifar_in_s3, tmp_path):
-    """The compose stack's path, each step as the README types it, with the machine's Prefect server standing in for
-    prefect-server: a worker container (the image's own command: a process worker of pool xich-process), the flows
-    deployed from a worker container (`prefect --no-prompt deploy --name audit --name nightly`), and `xich register
-    --audit` from the service image, whose audit the worker container runs and stores."""
-    if (missing := stack.prefect_missing()) is not None:
-        pytest.skip(f"no Prefect server to stand in for prefect-server: {missing}")
-    pool = "xich-process"
-    with stack.prefect_server(tmp_path / "prefect") as server:
-        env = {**cifar_in_s3["env"], "PREFECT_API_URL": server.api_url, "PREFECT_WORKER_QUERY_SECONDS": "1"}
-        name = f"xich-worker-{uuid.uuid4().hex[:8]}"
-        began = time.monotonic()
-        docker_engine.run("run", "-d", "--rm", "--name", name, "--network", "host",
-                          *(f"--env={k}={v}" for k, v in env.items()), WORKER)
-
-        def logs() -> str:
-            done = docker_engine.run("logs", "--tail", "60", name, check=False)
-            return done.stdout + done.stderr
-
-        def online() -> bool:
-            try:
-                return any(w.get("status") == "ONLINE"
-                           for w in server.api(f"/work_pools/{pool}/workers/filter", {}))
-            except (OSError, ValueError):
-                return False
-
-        try:
-            _wait("worker container online", online, 120, logs)
-            timings = {"worker_online_s": time.monotonic() - began}
-            began = time.monotonic()
-            deployed = containers.run_container(docker_engine, WORKER, [
-                "prefect", "--no-prompt", "deploy", "--name", "audit", "--name", "nightly"],
-                env={"PREFECT_API_URL": server.api_url}, timeout=300, check=False)
-            assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
-            timings["deploy_s"] = time.monotonic() - began
-            began = time.monotonic()
-            settings = {"classes": CLASSES, "clusters": 3, "mosaics_per_pair": 5, "train_split": "", "device": "cpu"}
-            registered = containers.run_container(docker_engine, SERVICE, [
-                "xich", "register", "--model", "cifar-resnet20", "--version", "2", "--spec", "cifar:resnet20",
-                "--weights", cifar_in_s3["weights"], "--dataset", cifar_in_s3["data"],
-                "--settings", json.dumps(settings), "--audit"],
-                env={**cifar_in_s3["env"], "PREFECT_API_URL": server.api_url}, timeout=300, check=False)
-            assert registered.returncode == 0, registered.stdout[-3000:] + registered.stderr[-3000:]
-            assert "audit started: flow run" in registered.stdout
-
-            def complete() -> bool:
-                with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={cifar_in_s3['database']}") as conn:
-                    return bool(conn.execute(
-                        "SELECT 1 FROM audit_request q JOIN audit_run r ON r.id = q.run_id "
-                        "WHERE r.status = 'complete'").fetchone())
-
-            _wait("the deployed audit complete", complete, 300, logs)
-            timings["register_to_complete_s"] = time.monotonic() - began
-        finally:
-            docker_engine.run("stop", "--time", "15", name, check=False)
-    _complete_run(cifar_in_s3["database"], "2")
-    _report(f"{WORKER} as a Prefect worker: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))

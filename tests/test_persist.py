@@ -130,7 +130,7 @@ def test_killed_process_resumes_and_completes(database_url, synth_data, tmp_path
     """SIGKILL the CLI once two classes are committed; the rerun audits only the third and completes."""
     argv = [sys.executable, "-m", "xich.cli", "audit", "--model", "cifar:resnet20", "--data", str(synth_data),
             "--clusters", "3", "--mosaics-per-pair", "40", "--device", "cpu", "--model-name", "shapes",
-            "--model-version", "v1", "--json", str(tmp_path / "audit.json")]
+            "--model-version", "v1", "--json", str(tmp_path / "audit.json"), "--no-control"]  # coordination, not the control
     env = {**os.environ, "XICH_DATABASE_URL": database_url, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -202,7 +202,7 @@ def test_two_processes_auditing_one_version_compute_each_class_once(database_url
     """Two real processes start the same audit at once: each class is computed by one of them, both succeed."""
     argv = [sys.executable, "-m", "xich.cli", "-v", "audit", "--model", "cifar:resnet20", "--data", str(synth_data),
             "--clusters", "3", "--mosaics-per-pair", "150", "--device", "cpu", "--model-name", "shapes",
-            "--model-version", "v1"]
+            "--model-version", "v1", "--no-control"]  # coordination, not the control
     env = {**os.environ, "XICH_DATABASE_URL": database_url, "OMP_NUM_THREADS": "1",
            "XICH_STORE_URL": str(tmp_path / "store")}
     procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

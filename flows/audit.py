@@ -24,6 +24,7 @@ from prefect.tasks import exponential_backoff
 from sqlalchemy.exc import DBAPIError
 
 from xich.audit import ClassImages
+from xich.boundary import escape
 from xich.errors import Unavailable
 from xich.mlflow_registry import download_artifact, is_mlflow_uri, tracking_uri_for, write_back
 from xich.pipeline import RecordedRun, open_recorded_run, publish_with_report
@@ -72,7 +73,6 @@ def fetch(uri: str | None, model: str | None = None, version: str | None = None)
 @task(name="open-run", cache_policy=NO_CACHE)
 def open_run(parameters: dict, data: str | None, weights: str | None) -> RecordedRun:
     """Prepare the model, record the version, begin (or find) the run."""
-    admit_recorded(parameters, get_settings().hooks_allowed_specs)  # before the model's code is imported
     config, clustering = audit_config(model_spec=parameters["model_spec"], dataset_uri=parameters["dataset_uri"],
                                       weights_uri=parameters["weights_uri"], settings=parameters["settings"],
                                       data=data, weights=weights)
@@ -171,13 +171,14 @@ def record_failure(parameters: dict, error: str) -> None:
     request = record_request_failure(database_url=get_settings().database_url, parameters=parameters, error=error)
     if request is not None:
         get_run_logger().error("audit of %s %s failed (%d time(s) in a row with this error; next try after %s): %s",
-                               parameters["model"], parameters["version"], request["failures"],
-                               request["next_try_at"], error)
+                               escape(parameters["model"]), escape(parameters["version"]), request["failures"],
+                               request["next_try_at"], escape(error, 500))
 
 
 def _audit_version(parameters: dict, shards: int, shard: int | None, shard_start_timeout_s: float) -> dict:
     logger = get_run_logger()
     model, version = parameters["model"], parameters["version"]
+    admit_recorded(parameters, get_settings().hooks_allowed_specs)  # before anything is fetched or imported for it
     rec = open_run(parameters, fetch(parameters["dataset_uri"]), fetch(parameters["weights_uri"], model, version))
     try:
         try:
@@ -268,12 +269,12 @@ def audit_new_versions(model: str | None = None, shards: int = 1) -> list[str]:
     started, failed = [], []
     for item in plan:
         parameters = item["parameters"]
-        name = f"{parameters['model']}/{parameters['version']}"
+        name = escape(f"{parameters['model']}/{parameters['version']}")
         if item["action"] in ("given-up", "refused"):
-            logger.warning("%s: %s%s", name, "refused: " if item["action"] == "refused" else "", item["detail"])
+            logger.warning("%s: %s%s", name, "refused: " if item["action"] == "refused" else "", escape(item["detail"], 500))
             continue
         if item["action"] != "start":
-            logger.info("%s: skipped (%s): %s", name, item["action"], item["detail"])
+            logger.info("%s: skipped (%s): %s", name, item["action"], escape(item["detail"], 500))
             continue
         try:
             child = run_deployment(deployment, parameters={**parameters, "shards": shards}, timeout=0,

@@ -161,6 +161,17 @@ def test_sources_outside_the_allowed_roots_are_refused_without_a_listing(world, 
     assert_refused(receiver, answer, 422, "XICH_HOOKS_ALLOWED_SOURCES", world, value)
 
 
+def test_a_labels_file_inside_the_sent_settings_is_held_to_the_same_roots(world, results_db):
+    """``labels`` is also a request setting: sent inside the ``xich.settings`` tag or the generic hook's settings it
+    meets the same allow-list as the top-level field."""
+    receiver = Receiver(world, results_db)
+    weights = str(world["root"] / "weights.pt")
+    answer = receiver.deliver(version_created(weights, tags={"xich.settings": json.dumps({"labels": "/etc/passwd"})}))
+    assert_refused(receiver, answer, 422, "XICH_HOOKS_ALLOWED_SOURCES", world, "/etc/passwd")
+    answer = receiver.deliver(generic(world, settings={"labels": "/etc/passwd"}), hook=GENERIC)
+    assert_refused(receiver, answer, 422, "XICH_HOOKS_ALLOWED_SOURCES", world, "/etc/passwd")
+
+
 def test_a_source_under_the_allowed_root_is_accepted(world, results_db):
     """The control: the same receiver takes what lies under its root (a file:// URL and a plain path)."""
     receiver = Receiver(world, results_db)

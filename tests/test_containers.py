@@ -295,10 +295,10 @@ def test_postgres_roles_get_least_privilege(tmp_path):
 def test_the_hooks_receiver_works_on_its_own_role(tmp_path):
     """The real receiver (in this process), on the hooks' role alone: it starts (the schema check reads
     alembic_version), records a delivered version and its audit request, and a repeat is refused from its row."""
-    from test_hooks import GENERIC, GENERIC_SECRET, receiver
+    from test_hooks import GENERIC, GENERIC_SECRET, checkpoint, receiver
 
     weights = tmp_path / "weights.pt"
-    weights.write_bytes(b"hashed, not read")
+    checkpoint(weights)  # registration reads its keys (xich.preflight)
     (tmp_path / "data" / "test" / "cat").mkdir(parents=True)
     mapping = tmp_path / "hooks.toml"
     mapping.write_text(f'[models."shapes"]\nspec = "cifar:resnet20"\ndataset = "{tmp_path / "data"}"\n'

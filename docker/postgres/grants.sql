@@ -6,7 +6,8 @@
 -- revision (the receiver checks it at start). Nothing else: no results, no clusters, no DDL.
 \set ON_ERROR_STOP on
 GRANT SELECT, INSERT, UPDATE, DELETE ON hook_delivery TO :"hooks";
-GRANT SELECT, INSERT ON model, audit_request TO :"hooks";
+GRANT SELECT, INSERT ON model TO :"hooks";
+GRANT SELECT, INSERT, UPDATE ON audit_request TO :"hooks";  -- a registration again clears its failures (0006)
 GRANT SELECT, INSERT, UPDATE ON model_version TO :"hooks";
 GRANT SELECT ON audit_run, alembic_version TO :"hooks";
 GRANT USAGE ON SEQUENCE hook_delivery_id_seq, model_id_seq, model_version_id_seq, audit_request_id_seq TO :"hooks";

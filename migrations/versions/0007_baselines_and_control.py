@@ -26,6 +26,7 @@ BASELINES = ("mean_logit", "mean_softmax", "accuracy", "mean_margin")
 CLUSTER_COLUMNS = (*BASELINES, "control_score")
 CLASS_COLUMNS = (*(f"tau_{b}" for b in BASELINES), "control_tau")
 
+# clustering_key: the cluster's own clustering (a class the reference lacks is clustered in its run, not the reference)
 DOMINANCE_HISTORY = """
 CREATE VIEW dominance_history AS
 SELECT m.name AS model_name, mv.version AS model_version,
@@ -41,7 +42,7 @@ FROM run_cluster rcl
 JOIN audit_run r ON r.id = rcl.run_id
 JOIN run_class rc ON rc.run_id = rcl.run_id AND rc.class_index = rcl.class_index
 JOIN cluster c ON c.id = rcl.cluster_id
-JOIN clustering cl ON cl.id = r.clustering_id
+JOIN clustering cl ON cl.id = c.clustering_id
 JOIN model_version mv ON mv.id = r.model_version_id
 JOIN model m ON m.id = mv.model_id
 JOIN dataset d ON d.id = r.dataset_id

@@ -442,8 +442,8 @@ def explain_stored(opened: OpenedAudit, classes: list[ClassResult]):
     For reports of runs read back from the database: their mosaics are rendered from the manifests.
     """
     for cls in classes:
-        ids = opened.eval_split.images[cls.name]
-        images = ClassImages(cls.name, cls.index, ids, opened.eval_split.load(ids, opened.tile_size), None)
+        ids, loaded = opened.eval_split.load_kept(opened.eval_split.images[cls.name], opened.tile_size)  # as audited
+        images = ClassImages(cls.name, cls.index, ids, loaded, None)
         yield cls, explainer(opened, images)
 
 

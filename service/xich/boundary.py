@@ -132,7 +132,7 @@ def check_sources(fields: dict[str, str | None], allowed: list[str]) -> None:
     from .labels import BUILTIN
 
     for what, uri in fields.items():
-        if uri is None or (what == "labels" and uri in BUILTIN):
+        if uri is None or (what.endswith("labels") and uri in BUILTIN):
             continue
         check_source(uri, allowed, what)
 

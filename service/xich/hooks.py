@@ -298,7 +298,10 @@ class HookReceiver:
         outside = {**tag_overrides(a.tags), **a.overrides}  # the mapping file is the operator's; these are not
         target = resolve(self.mapping, a.model, outside, source=self.mapping_source)
         check_spec(target.spec, self.settings.hooks_allowed_specs)
-        check_sources({k: outside.get(k) for k in ("dataset", "labels")}, self.settings.hooks_allowed_sources)
+        sent_settings = outside.get("settings") or {}
+        check_sources({"dataset": outside.get("dataset"), "labels": outside.get("labels"),
+                       "settings.labels": sent_settings.get("labels") if isinstance(sent_settings, dict) else None},
+                      self.settings.hooks_allowed_sources)
         weights_uri, local = (resolve_weights(a.source, weights_file=target.weights_file, settings=self.settings,
                                               allowed_sources=self.settings.hooks_allowed_sources)
                               if a.source else (None, None))
@@ -308,7 +311,7 @@ class HookReceiver:
                               local_weights=str(local) if local else None,
                               allowed_specs=self.settings.hooks_allowed_specs)
         served = audit_status(database_url=self.settings.database_url, model=a.model, version=a.version,
-                              dataset_uri=target.dataset, settings=target.settings)
+                              dataset_uri=parameters["dataset_uri"], settings=target.settings)  # as recorded (absolute)
         if served is not None and served[1] in ("complete", "running"):
             return Answer(200, "audited", f"{a.model} {a.version} was recorded before and its audit is {served[1]} "
                                           f"(run {served[0]}): nothing started")

@@ -17,6 +17,7 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
+from .boundary import MLFLOW_SCHEMES
 from .errors import XichError
 
 # depth → BasicBlocks per stage of the CIFAR ResNets (models.CIFAR_DEPTHS, which imports torch)
@@ -27,9 +28,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 def absolute_uri(uri: str | None, flag: str) -> str | None:
     """A local path (also after ``cifar10:`` / ``cifar100:``) made absolute; URIs (``s3://``, ``runs:/``,
-    ``models:/``) unchanged. A relative path stored as given would work only for workers started in the
+    ``models:/``, ``mlflow-artifacts:/``) unchanged. A relative path stored as given would work only for workers started in the
     registering process's folder."""
-    if uri is None or "://" in uri or uri.startswith(("runs:/", "models:/")):
+    if uri is None or "://" in uri or uri.startswith(MLFLOW_SCHEMES):
         return uri
     kind, sep, rest = uri.partition(":")
     if sep and kind in ("cifar10", "cifar100"):

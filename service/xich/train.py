@@ -205,9 +205,9 @@ def evaluate(model, x, y, mean, std, device, batch_size: int = 256) -> float:
 def _load(split, classes: list[str], tile: int) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for c, name in enumerate(classes):
-        ids = split.images.get(name, [])
+        ids, images = split.load_kept(split.images.get(name, []), tile)  # images over the size cap left out
         if ids:
-            xs.append(split.load(ids, tile))
+            xs.append(images)
             ys.append(torch.full((len(ids),), c, dtype=torch.long))
     return torch.cat(xs), torch.cat(ys)
 

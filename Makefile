@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/xich demo --out xich-demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=30
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_gradcam.py

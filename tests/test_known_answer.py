@@ -34,7 +34,8 @@ def grey_tiles(tmp_path_factory):
 @pytest.fixture(scope="module")
 def audit(grey_tiles, one_torch_thread) -> dict:
     config = AuditConfig(model="python:toy_nets:brightness", data=str(grey_tiles), train_split=None, clusters=3,
-                         mosaics_per_pair=4, normalize="none", device="cpu")
+                         mosaics_per_pair=4, normalize="none", device="cpu",
+                         control=False)  # a fixed-weight toy: no re-initialised control exists
     return run_audit(config).to_dict()["classes"][0]
 
 
@@ -75,7 +76,7 @@ def opened_grey(grey_tiles, one_torch_thread):
     from xich.audit import open_audit
 
     opened = open_audit(AuditConfig(model="python:toy_nets:brightness", data=str(grey_tiles), train_split=None,
-                                    clusters=3, mosaics_per_pair=4, normalize="none", device="cpu"))
+                                    clusters=3, mosaics_per_pair=4, normalize="none", device="cpu", control=False))
     return opened, opened.load("tile")
 
 

@@ -11,6 +11,8 @@ from xich.mlflow_registry import checkpoint_in, resolve_weights, without_credent
 from xich.result import ClassResult, ClusterResult, least_dominant_share
 from xich.settings import get_settings
 
+from test_hooks import checkpoint
+
 
 def test_the_checkpoint_of_a_folder(tmp_path):
     (tmp_path / "data").mkdir()
@@ -81,7 +83,7 @@ def test_workers_find_the_mlflow_server_recorded_with_the_version(tmp_path):
     from xich.registration import register
 
     url = f"sqlite:///{tmp_path / 'xich.db'}"
-    (tmp_path / "w.pt").write_bytes(b"w")
+    checkpoint(tmp_path / "w.pt")  # registration reads its keys (xich.preflight)
     register(database_url=url, model="m", version="1", model_spec="cifar:resnet20", weights_uri=str(tmp_path / "w.pt"),
              dataset_uri=str(tmp_path), settings={},
              registry_metadata={"registry": "mlflow", "tracking_uri": "http://mlflow.internal:5000"})

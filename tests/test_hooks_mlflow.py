@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 from shared_data import SHARED  # noqa: E402
 from test_exact_values import least_dominant_share_from_rows  # noqa: E402
+from test_hooks import checkpoint  # noqa: E402
 SECRET = "whsec-e2e-" + uuid.uuid4().hex
 CLASSES = ["cat", "dog"]
 
@@ -245,7 +246,6 @@ def test_runs_sources_and_aliases_through_the_mlflow_client(mlflow_server, tmp_p
     """A version whose source is a run's folder of artifacts (mlflow.pytorch.log_state_dict), announced by the
     challenger alias: the receiver asks MLflow for the version, downloads the folder and finds its checkpoint."""
     import mlflow
-    import torch
 
     from test_hooks import Client, Recorder, version_created
 
@@ -255,7 +255,7 @@ def test_runs_sources_and_aliases_through_the_mlflow_client(mlflow_server, tmp_p
     experiment = client.create_experiment(f"xich-{suffix}")
     run = client.create_run(experiment)
     state = tmp_path / "state_dict.pth"
-    torch.save(torch.nn.Linear(2, 2).state_dict(), state)
+    checkpoint(state)  # a CIFAR ResNet-20 state_dict: registration reads its keys (xich.preflight)
     client.log_artifact(run.info.run_id, str(state), artifact_path="state_dict")
     client.create_registered_model(model)
     source = f"runs:/{run.info.run_id}/state_dict"

@@ -401,7 +401,7 @@ def _tail(text: str | bytes | None, lines: int = 30) -> str:
 
 def create_process_pool(server: PrefectServer, name: str) -> None:
     """``prefect work-pool create --type process NAME`` (the CLI fills in the process pool's job template)."""
-    prefect_cli(server, "work-pool", "create", "--type", "process", name)
+    prefect_cli(server, "work-pool", "create", "--type", "process", "--overwrite", name)  # shared server: another test may have made it
 
 
 @dataclass

@@ -264,8 +264,9 @@ def test_the_docker_pool_runs_one_worker_container_per_flow_run(stack, docker_en
     finally:
         native.stop_group(proc, mark)
     (run_id,), = stack.sql(query)
-    hosts = {w.rsplit(":", 1)[0] for _, w in stack.sql(f"SELECT class_name, worker FROM run_class "
-                                                        f"WHERE run_id = '{run_id}'")}
+    # run_class.worker is <Prefect worker>@<host>:<pid>; a flow-run container's host name is its id
+    hosts = {w.rsplit(":", 1)[0].rsplit("@", 1)[-1] for _, w in stack.sql(f"SELECT class_name, worker FROM run_class "
+                                                                         f"WHERE run_id = '{run_id}'")}
     images = {docker_engine.run("inspect", "--format", "{{.Config.Image}}", c).stdout.strip() for c in ours}
     if ours:
         docker_engine.run("rm", "--force", *ours)

@@ -181,7 +181,9 @@ def ephemeral_prefect(tmp_path_factory):
         mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         mp.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         mp.delenv("PREFECT_API_URL", raising=False)
-        logging.getLogger("prefect").setLevel(logging.WARNING)  # see tests/test_flows.py's prefect_server
+        # Prefect's console handler keeps the capture stream of the test that configured it; the temporary
+        # server's INFO line at interpreter exit would be written there after pytest has closed it
+        logging.getLogger("prefect").setLevel(logging.WARNING)
         with prefect_test_harness(server_startup_timeout=120):
             yield
 

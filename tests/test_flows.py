@@ -3,7 +3,6 @@ then a failed run, and the nightly flow starting exactly the unaudited versions.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,7 +18,6 @@ pytest.importorskip("prefect", reason="prefect not installed (pip install -e .)"
 from prefect.artifacts import Artifact  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName  # noqa: E402
-from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from flows.audit import artifact_key, audit_model_version, audit_new_versions  # noqa: E402
 from xich.cli import main  # noqa: E402
@@ -33,19 +31,9 @@ SETTINGS = {"clusters": 3, "mosaics_per_pair": 3, "per_image": 3, "device": "cpu
 
 
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """One temporary Prefect server (SQLite under a fresh PREFECT_HOME) for the module's flow runs."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PREFECT_HOME", str(home))
-        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        mp.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-        mp.delenv("PREFECT_API_URL", raising=False)
-        # Prefect's console handler keeps the capture stream of the test that configured it; the temporary
-        # server's INFO line at interpreter exit would be written there after pytest has closed it
-        logging.getLogger("prefect").setLevel(logging.WARNING)
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
+def prefect_server(ephemeral_prefect):
+    """The module's temporary Prefect server (conftest's ephemeral_prefect)."""
+    yield
 
 
 @pytest.fixture(scope="module")

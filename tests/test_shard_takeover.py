@@ -13,25 +13,17 @@ import time
 import uuid
 
 import pytest
-import torch
 from sqlalchemy import select
 
 from xich.db import AuditRun, session_for
-from xich.models import build_model
 from xich.persist import load_audit
 
 pytest.importorskip("prefect", reason="prefect not installed (pip install -e .)")
 
+from test_flows import weights  # noqa: E402,F401  (the module-scoped ResNet-20 checkpoint fixture)
+
 SETTINGS = {"clusters": 3, "mosaics_per_pair": 3, "per_image": 0, "train_split": "", "device": "cpu",
             "classes": ["circle", "square", "triangle"]}
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("weights") / "resnet20.pt"
-    torch.save(build_model("cifar:resnet20", 3).state_dict(), path)
-    return str(path)
 
 
 @pytest.fixture

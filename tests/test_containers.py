@@ -286,7 +286,7 @@ def test_postgres_roles_get_least_privilege(tmp_path):
         assert granted == {t: True for t in [*tables, "later_migration"]}, granted
         assert {t: p for t, p in hooks.items() if p} == {
             "hook_delivery": ["SELECT", "INSERT", "UPDATE", "DELETE"], "model": ["SELECT", "INSERT"],
-            "model_version": ["SELECT", "INSERT", "UPDATE"], "audit_request": ["SELECT", "INSERT"],
+            "model_version": ["SELECT", "INSERT", "UPDATE"], "audit_request": ["SELECT", "INSERT", "UPDATE"],
             "audit_run": ["SELECT"], "alembic_version": ["SELECT"]}, hooks
         with psycopg.connect(PG_ADMIN) as conn:
             assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db["prefect_db"],)).fetchone()

@@ -6,15 +6,21 @@ The finding depends on the trained weights, and they on the number of torch thre
 floating-point sums): on 2026-12-01, seed 0, v1 trained with 1 thread learnt the rare look (found in 0 of 4, moved
 up in 0 of 4), with 2 threads it reproduced the README (found 4 of 4, moved up 4 of 4, losses 12 -> 1). So the demo
 trains with a fixed 2 threads (``demo.TRAIN_THREADS``) and this test runs it as ``make demo`` does.
+
+The same run (one per session: it trains two models) is checked for what it records: two complete runs on v1's frozen
+clustering, the report linking both versions and the history page.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -33,13 +39,40 @@ def assert_demo_finding(summary: dict) -> None:
     assert sum(f["losses"] for f in findings["v2"]) < sum(f["losses"] for f in findings["v1"])
 
 
-def test_demo_seed_0_finds_the_rare_look_and_v2_moves_it_up(tmp_path):
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[Path, str]:
+    """`run_demo(seed=0)` in its own process (it starts Prefect's ephemeral server), as `make demo` runs it."""
+    out = tmp_path_factory.mktemp("demo")
     script = "import sys; from xich.demo import run_demo; run_demo(sys.argv[1], seed=0, say=print)"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "XICH_"))}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "demo")], capture_output=True, text=True,
-                          timeout=1800, env={**env, "PREFECT_HOME": str(tmp_path / "prefect")})
+    done = subprocess.run([sys.executable, "-c", script, str(out / "demo")], capture_output=True, text=True,
+                          timeout=1800, env={**env, "PREFECT_HOME": str(out / "prefect")})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert_demo_finding(json.loads((tmp_path / "demo" / "demo.json").read_text()))
+    return out / "demo", done.stdout
+
+
+def test_demo_seed_0_finds_the_rare_look_and_v2_moves_it_up(demo_run):
+    demo, stdout = demo_run
+    assert "6/6 history of the rare looks' clusters" in stdout
+    assert_demo_finding(json.loads((demo / "demo.json").read_text()))
+
+
+def test_demo_records_v1_and_v2_on_one_clustering(demo_run):
+    """Two versions through the audit flow, v2 on v1's frozen clustering; the report links both and the history."""
+    demo, _ = demo_run
+    summary = json.loads((demo / "demo.json").read_text())
+    assert sorted(summary["findings"]) == ["v1", "v2"]
+    with sqlite3.connect(demo / "xich.db") as db:
+        runs = db.execute("SELECT mv.version, r.status, r.clustering_id FROM audit_run r "
+                          "JOIN model_version mv ON mv.id = r.model_version_id ORDER BY mv.version").fetchall()
+        frozen = db.execute("SELECT id FROM clustering WHERE frozen").fetchall()
+    assert [(v, s) for v, s, _ in runs] == [("v1", "complete"), ("v2", "complete")]
+    assert runs[0][2] == runs[1][2] == frozen[0][0]  # v2 audited on v1's frozen clusters
+    page = (demo / "report" / "index.html").read_text()
+    assert "../history/index.html" in page and (demo / "history" / "index.html").is_file()
+    for link in re.findall(r"href='(file://[^']+)'", page):  # both versions' reports, in the demo's store
+        assert Path(urlparse(link).path).is_file(), link
+    assert len(re.findall(r"href='file://", page)) == 2
 
 
 def test_the_finding_check_fails_on_a_reversed_demo():

@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/xich demo --out xich-demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q --durations=30
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup --durations=30
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_gradcam.py

@@ -133,6 +133,29 @@ def docker_engine() -> containers.Engine:
         yield engine
 
 
+# --- two pytest-xdist workers (make test: -n 2 --dist loadgroup) -----------------------------------------------------
+# A session fixture is made once per worker, so the tests of one engine or server share a worker: one dockerd on the
+# cached data root (two would corrupt it), one Prefect server, one MLflow server. Everything else is spread.
+XDIST_GROUPS = (("docker_engine", "docker"), ("prefect_server", "prefect"), ("mlflow_server", "mlflow"))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = next((g for fixture, g in XDIST_GROUPS if fixture in item.fixturenames), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: its container lines go to the controller
+        session.config.workeroutput["containers_report"] = list(containers.REPORT)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    containers.REPORT.extend(getattr(node, "workeroutput", {}).get("containers_report", []))
+
+
 def pytest_terminal_summary(terminalreporter):
     """What the container tests measured (image sizes, build times), whether or not they passed."""
     if containers.REPORT:

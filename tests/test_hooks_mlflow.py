@@ -158,7 +158,7 @@ def test_a_new_mlflow_version_is_audited_by_itself(mlflow_server, prefect_server
     s3.fput_object(bucket, "models/resnet20.th", str(SHARED / "cifar-resnet" / "resnet20-12fca82f.th"))
     mapping = tmp_path / "hooks.toml"
     mapping.write_text(f'[models."{model}"]\nspec = "cifar:resnet20"\ndataset = "s3://{bucket}/datasets/cifar10-jpeg/"\n'
-                       f'settings = {{classes = {json.dumps(CLASSES)}, clusters = 3, mosaics_per_pair = 5}}\n')
+                       f'settings = {{classes = {json.dumps(CLASSES)}, clusters = 3, mosaics_per_pair = 5, control = false}}\n')  # the control: test_control.py
     # the workers get no MLflow setting: the write-back finds the server the receiver recorded with the version
     xich_env = {"XICH_DATABASE_URL": results_db, "XICH_STORE_URL": f"s3://{bucket}/results",
                 "XICH_S3_ENDPOINT": seaweedfs.endpoint, "XICH_S3_ACCESS_KEY": seaweedfs.access_key,
@@ -201,8 +201,8 @@ def test_a_new_mlflow_version_is_audited_by_itself(mlflow_server, prefect_server
         status, answer = hooks.post("/hooks/mlflow", created["body"], created["headers"])
         assert status == 409 and answer["error"].endswith(", started): nothing done again"), answer
 
-        done = json.loads(stack.prefect_python(prefect_server, _write(tmp_path / "wait.py", WAIT), flow_run_id, "240",
-                                               deployment, timeout=300).splitlines()[-1])
+        done = json.loads(stack.prefect_python(prefect_server, _write(tmp_path / "wait.py", WAIT), flow_run_id, "480",
+                                               deployment, timeout=540).splitlines()[-1])
         timings["create_to_audited_s"] = time.monotonic() - began
         assert done["state"] == "COMPLETED", f"{done}\n{logs()}"
         assert done["deployment_runs"] == [flow_run_id]  # one flow run: the replay started none

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .datasets import Dataset, Split, open_dataset
+from .datasets import Dataset, ImageStream, Split, open_dataset
 from .errors import XichError
 from .labels import LabelList, model_indices, resolve_labels
 from .method.baselines import baseline_agreement, cluster_baselines, kendall_tau
@@ -58,7 +58,7 @@ class ClassImages:
     index: int  # the model's output for this class
     eval_ids: list[str]
     eval_images: torch.Tensor  # uint8 (N, 3, T, T)
-    train_images: torch.Tensor | None
+    train_images: torch.Tensor | ImageStream | None  # a stream: decoded in chunks when placed, never held whole
 
 
 @dataclass
@@ -87,7 +87,7 @@ class OpenedAudit:
         train = None
         if self.train_split is not None:
             tr_ids = self.train_split.images.get(name, [])
-            train = self.train_split.load(tr_ids, self.tile_size)
+            train = self.train_split.stream(tr_ids, self.tile_size, self.config.batch_size)
         ids, images = self.eval_split.load_kept(ids, self.tile_size)  # images over the size cap left out
         return ClassImages(name, self.indices[name], ids, images, train)
 
@@ -229,14 +229,13 @@ def audit_class(opened: OpenedAudit, images: ClassImages, frozen: Mapping[str, i
     embeddings, logits = embed_class(opened, images.eval_images)
     clustering, notes = cluster_class(opened, images, embeddings, frozen)
     baselines = cluster_baselines(logits, clustering.labels, clustering.n_clusters, images.index)
-    tiles = opened.prepared.normalize(images.eval_images)
     plan = plan_class_mosaics(opened, clustering, images.index)
-    d, *control_d = score_mosaics_with(opened, _scoring_models(opened), tiles, plan, images.index)
+    d, *control_d = score_mosaics_with(opened, _scoring_models(opened), images.eval_images, plan, images.index)
     stats = rank_clusters(plan, d, clustering.n_clusters)
     control = control_result(opened, plan, control_d[0], stats) if control_d else None
     placement = (place_training(opened, clustering, images.train_images, embeddings.shape[1])
                  if images.train_images is not None else None)
-    per_image = per_image_result(opened, images, tiles, logits) if config.per_image else None
+    per_image = per_image_result(opened, images, images.eval_images, logits) if config.per_image else None
     return class_result(images, clustering, plan, d, stats, placement, notes, per_image, baselines, control)
 
 
@@ -279,8 +278,8 @@ def plan_class_mosaics(opened: OpenedAudit, clustering: Clustering, class_index:
 def score_mosaics(opened: OpenedAudit, tiles: torch.Tensor, plan: MosaicPlan, class_index: int) -> np.ndarray:
     """Stage 4 (eq. 3–6): d of ``plan.pairs[:, 0]`` on each planned mosaic; NaN where the map is all zero.
 
-    ``tiles``: the class's normalised images. Identical manifests (frequent in per-image mode) are
-    rendered and explained once.
+    ``tiles``: the class's images, uint8 (normalised a batch at a time, so a class holds no float copy of its
+    images) or already normalised. Identical manifests (frequent in per-image mode) are rendered and explained once.
     """
     return score_mosaics_with(opened, {"cam_s": opened.prepared}, tiles, plan, class_index)[0]
 
@@ -294,13 +293,24 @@ def score_mosaics_with(opened: OpenedAudit, models: dict[str, PreparedModel], ti
     relevance = np.empty((len(models), len(unique), 4))
     for start in range(0, len(unique), batch_size):
         sl = slice(start, start + batch_size)
-        mosaics = assemble_mosaics(tiles, unique[sl], opened.mosaic_size)
+        mosaics = normalized_mosaics(opened.prepared, tiles, unique[sl], opened.mosaic_size)
         for k, (key, prepared) in enumerate(models.items()):
             began = time.perf_counter()
             relevance[k, sl] = quadrant_relevance(prepared.mosaic_cams(mosaics, class_index))
             opened.timings[key] = opened.timings.get(key, 0.0) + time.perf_counter() - began
     in_i = plan.clusters == plan.pairs[:, :1]
     return [mosaic_dominance(r[inverse.ravel()], in_i) for r in relevance]
+
+
+def normalized_mosaics(prepared: PreparedModel, tiles: torch.Tensor, manifests: np.ndarray,
+                       mosaic_size: int) -> torch.Tensor:
+    """Mosaics (B, 3, S, S) of ``manifests`` (B, 4), normalised: uint8 ``tiles`` are normalised only where a
+    manifest uses them (the same values, element by element, as normalising them all first)."""
+    if tiles.is_floating_point():
+        return assemble_mosaics(tiles, manifests, mosaic_size)
+    used, local = np.unique(manifests, return_inverse=True)
+    return assemble_mosaics(prepared.normalize(tiles[torch.as_tensor(used)]), local.reshape(manifests.shape),
+                            mosaic_size)
 
 
 @dataclass(frozen=True)
@@ -352,10 +362,16 @@ def control_result(opened: OpenedAudit, plan: MosaicPlan, d: np.ndarray, trained
             "image_statistics": bool(pairs) and len(pairs) >= len(significant_pairs(trained.D, trained.p_holm))}
 
 
-def place_training(opened: OpenedAudit, clustering: Clustering, train_images: torch.Tensor,
+def place_training(opened: OpenedAudit, clustering: Clustering, train_images: torch.Tensor | ImageStream,
                    dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 6 (Fig. 4/5): each training image goes to its nearest cluster centre → (counts, shares) per cluster."""
-    train_emb = embed_class(opened, train_images)[0] if len(train_images) else np.zeros((0, dim))
+    """Stage 6 (Fig. 4/5): each training image goes to its nearest cluster centre → (counts, shares) per cluster.
+
+    A stream is decoded and embedded a chunk at a time; only its embeddings (n, C) are kept."""
+    if isinstance(train_images, ImageStream):
+        parts = [embed_class(opened, chunk)[0] for _ids, chunk in train_images if len(chunk)]
+        train_emb = np.concatenate(parts) if parts else np.zeros((0, dim))
+    else:
+        train_emb = embed_class(opened, train_images)[0] if len(train_images) else np.zeros((0, dim))
     return training_distribution(assign_clusters(clustering, train_emb), clustering.n_clusters)
 
 
@@ -413,7 +429,7 @@ def per_image_result(opened: OpenedAudit, images: ClassImages, tiles: torch.Tens
     """Per-image mode (Fig. 3): a sample of images, each its own cluster; both images twice in each mosaic."""
     config = opened.config
     if tiles is None or logits is None:
-        tiles = opened.prepared.normalize(images.eval_images)
+        tiles = images.eval_images
         logits = embed_class(opened, images.eval_images)[1]
     eval_ids, class_index = images.eval_ids, images.index
     rng = np.random.default_rng([config.seed, class_index, 1])
@@ -462,9 +478,11 @@ def explainer(opened: OpenedAudit, images: ClassImages) -> Explainer:
 
     def explain(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         idx = np.array([[position[i] for i in ids]])
-        rgb = assemble_mosaics(images.eval_images.float(), idx, mosaic_size)[0].clamp(0, 255).byte().permute(1, 2, 0)
-        cam = prepared.mosaic_cams(assemble_mosaics(prepared.normalize(images.eval_images), idx, mosaic_size),
-                                   images.index)[0]
+        used, local = np.unique(idx, return_inverse=True)
+        local = local.reshape(idx.shape)
+        rgb = assemble_mosaics(images.eval_images[torch.as_tensor(used)].float(), local, mosaic_size)[0]
+        rgb = rgb.clamp(0, 255).byte().permute(1, 2, 0)
+        cam = prepared.mosaic_cams(normalized_mosaics(prepared, images.eval_images, idx, mosaic_size), images.index)[0]
         return rgb.cpu().numpy(), cam
 
     return explain

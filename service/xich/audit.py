@@ -27,7 +27,7 @@ from .errors import XichError
 from .labels import LabelList, model_indices, resolve_labels
 from .method.baselines import baseline_agreement, cluster_baselines, kendall_tau
 from .method.clustering import Clustering, assign_clusters, cluster_embeddings, clustering_from_labels
-from .method.distribution import score_share_spearman, training_distribution
+from .method.distribution import score_share_spearman, training_distribution, training_share_se
 from .method.dominance import dominance_matrix, mosaic_dominance, quadrant_relevance
 from .method.hierarchy import hierarchy, hierarchy_scores
 from .method.mosaic import MosaicPlan, assemble_mosaics, image_sets, plan_mosaics
@@ -59,6 +59,7 @@ class ClassImages:
     eval_ids: list[str]
     eval_images: torch.Tensor  # uint8 (N, 3, T, T)
     train_images: torch.Tensor | ImageStream | None  # a stream: decoded in chunks when placed, never held whole
+    train_population: int | None = None  # the class's training images before --train-per-class (None: not sampled)
 
 
 @dataclass
@@ -84,12 +85,14 @@ class OpenedAudit:
 
     def load(self, name: str) -> ClassImages:
         ids = self.eval_split.images[name]
-        train = None
+        train, population = None, None
         if self.train_split is not None:
             tr_ids = self.train_split.images.get(name, [])
+            sampled = sample_training(tr_ids, self.config.train_per_class, self.config.seed, self.indices[name])
+            population, tr_ids = (len(tr_ids) if len(sampled) < len(tr_ids) else None), sampled
             train = self.train_split.stream(tr_ids, self.tile_size, self.config.batch_size)
         ids, images = self.eval_split.load_kept(ids, self.tile_size)  # images over the size cap left out
-        return ClassImages(name, self.indices[name], ids, images, train)
+        return ClassImages(name, self.indices[name], ids, images, train, population)
 
     def iter_classes(self, names: list[str]) -> Iterator[ClassImages]:
         """The classes' images in turn; the next class is decoded while the caller works on this one."""
@@ -106,21 +109,33 @@ class OpenedAudit:
         return {"clusters": c.clusters, "mosaics_per_pair": c.mosaics_per_pair, "seed": c.seed,
                 "layer": self.prepared.layer_name, "cam": self.prepared.cam, "method": c.method,
                 "control_seed": self.control_seed, "tile_size": self.tile_size,
-                "mosaic_size": self.mosaic_size, "normalize": c.normalize, "per_image": c.per_image}
+                "mosaic_size": self.mosaic_size, "normalize": c.normalize, "per_image": c.per_image,
+                "train_per_class": c.train_per_class}
 
     def settings(self) -> dict:
         """The settings that change numbers: what identifies a run besides model version, data and clustering.
 
         Architecture and weights belong to the model version, P to the clustering; batch size, device,
         --cam (fast and reference agree), class order and per-image mode change no number of the run;
-        --method and the randomized control do.
+        --method and the randomized control do, and so does --train-per-class (named only when set, so the
+        keys of runs that place every training image are what they were).
         """
         mean, std = parse_normalize(self.config.normalize)
         return {"mosaics_per_pair": self.config.mosaics_per_pair, "method": self.config.method,
                 "control": self.config.control,
                 "seed": self.config.seed, "tile_size": self.tile_size, "mosaic_size": self.mosaic_size,
                 "normalize": [list(mean), list(std)], "layer": self.prepared.layer_name,
-                "classes": sorted(self.indices)}
+                "classes": sorted(self.indices),
+                **({"train_per_class": self.config.train_per_class} if self.config.train_per_class else {})}
+
+
+def sample_training(ids: list[str], n: int | None, seed: int, class_index: int) -> list[str]:
+    """``n`` of a class's training image ids, drawn without replacement, seeded by (seed, class index), in
+    their order; all of them when ``n`` is None or not smaller."""
+    if n is None or n >= len(ids):
+        return ids
+    keep = np.sort(np.random.default_rng([seed, class_index, 2]).choice(len(ids), size=n, replace=False))
+    return [ids[k] for k in keep]
 
 
 def open_audit(config: AuditConfig) -> OpenedAudit:
@@ -235,6 +250,11 @@ def audit_class(opened: OpenedAudit, images: ClassImages, frozen: Mapping[str, i
     control = control_result(opened, plan, control_d[0], stats) if control_d else None
     placement = (place_training(opened, clustering, images.train_images, embeddings.shape[1])
                  if images.train_images is not None else None)
+    if placement is not None:  # a share's standard error: 0 when every training image was placed
+        placement = (*placement, training_share_se(placement[0], images.train_population or sum(placement[0])))
+        if images.train_population is not None:
+            notes.append(f"training shares from a sample of {int(sum(placement[0]))} of {images.train_population} "
+                         f"training images (--train-per-class {config.train_per_class}, seed {config.seed})")
     per_image = per_image_result(opened, images, images.eval_images, logits) if config.per_image else None
     return class_result(images, clustering, plan, d, stats, placement, notes, per_image, baselines, control)
 
@@ -392,7 +412,7 @@ def class_result(images: ClassImages, clustering: Clustering, plan: MosaicPlan, 
                      f"no mosaic against them has a non-zero Grad-CAM map")
     elif P == 1:
         notes.append("a single cluster: no pair to compare, so no hierarchy")
-    counts, shares = placement if placement is not None else (None, None)
+    counts, shares, se = (*placement, None)[:3] if placement is not None else (None, None, None)
     ranked = ~np.isnan(stats.scores)
     clusters = [
         ClusterResult(
@@ -402,6 +422,7 @@ def class_result(images: ClassImages, clustering: Clustering, plan: MosaicPlan, 
             score=_none(stats.scores[c]), rank=None if np.isnan(stats.rank[c]) else int(stats.rank[c]),
             members=[eval_ids[k] for k in np.flatnonzero(labels == c)],
             baselines=None if baselines is None else {k: _none(v[c]) for k, v in baselines.items()},
+            train_share_se=None if se is None or shares is None else _none(se[c]),
         )
         for c in range(P)
     ]

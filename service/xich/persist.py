@@ -328,6 +328,7 @@ def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult, worker: s
             session.add_all(ClusterMember(cluster_id=cluster.id, image_id=m) for m in c.members)
         session.add(RunCluster(run_id=run.id, class_index=cls.index, cluster_index=c.id, cluster_id=cluster.id,
                                eval_size=c.eval_size, train_count=c.train_count, train_share=c.train_share,
+                               train_share_se=c.train_share_se,
                                score=c.score, rank=c.rank, **{b: (c.baselines or {}).get(b) for b in BASELINES},
                                control_score=cls.control["scores"][c.id] if cls.control else None))
     P = len(cls.clusters)
@@ -481,7 +482,7 @@ def load_classes(*, session: Session, run_id: str) -> list[ClassResult]:
         rows = session.scalars(select(RunCluster).where(RunCluster.run_id == run_id, RunCluster.class_index == rc.class_index)
                                .order_by(RunCluster.cluster_index)).all()
         clusters = [ClusterResult(id=r.cluster_index, eval_size=r.eval_size, train_count=r.train_count,
-                                  train_share=r.train_share, score=r.score, rank=r.rank,
+                                  train_share=r.train_share, train_share_se=r.train_share_se, score=r.score, rank=r.rank,
                                   members=sorted(session.scalars(select(ClusterMember.image_id)
                                                                  .where(ClusterMember.cluster_id == r.cluster_id))),
                                   baselines=_baselines(r))

@@ -234,7 +234,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             rec = open_recorded_run(config, database_url=settings.database_url, model_name=args.model_name,
                                     model_version=args.model_version, registry_metadata=registry_metadata,
                                     registered_at=registered_at, clustering=args.clustering,
-                                    cache_dir=settings.cache_dir)
+                                    cache_dir=settings.cache_dir, stale_s=settings.run_stale_s)
             opened = rec.opened
             try:
                 try:

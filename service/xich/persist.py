@@ -12,11 +12,11 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .db import (AuditRequest, AuditRun, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
+from .db import (AuditRequest, AuditRun, ClassHeartbeat, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
                  PerImageScore, RunClass, RunCluster, RunRankShare, utcnow)
 from .errors import XichError
 from .method.baselines import BASELINES
@@ -157,17 +157,21 @@ def unaudited_requests(*, session: Session, model_name: str | None = None,
             if p["action"] == "start"]
 
 
-def request_plan(*, session: Session, model_name: str | None = None, stale_after: timedelta = timedelta(hours=12),
+def request_plan(*, session: Session, model_name: str | None = None, stale_after: timedelta = timedelta(seconds=600),
                  now: datetime | None = None) -> list[dict]:
     """Every registered audit without a complete run, oldest first, with what the nightly flow does with it.
 
     ``{"parameters": <audit_model_version's>, "action": start | running | backed-off | given-up, "detail": str}``.
-    A request whose run is ``running`` is left to the process running it, unless it started more than
-    ``stale_after`` ago (a process killed without a word leaves its run ``running``); one that failed waits
+    A request whose run is ``running`` is left to the processes running it, unless its newest class heartbeat
+    (or its start, before any) is more than ``stale_after`` old (XICH_RUN_STALE_S: a process killed without a word
+    leaves its run ``running`` and stops beating); one that failed waits
     until its ``next_try_at``, and after ``MAX_FAILURES`` identical failures is given up.
     """
     now = now or utcnow()
-    query = (select(AuditRequest, ModelVersion, Model.name, AuditRun.status, AuditRun.started_at)
+    last_beat = (select(func.max(ClassHeartbeat.beat_at)).where(ClassHeartbeat.run_id == AuditRun.id)
+                 .correlate(AuditRun).scalar_subquery())
+    query = (select(AuditRequest, ModelVersion, Model.name, AuditRun.status,
+                    func.coalesce(last_beat, AuditRun.started_at))
              .join(ModelVersion, ModelVersion.id == AuditRequest.model_version_id)
              .join(Model, Model.id == ModelVersion.model_id)
              .outerjoin(AuditRun, AuditRun.id == AuditRequest.run_id)
@@ -180,7 +184,8 @@ def request_plan(*, session: Session, model_name: str | None = None, stale_after
         parameters = {"model": name, "version": mv.version, "model_spec": mv.spec, "weights_uri": mv.weights_uri,
                       "dataset_uri": request.dataset_uri, "settings": dict(request.settings or {})}
         if status == "running" and started is not None and _aware(started) > cutoff:
-            action, detail = "running", f"its run {request.run_id} is running (since {_aware(started):%Y-%m-%d %H:%M} UTC)"
+            action, detail = "running", (f"its run {request.run_id} is running (last heartbeat "
+                                         f"{_aware(started):%Y-%m-%d %H:%M:%S} UTC)")
         elif request.failures >= MAX_FAILURES:
             action, detail = "given-up", (f"given up after {request.failures} identical failures: {request.last_error}; "
                                           f"fix the cause, then register the version again")
@@ -191,6 +196,26 @@ def request_plan(*, session: Session, model_name: str | None = None, stale_after
             action, detail = "start", ("no run yet" if status is None else f"its run {request.run_id} is {status}")
         out.append({"parameters": parameters, "action": action, "detail": detail})
     return out
+
+
+def beat_class(*, session: Session, run_id: str, class_name: str, worker: str, now: datetime | None = None) -> None:
+    """Record that ``worker`` is computing ``class_name`` of the run now (the row is kept after the class is stored:
+    the run's newest beat is its last sign of life). Committed."""
+    row = session.get(ClassHeartbeat, (run_id, class_name))
+    if row is None:
+        session.add(ClassHeartbeat(run_id=run_id, class_name=class_name, worker=worker, beat_at=now or utcnow()))
+    else:
+        row.worker, row.beat_at = worker, now or utcnow()
+    session.commit()
+
+
+def class_is_stale(*, session: Session, run_id: str, class_name: str, stale_after: timedelta,
+                   now: datetime | None = None) -> bool:
+    """Whether the class's last heartbeat is older than ``stale_after`` (False without one: nobody claimed it)."""
+    beat = session.scalar(select(ClassHeartbeat.beat_at).where(ClassHeartbeat.run_id == run_id,
+                                                               ClassHeartbeat.class_name == class_name))
+    session.commit()  # a fresh snapshot at the next ask
+    return beat is not None and _aware(beat) < (now or utcnow()) - stale_after
 
 
 def record_request_failure(*, session: Session, model_name: str, version: str, dataset_uri: str, settings: dict,

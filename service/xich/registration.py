@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -125,15 +125,15 @@ def admit_recorded(parameters: dict, allowed_specs: list[str] | tuple[str, ...])
 
 
 def request_plan(*, database_url: str, model: str | None = None,
-                 allowed_specs: list[str] | tuple[str, ...] = DEFAULT_SPECS) -> list[dict]:
+                 allowed_specs: list[str] | tuple[str, ...] = DEFAULT_SPECS, stale_s: float = 600.0) -> list[dict]:
     """Every registered audit without a complete run, with what the nightly flow does with it (``persist.request_plan``).
 
     Each request to start is checked again (:func:`admit_recorded`) before anything is imported for it: the table
-    is outside input too. One that fails gets the action ``refused`` and the reason.
+    is outside input too. One that fails gets the action ``refused`` and the reason. ``stale_s``: XICH_RUN_STALE_S.
     """
     upgrade(database_url)
     with session_for(database_url) as session:
-        plan = persist.request_plan(session=session, model_name=model)
+        plan = persist.request_plan(session=session, model_name=model, stale_after=timedelta(seconds=stale_s))
     for item in plan:
         if item["action"] != "start":
             continue

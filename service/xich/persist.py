@@ -48,6 +48,10 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
 
     ``registered_at``: the registry's creation time of the version, which orders versions in the
     history views (else the time the version was first recorded).
+
+    ``weights_sha256`` None with a ``weights_uri``: weights not hashed yet (the hooks receiver answers before a
+    multi-GB checkpoint could be hashed); the first caller that gives the hash for the same spec and URI records it,
+    and from then on a different hash is refused as before.
     """
     model = session.scalar(select(Model).where(Model.name == name))
     if model is None:
@@ -62,7 +66,11 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
         session.add(mv)
         session.flush()
         return mv
-    if (mv.spec, mv.weights_sha256) != (spec, weights_sha256):
+    same_source = (mv.spec, mv.weights_uri) == (spec, weights_uri)
+    if same_source and weights_uri and mv.weights_sha256 is None:
+        mv.weights_sha256 = weights_sha256  # registered unhashed (a hook): the first worker that reads them hashes
+    unhashed = weights_sha256 is None and weights_uri is not None
+    if (not same_source) if unhashed else (mv.spec, mv.weights_sha256) != (spec, weights_sha256):
         prefix, hint = ((f"{version_flag} {version}: ", f"give this model a new {version_flag}") if version_flag
                         else ("", "register these weights as a new version of the model"))
         raise XichError(f"{prefix}model {name!r} version {version!r} was recorded with "

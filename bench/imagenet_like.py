@@ -31,19 +31,31 @@ def image(rng: np.random.Generator, size: int, tint: np.ndarray) -> Image.Image:
 
 
 def make_dataset(out: Path, *, classes: int, eval_per_class: int, train_per_class: int, size: int = 224,
-                 seed: int = 0, quality: int = 90) -> Path:
-    """Write the dataset under ``out`` (see the module docstring) and return ``out``."""
-    for split, count in (("test", eval_per_class), ("train", train_per_class)):
-        for c in range(classes):
-            folder = out / split / f"class_{c:03d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            tint = 0.6 + 0.4 * np.random.default_rng([seed, c]).random(3, dtype=np.float32)
-            for k in range(count):
-                path = folder / f"{k:06d}.jpg"
-                if not path.exists():
-                    rng = np.random.default_rng([seed, c, k, split == "train"])
-                    image(rng, size, tint).save(path, quality=quality)
+                 seed: int = 0, quality: int = 90, processes: int = 1) -> Path:
+    """Write the dataset under ``out`` (see the module docstring) and return ``out``; ``processes`` > 1 writes
+    classes in parallel (the same files)."""
+    jobs = [(out, split, c, count, size, seed, quality)
+            for split, count in (("test", eval_per_class), ("train", train_per_class)) for c in range(classes)]
+    if processes > 1:
+        from multiprocessing import Pool
+
+        with Pool(processes) as pool:
+            pool.starmap(_write_class, jobs)
+    else:
+        for job in jobs:
+            _write_class(*job)
     return out
+
+
+def _write_class(out: Path, split: str, c: int, count: int, size: int, seed: int, quality: int) -> None:
+    folder = out / split / f"class_{c:03d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    tint = 0.6 + 0.4 * np.random.default_rng([seed, c]).random(3, dtype=np.float32)
+    for k in range(count):
+        path = folder / f"{k:06d}.jpg"
+        if not path.exists():
+            rng = np.random.default_rng([seed, c, k, split == "train"])
+            image(rng, size, tint).save(path, quality=quality)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,14 +105,17 @@ def heartbeat(beat: Callable[[], None], every_s: float) -> Iterator[None]:
     fails is logged and tried again at the next one: a missed beat only brings a takeover nearer."""
     done = threading.Event()
 
+    def beat_once() -> None:
+        try:
+            beat()
+        except Exception as exc:  # noqa: BLE001 — the work goes on; the beat is retried
+            log.warning("heartbeat failed (%s); retrying in %.0f s", exc, every_s)
+
     def loop() -> None:
         while not done.wait(every_s):
-            try:
-                beat()
-            except Exception as exc:  # noqa: BLE001 — the work goes on; the beat is retried
-                log.warning("heartbeat failed (%s); retrying in %.0f s", exc, every_s)
+            beat_once()
 
-    beat()
+    beat_once()
     thread = threading.Thread(target=loop, name="xich-heartbeat", daemon=True)
     thread.start()
     try:

@@ -79,7 +79,8 @@ def open_run(parameters: dict, data: str | None, weights: str | None) -> Recorde
     settings = get_settings()
     return open_recorded_run(config, database_url=settings.database_url, model_name=parameters["model"],
                              model_version=parameters["version"], clustering=clustering, cache_dir=settings.cache_dir,
-                             request={"dataset_uri": parameters["dataset_uri"], "settings": parameters["settings"]})
+                             request={"dataset_uri": parameters["dataset_uri"], "settings": parameters["settings"]},
+                             stale_s=settings.run_stale_s)
 
 
 @task(name="load-class", task_run_name="load-{name}", **IO)
@@ -250,7 +251,8 @@ def _wait_for(children: list, start_timeout_s: float) -> None:
 def find_unaudited(model: str | None) -> list[dict]:
     """Every registered audit without a complete run, with what to do with it (see ``registration.request_plan``)."""
     settings = get_settings()
-    return request_plan(database_url=settings.database_url, model=model, allowed_specs=settings.hooks_allowed_specs)
+    return request_plan(database_url=settings.database_url, model=model, allowed_specs=settings.hooks_allowed_specs,
+                        stale_s=settings.run_stale_s)
 
 
 @flow(name="audit-new-versions", log_prints=True)

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .datasets import Dataset, Split, open_dataset
+from .datasets import Dataset, ImageStream, Split, open_dataset
 from .errors import XichError
 from .labels import LabelList, model_indices, resolve_labels
 from .method.baselines import baseline_agreement, cluster_baselines, kendall_tau
 from .method.clustering import Clustering, assign_clusters, cluster_embeddings, clustering_from_labels
-from .method.distribution import score_share_spearman, training_distribution
+from .method.distribution import score_share_spearman, training_distribution, training_share_se
 from .method.dominance import dominance_matrix, mosaic_dominance, quadrant_relevance
 from .method.hierarchy import hierarchy, hierarchy_scores
 from .method.mosaic import MosaicPlan, assemble_mosaics, image_sets, plan_mosaics
@@ -58,7 +58,8 @@ class ClassImages:
     index: int  # the model's output for this class
     eval_ids: list[str]
     eval_images: torch.Tensor  # uint8 (N, 3, T, T)
-    train_images: torch.Tensor | None
+    train_images: torch.Tensor | ImageStream | None  # a stream: decoded in chunks when placed, never held whole
+    train_population: int | None = None  # the class's training images before --train-per-class (None: not sampled)
 
 
 @dataclass
@@ -84,12 +85,14 @@ class OpenedAudit:
 
     def load(self, name: str) -> ClassImages:
         ids = self.eval_split.images[name]
-        train = None
+        train, population = None, None
         if self.train_split is not None:
             tr_ids = self.train_split.images.get(name, [])
-            train = self.train_split.load(tr_ids, self.tile_size)
+            sampled = sample_training(tr_ids, self.config.train_per_class, self.config.seed, self.indices[name])
+            population, tr_ids = (len(tr_ids) if len(sampled) < len(tr_ids) else None), sampled
+            train = self.train_split.stream(tr_ids, self.tile_size, self.config.batch_size)
         ids, images = self.eval_split.load_kept(ids, self.tile_size)  # images over the size cap left out
-        return ClassImages(name, self.indices[name], ids, images, train)
+        return ClassImages(name, self.indices[name], ids, images, train, population)
 
     def iter_classes(self, names: list[str]) -> Iterator[ClassImages]:
         """The classes' images in turn; the next class is decoded while the caller works on this one."""
@@ -106,21 +109,33 @@ class OpenedAudit:
         return {"clusters": c.clusters, "mosaics_per_pair": c.mosaics_per_pair, "seed": c.seed,
                 "layer": self.prepared.layer_name, "cam": self.prepared.cam, "method": c.method,
                 "control_seed": self.control_seed, "tile_size": self.tile_size,
-                "mosaic_size": self.mosaic_size, "normalize": c.normalize, "per_image": c.per_image}
+                "mosaic_size": self.mosaic_size, "normalize": c.normalize, "per_image": c.per_image,
+                "train_per_class": c.train_per_class}
 
     def settings(self) -> dict:
         """The settings that change numbers: what identifies a run besides model version, data and clustering.
 
         Architecture and weights belong to the model version, P to the clustering; batch size, device,
         --cam (fast and reference agree), class order and per-image mode change no number of the run;
-        --method and the randomized control do.
+        --method and the randomized control do, and so does --train-per-class (named only when set, so the
+        keys of runs that place every training image are what they were).
         """
         mean, std = parse_normalize(self.config.normalize)
         return {"mosaics_per_pair": self.config.mosaics_per_pair, "method": self.config.method,
                 "control": self.config.control,
                 "seed": self.config.seed, "tile_size": self.tile_size, "mosaic_size": self.mosaic_size,
                 "normalize": [list(mean), list(std)], "layer": self.prepared.layer_name,
-                "classes": sorted(self.indices)}
+                "classes": sorted(self.indices),
+                **({"train_per_class": self.config.train_per_class} if self.config.train_per_class else {})}
+
+
+def sample_training(ids: list[str], n: int | None, seed: int, class_index: int) -> list[str]:
+    """``n`` of a class's training image ids, drawn without replacement, seeded by (seed, class index), in
+    their order; all of them when ``n`` is None or not smaller."""
+    if n is None or n >= len(ids):
+        return ids
+    keep = np.sort(np.random.default_rng([seed, class_index, 2]).choice(len(ids), size=n, replace=False))
+    return [ids[k] for k in keep]
 
 
 def open_audit(config: AuditConfig) -> OpenedAudit:
@@ -229,14 +244,18 @@ def audit_class(opened: OpenedAudit, images: ClassImages, frozen: Mapping[str, i
     embeddings, logits = embed_class(opened, images.eval_images)
     clustering, notes = cluster_class(opened, images, embeddings, frozen)
     baselines = cluster_baselines(logits, clustering.labels, clustering.n_clusters, images.index)
-    tiles = opened.prepared.normalize(images.eval_images)
     plan = plan_class_mosaics(opened, clustering, images.index)
-    d, *control_d = score_mosaics_with(opened, _scoring_models(opened), tiles, plan, images.index)
+    d, *control_d = score_mosaics_with(opened, _scoring_models(opened), images.eval_images, plan, images.index)
     stats = rank_clusters(plan, d, clustering.n_clusters)
     control = control_result(opened, plan, control_d[0], stats) if control_d else None
     placement = (place_training(opened, clustering, images.train_images, embeddings.shape[1])
                  if images.train_images is not None else None)
-    per_image = per_image_result(opened, images, tiles, logits) if config.per_image else None
+    if placement is not None:  # a share's standard error: 0 when every training image was placed
+        placement = (*placement, training_share_se(placement[0], images.train_population or sum(placement[0])))
+        if images.train_population is not None:
+            notes.append(f"training shares from a sample of {int(sum(placement[0]))} of {images.train_population} "
+                         f"training images (--train-per-class {config.train_per_class}, seed {config.seed})")
+    per_image = per_image_result(opened, images, images.eval_images, logits) if config.per_image else None
     return class_result(images, clustering, plan, d, stats, placement, notes, per_image, baselines, control)
 
 
@@ -279,8 +298,8 @@ def plan_class_mosaics(opened: OpenedAudit, clustering: Clustering, class_index:
 def score_mosaics(opened: OpenedAudit, tiles: torch.Tensor, plan: MosaicPlan, class_index: int) -> np.ndarray:
     """Stage 4 (eq. 3–6): d of ``plan.pairs[:, 0]`` on each planned mosaic; NaN where the map is all zero.
 
-    ``tiles``: the class's normalised images. Identical manifests (frequent in per-image mode) are
-    rendered and explained once.
+    ``tiles``: the class's images, uint8 (normalised a batch at a time, so a class holds no float copy of its
+    images) or already normalised. Identical manifests (frequent in per-image mode) are rendered and explained once.
     """
     return score_mosaics_with(opened, {"cam_s": opened.prepared}, tiles, plan, class_index)[0]
 
@@ -294,13 +313,24 @@ def score_mosaics_with(opened: OpenedAudit, models: dict[str, PreparedModel], ti
     relevance = np.empty((len(models), len(unique), 4))
     for start in range(0, len(unique), batch_size):
         sl = slice(start, start + batch_size)
-        mosaics = assemble_mosaics(tiles, unique[sl], opened.mosaic_size)
+        mosaics = normalized_mosaics(opened.prepared, tiles, unique[sl], opened.mosaic_size)
         for k, (key, prepared) in enumerate(models.items()):
             began = time.perf_counter()
             relevance[k, sl] = quadrant_relevance(prepared.mosaic_cams(mosaics, class_index))
             opened.timings[key] = opened.timings.get(key, 0.0) + time.perf_counter() - began
     in_i = plan.clusters == plan.pairs[:, :1]
     return [mosaic_dominance(r[inverse.ravel()], in_i) for r in relevance]
+
+
+def normalized_mosaics(prepared: PreparedModel, tiles: torch.Tensor, manifests: np.ndarray,
+                       mosaic_size: int) -> torch.Tensor:
+    """Mosaics (B, 3, S, S) of ``manifests`` (B, 4), normalised: uint8 ``tiles`` are normalised only where a
+    manifest uses them (the same values, element by element, as normalising them all first)."""
+    if tiles.is_floating_point():
+        return assemble_mosaics(tiles, manifests, mosaic_size)
+    used, local = np.unique(manifests, return_inverse=True)
+    return assemble_mosaics(prepared.normalize(tiles[torch.as_tensor(used)]), local.reshape(manifests.shape),
+                            mosaic_size)
 
 
 @dataclass(frozen=True)
@@ -352,10 +382,16 @@ def control_result(opened: OpenedAudit, plan: MosaicPlan, d: np.ndarray, trained
             "image_statistics": bool(pairs) and len(pairs) >= len(significant_pairs(trained.D, trained.p_holm))}
 
 
-def place_training(opened: OpenedAudit, clustering: Clustering, train_images: torch.Tensor,
+def place_training(opened: OpenedAudit, clustering: Clustering, train_images: torch.Tensor | ImageStream,
                    dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 6 (Fig. 4/5): each training image goes to its nearest cluster centre → (counts, shares) per cluster."""
-    train_emb = embed_class(opened, train_images)[0] if len(train_images) else np.zeros((0, dim))
+    """Stage 6 (Fig. 4/5): each training image goes to its nearest cluster centre → (counts, shares) per cluster.
+
+    A stream is decoded and embedded a chunk at a time; only its embeddings (n, C) are kept."""
+    if isinstance(train_images, ImageStream):
+        parts = [embed_class(opened, chunk)[0] for _ids, chunk in train_images if len(chunk)]
+        train_emb = np.concatenate(parts) if parts else np.zeros((0, dim))
+    else:
+        train_emb = embed_class(opened, train_images)[0] if len(train_images) else np.zeros((0, dim))
     return training_distribution(assign_clusters(clustering, train_emb), clustering.n_clusters)
 
 
@@ -376,7 +412,7 @@ def class_result(images: ClassImages, clustering: Clustering, plan: MosaicPlan, 
                      f"no mosaic against them has a non-zero Grad-CAM map")
     elif P == 1:
         notes.append("a single cluster: no pair to compare, so no hierarchy")
-    counts, shares = placement if placement is not None else (None, None)
+    counts, shares, se = (*placement, None)[:3] if placement is not None else (None, None, None)
     ranked = ~np.isnan(stats.scores)
     clusters = [
         ClusterResult(
@@ -386,6 +422,7 @@ def class_result(images: ClassImages, clustering: Clustering, plan: MosaicPlan, 
             score=_none(stats.scores[c]), rank=None if np.isnan(stats.rank[c]) else int(stats.rank[c]),
             members=[eval_ids[k] for k in np.flatnonzero(labels == c)],
             baselines=None if baselines is None else {k: _none(v[c]) for k, v in baselines.items()},
+            train_share_se=None if se is None or shares is None else _none(se[c]),
         )
         for c in range(P)
     ]
@@ -413,7 +450,7 @@ def per_image_result(opened: OpenedAudit, images: ClassImages, tiles: torch.Tens
     """Per-image mode (Fig. 3): a sample of images, each its own cluster; both images twice in each mosaic."""
     config = opened.config
     if tiles is None or logits is None:
-        tiles = opened.prepared.normalize(images.eval_images)
+        tiles = images.eval_images
         logits = embed_class(opened, images.eval_images)[1]
     eval_ids, class_index = images.eval_ids, images.index
     rng = np.random.default_rng([config.seed, class_index, 1])
@@ -462,9 +499,11 @@ def explainer(opened: OpenedAudit, images: ClassImages) -> Explainer:
 
     def explain(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         idx = np.array([[position[i] for i in ids]])
-        rgb = assemble_mosaics(images.eval_images.float(), idx, mosaic_size)[0].clamp(0, 255).byte().permute(1, 2, 0)
-        cam = prepared.mosaic_cams(assemble_mosaics(prepared.normalize(images.eval_images), idx, mosaic_size),
-                                   images.index)[0]
+        used, local = np.unique(idx, return_inverse=True)
+        local = local.reshape(idx.shape)
+        rgb = assemble_mosaics(images.eval_images[torch.as_tensor(used)].float(), local, mosaic_size)[0]
+        rgb = rgb.clamp(0, 255).byte().permute(1, 2, 0)
+        cam = prepared.mosaic_cams(normalized_mosaics(prepared, images.eval_images, idx, mosaic_size), images.index)[0]
         return rgb.cpu().numpy(), cam
 
     return explain

@@ -52,6 +52,9 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--per-image", type=int, default=0, metavar="N",
                    help="also score N sampled images per class, each its own cluster (Fig. 3)")
+    p.add_argument("--train-per-class", type=int, metavar="N",
+                   help="place a seeded sample of N training images per class (Fig. 4/5), not all; each training "
+                        "share then has its standard error")
     p.add_argument("--json", help="write the audit document here")
     p.add_argument("--report", metavar="DIR", help="write an HTML report with the paper's figures here")
     p.add_argument("--model-name", help="record under this model name (default: the model spec)")
@@ -203,6 +206,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         tile_size=args.tile_size, mosaic_size=args.mosaic_size,
         normalize=args.normalize, classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
         batch_size=args.batch_size, device=args.device, per_image=args.per_image, labels=args.labels,
+        train_per_class=args.train_per_class,
     )
     examples: dict = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -230,7 +234,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             rec = open_recorded_run(config, database_url=settings.database_url, model_name=args.model_name,
                                     model_version=args.model_version, registry_metadata=registry_metadata,
                                     registered_at=registered_at, clustering=args.clustering,
-                                    cache_dir=settings.cache_dir)
+                                    cache_dir=settings.cache_dir, stale_s=settings.run_stale_s)
             opened = rec.opened
             try:
                 try:
@@ -594,7 +598,7 @@ def print_summary(result) -> None:
             table.add_column(col, justify="right")
         for cl in sorted(cls.clusters, key=lambda x: (x.rank is None, x.rank, x.id)):
             table.add_row(_f(cl.rank, "d"), str(cl.id), _f(cl.score), str(cl.eval_size), _f(cl.train_count, "d"),
-                          _f(cl.train_share),
+                          _f(cl.train_share) + (f" ± {cl.train_share_se:.3f}" if cl.train_share_se else ""),
                           *((_f(cl.baselines[b]) for b in BASELINES) if baselines else ()),
                           *((_f(cls.control["scores"][cl.id]),) if cls.control else ()))
         out.print(table)

@@ -50,6 +50,7 @@ class AuditConfig:
     batch_size: int = 128
     device: str | None = None
     per_image: int = 0
+    train_per_class: int | None = None  # --train-per-class N: place a seeded sample of N training images per class
     labels: str | None = None  # --labels: a built-in set or a file (see labels.py)
     data_uri: str | None = None  # where --data / --weights came from (s3://…) when read from a local copy
     weights_uri: str | None = None
@@ -57,9 +58,10 @@ class AuditConfig:
 
 # upper bounds: far above any useful audit, low enough that no request can ask a worker for unbounded work
 MAXIMA = {"clusters": 50, "mosaics_per_pair": 1000, "batch_size": 4096, "seed": 2**32 - 1, "per_image": 10_000,
-          "tile_size": 1024, "mosaic_size": 2048}
+          "tile_size": 1024, "mosaic_size": 2048, "train_per_class": 10_000_000}
 MAX_CLASSES, MAX_TEXT = 1000, 200  # class names per request; characters of a name, split, layer, device…
-INTEGERS = ("clusters", "mosaics_per_pair", "batch_size", "seed", "per_image", "tile_size", "mosaic_size")
+INTEGERS = ("clusters", "mosaics_per_pair", "batch_size", "seed", "per_image", "tile_size", "mosaic_size",
+            "train_per_class")
 TEXTS = ("eval_split", "train_split", "layer", "cam", "normalize", "labels", "device")
 
 
@@ -86,8 +88,8 @@ def check_config(config: AuditConfig) -> None:
                                                         and "\x00" not in c for c in config.classes):
             raise XichError(f"--classes must be at most {MAX_CLASSES} class names, each text of 1 to {MAX_TEXT} "
                             f"characters (e.g. [\"cat\", \"dog\"])")
-    for name in ("clusters", "mosaics_per_pair", "batch_size"):
-        if getattr(config, name) < 1:
+    for name in ("clusters", "mosaics_per_pair", "batch_size", "train_per_class"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise XichError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     for name in ("seed", "per_image"):
         if getattr(config, name) < 0:

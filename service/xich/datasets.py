@@ -20,7 +20,8 @@ import json
 import logging
 import pickle
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -82,6 +83,17 @@ class Split:
         it is decoded (an all-zero 12000×12000 PNG is 420 KB on disk and 430 MB decoded): it is logged, counted in
         :attr:`skipped` (image id → reason) and left out; the audit goes on with the others.
         """
+        kept, arrays = self._read_tiles(ids, tile_size)
+        if ids and not kept:
+            raise self._none_kept(len(ids), tile_size)
+        out = np.stack(arrays) if arrays else np.empty((0, tile_size, tile_size, 3), dtype=np.uint8)
+        return kept, torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+    def stream(self, ids: list[str], tile_size: int, chunk: int) -> ImageStream:
+        """The images of ``ids`` as chunks of at most ``chunk`` tiles, decoded when iterated (see :class:`ImageStream`)."""
+        return ImageStream(self, list(ids), tile_size, chunk)
+
+    def _read_tiles(self, ids: list[str], tile_size: int) -> tuple[list[str], list[np.ndarray]]:
         max_side = self.max_side_factor * tile_size
         kept, arrays = [], []
         for image_id in ids:
@@ -95,11 +107,12 @@ class Split:
                 arr = np.asarray(Image.fromarray(arr).resize((tile_size, tile_size), Image.BILINEAR))
             kept.append(image_id)
             arrays.append(arr)
-        if ids and not kept:
-            raise XichError(f"{self.where}: every one of {len(ids)} image(s) asked for is larger than {max_side} "
-                            f"pixels a side (XICH_IMAGE_MAX_SIDE_FACTOR × tile size); shrink them or raise the factor")
-        out = np.stack(arrays) if arrays else np.empty((0, tile_size, tile_size, 3), dtype=np.uint8)
-        return kept, torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        return kept, arrays
+
+    def _none_kept(self, n: int, tile_size: int) -> XichError:
+        return XichError(f"{self.where}: every one of {n} image(s) asked for is larger than "
+                         f"{self.max_side_factor * tile_size} pixels a side (XICH_IMAGE_MAX_SIDE_FACTOR × tile size); "
+                         f"shrink them or raise the factor")
 
     def content_hashes(self, cache_dir: Path | None = None) -> dict[str, str]:
         """sha256 of every image's bytes, by image id.
@@ -129,6 +142,43 @@ class Split:
             except XichError:
                 pass  # a cache that cannot be written only costs a re-read next time
         return out
+
+
+@dataclass
+class ImageStream:
+    """A split's images, decoded ``chunk`` at a time: memory holds two chunks (the one in use and the next, decoded
+    in a background thread while the caller works), never the whole list. Iterating yields (kept ids, uint8 tensor
+    (n, 3, T, T)) chunks, with images over the size cap left out as :meth:`Split.load_kept` does; the ids kept
+    are also gathered in :attr:`kept`."""
+
+    split: Split
+    ids: list[str]
+    tile_size: int
+    chunk: int
+
+    def __post_init__(self):
+        self.kept: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _decode(self, start: int) -> tuple[list[str], torch.Tensor]:
+        kept, arrays = self.split._read_tiles(self.ids[start:start + self.chunk], self.tile_size)
+        out = np.stack(arrays) if arrays else np.empty((0, self.tile_size, self.tile_size, 3), dtype=np.uint8)
+        return kept, torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+    def __iter__(self) -> Iterator[tuple[list[str], torch.Tensor]]:
+        self.kept = []
+        starts = range(0, len(self.ids), self.chunk)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._decode, starts[0]) if starts else None
+            for n in range(len(starts)):
+                kept, images = pending.result()
+                pending = pool.submit(self._decode, starts[n + 1]) if n + 1 < len(starts) else None
+                self.kept.extend(kept)
+                yield kept, images
+        if self.ids and not self.kept:
+            raise self.split._none_kept(len(self.ids), self.tile_size)
 
 
 def content_fingerprint(splits: list[Split], cache_dir: Path | None = None) -> tuple[str, int]:

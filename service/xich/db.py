@@ -151,6 +151,17 @@ class AuditRequest(Base):
     next_try_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # backed off until then
 
 
+class ClassHeartbeat(Base):
+    """A class a process is computing: claimed with the class's lock, ``beat_at`` refreshed while it works, deleted
+    when it is stored. A run whose newest beat is older than XICH_RUN_STALE_S is taken over (persist.request_plan)."""
+
+    __tablename__ = "class_heartbeat"
+    run_id: Mapped[str] = mapped_column(ForeignKey("audit_run.id", ondelete="CASCADE"), primary_key=True)
+    class_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(255))
+    beat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class HookDelivery(Base):
     """A registry hook's delivery that was authentic, fresh and new, and what was done with it.
 
@@ -231,6 +242,7 @@ class RunCluster(_ClassRow, Base):
     eval_size: Mapped[int] = mapped_column(Integer)
     train_count: Mapped[int | None] = mapped_column(Integer)
     train_share: Mapped[float | None] = mapped_column(Float)
+    train_share_se: Mapped[float | None] = mapped_column(Float)  # under --train-per-class; NULL before 0008
     score: Mapped[float | None] = mapped_column(Float)  # NULL: no evidence against any other cluster
     rank: Mapped[int | None] = mapped_column(Integer)
     mean_logit: Mapped[float | None] = mapped_column(Float)  # baselines (method.baselines); NULL before 0007

@@ -13,7 +13,7 @@ mid-delivery, whose retry then takes the claim over). Both hooks sign as MLflow 
 :func:`sign`), each with its own secret and headers; a hook whose secret is unset answers 503.
 
 An accepted delivery is remembered (``deliveries``), then resolved through the mapping file (``hook_mapping``),
-its weights read from its source and hashed, the version and its audit request recorded
+its weights read from its source (hashed later, by the worker that audits them), the version and its audit request recorded
 (``registration.register``), and the audit deployment started without waiting for it:
 
     202 started      a flow run of the audit deployment was created
@@ -309,7 +309,8 @@ class HookReceiver:
                               model_spec=target.spec, weights_uri=weights_uri, dataset_uri=target.dataset,
                               settings=target.settings, registry_metadata=a.metadata, registered_at=a.registered_at,
                               local_weights=str(local) if local else None,
-                              allowed_specs=self.settings.hooks_allowed_specs)
+                              allowed_specs=self.settings.hooks_allowed_specs,
+                              hash_weights=False)  # a multi-GB checkpoint would outlast the sender's timeout
         served = audit_status(database_url=self.settings.database_url, model=a.model, version=a.version,
                               dataset_uri=parameters["dataset_uri"], settings=target.settings)  # as recorded (absolute)
         if served is not None and served[1] in ("complete", "running"):

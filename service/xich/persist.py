@@ -12,11 +12,11 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .db import (AuditRequest, AuditRun, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
+from .db import (AuditRequest, AuditRun, ClassHeartbeat, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
                  PerImageScore, RunClass, RunCluster, RunRankShare, utcnow)
 from .errors import XichError
 from .method.baselines import BASELINES
@@ -48,6 +48,10 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
 
     ``registered_at``: the registry's creation time of the version, which orders versions in the
     history views (else the time the version was first recorded).
+
+    ``weights_sha256`` None with a ``weights_uri``: weights not hashed yet (the hooks receiver answers before a
+    multi-GB checkpoint could be hashed); the first caller that gives the hash for the same spec and URI records it,
+    and from then on a different hash is refused as before.
     """
     model = session.scalar(select(Model).where(Model.name == name))
     if model is None:
@@ -62,7 +66,11 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
         session.add(mv)
         session.flush()
         return mv
-    if (mv.spec, mv.weights_sha256) != (spec, weights_sha256):
+    same_source = (mv.spec, mv.weights_uri) == (spec, weights_uri)
+    if same_source and weights_uri and mv.weights_sha256 is None:
+        mv.weights_sha256 = weights_sha256  # registered unhashed (a hook): the first worker that reads them hashes
+    unhashed = weights_sha256 is None and weights_uri is not None
+    if (not same_source) if unhashed else (mv.spec, mv.weights_sha256) != (spec, weights_sha256):
         prefix, hint = ((f"{version_flag} {version}: ", f"give this model a new {version_flag}") if version_flag
                         else ("", "register these weights as a new version of the model"))
         raise XichError(f"{prefix}model {name!r} version {version!r} was recorded with "
@@ -157,17 +165,21 @@ def unaudited_requests(*, session: Session, model_name: str | None = None,
             if p["action"] == "start"]
 
 
-def request_plan(*, session: Session, model_name: str | None = None, stale_after: timedelta = timedelta(hours=12),
+def request_plan(*, session: Session, model_name: str | None = None, stale_after: timedelta = timedelta(seconds=600),
                  now: datetime | None = None) -> list[dict]:
     """Every registered audit without a complete run, oldest first, with what the nightly flow does with it.
 
     ``{"parameters": <audit_model_version's>, "action": start | running | backed-off | given-up, "detail": str}``.
-    A request whose run is ``running`` is left to the process running it, unless it started more than
-    ``stale_after`` ago (a process killed without a word leaves its run ``running``); one that failed waits
+    A request whose run is ``running`` is left to the processes running it, unless its newest class heartbeat
+    (or its start, before any) is more than ``stale_after`` old (XICH_RUN_STALE_S: a process killed without a word
+    leaves its run ``running`` and stops beating); one that failed waits
     until its ``next_try_at``, and after ``MAX_FAILURES`` identical failures is given up.
     """
     now = now or utcnow()
-    query = (select(AuditRequest, ModelVersion, Model.name, AuditRun.status, AuditRun.started_at)
+    last_beat = (select(func.max(ClassHeartbeat.beat_at)).where(ClassHeartbeat.run_id == AuditRun.id)
+                 .correlate(AuditRun).scalar_subquery())
+    query = (select(AuditRequest, ModelVersion, Model.name, AuditRun.status,
+                    func.coalesce(last_beat, AuditRun.started_at))
              .join(ModelVersion, ModelVersion.id == AuditRequest.model_version_id)
              .join(Model, Model.id == ModelVersion.model_id)
              .outerjoin(AuditRun, AuditRun.id == AuditRequest.run_id)
@@ -180,7 +192,8 @@ def request_plan(*, session: Session, model_name: str | None = None, stale_after
         parameters = {"model": name, "version": mv.version, "model_spec": mv.spec, "weights_uri": mv.weights_uri,
                       "dataset_uri": request.dataset_uri, "settings": dict(request.settings or {})}
         if status == "running" and started is not None and _aware(started) > cutoff:
-            action, detail = "running", f"its run {request.run_id} is running (since {_aware(started):%Y-%m-%d %H:%M} UTC)"
+            action, detail = "running", (f"its run {request.run_id} is running (last heartbeat "
+                                         f"{_aware(started):%Y-%m-%d %H:%M:%S} UTC)")
         elif request.failures >= MAX_FAILURES:
             action, detail = "given-up", (f"given up after {request.failures} identical failures: {request.last_error}; "
                                           f"fix the cause, then register the version again")
@@ -191,6 +204,26 @@ def request_plan(*, session: Session, model_name: str | None = None, stale_after
             action, detail = "start", ("no run yet" if status is None else f"its run {request.run_id} is {status}")
         out.append({"parameters": parameters, "action": action, "detail": detail})
     return out
+
+
+def beat_class(*, session: Session, run_id: str, class_name: str, worker: str, now: datetime | None = None) -> None:
+    """Record that ``worker`` is computing ``class_name`` of the run now (the row is kept after the class is stored:
+    the run's newest beat is its last sign of life). Committed."""
+    row = session.get(ClassHeartbeat, (run_id, class_name))
+    if row is None:
+        session.add(ClassHeartbeat(run_id=run_id, class_name=class_name, worker=worker, beat_at=now or utcnow()))
+    else:
+        row.worker, row.beat_at = worker, now or utcnow()
+    session.commit()
+
+
+def class_is_stale(*, session: Session, run_id: str, class_name: str, stale_after: timedelta,
+                   now: datetime | None = None) -> bool:
+    """Whether the class's last heartbeat is older than ``stale_after`` (False without one: nobody claimed it)."""
+    beat = session.scalar(select(ClassHeartbeat.beat_at).where(ClassHeartbeat.run_id == run_id,
+                                                               ClassHeartbeat.class_name == class_name))
+    session.commit()  # a fresh snapshot at the next ask
+    return beat is not None and _aware(beat) < (now or utcnow()) - stale_after
 
 
 def record_request_failure(*, session: Session, model_name: str, version: str, dataset_uri: str, settings: dict,
@@ -328,6 +361,7 @@ def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult, worker: s
             session.add_all(ClusterMember(cluster_id=cluster.id, image_id=m) for m in c.members)
         session.add(RunCluster(run_id=run.id, class_index=cls.index, cluster_index=c.id, cluster_id=cluster.id,
                                eval_size=c.eval_size, train_count=c.train_count, train_share=c.train_share,
+                               train_share_se=c.train_share_se,
                                score=c.score, rank=c.rank, **{b: (c.baselines or {}).get(b) for b in BASELINES},
                                control_score=cls.control["scores"][c.id] if cls.control else None))
     P = len(cls.clusters)
@@ -481,7 +515,7 @@ def load_classes(*, session: Session, run_id: str) -> list[ClassResult]:
         rows = session.scalars(select(RunCluster).where(RunCluster.run_id == run_id, RunCluster.class_index == rc.class_index)
                                .order_by(RunCluster.cluster_index)).all()
         clusters = [ClusterResult(id=r.cluster_index, eval_size=r.eval_size, train_count=r.train_count,
-                                  train_share=r.train_share, score=r.score, rank=r.rank,
+                                  train_share=r.train_share, train_share_se=r.train_share_se, score=r.score, rank=r.rank,
                                   members=sorted(session.scalars(select(ClusterMember.image_id)
                                                                  .where(ClusterMember.cluster_id == r.cluster_id))),
                                   baselines=_baselines(r))

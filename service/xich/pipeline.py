@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -27,10 +27,10 @@ from .config import AuditConfig, check_config
 from .datasets import content_fingerprint
 from .db import AuditRun, Clustering, Model, ModelVersion, RunClass, make_engine
 from .errors import XichError
-from .locks import named_lock
+from .locks import heartbeat, named_lock
 from .migrate import upgrade
-from .persist import (attach_request, begin_run, fail_run, file_sha256, finish_run, frozen_membership,
-                      get_or_create_dataset, get_or_create_model_version, load_audit, load_classes, own_clustering,
+from .persist import (attach_request, beat_class, begin_run, class_is_stale, fail_run, file_sha256, finish_run,
+                      frozen_membership, get_or_create_dataset, get_or_create_model_version, load_audit, load_classes, own_clustering,
                       promote_first_reference, reference_clustering, stored_classes, store_class, store_per_image)
 from .registration import registry_time
 from .result import AuditResult, ClassResult
@@ -66,6 +66,7 @@ class RecordedRun:
     own_clustering_id: int | None = None  # for the classes the reference lacks: clustered in this run
     started: float = field(default_factory=time.perf_counter)
     computed: list[str] = field(default_factory=list)
+    stale_s: float = 600.0  # XICH_RUN_STALE_S: a class whose holder has not beaten this long is taken over
 
     @property
     def run_id(self) -> str:
@@ -83,9 +84,29 @@ class RecordedRun:
 
     @contextmanager
     def claim(self, name: str, *, wait: bool) -> Iterator[bool]:
-        """Hold class ``name``'s lock; yields whether this process should compute it (locked and not stored)."""
-        with named_lock(self.engine, f"xich:run:{self.run.id}:class:{name}", wait=wait) as got:
-            yield got and name not in stored_classes(session=self.session, run=self.run)
+        """Hold class ``name``'s lock; yields whether this process should compute it (locked and not stored).
+
+        While it computes, a thread beats the class's heartbeat every fifth of ``stale_s``; a process that waits
+        for the class takes it over once the holder's heartbeat is ``stale_s`` old (``locks.named_lock``).
+        """
+        run_id, stale_after = self.run.id, timedelta(seconds=self.stale_s)
+
+        def stale() -> bool:
+            with Session(self.engine) as s:
+                return class_is_stale(session=s, run_id=run_id, class_name=name, stale_after=stale_after)
+
+        def beat() -> None:
+            with Session(self.engine) as s:
+                beat_class(session=s, run_id=run_id, class_name=name, worker=worker_name())
+
+        with named_lock(self.engine, f"xich:run:{run_id}:class:{name}", wait=wait, stale=stale,
+                        poll_s=min(5.0, self.stale_s / 5)) as got:
+            mine = got and name not in stored_classes(session=self.session, run=self.run)
+            if not mine:
+                yield False
+                return
+            with heartbeat(beat, self.stale_s / 5):
+                yield True
 
     @property
     def own_classes(self) -> list[str]:
@@ -187,7 +208,8 @@ class RecordedRun:
 def open_recorded_run(config: AuditConfig, *, database_url: str, model_name: str | None = None,
                       model_version: str | None = None, registry_metadata: dict | None = None,
                       registered_at: datetime | None = None, clustering: str = "auto",
-                      cache_dir: str | Path | None = None, request: dict | None = None) -> RecordedRun:
+                      cache_dir: str | Path | None = None, request: dict | None = None,
+                      stale_s: float = 600.0) -> RecordedRun:
     """Open ``config``'s audit and begin (or find) its run in ``database_url``; the caller must ``close()`` it.
 
     ``clustering``: ``own`` (cluster this run), ``reference:<model-version>`` (that version's frozen
@@ -195,7 +217,7 @@ def open_recorded_run(config: AuditConfig, *, database_url: str, model_name: str
     ``registered_at``: the registry's creation time of the version (else read from ``registry_metadata``'s
     ``created_at`` / ``creation_timestamp``, else the time it is first recorded).
     ``request``: the registered audit request this run serves (``{"dataset_uri", "settings"}``, see
-    ``persist.register_version``); the run is linked to it.
+    ``persist.register_version``); the run is linked to it. ``stale_s``: XICH_RUN_STALE_S (see ``RecordedRun.claim``).
     """
     check_config(config)
     weights_sha = file_sha256(config.weights) if config.weights and Path(config.weights).is_file() else None
@@ -230,7 +252,7 @@ def open_recorded_run(config: AuditConfig, *, database_url: str, model_name: str
         notes = [_clustering_note(clustering, frozen, session.get(Model, mv.model_id).name)]
         membership = frozen_membership(session=session, clustering=frozen) if frozen else None
         rec = RecordedRun(opened, engine, session, run, membership, notes, stored_classes(session=session, run=run),
-                          fingerprint_s, clustering=clustering)
+                          fingerprint_s, clustering=clustering, stale_s=stale_s)
         if rec.own_classes:
             rec.own_clustering_id = own_clustering(session=session, run=run, clusters=config.clusters).id
             notes.append(f"clustering: class(es) {', '.join(rec.own_classes)} are not in the reference clustering "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -69,10 +69,11 @@ def audit_config(*, model_spec: str, dataset_uri: str, weights_uri: str | None, 
 def register(*, database_url: str, model: str, version: str, model_spec: str, weights_uri: str | None,
              dataset_uri: str, settings: dict, registry_metadata: dict | None = None,
              registered_at: datetime | None = None, local_weights: str | None = None,
-             allowed_specs: list[str] | tuple[str, ...] = DEFAULT_SPECS) -> dict:
+             allowed_specs: list[str] | tuple[str, ...] = DEFAULT_SPECS, hash_weights: bool = True) -> dict:
     """Record a model version and the audit it asks for; returns the parameters of ``audit_model_version``.
 
-    ``local_weights``: a local copy of ``weights_uri``, hashed so that the version is tied to its weights.
+    ``local_weights``: a local copy of ``weights_uri``, hashed so that the version is tied to its weights
+    (``hash_weights=False``, the hooks receiver: not hashed here; the worker that audits the version hashes them).
     The name, version, spec kind (``allowed_specs``: XICH_HOOKS_ALLOWED_SPECS) and settings are checked here, so a
     bad request fails at registration, not at night (where the same checks run again on the recorded request).
     """
@@ -93,7 +94,7 @@ def register(*, database_url: str, model: str, version: str, model_spec: str, we
     try:
         with Session(engine) as session, named_lock(engine, "xich:register"):
             register_version(session=session, name=model, version=version, spec=model_spec, weights_uri=weights_uri,
-                             weights_sha256=file_sha256(weights_path) if weights_path else None,
+                             weights_sha256=file_sha256(weights_path) if weights_path and hash_weights else None,
                              dataset_uri=dataset_uri, settings=settings, registry_metadata=registry_metadata,
                              registered_at=registered_at or registry_time(registry_metadata))
     finally:
@@ -125,15 +126,15 @@ def admit_recorded(parameters: dict, allowed_specs: list[str] | tuple[str, ...])
 
 
 def request_plan(*, database_url: str, model: str | None = None,
-                 allowed_specs: list[str] | tuple[str, ...] = DEFAULT_SPECS) -> list[dict]:
+                 allowed_specs: list[str] | tuple[str, ...] = DEFAULT_SPECS, stale_s: float = 600.0) -> list[dict]:
     """Every registered audit without a complete run, with what the nightly flow does with it (``persist.request_plan``).
 
     Each request to start is checked again (:func:`admit_recorded`) before anything is imported for it: the table
-    is outside input too. One that fails gets the action ``refused`` and the reason.
+    is outside input too. One that fails gets the action ``refused`` and the reason. ``stale_s``: XICH_RUN_STALE_S.
     """
     upgrade(database_url)
     with session_for(database_url) as session:
-        plan = persist.request_plan(session=session, model_name=model)
+        plan = persist.request_plan(session=session, model_name=model, stale_after=timedelta(seconds=stale_s))
     for item in plan:
         if item["action"] != "start":
             continue

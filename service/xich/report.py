@@ -364,7 +364,7 @@ def _cluster_table(cls: ClassResult) -> str:
         f"<tr><td>{'—' if c.rank is None else c.rank}</td><td>{c.id}</td>"
         f"<td>{'—' if c.score is None else f'{c.score:.3f}'}</td><td>{c.eval_size}</td>"
         f"<td>{'-' if c.train_count is None else c.train_count}</td>"
-        f"<td>{'-' if c.train_share is None else f'{c.train_share:.3f}'}</td>"
+        f"<td>{'-' if c.train_share is None else f'{c.train_share:.3f}'}{_se(c.train_share_se)}</td>"
         + "".join(f"<td>{_number((c.baselines or {}).get(b))}</td>" for b in shown)
         + (f"<td>{_number(control[c.id])}</td>" if control else "")
         + f"<td class='flag'>{'no evidence' if c.rank is None else ''}</td></tr>"
@@ -432,7 +432,7 @@ def class_table(result: AuditResult) -> list[dict]:
             "class": cls.name,
             "hierarchy": " > ".join(map(str, cls.hierarchy)) or "none (no evidence)",
             "scores": " ".join(f"{c.id}:{c.score:.2f}" for c in ranked),
-            "train shares": " ".join(f"{c.id}:{_share(c.train_share)}" for c in ranked),
+            "train shares": " ".join(f"{c.id}:{_share(c.train_share, c.train_share_se)}" for c in ranked),
             "significant (Holm p < 0.05)": ", ".join(f"{i}>{j}" for i, j in cls.significant_pairs()) or "none",
             "spearman(score, train share)": _signed(cls.spearman_score_train_share),
             "tau(score, mean logit)": _signed((cls.agreement or {}).get("mean_logit")),
@@ -449,8 +449,13 @@ def _control_cell(control: dict | None) -> str:
             f"tau {_signed(control['tau'])}" + ("; IMAGE STATISTICS, NOT THE MODEL" if control["image_statistics"] else ""))
 
 
-def _share(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
+def _share(x: float | None, se: float | None = None) -> str:
+    return "-" if x is None else f"{x:.3f}{_se(se)}"
+
+
+def _se(se: float | None) -> str:
+    """`` ± SE`` of a sampled training share (--train-per-class); nothing where every training image was placed."""
+    return f" ± {se:.3f}" if se else ""
 
 
 def summary_markdown(result: AuditResult, *, model: str, version: str, report_uri: str | None) -> str:

@@ -30,6 +30,7 @@ class ClusterResult:
     rank: int | None
     members: list[str]
     baselines: dict[str, float | None] | None = None
+    train_share_se: float | None = None  # standard error of train_share under --train-per-class (0: every image)
 
 
 @dataclass

@@ -104,6 +104,8 @@ class Settings(BaseSettings):
     ``XICH_HOOKS_ALLOWED_SPECS``: the model spec kinds an audit request may name (comma-separated prefixes; the
     nightly flow and ``xich register`` check them too, see docs/security.md). ``XICH_IMAGE_MAX_SIDE_FACTOR``: an
     image wider or taller than this many tile sides is skipped, from its header, before it is decoded.
+    ``XICH_RUN_STALE_S``: a class whose heartbeat is older than this is taken over by a waiting shard, and a
+    ``running`` run whose newest heartbeat is that old is started again by the nightly flow (processes beat every fifth of it).
     """
 
     model_config = SettingsConfigDict(env_prefix="XICH_", extra="ignore")
@@ -118,6 +120,7 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: Annotated[str | None, AfterValidator(_tracking_url)] = None
     hooks_allowed_specs: CommaList = ["cifar:", "torchvision:"]
     image_max_side_factor: int = Field(default=16, ge=1, le=64)
+    run_stale_s: int = Field(default=600, ge=10, le=86_400)  # a class (or run) without a heartbeat this long is dead
 
     _split_specs = field_validator("hooks_allowed_specs", mode="before")(_comma_separated)
     _check_specs = field_validator("hooks_allowed_specs", mode="after")(check_spec_kinds)

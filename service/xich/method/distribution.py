@@ -24,6 +24,30 @@ def training_distribution(train_labels: np.ndarray, n_clusters: int) -> tuple[np
     return counts, (counts / total if total else None)
 
 
+def training_share_se(counts: np.ndarray, population: int) -> np.ndarray:
+    """Standard error of each train share when the shares come from a simple random sample (without replacement)
+    of the class's ``population`` training images: sqrt((1 − n/N) · p(1 − p) / (n − 1)) with n = counts.sum()
+    (Cochran, *Sampling Techniques*, eq. 3.5); 0 where every image was placed (n = N: the shares are exact).
+
+    Parameters
+    ----------
+    counts : int array (P,) — the sample's training images per cluster.
+    population : N, the class's training images before sampling (N ≥ n).
+
+    Returns
+    -------
+    array (P,); NaN where n < 2 (no spread can be estimated).
+    """
+    counts = np.asarray(counts, dtype=float)
+    n = counts.sum()
+    if n >= population:
+        return np.zeros_like(counts)
+    if n < 2:
+        return np.full_like(counts, np.nan)
+    p = counts / n
+    return np.sqrt((1 - n / population) * p * (1 - p) / (n - 1))
+
+
 def score_share_spearman(scores: np.ndarray, shares: np.ndarray | None) -> float | None:
     """Spearman correlation of dominance score with train share; None where undefined."""
     if shares is None or len(scores) < 2 or np.ptp(scores) == 0 or np.ptp(shares) == 0:

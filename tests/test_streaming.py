@@ -1,0 +1,75 @@
+"""The training split is streamed through the model a chunk at a time (datasets.ImageStream): the same images,
+in the same order, the same placement as loading it whole, and never more than one chunk (plus the one decoded
+ahead) in memory. The peak-RSS benchmark of this is bench/scale.py; here, what can be counted."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xich.audit import audit_class, open_audit
+from xich.config import AuditConfig
+from xich.datasets import ImageStream, open_dataset
+from xich.errors import XichError
+
+EVAL_LEVELS = [20, 30, 110, 120, 220, 230]  # dark, middle, bright pairs: k-means with P = 3 separates them
+# nearest cluster centre (25, 115, 225) by hand: 3 dark, 3 middle, 4 bright
+TRAIN_LEVELS = [10, 25, 40, 100, 115, 130, 200, 215, 240, 250]
+
+
+@pytest.fixture(scope="module")
+def grey(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grey")
+    for split, levels in (("test", EVAL_LEVELS), ("train", TRAIN_LEVELS)):
+        (root / split / "tile").mkdir(parents=True)
+        for k, level in enumerate(levels):
+            Image.fromarray(np.full((32, 32, 3), level, dtype=np.uint8)).save(root / split / "tile" / f"{k:02d}.png")
+    return root
+
+
+def _config(root, **kw) -> AuditConfig:
+    return AuditConfig(model="python:toy_nets:brightness", data=str(root), clusters=3, mosaics_per_pair=4,
+                       normalize="none", device="cpu", control=False, **kw)
+
+
+def test_a_stream_yields_every_image_in_order_in_chunks_of_at_most_chunk(grey):
+    split = open_dataset(str(grey), "test", "train").splits["train"]
+    ids = split.images["tile"]
+    stream = split.stream(ids, 32, chunk=3)
+    chunks = list(stream)
+    assert [len(k) for k, _ in chunks] == [3, 3, 3, 1]
+    assert all(x.shape == (len(k), 3, 32, 32) and x.dtype == torch.uint8 for k, x in chunks)
+    assert stream.kept == ids
+    torch.testing.assert_close(torch.cat([x for _, x in chunks]), split.load(ids, 32), rtol=0, atol=0)
+    assert [int(x[i, 0, 0, 0]) for _, x in chunks for i in range(len(x))] == TRAIN_LEVELS
+
+
+def test_a_stream_leaves_out_images_over_the_size_cap_and_refuses_when_none_is_left(tmp_path, monkeypatch):
+    monkeypatch.setenv("XICH_IMAGE_MAX_SIDE_FACTOR", "2")
+    (tmp_path / "test" / "a").mkdir(parents=True)
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "test" / "a" / "small.png")
+    Image.new("RGB", (100, 100), (9, 9, 9)).save(tmp_path / "test" / "a" / "wide.png")  # over 2 × 32 a side
+    split = open_dataset(str(tmp_path), "test", None).splits["test"]
+    stream = split.stream(["a/small.png", "a/wide.png", "a/small.png"], 32, chunk=2)
+    assert [k for k, _ in stream] == [["a/small.png"], ["a/small.png"]]
+    assert "a/wide.png" in split.skipped
+    with pytest.raises(XichError, match="every one of 1 image"):
+        list(split.stream(["a/wide.png"], 32, chunk=2))
+
+
+def test_the_streamed_training_placement_is_the_hand_counted_one_and_that_of_the_whole_split(grey, one_torch_thread):
+    opened = open_audit(_config(grey, batch_size=3))  # 10 training images: 4 chunks
+    images = opened.load("tile")
+    assert isinstance(images.train_images, ImageStream) and images.train_images.chunk == 3
+    streamed = audit_class(opened, images)
+    whole = audit_class(opened, dataclasses.replace(
+        images, train_images=opened.train_split.load(opened.train_split.images["tile"], 32)))
+    by_level = {c.id: sorted(EVAL_LEVELS[int(i.split("/")[1][:2])] for i in c.members) for c in streamed.clusters}
+    counts = {tuple(by_level[c.id]): c.train_count for c in streamed.clusters}
+    assert counts == {(20, 30): 3, (110, 120): 3, (220, 230): 4}
+    assert [c.train_count for c in whole.clusters] == [c.train_count for c in streamed.clusters]
+    assert repr(dataclasses.asdict(streamed)) == repr(dataclasses.asdict(whole))  # every number, NaN included

@@ -171,3 +171,11 @@ def test_maps_are_the_librarys_own(cifar_subset, spec, side, method):
     np.testing.assert_array_equal(np.isnan(d_ours), np.isnan(d_lib))
     ok = ~np.isnan(d_lib)
     assert np.abs(d_ours[ok] - d_lib[ok]).max() < 1e-4
+
+
+def test_fullgrad_on_a_token_layer_is_one_clear_error():
+    from xich.errors import XichError
+
+    with pytest.raises(XichError, match="--method fullgrad does not run on the token layer"):
+        PreparedModel(build_model("cifar:vit", 10), model_spec="cifar:vit", num_classes=10, tile_size=32,
+                      mosaic_size=32, device="cpu", method="fullgrad")

@@ -70,6 +70,9 @@ class PreparedModel:
         if cam == "fast" and method not in FAST_METHODS:
             raise XichError(f"--cam fast: --method {method} has no fast path (only {', '.join(FAST_METHODS)}); "
                             f"use --cam auto or --cam reference")
+        if self.to_map is not None and method == "fullgrad":  # it reads every layer's bias as a map, not tokens
+            raise XichError(f"--method fullgrad does not run on the token layer {self.layer_name!r} of --model "
+                            f"{model_spec!r}; use another --method (gradcam, gradcam++, layercam, scorecam, ...)")
         self.method = method
         self.cam = "reference" if cam == "reference" or self.head is None or method not in FAST_METHODS else "fast"
         self._tap = _Tap(self.model, self.layer, self.to_map).eval()

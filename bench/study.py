@@ -1043,18 +1043,27 @@ def nongap_markdown(res: dict, trained: dict) -> str:
 def nongap_findings(res: dict) -> str:
     """The section's closing note, from its own numbers."""
     main, plan = res["main"], res["plan"]
-    parts = []
+    per_model = []
     for m in plan["models"]:
+        cells = []
+        for meth in ["gradcam", *plan["methods"]]:
+            rows = [r for r in main if r["model"] == m and r["method"] == meth]
+            if rows:
+                cells.append(f"{meth} {_mean_of([r['agreement']['mean_logit'] for r in rows])} ({len(rows)})")
         rows = [r for r in main if r["model"] == m and r["method"] == "gradcam"]
-        parts.append(f"{m} {_mean_of([r['agreement']['mean_logit'] for r in rows])}")
-    found = [r for r in res["shift"] if r["rank_dominance"] == r["least"] and r["rank_mean_logit"] != r["least"]]
-    missed = [r for r in res["shift"] if r["rank_dominance"] != r["least"] and r["rank_mean_logit"] == r["least"]]
-    text = ("**What this section shows.** Mean τ(dominance, mean logit) with Grad-CAM: " + "; ".join(parts) + ". "
-            f"Planted shift: dominance put the shifted cluster last where the mean logit did not in {len(found)} of "
-            f"{len(res['shift'])} cases" + (" (" + ", ".join(f"{r['model']} {r['class']}" for r in found) + ")"
-                                             if found else "") +
-            f", and the mean logit did where dominance did not in {len(missed)}.")
-    return text
+        per_model.append(f"{m}: " + ", ".join(cells) + f"; mean ρ with the training share: dominance "
+                         f"{_mean_of([r['rho_score_share'] for r in rows])}, mean logit "
+                         f"{_mean_of([r['rho_logit_share'] for r in rows])}")
+    shifts = res["shift"]
+    found = [r for r in shifts if r["rank_dominance"] == r["least"] and r["rank_mean_logit"] != r["least"]]
+    missed = [r for r in shifts if r["rank_dominance"] != r["least"] and r["rank_mean_logit"] == r["least"]]
+    both = [r for r in shifts if r["rank_dominance"] == r["least"] and r["rank_mean_logit"] == r["least"]]
+    name = lambda rs: " (" + ", ".join(f"{r['model']} {r['class']}" for r in rs) + ")" if rs else ""  # noqa: E731
+    return ("**What this section shows.** Mean τ(dominance, mean logit) per model and method (classes in "
+            "brackets) — " + "; ".join(per_model) + ". "
+            f"Planted shift, {len(shifts)} cases: dominance and the mean logit both put the shifted cluster last in "
+            f"{len(both)}{name(both)}; dominance alone in {len(found)}{name(found)}; the mean logit alone in "
+            f"{len(missed)}{name(missed)}.")
 
 
 def splice_section(doc: Path, section: str) -> None:

@@ -862,6 +862,7 @@ class NongapPlan:
     methods: tuple[str, ...] = ("gradcam++", "layercam", "eigencam", "scorecam")
     method_classes: tuple[str, ...] = ("cat", "truck")
     shift_classes: tuple[str, ...] = ("automobile", "cat", "horse")  # section 4's
+    shift_transforms: tuple[str, ...] = ("vflip",)
 
     @staticmethod
     def quick() -> "NongapPlan":

@@ -69,7 +69,7 @@ def test_missing_data_path(tmp_path, capsys):
 def test_unknown_model_spec(data, capsys):
     argv = ["audit", "--data", str(data), *FAST, "--model", "cifar:resnet99"]  # the last --model wins
     err = run_failing(capsys, argv, "'cifar:resnet99'")
-    assert_says(err, "unknown CIFAR ResNet", "cifar:resnet20")
+    assert_says(err, "unknown CIFAR model", "cifar:resnet20")
 
 
 def test_checkpoint_that_does_not_fit(data, tmp_path, capsys):

@@ -71,7 +71,7 @@ def test_num_classes_sets_head():
 
 
 @pytest.mark.parametrize("spec, fragment", [
-    ("cifar:resnet99", "unknown CIFAR ResNet 'resnet99'"),
+    ("cifar:resnet99", "unknown CIFAR model 'resnet99'"),
     ("torchvision:nope", "unknown torchvision architecture 'nope'"),
     ("foo:bar", "unknown model spec 'foo:bar'"),
     ("python:nomodule:x", "cannot import nomodule:x"),
@@ -246,7 +246,8 @@ def test_find_target_layer_named():
     with pytest.raises(XichError) as info:
         find_target_layer(model, probe, "layer4")
     msg = str(info.value)
-    assert msg.startswith("--layer 'layer4' is not a module of the model with a spatial (B, C, H, W) output; "
+    assert msg.startswith("--layer 'layer4' is not a module of the model with a spatial (B, C, H, W) or token (B, N, D) "
+                          "output; "
                           "candidates:")
     assert msg.rstrip().endswith("layer3")  # the last candidate is the auto choice
     with pytest.raises(XichError, match="not a module of the model"):

@@ -33,7 +33,7 @@ from .method.hierarchy import hierarchy, hierarchy_scores
 from .method.mosaic import MosaicPlan, assemble_mosaics, image_sets, plan_mosaics
 from .method.per_image import class_softmax, dominance_correlations
 from .method.significance import confidence_intervals, p_value_matrices, set_means, significant_pairs
-from .models import build_model, head_name, load_weights, read_checkpoint
+from .models import build_model, fixed_input_size, head_name, load_weights, read_checkpoint
 from .result import AuditResult, ClassResult, ClusterResult, Explainer, MosaicResult, summarize
 from .config import AuditConfig, check_config, parse_normalize
 from .runtime import PreparedModel
@@ -146,7 +146,7 @@ def open_audit(config: AuditConfig) -> OpenedAudit:
     train_split = dataset.splits.get(config.train_split) if config.train_split else None
     selected = _select_classes(dataset, config.classes)
     tile = config.tile_size or default_tile_size(config.model, eval_split)
-    mosaic_size = config.mosaic_size or 2 * tile
+    mosaic_size = config.mosaic_size or (tile if fixed_input_size(config.model) else 2 * tile)
     model, labels, indices = load_model(config, dataset.classes)
     indices = dict(sorted(((c, indices[c]) for c in selected), key=lambda kv: kv[1]))
     prepared = PreparedModel(model, model_spec=config.model, num_classes=len(labels.names), tile_size=tile,

@@ -1,15 +1,23 @@
 """Building models from a spec, loading checkpoints, and finding the Grad-CAM target layer.
 
-Specs: ``cifar:resnet20|32|44|56`` (He et al. 2016 §4.2, option-A shortcuts), ``torchvision:<arch>``
-(random init, ``weights=None``; classes from the dataset) and ``python:<module>:<callable>``.
+Specs: ``cifar:resnet20|32|44|56`` (He et al. 2016 §4.2, option-A shortcuts), their trunks with a head that
+is not GAP → linear (``cifar:resnet20-flat``: Flatten → Linear, ``cifar:resnet20-mlp``: Flatten → Linear → ReLU →
+Linear), ``cifar:vit`` (a small patch-4 vision transformer for 32×32 inputs, torchvision's own class),
+``torchvision:<arch>`` (random init, ``weights=None``; classes from the dataset) and ``python:<module>:<callable>``.
+
+Where the target layer outputs tokens (B, N, D) rather than a map (B, C, H, W), :func:`map_transform` gives
+the reshape that pytorch-grad-cam applies to its activations and gradients (its ``reshape_transform``).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import math
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,6 +27,10 @@ from torch import nn
 from .errors import XichError
 
 CIFAR_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9}
+# trunk + head that is not GAP → linear: ResNet-20's layer3 map (64 × 8 × 8 at 32 px) flattened
+CIFAR_HEADS = {"resnet20-flat": "flat", "resnet20-mlp": "mlp"}
+# the patch-4 ViT of ``cifar:vit``: 8 × 8 tokens and a class token at 32 px
+CIFAR_VIT = {"image_size": 32, "patch_size": 4, "num_layers": 4, "num_heads": 4, "hidden_dim": 96, "mlp_dim": 192}
 LABEL_KEYS = ("classes", "labels")  # where a checkpoint dict may keep the model's class names, in output order
 # terminal colour and style codes (CSI sequences): torch puts some in its error messages
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -55,14 +67,21 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32×32 inputs; layer names match the public CIFAR checkpoints."""
 
-    def __init__(self, n: int, num_classes: int = 10):
+    def __init__(self, n: int, num_classes: int = 10, head: str = "gap"):
         super().__init__()
+        self.head = head
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.layer1 = self._stage(16, 16, n, 1)
         self.layer2 = self._stage(16, 32, n, 2)
         self.layer3 = self._stage(32, 64, n, 2)
-        self.linear = nn.Linear(64, num_classes)
+        if head == "gap":
+            self.linear = nn.Linear(64, num_classes)
+        elif head == "flat":
+            self.linear = nn.Linear(64 * 8 * 8, num_classes)
+        else:  # "mlp"; the last Linear keeps the name ``linear`` (the head the labels are read from)
+            self.hidden = nn.Linear(64 * 8 * 8, 128)
+            self.linear = nn.Linear(128, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
@@ -76,7 +95,11 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        if self.head == "gap":
+            return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        out = out.flatten(1)  # needs the 8 × 8 map of a 32 × 32 input
+        if self.head == "mlp":
+            out = F.relu(self.hidden(out))
         return self.linear(out)
 
 
@@ -84,10 +107,17 @@ def build_model(spec: str, num_classes: int) -> nn.Module:
     """A model in eval mode from its spec; raises XichError for an unknown spec."""
     kind, _, rest = spec.partition(":")
     if kind == "cifar":
-        if rest not in CIFAR_DEPTHS:
-            raise XichError(f"unknown CIFAR ResNet {rest!r} in --model {spec!r}: use one of "
-                            + ", ".join(f"cifar:{k}" for k in CIFAR_DEPTHS))
-        model = CifarResNet(CIFAR_DEPTHS[rest], num_classes)
+        if rest in CIFAR_DEPTHS:
+            model = CifarResNet(CIFAR_DEPTHS[rest], num_classes)
+        elif rest in CIFAR_HEADS:
+            model = CifarResNet(CIFAR_DEPTHS["resnet20"], num_classes, head=CIFAR_HEADS[rest])
+        elif rest == "vit":
+            from torchvision.models.vision_transformer import VisionTransformer
+
+            model = _vit_head_drawn(VisionTransformer(num_classes=num_classes, **CIFAR_VIT))
+        else:
+            raise XichError(f"unknown CIFAR model {rest!r} in --model {spec!r}: use one of "
+                            + ", ".join(f"cifar:{k}" for k in [*CIFAR_DEPTHS, *CIFAR_HEADS, "vit"]))
     elif kind == "torchvision":
         import torchvision.models as tvm
 
@@ -97,12 +127,29 @@ def build_model(spec: str, num_classes: int) -> nn.Module:
             raise XichError(f"unknown torchvision architecture {rest!r} in --model {spec!r}: "
                             f"see torchvision.models.list_models() (e.g. torchvision:resnet18)") from None
         model = builder(weights=None, num_classes=num_classes)
+        if rest.startswith("vit_"):
+            model = _vit_head_drawn(model)
     elif kind == "python":
         model = _python_model(spec, rest, num_classes)
     else:
         raise XichError(f"unknown model spec {spec!r}: use cifar:resnet20, torchvision:<arch> "
                         f"or python:<module>:<callable>")
     return model.eval()
+
+
+def _vit_head_drawn(model: nn.Module) -> nn.Module:
+    """torchvision initialises a ViT's head to zero: every logit, gradient and CAM of a fresh one is zero, which
+    leaves the target layer unfindable and the randomized control empty. Drawn instead (normal, std 0.02)."""
+    nn.init.normal_(model.heads.head.weight, std=0.02)
+    nn.init.zeros_(model.heads.head.bias)
+    return model
+
+
+def fixed_input_size(spec: str) -> bool:
+    """Whether the spec's model takes one input size only (a flattened map, a ViT's position embedding), so
+    that its mosaics are shrunk to the tile size by default rather than 2 × the tile size."""
+    kind, _, rest = spec.partition(":")
+    return (kind == "cifar" and (rest in CIFAR_HEADS or rest == "vit")) or (kind == "torchvision" and rest.startswith("vit_"))
 
 
 def _python_model(spec: str, rest: str, num_classes: int) -> nn.Module:
@@ -284,24 +331,72 @@ def load_weights(model: nn.Module, path: str | Path, sd: "OrderedDict[str, torch
 def find_target_layer(model: nn.Module, probe: torch.Tensor, name: str = "auto") -> str:
     """Name of the Grad-CAM target layer.
 
-    ``auto``: the last module to finish that outputs a 4-D map with more than one spatial cell,
-    i.e. the last convolutional block before global pooling (``layer4`` in torchvision ResNets,
-    ``layer3`` in CIFAR ResNets; parents finish after their children, so blocks win over their
-    last ReLU). Otherwise ``name`` must be a module of the model.
+    ``auto``: the last module to finish whose output is a spatial map — a 4-D (B, C, H, W) output with
+    more than one cell, or tokens (B, N, D) whose last N − s form a square grid (s ≤ 2 class or
+    distillation tokens, see :func:`token_grid`) — and whose map the logits depend on (a non-zero gradient
+    on the probe). For CNNs that is the last convolutional block (``layer4`` in torchvision ResNets,
+    ``layer3`` in CIFAR ResNets; parents finish after their children, so blocks win over their last ReLU),
+    for a ViT the first LayerNorm of its last encoder block: after it only the class token reaches the
+    head. Otherwise ``name`` must be such a module of the model.
     """
     finished = _map_outputs(model, probe)
     if name != "auto":
         if name not in finished:
-            raise XichError(f"--layer {name!r} is not a module of the model with a spatial (B, C, H, W) output; "
-                            f"candidates: {', '.join(finished[-8:])}")
+            raise XichError(f"--layer {name!r} is not a module of the model with a spatial (B, C, H, W) or token "
+                            f"(B, N, D) output; candidates: {', '.join(finished[-8:])}")
         return name
     if not finished:
-        raise XichError("the model has no layer with a spatial (B, C, H, W) output: pass --layer NAME")
-    return finished[-1]
+        raise XichError("the model has no layer with a spatial (B, C, H, W) or token (B, N, D) output: "
+                        "pass --layer NAME")
+    return _last_with_gradient(model, probe, finished)
+
+
+def token_grid(out: torch.Tensor) -> int | None:
+    """For tokens (B, N, D): how many leading tokens to skip so that the rest is a square grid g × g, g ≥ 2
+    (1 for a ViT's class token); None for another shape."""
+    if not isinstance(out, torch.Tensor) or out.ndim != 3:
+        return None
+    for skip in (0, 1, 2):
+        g = math.isqrt(max(out.shape[1] - skip, 0))
+        if g >= 2 and g * g == out.shape[1] - skip:
+            return skip
+    return None
+
+
+def tokens_to_map(tokens: torch.Tensor, skip: int) -> torch.Tensor:
+    """pytorch-grad-cam's ``reshape_transform`` for a ViT: (B, skip + g², D) → (B, D, g, g), leading tokens dropped."""
+    grid = tokens[:, skip:, :]
+    g = math.isqrt(grid.shape[1])
+    return grid.reshape(grid.shape[0], g, g, grid.shape[2]).permute(0, 3, 1, 2)
+
+
+def map_transform(layer: nn.Module, model: nn.Module, probe: torch.Tensor) -> Callable | None:
+    """None when ``layer`` outputs a (B, C, H, W) map; for tokens, the reshape to one (:func:`tokens_to_map`)."""
+    seen: dict[str, torch.Tensor] = {}
+    handle = layer.register_forward_hook(lambda _m, _i, o: seen.__setitem__("out", o))
+    try:
+        with torch.inference_mode():
+            model(probe)
+    finally:
+        handle.remove()
+    out = seen.get("out")
+    if isinstance(out, torch.Tensor) and out.ndim == 4:
+        return None
+    skip = token_grid(out)
+    if skip is None:
+        raise XichError(f"the target layer's output has shape {tuple(getattr(out, 'shape', ()))}, neither a map "
+                        f"(B, C, H, W) nor tokens (B, N, D) on a square grid: pass another --layer")
+    return functools.partial(tokens_to_map, skip=skip)
+
+
+def _spatial(out: object) -> bool:
+    return isinstance(out, torch.Tensor) and ((out.ndim == 4 and out.shape[2] * out.shape[3] > 1)
+                                              or token_grid(out) is not None)
 
 
 def _map_outputs(model: nn.Module, probe: torch.Tensor) -> list[str]:
-    """Names of modules with a 4-D, H·W > 1 output, in the order of their last completion."""
+    """Names of modules with a map or token-grid output (see :func:`_spatial`), in the order of their last
+    completion."""
     order: dict[str, int] = {}
     counter = [0]
     handles = []
@@ -309,7 +404,7 @@ def _map_outputs(model: nn.Module, probe: torch.Tensor) -> list[str]:
     def make_hook(n: str):
         def hook(_m, _i, out):
             counter[0] += 1
-            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
+            if _spatial(out):
                 order[n] = counter[0]
         return hook
 
@@ -323,6 +418,32 @@ def _map_outputs(model: nn.Module, probe: torch.Tensor) -> list[str]:
         for h in handles:
             h.remove()
     return sorted(order, key=order.__getitem__)
+
+
+def _last_with_gradient(model: nn.Module, probe: torch.Tensor, names: list[str]) -> str:
+    """The last of ``names`` whose grid part of the output has a non-zero gradient of the summed logits.
+
+    A ViT's last modules act on every token but only the class token reaches the head; their maps are
+    all-zero for every gradient-based CAM. The last of ``names`` when no gradient can be taken (frozen
+    parameters, or in-place operations autograd refuses).
+    """
+    modules = dict(model.named_modules())
+    outs: dict[str, torch.Tensor] = {}
+    handles = [modules[n].register_forward_hook(lambda _m, _i, o, n=n: outs.__setitem__(n, o)) for n in names]
+    try:
+        with torch.enable_grad():
+            logits = model(probe.detach().clone().requires_grad_(True))
+            kept = [n for n in names if isinstance(outs.get(n), torch.Tensor) and outs[n].requires_grad]
+            grads = torch.autograd.grad(logits.sum(), [outs[n] for n in kept], allow_unused=True)
+    except RuntimeError:
+        return names[-1]
+    finally:
+        for h in handles:
+            h.remove()
+    for n, g in reversed(list(zip(kept, grads))):
+        if g is not None and g[:, (token_grid(g) or 0) if g.ndim == 3 else 0:].abs().sum() > 0:
+            return n
+    return names[-1]
 
 
 def gap_linear_head(model: nn.Module, layer: nn.Module, probe: torch.Tensor) -> nn.Linear | None:

@@ -17,23 +17,24 @@ from .method.embedding import gap, layer_output
 from .method.cam_methods import FAST_METHODS
 from .method.gradcam import gap_linear_cam, reference_cams, scale_cams
 from .config import parse_normalize
-from .models import find_target_layer, gap_linear_head, probe_logits
+from .models import find_target_layer, gap_linear_head, map_transform, probe_logits
 
 log = logging.getLogger(__name__)
 
 PIXELS_PER_CHUNK = 64 * 32 * 32  # CPU inference chunk: 64 CIFAR tiles, or 16 mosaics of 64×64
 
 class _Tap(nn.Module):
-    """Model wrapper returning (target layer's feature map, logits) from one forward."""
+    """Model wrapper returning (target layer's feature map, logits) from one forward; a token layer's output
+    reshaped to a map by ``to_map``."""
 
-    def __init__(self, model: nn.Module, layer: nn.Module):
+    def __init__(self, model: nn.Module, layer: nn.Module, to_map: Callable | None = None):
         super().__init__()
-        self.model, self.layer = model, layer
+        self.model, self.layer, self.to_map = model, layer, to_map
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with layer_output(self.layer) as box:
             logits = self.model(x)
-        return box["out"], logits
+        return (box["out"] if self.to_map is None else self.to_map(box["out"])), logits
 
 
 class PreparedModel:
@@ -61,6 +62,7 @@ class PreparedModel:
         probe_logits(self.model, probe, model_spec, num_classes)
         self.layer_name = find_target_layer(self.model, probe, layer)
         self.layer = dict(self.model.named_modules())[self.layer_name]
+        self.to_map = map_transform(self.layer, self.model, probe)  # None, or a ViT's tokens → grid
         self.head = gap_linear_head(self.model, self.layer, probe)
         if cam == "fast" and self.head is None:
             raise XichError(f"--cam fast: layer {self.layer_name!r} does not feed a global-average-pool → linear head; "
@@ -68,9 +70,12 @@ class PreparedModel:
         if cam == "fast" and method not in FAST_METHODS:
             raise XichError(f"--cam fast: --method {method} has no fast path (only {', '.join(FAST_METHODS)}); "
                             f"use --cam auto or --cam reference")
+        if self.to_map is not None and method == "fullgrad":  # it reads every layer's bias as a map, not tokens
+            raise XichError(f"--method fullgrad does not run on the token layer {self.layer_name!r} of --model "
+                            f"{model_spec!r}; use another --method (gradcam, gradcam++, layercam, scorecam, ...)")
         self.method = method
         self.cam = "reference" if cam == "reference" or self.head is None or method not in FAST_METHODS else "fast"
-        self._tap = _Tap(self.model, self.layer).eval()
+        self._tap = _Tap(self.model, self.layer, self.to_map).eval()
         self._traced: dict[tuple[int, ...], Callable] = {}
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -124,7 +129,7 @@ class PreparedModel:
         size = (mosaics.shape[2], mosaics.shape[3])
         classes = [class_index] * mosaics.shape[0]
         if self.cam == "reference":
-            return reference_cams(self.model, self.layer, mosaics, classes, self.method)
+            return reference_cams(self.model, self.layer, mosaics, classes, self.method, self.to_map)
         fmap, _ = self.forward(mosaics)
         raw = gap_linear_cam(fmap, self.head.weight.detach(), torch.tensor(classes, device=self.device))
         return scale_cams(raw, size).cpu().numpy()

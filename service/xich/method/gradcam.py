@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -69,9 +69,10 @@ def scale_cams(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def reference_cams(model: nn.Module, layer: nn.Module, mosaics: torch.Tensor, classes: list[int],
-                   method: str = "gradcam") -> np.ndarray:
+                   method: str = "gradcam", reshape_transform: Callable | None = None) -> np.ndarray:
     """Maps of ``method`` (a key of :data:`CAM_METHODS`) from pytorch-grad-cam, one ``ClassifierOutputTarget``
-    per mosaic.
+    per mosaic; ``reshape_transform`` turns a token layer's output into a map (the library's own argument,
+    e.g. ``xich.models.tokens_to_map`` for a ViT).
 
     Returns float32 array (B, H, W) at the mosaics' size. The library needs autograd, so
     this enables it even when called under inference mode elsewhere; what Score-CAM, Ablation-CAM
@@ -87,7 +88,12 @@ def reference_cams(model: nn.Module, layer: nn.Module, mosaics: torch.Tensor, cl
     cam_class = getattr(pytorch_grad_cam, CAM_METHODS[method])
     cams = None
     quiet = _silenced() if method in _NOISY else contextlib.nullcontext()
-    with torch.enable_grad(), quiet, cam_class(model=model, target_layers=[layer]) as cam:
+    kwargs = {} if reshape_transform is None else {"reshape_transform": reshape_transform}
+    if method == "ablationcam" and reshape_transform is not None:
+        from pytorch_grad_cam.ablation_layer import AblationLayerVit  # the default ablation layer needs a 4-D map
+
+        kwargs["ablation_layer"] = AblationLayerVit()
+    with torch.enable_grad(), quiet, cam_class(model=model, target_layers=[layer], **kwargs) as cam:
         cams = cam(input_tensor=mosaics, targets=[ClassifierOutputTarget(int(c)) for c in classes])
     if cams is None:  # the library's __exit__ swallows IndexError; do not let that pass silently
         raise RuntimeError(f"pytorch-grad-cam failed on this batch (IndexError inside {CAM_METHODS[method]})")

@@ -23,14 +23,14 @@ from prefect.deployments import run_deployment
 from prefect.tasks import exponential_backoff
 from sqlalchemy.exc import DBAPIError
 
-from xich.audit import ClassImages
+from xich.engine.audit import ClassImages
 from xich.boundary import escape
 from xich.errors import Unavailable
-from xich.mlflow_registry import download_artifact, is_mlflow_uri, tracking_uri_for, write_back
-from xich.pipeline import RecordedRun, open_recorded_run, publish_with_report
-from xich.registration import (AUDIT_DEPLOYMENT, admit_recorded, audit_config, record_request_failure,
+from xich.records.mlflow_registry import download_artifact, is_mlflow_uri, tracking_uri_for, write_back
+from xich.run.pipeline import RecordedRun, open_recorded_run, publish_with_report
+from xich.records.registration import (AUDIT_DEPLOYMENT, admit_recorded, audit_config, record_request_failure,
                                recorded_registry_metadata, request_plan)
-from xich.report import class_table, summary_markdown
+from xich.reports.report import class_table, summary_markdown
 from xich.result import AuditResult, ClassResult
 from xich.settings import get_settings
 
@@ -65,7 +65,7 @@ def fetch(uri: str | None, model: str | None = None, version: str | None = None)
                                      cache_dir=settings.cache_dir))
     if uri is None or not uri.startswith("s3://"):
         return uri
-    from xich.store import fetch_uri
+    from xich.records.store import fetch_uri
 
     return str(fetch_uri(uri, **get_settings().s3_options()))
 

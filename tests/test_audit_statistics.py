@@ -10,10 +10,10 @@ import pytest
 import torch
 from sqlalchemy import text
 
-from xich.audit import AuditConfig, run_audit
-from xich.db import make_engine
-from xich.models import build_model
-from xich.pipeline import recorded_audit
+from xich.engine.audit import AuditConfig, run_audit
+from xich.records.db import make_engine
+from xich.engine.models import build_model
+from xich.run.pipeline import recorded_audit
 
 from test_cli_errors import make_noise_dataset
 

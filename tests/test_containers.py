@@ -22,7 +22,7 @@ import yaml
 
 import containers
 import stack
-from xich.migrate import head_revision, upgrade
+from xich.records.migrate import head_revision, upgrade
 from xich.settings import Settings
 
 REPO = containers.REPO
@@ -384,7 +384,7 @@ def test_service_image_has_no_torch_and_runs_as_a_user(docker_engine, built_imag
     assert not {n for n in names if n in ("torch", "torchvision", "grad-cam") or n.startswith("nvidia-")}, names
     # nothing heavy is loaded by what the service runs
     loaded = containers.run_container(docker_engine, SERVICE, [
-        "python", "-c", "import sys, json, xich.cli, xich.registration, xich.migrate; "
+        "python", "-c", "import sys, json, xich.cli, xich.records.registration, xich.records.migrate; "
         f"print(json.dumps([m for m in {list(HEAVY) + ['prefect']!r} if m in sys.modules]))"]).stdout
     assert json.loads(loaded) == []
 

@@ -42,7 +42,7 @@ def test_demo_end_to_end_records_v1_and_v2_on_one_clustering(tmp_path):
     """The whole demo, small and short (2 shapes x 2 looks, 1 epoch), in its own process (it starts
     Prefect's ephemeral server): two versions through the audit flow, v2 on v1's frozen clustering."""
     script = (
-        "import sys; from xich.demo import run_demo; from xich.synth import SynthSpec; "
+        "import sys; from xich.demo import run_demo; from xich.engine.synth import SynthSpec; "
         "run_demo(sys.argv[1], epochs=1, say=print, "
         "spec=SynthSpec(classes=2, subgroups=2, rare_fraction=0.1, train_per_class=20, test_per_subgroup=6))")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "XICH_"))}

@@ -8,9 +8,9 @@ import pytest
 from scipy import stats
 from sqlalchemy import text
 
-from xich.config import AuditConfig
-from xich.db import make_engine
-from xich.pipeline import recorded_audit
+from xich.engine.config import AuditConfig
+from xich.records.db import make_engine
+from xich.run.pipeline import recorded_audit
 from xich.result import least_dominant_share
 
 

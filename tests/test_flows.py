@@ -21,11 +21,11 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName  # n
 
 from flows.audit import artifact_key, audit_model_version, audit_new_versions  # noqa: E402
 from xich.cli import main  # noqa: E402
-from xich.db import AuditRequest, AuditRun, ModelVersion, make_engine, session_for  # noqa: E402
-from xich.migrate import upgrade  # noqa: E402
-from xich.models import build_model  # noqa: E402
-from xich.persist import load_audit  # noqa: E402
-from xich.registration import register, unaudited  # noqa: E402
+from xich.records.db import AuditRequest, AuditRun, ModelVersion, make_engine, session_for  # noqa: E402
+from xich.records.migrate import upgrade  # noqa: E402
+from xich.engine.models import build_model  # noqa: E402
+from xich.records.persist import load_audit  # noqa: E402
+from xich.records.registration import register, unaudited  # noqa: E402
 
 SETTINGS = {"clusters": 3, "mosaics_per_pair": 3, "per_image": 3, "device": "cpu"}
 
@@ -97,7 +97,7 @@ def locked_pg(postgres_url):
     yield postgres_url + "?options=-c%20lock_timeout%3D300"
     conn.rollback()
     conn.close()
-    from xich.migrate import downgrade
+    from xich.records.migrate import downgrade
 
     downgrade(postgres_url)
 

@@ -12,12 +12,12 @@ from scipy import stats
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from xich.audit import AuditConfig
-from xich.db import AuditRun, make_engine
+from xich.engine.audit import AuditConfig
+from xich.records.db import AuditRun, make_engine
 from xich.errors import XichError
-from xich.models import build_model
-from xich.persist import freeze_clustering
-from xich.pipeline import recorded_audit
+from xich.engine.models import build_model
+from xich.records.persist import freeze_clustering
+from xich.run.pipeline import recorded_audit
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from xich.audit import AuditConfig
+from xich.engine.audit import AuditConfig
 from xich.cli import main
 from xich.errors import XichError
-from xich.history_report import write_history_report
-from xich.pipeline import recorded_audit
+from xich.reports.history_report import write_history_report
+from xich.run.pipeline import recorded_audit
 
 from test_history import two_versions  # noqa: F401  (the shared fixture: v1 and v2 on a frozen clustering)
 

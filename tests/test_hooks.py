@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 
 import stack
 from xich.cli import main
-from xich.db import AuditRequest, HookDelivery, Model, ModelVersion, make_engine
+from xich.records.db import AuditRequest, HookDelivery, Model, ModelVersion, make_engine
 from xich.errors import XichError
-from xich.hooks import GENERIC, MLFLOW, create_app, sign
-from xich.registration import unaudited
+from xich.hooks.receiver import GENERIC, MLFLOW, create_app, sign
+from xich.records.registration import unaudited
 from xich.settings import get_hook_settings
 
 SECRET, GENERIC_SECRET = "whsec-mlflow-test-7f3a", "whsec-generic-test-91bc"
@@ -68,7 +68,7 @@ def checkpoint(path: Path, wrapped: bool = False) -> Path:
     """A CIFAR ResNet-20 state_dict as torch.save writes it (``wrapped``: under 'state_dict', other bytes)."""
     import torch
 
-    from xich.models import build_model
+    from xich.engine.models import build_model
 
     sd = build_model("cifar:resnet20", 10).state_dict()
     torch.save({"state_dict": sd} if wrapped else sd, path)
@@ -441,7 +441,7 @@ def test_a_failure_a_retry_may_pass_answers_503_and_is_not_remembered(world, mon
     def store_down(*args, **kwargs):
         raise ConnectionRefusedError(111, "Connection refused")
 
-    monkeypatch.setattr("xich.hooks.resolve_weights", store_down)
+    monkeypatch.setattr("xich.hooks.receiver.resolve_weights", store_down)
     doc = version_created(source="s3://models/shapes/1.pt")
     answer = client.deliver(doc, delivery_id="d-retry")
     assert answer.status_code == 503

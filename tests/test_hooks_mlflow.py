@@ -25,9 +25,9 @@ import pytest
 from sqlalchemy import text
 
 import stack
-from xich.db import make_engine
-from xich.hooks import create_app
-from xich.mlflow_registry import download_artifact, resolve_weights
+from xich.records.db import make_engine
+from xich.hooks.receiver import create_app
+from xich.records.mlflow_registry import download_artifact, resolve_weights
 from xich.settings import get_hook_settings, get_settings
 
 log = logging.getLogger(__name__)

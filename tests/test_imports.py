@@ -13,8 +13,8 @@ import pytest
 HEAVY = ("torch", "torchvision", "prefect", "matplotlib", "sklearn", "pytorch_grad_cam", "mlflow")
 
 
-@pytest.mark.parametrize("modules", [["xich.cli"], ["xich.registration", "xich.migrate", "xich.persist"],
-                                     ["xich.hooks", "xich.hook_mapping", "xich.mlflow_registry", "xich.deliveries"]])
+@pytest.mark.parametrize("modules", [["xich.cli"], ["xich.records.registration", "xich.records.migrate", "xich.records.persist"],
+                                     ["xich.hooks.receiver", "xich.hooks.mapping", "xich.records.mlflow_registry", "xich.records.deliveries"]])
 def test_light_modules_import_nothing_heavy(modules):
     code = (f"import sys, json; import {', '.join(modules)}; "
             f"print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))")

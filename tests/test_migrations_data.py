@@ -21,11 +21,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, inspect, select, text
 from sqlalchemy.orm import Session
 
-from xich.audit import AuditConfig
-from xich.db import make_engine
-from xich.migrate import alembic_config, downgrade, head_revision, upgrade
-from xich.persist import freeze_clustering
-from xich.pipeline import recorded_audit
+from xich.engine.audit import AuditConfig
+from xich.records.db import make_engine
+from xich.records.migrate import alembic_config, downgrade, head_revision, upgrade
+from xich.records.persist import freeze_clustering
+from xich.run.pipeline import recorded_audit
 
 from toy_nets import brightness
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from xich.errors import XichError
-from xich.mlflow_registry import checkpoint_in, resolve_weights, without_credentials, write_back
+from xich.records.mlflow_registry import checkpoint_in, resolve_weights, without_credentials, write_back
 from xich.result import ClassResult, ClusterResult, least_dominant_share
 from xich.settings import get_settings
 
@@ -79,8 +79,8 @@ def test_write_back_is_for_mlflow_versions_only():
 
 
 def test_workers_find_the_mlflow_server_recorded_with_the_version(tmp_path):
-    from xich.mlflow_registry import tracking_uri_for
-    from xich.registration import register
+    from xich.records.mlflow_registry import tracking_uri_for
+    from xich.records.registration import register
 
     url = f"sqlite:///{tmp_path / 'xich.db'}"
     checkpoint(tmp_path / "w.pt")  # registration reads its keys (xich.preflight)

@@ -15,11 +15,11 @@ from alembic import command
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.orm import Session
 
-from xich.audit import AuditConfig, run_audit
+from xich.engine.audit import AuditConfig, run_audit
 from xich.errors import XichError
-from xich.db import AuditRun, Base, ModelVersion, RunClass, make_engine
-from xich.migrate import alembic_config, downgrade, upgrade
-from xich.pipeline import open_recorded_run, recorded_audit
+from xich.records.db import AuditRun, Base, ModelVersion, RunClass, make_engine
+from xich.records.migrate import alembic_config, downgrade, upgrade
+from xich.run.pipeline import open_recorded_run, recorded_audit
 from xich.result import AuditResult
 
 def _numbers(result) -> dict:
@@ -267,7 +267,7 @@ def test_run_status_is_checked_and_json_is_jsonb_on_postgresql(database_url, syn
 
 
 def test_a_run_is_complete_only_when_every_selected_class_is_stored(database_url, synth_data, one_torch_thread):
-    from xich.persist import finish_run
+    from xich.records.persist import finish_run
 
     recorded_audit(_config(synth_data, classes=("circle",)), database_url=database_url, model_name="shapes",
                    model_version="v1")

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from stack import create_process_pool, log_tail, prefect_cli, prefect_missing, prefect_python, prefect_worker
-from xich.db import make_engine
+from xich.records.db import make_engine
 
 if (_missing := prefect_missing()) is not None:
     pytest.skip(f"native Prefect stack not tested: {_missing}", allow_module_level=True)

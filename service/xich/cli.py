@@ -182,7 +182,7 @@ def _first_sentences(exc: BaseException, n: int = 2) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import AuditConfig, assemble_result, audit_classes, explain_stored, explainer, open_audit
+    from .engine.audit import AuditConfig, assemble_result, audit_classes, explain_stored, explainer, open_audit
 
     settings = get_settings()
     registered_at = _time(args.version_created_at, "--version-created-at")
@@ -191,7 +191,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     _check_output_file(args.json, "--json")
     _check_output_dir(args.report, "--report")
     if not args.no_db:
-        from .store import open_store
+        from .records.store import open_store
 
         open_store(settings.store_url, create_bucket=args.create_bucket, **settings.s3_options()).check_writable()
     data, weights = _local_copy(args.data, settings), _local_copy(args.weights, settings)
@@ -215,7 +215,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             for images, cls in pairs:
                 bar.update(task, description=f"class {cls.name}", advance=1)
                 if args.report:
-                    from .report import collect_examples
+                    from .reports.report import collect_examples
 
                     examples[cls.name] = collect_examples(cls, explainer(opened, images))
                 yield cls
@@ -225,7 +225,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             classes = list(computed(audit_classes(opened), len(opened.classes)))
             result = assemble_result(opened, classes, uuid.uuid4().hex)
         else:
-            from .pipeline import open_recorded_run
+            from .run.pipeline import open_recorded_run
 
             rec = open_recorded_run(config, database_url=settings.database_url, model_name=args.model_name,
                                     model_version=args.model_version, registry_metadata=registry_metadata,
@@ -253,7 +253,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         result.write_json(args.json)
         out.print(f"wrote {args.json}")
     if args.report:
-        from .report import collect_examples, write_report
+        from .reports.report import collect_examples, write_report
 
         stored = [cls for cls in result.classes if cls.name not in examples]  # read back, not recomputed
         if stored:
@@ -261,7 +261,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 examples[cls.name] = collect_examples(cls, explain)
         out.print(f"wrote {write_report(result, args.report, examples, model=args.model_name or args.model, version=args.model_version)}")
     if not args.no_db:
-        from .pipeline import publish_run
+        from .run.pipeline import publish_run
 
         keys = publish_run(result, store_url=settings.store_url, report_dir=args.report, **settings.s3_options())
         out.print(f"stored {len(keys)} file(s) under {settings.store_url.rstrip('/')}/runs/{result.run_id}/",
@@ -311,7 +311,7 @@ def _time(text: str | None, flag: str):
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from .registration import register
+    from .records.registration import register
 
     settings = get_settings()
     audit_settings = _json_object(args.settings, "--settings")
@@ -329,7 +329,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     if os.environ.get("PREFECT_API_URL"):
         from prefect.deployments import run_deployment
 
-        from .registration import AUDIT_DEPLOYMENT  # not flows.audit: that imports torch
+        from .records.registration import AUDIT_DEPLOYMENT  # not flows.audit: that imports torch
 
         deployment = os.environ.get("XICH_AUDIT_DEPLOYMENT", AUDIT_DEPLOYMENT)
         try:
@@ -353,7 +353,7 @@ def cmd_serve_hooks(args: argparse.Namespace) -> int:
     import uvicorn
 
     port = _port(args.port, "--port")
-    from .hooks import create_app
+    from .hooks.receiver import create_app
     from .settings import get_hook_settings, masked
 
     # the receiver answers MLflow within its 30 s timeout: its own MLflow calls retry briefly unless told otherwise
@@ -375,7 +375,7 @@ def cmd_serve_hooks(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from .migrate import downgrade, upgrade
+    from .records.migrate import downgrade, upgrade
 
     url = get_settings().database_url
     if args.action == "upgrade":
@@ -391,8 +391,8 @@ def _session(*, read_only: bool = False):
     exist is an error, not created (nor its folder)."""
     from sqlalchemy.orm import Session
 
-    from .db import make_engine
-    from .migrate import upgrade
+    from .records.db import make_engine
+    from .records.migrate import upgrade
 
     url = get_settings().database_url
     if read_only and url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
@@ -405,7 +405,7 @@ def _session(*, read_only: bool = False):
 
 
 def cmd_clustering(args: argparse.Namespace) -> int:
-    from .persist import references, set_reference
+    from .records.persist import references, set_reference
 
     if args.action == "show":
         if not args.model:
@@ -451,7 +451,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     with _session(read_only=True) as session:
         rows = session.execute(text(sql), {"model": args.model, "cls": args.class_name}).all()
         if rows and args.report:
-            from .history_report import write_history_report
+            from .reports.history_report import write_history_report
 
             _check_output_dir(args.report, "--report")
             page = write_history_report(session_or_engine=session, model_name=args.model, out_dir=args.report,
@@ -495,14 +495,14 @@ def _run_report_uri(settings):
     """run id → its published audit report (``runs/<id>/report/index.html`` in the results store)."""
     if settings.store_url.startswith("s3://"):
         return lambda run_id: f"{settings.store_url.rstrip('/')}/runs/{run_id}/report/index.html"
-    from .store import open_store
+    from .records.store import open_store
 
     store = open_store(settings.store_url)
     return lambda run_id: store.uri(f"runs/{run_id}/report/index.html")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import SynthSpec, write_synth
+    from .engine.synth import SynthSpec, write_synth
 
     truth = write_synth(args.out, SynthSpec(classes=args.classes, subgroups=args.subgroups,
                                             rare_fraction=args.rare_fraction, seed=args.seed))
@@ -512,13 +512,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, read_oversample, train
+    from .engine.train import TrainConfig, read_oversample, train
 
     oversample = read_oversample(args.oversample) if args.oversample else None
     settings = get_settings()
     local_out, store = args.out, None
     if args.out.startswith("s3://"):
-        from .store import open_store
+        from .records.store import open_store
 
         # before training, not after: a missing bucket or refused credentials must not cost the epochs
         bucket, _, key = args.out.removeprefix("s3://").partition("/")
@@ -568,7 +568,7 @@ def _local_copy(uri: str | None, settings: Settings) -> str | None:
     """A local path for an ``s3://`` dataset or checkpoint (downloaded once, cached by content); others unchanged."""
     if uri is None or not uri.startswith("s3://"):
         return uri
-    from .store import fetch_uri
+    from .records.store import fetch_uri
 
     return str(fetch_uri(uri, **settings.s3_options()))
 

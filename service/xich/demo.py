@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .result import AuditResult
-from .synth import SynthSpec, balancing_factor, oversampling_weights, write_synth
-from .train import TrainConfig, train
+from .engine.synth import SynthSpec, balancing_factor, oversampling_weights, write_synth
+from .engine.train import TrainConfig, train
 
 MODEL = "cifar:resnet20"
 # A look is a hatching orientation: train with an augmentation that keeps every orientation what it is
@@ -176,8 +176,8 @@ def _num(x: float | None) -> str:
 
 
 def _stored(run_id: str) -> AuditResult:
-    from .db import session_for
-    from .persist import load_audit
+    from .records.db import session_for
+    from .records.persist import load_audit
     from .settings import get_settings
 
     with session_for(get_settings().database_url) as session:
@@ -186,9 +186,9 @@ def _stored(run_id: str) -> AuditResult:
 
 def _write_pages(out: Path, results: dict, lines: list[str]) -> Path:
     """The demo's page: the finding, each version's report (in the demo's object store), the history page."""
-    from .db import make_engine
-    from .history_report import write_history_report
-    from .report import write_page
+    from .records.db import make_engine
+    from .reports.history_report import write_history_report
+    from .reports.report import write_page
     from .settings import get_settings
 
     engine = make_engine(get_settings().database_url)

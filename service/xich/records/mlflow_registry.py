@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .atomic import write_atomically
-from .boundary import WALK_MAX_FILES, check_source, walk_files
-from .errors import Unavailable, XichError
+from ..atomic import write_atomically
+from ..boundary import WALK_MAX_FILES, check_source, walk_files
+from ..errors import Unavailable, XichError
 from .registration import recorded_registry_metadata
-from .result import AuditResult, least_dominant_share
-from .settings import Settings
+from ..result import AuditResult, least_dominant_share
+from ..settings import Settings
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".ckpt")

@@ -22,18 +22,18 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from .audit import ClassImages, OpenedAudit, assemble_result, audit_class, open_audit, per_image_result
-from .config import AuditConfig, check_config
-from .datasets import content_fingerprint
-from .db import AuditRun, Clustering, Model, ModelVersion, RunClass, make_engine
-from .errors import XichError
-from .locks import named_lock
-from .migrate import upgrade
-from .persist import (attach_request, begin_run, fail_run, file_sha256, finish_run, frozen_membership,
+from ..engine.audit import ClassImages, OpenedAudit, assemble_result, audit_class, open_audit, per_image_result
+from ..engine.config import AuditConfig, check_config
+from ..engine.datasets import content_fingerprint
+from ..records.db import AuditRun, Clustering, Model, ModelVersion, RunClass, make_engine
+from ..errors import XichError
+from ..records.locks import named_lock
+from ..records.migrate import upgrade
+from ..records.persist import (attach_request, begin_run, fail_run, file_sha256, finish_run, frozen_membership,
                       get_or_create_dataset, get_or_create_model_version, load_audit, load_classes, own_clustering,
                       promote_first_reference, reference_clustering, stored_classes, store_class, store_per_image)
-from .registration import registry_time
-from .result import AuditResult, ClassResult
+from ..records.registration import registry_time
+from ..result import AuditResult, ClassResult
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def _clustering_note(requested: str, frozen: Clustering | None, model_name: str)
 
 def publish_run(result: AuditResult, *, store_url: str, report_dir: str | Path | None = None, **store_options) -> list[str]:
     """Put the audit document (and the report's files) in the object store under ``runs/<run id>/``."""
-    from .store import open_store
+    from ..records.store import open_store
 
     store = open_store(store_url, **store_options)
     prefix = f"runs/{result.run_id}"
@@ -293,9 +293,9 @@ def publish_with_report(result: AuditResult, opened: OpenedAudit, *, store_url: 
     document under ``runs/<run id>/``; returns the report page's URI in the store."""
     import tempfile
 
-    from .audit import explain_stored
-    from .report import collect_examples, write_report
-    from .store import open_store
+    from ..engine.audit import explain_stored
+    from ..reports.report import collect_examples, write_report
+    from ..records.store import open_store
 
     with tempfile.TemporaryDirectory(prefix="xich-report-") as tmp:
         examples = {cls.name: collect_examples(cls, explain) for cls, explain in explain_stored(opened, result.classes)}

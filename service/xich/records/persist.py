@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from .db import (AuditRequest, AuditRun, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
                  PerImageScore, RunClass, RunCluster, RunRankShare, utcnow)
-from .errors import XichError
-from .method.baselines import BASELINES
-from .result import AuditResult, ClassResult, ClusterResult, MosaicResult, summarize
+from ..errors import XichError
+from ..method.baselines import BASELINES
+from ..result import AuditResult, ClassResult, ClusterResult, MosaicResult, summarize
 
 
 def file_sha256(path: str | Path) -> str:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from .boundary import check_name, check_spec, escape
-from .config import AuditConfig, check_config
+from ..boundary import check_name, check_spec, escape
+from ..engine.config import AuditConfig, check_config
 from .db import make_engine, session_for
-from .errors import XichError
+from ..errors import XichError
 from .locks import named_lock
 from . import persist
 from .migrate import upgrade

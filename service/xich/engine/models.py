@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import XichError
+from ..errors import XichError
 
 CIFAR_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9}
 LABEL_KEYS = ("classes", "labels")  # where a checkpoint dict may keep the model's class names, in output order

@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sqlalchemy import Engine, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from .errors import XichError  # noqa: E402
+from ..errors import XichError  # noqa: E402
 from .report import file_slug, save_figure, write_page  # noqa: E402
 
 HISTORY_SQL = """

@@ -52,15 +52,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .boundary import Outside, check_name, check_sources, check_spec, escape, parse_json
-from .db import make_engine
-from .deliveries import claim_delivery, forget_delivery, received_delivery, settle_delivery
-from .errors import Unavailable, XichError
-from .hook_mapping import NotMapped, read_mapping, resolve, tag_overrides
-from .migrate import upgrade
-from .mlflow_registry import resolve_weights, version_facts, without_credentials
-from .registration import AUDIT_DEPLOYMENT, REQUEST_SETTINGS, audit_status, register, registry_time
-from .settings import HookSettings, get_hook_settings
+from ..boundary import Outside, check_name, check_sources, check_spec, escape, parse_json
+from ..records.db import make_engine
+from ..records.deliveries import claim_delivery, forget_delivery, received_delivery, settle_delivery
+from ..errors import Unavailable, XichError
+from .mapping import NotMapped, read_mapping, resolve, tag_overrides
+from ..records.migrate import upgrade
+from ..records.mlflow_registry import resolve_weights, version_facts, without_credentials
+from ..records.registration import AUDIT_DEPLOYMENT, REQUEST_SETTINGS, audit_status, register, registry_time
+from ..settings import HookSettings, get_hook_settings
 
 log = logging.getLogger(__name__)
 

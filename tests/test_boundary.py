@@ -23,6 +23,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from builders import context_for
 import stack
 from test_hooks import checkpoint
 from xich.atomic import write_atomically
@@ -354,8 +355,8 @@ def test_the_nightly_flow_rechecks_recorded_requests_before_importing(world, res
                          weights_sha256=None, dataset_uri=str(world["root"] / "data"), settings={},
                          registry_metadata=None, registered_at=None)
     engine.dispose()
-    assert [r["model"] for r in unaudited(database_url=results_db)] == ["fine"]
-    assert [r["model"] for r in unaudited(database_url=results_db, allowed_specs=["cifar:", "python:os"])] == \
+    assert [r["model"] for r in unaudited(engine=context_for(results_db).engine)] == ["fine"]
+    assert [r["model"] for r in unaudited(engine=context_for(results_db).engine, allowed_specs=["cifar:", "python:os"])] == \
         ["evil", "fine"]
 
 

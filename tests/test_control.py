@@ -13,7 +13,7 @@ import torch
 
 from xich.engine.audit import AuditConfig, open_audit, run_audit
 from xich.records.persist import load_audit
-from xich.run.pipeline import recorded_audit
+from builders import recorded
 from xich.records.db import make_engine
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -108,7 +108,7 @@ def test_no_control_is_another_settings_key_and_leaves_no_control(cifar_subset):
 
 def test_stored_and_read_back_unchanged(cifar_subset, database_url, tmp_path):
     """Baselines, agreement, control and method through the results database (SQLite and PostgreSQL)."""
-    result = recorded_audit(_config(cifar_subset, classes=("cat",)), database_url=database_url,
+    result = recorded(_config(cifar_subset, classes=("cat",)), database_url,
                             cache_dir=str(tmp_path / "cache"))
     engine = make_engine(database_url)
     try:

@@ -20,6 +20,7 @@ from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName  # noqa: E402
 
 from flows.audit import artifact_key, audit_model_version, audit_new_versions  # noqa: E402
+from builders import context_for
 from xich.cli import main  # noqa: E402
 from xich.records.db import AuditRequest, AuditRun, ModelVersion, make_engine, session_for  # noqa: E402
 from xich.records.migrate import upgrade  # noqa: E402
@@ -124,17 +125,17 @@ def test_audit_new_versions_starts_exactly_the_unaudited(prefect_server, synth_d
     url = f"sqlite:///{tmp_path / 'nightly.db'}"
     monkeypatch.setenv("XICH_DATABASE_URL", url)
     settings = {**SETTINGS, "classes": ["circle", "square"], "per_image": 0, "train_split": ""}
-    requests = {v: register(database_url=url, model="nightly", version=v, model_spec="cifar:resnet20",
+    requests = {v: register(records=context_for(url), model="nightly", version=v, model_spec="cifar:resnet20",
                             weights_uri=weights, dataset_uri=str(synth_data), settings=settings)
                 for v in ("v1", "v2", "v3")}
-    register(database_url=url, model="other", version="v1", model_spec="cifar:resnet20", weights_uri=weights,
+    register(records=context_for(url), model="other", version="v1", model_spec="cifar:resnet20", weights_uri=weights,
              dataset_uri=str(synth_data), settings=settings)
     done = audit_model_version(**requests["v2"])
-    assert [r["version"] for r in unaudited(database_url=url, model="nightly")] == ["v1", "v3"]
+    assert [r["version"] for r in unaudited(engine=context_for(url).engine, model="nightly")] == ["v1", "v3"]
 
     assert audit_new_versions(model="nightly") == ["nightly/v1", "nightly/v3"]
-    assert unaudited(database_url=url, model="nightly") == []
-    assert [r["model"] for r in unaudited(database_url=url)] == ["other"]  # another model's version waits
+    assert unaudited(engine=context_for(url).engine, model="nightly") == []
+    assert [r["model"] for r in unaudited(engine=context_for(url).engine)] == ["other"]  # another model's version waits
     engine = make_engine(url)
     with Session(engine) as session:
         runs = {mv.version: (req.run_id, session.get(AuditRun, req.run_id).status)
@@ -174,7 +175,7 @@ def test_a_registry_that_is_down_leaves_the_audit_complete(prefect_server, synth
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.delenv("XICH_MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(flows.audit, "tag_registry_version", flows.audit.tag_registry_version.with_options(retries=0))
-    parameters = register(database_url=url, model="tagged", version="1", model_spec="cifar:resnet20",
+    parameters = register(records=context_for(url), model="tagged", version="1", model_spec="cifar:resnet20",
                           weights_uri=weights, dataset_uri=str(synth_data),
                           settings={**SETTINGS, "per_image": 0, "classes": ["circle"]},
                           registry_metadata={"registry": "mlflow", "name": "tagged", "version": "1",

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from builders import context_for
 import stack
 from xich.cli import main
 from xich.records.db import AuditRequest, HookDelivery, Model, ModelVersion, make_engine
@@ -270,6 +271,32 @@ def test_a_replayed_delivery_starts_nothing(world, database_url):
     assert len(rows(database_url, AuditRequest)) == 1
 
 
+def test_a_delivery_opens_no_engine_and_runs_no_migration(world, database_url, monkeypatch):
+    """The receiver's context made its one engine and migrated when the app was created; deliveries only use it.
+    Counted where every engine and every migration begins: SQLAlchemy's create_engine as xich.records.db calls it,
+    and Alembic's command.upgrade."""
+    import alembic.command
+
+    import xich.records.db
+
+    client, recorder = receiver(world, database_url)
+    counts = {"engines": 0, "migrations": 0}
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(xich.records.db, "create_engine", counted("engines", xich.records.db.create_engine))
+    monkeypatch.setattr(alembic.command, "upgrade", counted("migrations", alembic.command.upgrade))
+    for version in ("1", "2"):
+        answer = client.deliver(version_created(version=version, source=world["weights"]))
+        assert answer.status_code == 202 and answer.json()["outcome"] == "started"
+    assert counts == {"engines": 0, "migrations": 0}
+    assert len(recorder.calls) == 2
+
+
 def test_two_copies_at_once_act_once(world, database_url):
     """The claim is a unique row, so copies arriving together (MLflow's retry of a slow answer) act once. Both
     copies are held at the claim's INSERT until the other is there too (a barrier on the real database
@@ -355,7 +382,7 @@ def test_a_created_version_is_recorded_and_its_audit_started(world, database_url
     [delivery] = rows(database_url)
     assert (delivery.event, delivery.model, delivery.version, delivery.outcome) == \
         ("model_version.created", "shapes", "1", "started")
-    assert [r["version"] for r in unaudited(database_url=database_url)] == ["1"]  # the nightly flow would take it
+    assert [r["version"] for r in unaudited(engine=context_for(database_url).engine)] == ["1"]  # the nightly flow would take it
 
 
 def test_other_weights_under_a_recorded_version_are_refused_in_http_words(world):
@@ -429,7 +456,7 @@ def test_without_prefect_the_version_is_still_recorded_for_the_nightly_flow(worl
     assert answer["reason"].startswith("shapes 1 is recorded, but its audit did not start (ConnectError: ")
     assert answer["reason"].endswith("the nightly audit-new-versions flow will audit it")
     assert took < 15, f"answered in {took:.1f} s"
-    assert [(r["model"], r["version"]) for r in unaudited(database_url=url_of(world))] == [("shapes", "1")]
+    assert [(r["model"], r["version"]) for r in unaudited(engine=context_for(url_of(world)).engine)] == [("shapes", "1")]
     assert [d.outcome for d in rows(url_of(world))] == ["registered"]
     log_text = hooks.log.read_text()
     assert "202" in log_text and SECRET not in log_text

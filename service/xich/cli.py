@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -18,7 +19,7 @@ from rich.table import Table
 
 from .errors import XichError
 from .method.cam_methods import CAM_METHODS
-from .settings import Settings, describe_error, get_settings
+from .settings import describe_error
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -183,8 +184,16 @@ def _first_sentences(exc: BaseException, n: int = 2) -> str:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from .engine.audit import AuditConfig, assemble_result, audit_classes, explain_stored, explainer, open_audit
+    from .run.context import context
 
-    settings = get_settings()
+    with context() as ctx:  # the database: migrated when first used, after the destinations' checks
+        return _audit(args, ctx)
+
+
+def _audit(args: argparse.Namespace, ctx) -> int:
+    from .engine.audit import AuditConfig, assemble_result, audit_classes, explain_stored, explainer, open_audit
+
+    settings = ctx.settings
     registered_at = _time(args.version_created_at, "--version-created-at")
     registry_metadata = _json_object(args.registry_metadata, "--registry-metadata")
     # every destination is checked before the first forward pass
@@ -194,7 +203,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         from .records.store import open_store
 
         open_store(settings.store_url, create_bucket=args.create_bucket, **settings.s3_options()).check_writable()
-    data, weights = _local_copy(args.data, settings), _local_copy(args.weights, settings)
+    data, weights = ctx.local_path(args.data), ctx.local_path(args.weights)
     config = AuditConfig(
         model=args.model, data=data, weights=weights, data_uri=args.data, weights_uri=args.weights,
         eval_split=args.eval_split,
@@ -227,22 +236,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         else:
             from .run.pipeline import open_recorded_run
 
-            rec = open_recorded_run(config, database_url=settings.database_url, model_name=args.model_name,
-                                    model_version=args.model_version, registry_metadata=registry_metadata,
-                                    registered_at=registered_at, clustering=args.clustering,
-                                    cache_dir=settings.cache_dir)
-            opened = rec.opened
-            try:
-                try:
-                    if not rec.complete:
-                        for _ in computed(rec.audit_pending(), len(rec.pending())):
-                            pass
-                    result = rec.finish()
-                except BaseException as exc:
-                    rec.fail(exc)
-                    raise
-            finally:
-                rec.close()
+            with open_recorded_run(ctx, config, model_name=args.model_name, model_version=args.model_version,
+                                   registry_metadata=registry_metadata, registered_at=registered_at,
+                                   clustering=args.clustering) as rec:
+                opened = rec.opened
+                if not rec.complete:
+                    for _ in computed(rec.audit_pending(), len(rec.pending())):
+                        pass
+                result = rec.finish()
     print_summary(result)
     if opened.timings:
         out.print("CAM time: " + ", ".join(f"{'control' if k == 'control_s' else 'model'} {v:.1f} s"
@@ -261,9 +262,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 examples[cls.name] = collect_examples(cls, explain)
         out.print(f"wrote {write_report(result, args.report, examples, model=args.model_name or args.model, version=args.model_version)}")
     if not args.no_db:
-        from .run.pipeline import publish_run
+        from .run.publish import publish_run
 
-        keys = publish_run(result, store_url=settings.store_url, report_dir=args.report, **settings.s3_options())
+        keys = publish_run(ctx, result, report_dir=args.report)
         out.print(f"stored {len(keys)} file(s) under {settings.store_url.rstrip('/')}/runs/{result.run_id}/",
                   highlight=False)
     return 0
@@ -312,39 +313,39 @@ def _time(text: str | None, flag: str):
 
 def cmd_register(args: argparse.Namespace) -> int:
     from .records.registration import register
+    from .run.context import context
 
-    settings = get_settings()
     audit_settings = _json_object(args.settings, "--settings")
     if args.shards < 1:
         raise XichError(f"--shards must be at least 1, got {args.shards}")
-    parameters = register(database_url=settings.database_url, model=args.model, version=args.version,
-                          model_spec=args.spec, weights_uri=args.weights, dataset_uri=args.dataset,
-                          settings=audit_settings, local_weights=_local_copy(args.weights, settings),
-                          registry_metadata=_json_object(args.registry_metadata, "--registry-metadata"),
-                          registered_at=_time(args.version_created_at, "--version-created-at"),
-                          allowed_specs=settings.hooks_allowed_specs)
+    with context() as ctx:
+        settings = ctx.settings
+        parameters = register(records=ctx, model=args.model, version=args.version,
+                              model_spec=args.spec, weights_uri=args.weights, dataset_uri=args.dataset,
+                              settings=audit_settings, local_weights=ctx.local_path(args.weights),
+                              registry_metadata=_json_object(args.registry_metadata, "--registry-metadata"),
+                              registered_at=_time(args.version_created_at, "--version-created-at"),
+                              allowed_specs=settings.hooks_allowed_specs)
     out.print(f"registered {args.model} {args.version}", highlight=False)
     if not args.audit:
         return 0
-    if os.environ.get("PREFECT_API_URL"):
-        from prefect.deployments import run_deployment
+    if settings.prefect_api_url:
+        from .run.deploy import start_run
 
-        from .records.registration import AUDIT_DEPLOYMENT  # not flows.audit: that imports torch
-
-        deployment = os.environ.get("XICH_AUDIT_DEPLOYMENT", AUDIT_DEPLOYMENT)
         try:
-            run = run_deployment(deployment, parameters={**parameters, "shards": args.shards}, timeout=0,
-                                 flow_run_name=f"{args.model}-{args.version}")
+            run = start_run(settings, {**parameters, "shards": args.shards})
         except Exception as exc:  # ObjectNotFound, a server that does not answer…
             raise XichError(f"the version is registered, but its audit did not start: Prefect at "
-                            f"{os.environ['PREFECT_API_URL']} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                            f"{settings.prefect_api_url} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                             f"deploy the flows (`prefect --no-prompt deploy --all`) or unset PREFECT_API_URL to audit "
                             f"here; the nightly audit-new-versions flow will also pick it up") from None
-        out.print(f"audit started: flow run {run.name} ({run.id}) of deployment {deployment}", highlight=False)
+        out.print(f"audit started: flow run {run.name} ({run.id}) of deployment {settings.audit_deployment}",
+                  highlight=False)
         return 0
-    from flows.audit import audit_model_version
+    from .run.pipeline import audit_registered
 
-    done = audit_model_version(**parameters, shards=args.shards)
+    with context() as ctx:  # no Prefect server: audited here, as the flow would (shards: all of them, here)
+        done = audit_registered(ctx, parameters)
     out.print(f"audited: run {done['run_id']}, report {done['report']}", highlight=False)
     return 0
 
@@ -360,7 +361,7 @@ def cmd_serve_hooks(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    settings = get_hook_settings()
+    settings = get_hook_settings()  # the receiver's own settings: a bad one never breaks another command
     app = create_app(settings)
     logging.getLogger("xich.hooks").setLevel(logging.INFO)
     hooks = [f"/hooks/mlflow ({'on' if settings.hooks_secret else 'off: XICH_HOOKS_SECRET unset'})",
@@ -376,8 +377,9 @@ def cmd_serve_hooks(args: argparse.Namespace) -> int:
 
 def cmd_db(args: argparse.Namespace) -> int:
     from .records.migrate import downgrade, upgrade
+    from .run.context import open_context
 
-    url = get_settings().database_url
+    url = open_context(migrate=False).settings.database_url  # only its settings: migrating is the command
     if args.action == "upgrade":
         upgrade(url, args.revision or "head")
     else:
@@ -386,22 +388,16 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
 def _session(*, read_only: bool = False):
     """A session on the results database, migrated first; ``read_only``: an embedded SQLite file that does not
-    exist is an error, not created (nor its folder)."""
-    from sqlalchemy.orm import Session
+    exist is an error, not created (nor its folder). Yields (context, session)."""
+    from .run.context import context, existing_database, get_settings
 
-    from .records.db import make_engine
-    from .records.migrate import upgrade
-
-    url = get_settings().database_url
-    if read_only and url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        if not Path(url.removeprefix("sqlite:///")).is_file():
-            raise XichError(f"no complete audit recorded: XICH_DATABASE_URL {url} names no database file (nothing "
-                            f"was created); record an audit with `xich audit --model-name NAME`, or point "
-                            f"XICH_DATABASE_URL at the results database")
-    upgrade(url)
-    return Session(make_engine(url))
+    if read_only:
+        existing_database(get_settings())
+    with context() as ctx, ctx.session() as session:
+        yield ctx, session
 
 
 def cmd_clustering(args: argparse.Namespace) -> int:
@@ -410,7 +406,7 @@ def cmd_clustering(args: argparse.Namespace) -> int:
     if args.action == "show":
         if not args.model:
             raise XichError("xich clustering show: give --model NAME")
-        with _session() as session:
+        with _session() as (_, session):
             rows = references(session=session, model_name=args.model)
         if not rows:
             raise XichError(f"--model {args.model}: no reference clustering recorded under that name; the first "
@@ -425,7 +421,7 @@ def cmd_clustering(args: argparse.Namespace) -> int:
         return 0
     if not args.run:
         raise XichError(f"xich clustering {args.action}: give --run RUN (a complete audit's run id)")
-    with _session() as session:
+    with _session() as (_, session):
         clustering = set_reference(session=session, run_id=args.run)
         out.print(f"clustering {clustering.key} is now the reference: later audits of this model on this dataset "
                   f"(P={clustering.clusters or 'as frozen'}) reuse its clusters", highlight=False)
@@ -448,14 +444,15 @@ def cmd_history(args: argparse.Namespace) -> int:
            + (" AND class_name = :cls" if args.class_name else "")
            + " ORDER BY class_name, cluster_key, version_created_at, run_finished_at")
     page = None
-    with _session(read_only=True) as session:
+    with _session(read_only=True) as (ctx, session):
         rows = session.execute(text(sql), {"model": args.model, "cls": args.class_name}).all()
         if rows and args.report:
             from .reports.history_report import write_history_report
+            from .run.publish import report_uri
 
             _check_output_dir(args.report, "--report")
             page = write_history_report(session_or_engine=session, model_name=args.model, out_dir=args.report,
-                                        class_name=args.class_name, report_uri=_run_report_uri(get_settings()))
+                                        class_name=args.class_name, report_uri=lambda run_id: report_uri(ctx, run_id))
     if not rows:
         raise XichError(f"--model {args.model}: no complete audit recorded under that name"
                         + (f" for class {args.class_name}" if args.class_name else "")
@@ -491,16 +488,6 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_report_uri(settings):
-    """run id → its published audit report (``runs/<id>/report/index.html`` in the results store)."""
-    if settings.store_url.startswith("s3://"):
-        return lambda run_id: f"{settings.store_url.rstrip('/')}/runs/{run_id}/report/index.html"
-    from .records.store import open_store
-
-    store = open_store(settings.store_url)
-    return lambda run_id: store.uri(f"runs/{run_id}/report/index.html")
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
     from .engine.synth import SynthSpec, write_synth
 
@@ -514,8 +501,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.train import TrainConfig, read_oversample, train
 
+    from .run.context import context
+
     oversample = read_oversample(args.oversample) if args.oversample else None
-    settings = get_settings()
+    with context(migrate=False) as ctx:  # no database: its settings, the store and local copies
+        return _train(args, ctx, oversample)
+
+
+def _train(args: argparse.Namespace, ctx, oversample) -> int:
+    from .engine.train import TrainConfig, train
+
+    settings = ctx.settings
     local_out, store = args.out, None
     if args.out.startswith("s3://"):
         from .records.store import open_store
@@ -528,7 +524,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         store = open_store(f"s3://{bucket}", create_bucket=args.create_bucket, **settings.s3_options())
         store.check_writable()
         local_out = str(Path(settings.cache_dir) / "trained" / Path(args.out).name)
-    config = TrainConfig(data=_local_copy(args.data, settings), model=args.model, out=local_out, epochs=args.epochs,
+    config = TrainConfig(data=ctx.local_path(args.data), model=args.model, out=local_out, epochs=args.epochs,
                          batch_size=args.batch_size,
                          lr=args.lr, tile_size=args.tile_size, normalize=args.normalize, seed=args.seed,
                          device=args.device, augment=args.augment, oversample=oversample)
@@ -562,15 +558,6 @@ def _json_object(text: str | None, flag: str) -> dict | None:
     if not isinstance(value, dict):
         raise XichError(f"{flag}: pass a JSON object, got {type(value).__name__}")
     return value
-
-
-def _local_copy(uri: str | None, settings: Settings) -> str | None:
-    """A local path for an ``s3://`` dataset or checkpoint (downloaded once, cached by content); others unchanged."""
-    if uri is None or not uri.startswith("s3://"):
-        return uri
-    from .records.store import fetch_uri
-
-    return str(fetch_uri(uri, **settings.s3_options()))
 
 
 def _f(value, fmt: str = ".3f") -> str:

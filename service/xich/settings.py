@@ -104,9 +104,12 @@ class Settings(BaseSettings):
     ``XICH_HOOKS_ALLOWED_SPECS``: the model spec kinds an audit request may name (comma-separated prefixes; the
     nightly flow and ``xich register`` check them too, see docs/security.md). ``XICH_IMAGE_MAX_SIDE_FACTOR``: an
     image wider or taller than this many tile sides is skipped, from its header, before it is decoded.
+
+    ``XICH_AUDIT_DEPLOYMENT``: the Prefect deployment (``flow name/deployment name`` of prefect.yaml) that audits a
+    registered version; ``PREFECT_API_URL`` (Prefect's own variable): the server it is started on (unset: none).
     """
 
-    model_config = SettingsConfigDict(env_prefix="XICH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="XICH_", extra="ignore", populate_by_name=True)
 
     database_url: Annotated[str, AfterValidator(_database_url)] = MaskedURL("sqlite:///.xich/xich.db")
     store_url: str = ".xich/store"
@@ -118,6 +121,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: Annotated[str | None, AfterValidator(_tracking_url)] = None
     hooks_allowed_specs: CommaList = ["cifar:", "torchvision:"]
     image_max_side_factor: int = Field(default=16, ge=1, le=64)
+    audit_deployment: str = Field(default="audit-model-version/audit", min_length=3, max_length=300,
+                                  pattern=r"^[^/\s]+/[^/\s]+$")
+    prefect_api_url: str | None = Field(default=None, validation_alias="PREFECT_API_URL")
 
     _split_specs = field_validator("hooks_allowed_specs", mode="before")(_comma_separated)
     _check_specs = field_validator("hooks_allowed_specs", mode="after")(check_spec_kinds)

@@ -114,13 +114,13 @@ def test_compose_refuses_to_start_with_an_empty_password(tmp_path, variable):
 
 
 def test_env_example_fill_command_gives_every_secret_a_value(tmp_path):
-    """The loop that .env.example (and the README) gives, run as written, yields a .env compose accepts."""
+    """The loop that .env.example (and docs/docker.md) gives, run as written, yields a .env compose accepts."""
     loop = next(line.strip("# ").strip() for line in (REPO / ".env.example").read_text().splitlines()
                 if line.lstrip("# ").startswith("for k in"))
     shutil.copy(REPO / ".env.example", tmp_path / ".env")
     subprocess.run(["bash", "-c", loop], cwd=tmp_path, check=True)
     assert _compose(tmp_path, COMPOSE_FILES["gpu"], tmp_path / ".env", "config", "-q").returncode == 0
-    assert loop in (REPO / "README.md").read_text()
+    assert loop in (REPO / "docs" / "docker.md").read_text()
 
 
 def test_env_example_names_every_variable_compose_reads():

@@ -1,4 +1,4 @@
-"""Two versions of one model on a frozen clustering: the views, `xich history` and the README's queries."""
+"""Two versions of one model on a frozen clustering: the views, `xich history` and the queries of docs/history.md."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from xich.engine.models import build_model
 from xich.records.persist import freeze_clustering
 from builders import recorded
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+HISTORY_DOC = Path(__file__).resolve().parents[1] / "docs" / "history.md"
 
 
 def _numbers(result) -> dict:
@@ -151,7 +151,7 @@ def test_views_return_the_expected_rows(two_versions):
 
 def test_readme_queries_run(two_versions):
     engine, _, _ = two_versions
-    section = README.read_text().split("### Querying history in SQL", 1)[1]
+    section = HISTORY_DOC.read_text().split("## Querying history in SQL", 1)[1]
     queries = re.findall(r"```sql\n(.*?)```", section, flags=re.S)
     assert len(queries) == 5
     results = [_rows(engine, q.strip().rstrip(";")) for q in queries]

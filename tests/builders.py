@@ -25,3 +25,9 @@ def context_for(database_url: str, **settings) -> Context:
 def recorded(config, database_url: str, **options) -> AuditResult:
     """``recorded_audit`` of ``config`` on a context for ``database_url`` (options: ``open_recorded_run``'s)."""
     return recorded_audit(context_for(database_url), config, **options)
+
+
+def numbers(result, *, without: tuple[str, ...] = ("notes",)) -> dict:
+    """The audit document without its notes (which say how the run was found: new, resumed, read back) and any
+    other key of ``without`` (a flow and the CLI give each run its own ``run_id``)."""
+    return {k: v for k, v in result.to_dict().items() if k not in without}

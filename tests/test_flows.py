@@ -20,7 +20,7 @@ from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName  # noqa: E402
 
 from flows.audit import artifact_key, audit_model_version, audit_new_versions  # noqa: E402
-from builders import context_for
+from builders import context_for, numbers
 from xich.cli import main  # noqa: E402
 from xich.records.db import AuditRequest, AuditRun, ModelVersion, make_engine, session_for  # noqa: E402
 from xich.records.migrate import upgrade  # noqa: E402
@@ -45,10 +45,6 @@ def weights(tmp_path_factory) -> str:
     return str(path)
 
 
-def _numbers(result) -> dict:
-    return {k: v for k, v in result.to_dict().items() if k not in ("notes", "run_id")}
-
-
 def _stored(url: str, run_id: str):
     with session_for(url) as session:
         return load_audit(session=session, run_id=run_id)
@@ -70,7 +66,7 @@ def test_flow_stores_the_numbers_the_cli_stores(prefect_server, synth_data, weig
     out = audit_model_version(model="shapes", version="v1", model_spec="cifar:resnet20", weights_uri=weights,
                               dataset_uri=str(synth_data), settings=SETTINGS)
     via_cli, via_flow = _stored(cli_db, _only_run(cli_db).id), _stored(flow_db, out["run_id"])
-    assert _numbers(via_flow) == _numbers(via_cli)
+    assert numbers(via_flow, without=("notes", "run_id")) == numbers(via_cli, without=("notes", "run_id"))
     assert out["computed"] == ["circle", "square", "triangle"]
     assert out["report"].endswith(f"runs/{out['run_id']}/report/index.html")
     assert "<h2>triangle</h2>" in Path(urlparse(out["report"]).path).read_text()  # the published report

@@ -17,14 +17,9 @@ from xich.records.db import AuditRun, make_engine
 from xich.errors import XichError
 from xich.engine.models import build_model
 from xich.records.persist import freeze_clustering
-from builders import recorded
+from builders import numbers, recorded
 
 HISTORY_DOC = Path(__file__).resolve().parents[1] / "docs" / "history.md"
-
-
-def _numbers(result) -> dict:
-    """The audit document without its notes (which say how the run was found: new, resumed, read back)."""
-    return {k: v for k, v in result.to_dict().items() if k != "notes"}
 
 
 def _weights(path: Path, seed: int) -> str:
@@ -60,7 +55,7 @@ def test_rerunning_the_frozen_version_adds_no_row(two_versions, database_url, sy
     config = AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=str(tmp_path / "v1.pt"),
                          clusters=3, mosaics_per_pair=4, device="cpu")
     again = recorded(config, database_url, model_name="shapes", model_version="v1")
-    assert again.run_id == v1.run_id and _numbers(again) == _numbers(v1)
+    assert again.run_id == v1.run_id and numbers(again) == numbers(v1)
     assert _rows(engine, "SELECT COUNT(*) FROM run_cluster") == before
     assert len(_rows(engine, "SELECT * FROM hierarchy_drift")) == 3
 

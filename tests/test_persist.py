@@ -19,14 +19,9 @@ from xich.engine.audit import AuditConfig, run_audit
 from xich.errors import XichError
 from xich.records.db import AuditRun, Base, ModelVersion, RunClass, make_engine
 from xich.records.migrate import alembic_config, downgrade, upgrade
-from builders import context_for, recorded
+from builders import context_for, numbers, recorded
 from xich.run.pipeline import open_recorded_run
 from xich.result import AuditResult
-
-def _numbers(result) -> dict:
-    """The audit document without its notes (which say how the run was found: new, resumed, read back)."""
-    return {k: v for k, v in result.to_dict().items() if k != "notes"}
-
 
 def _tables(url: str) -> set[str]:
     engine = make_engine(url)
@@ -64,7 +59,7 @@ def test_stored_audit_reads_back_equal_to_its_json(database_url, synth_data, one
     config = _config(synth_data)
     stored = recorded(config, database_url, model_name="shapes", model_version="v1")
     direct = run_audit(config, run_id=stored.run_id)
-    assert _numbers(stored) == _numbers(direct)
+    assert numbers(stored) == numbers(direct)
     assert AuditResult.from_dict(json.loads(stored.to_json())) == stored  # the document reads back whole
     counts = _row_counts(database_url)
     assert counts["mosaic"] == 3 * 3 * 3  # 3 classes x 3 pairs x J = 3
@@ -80,7 +75,7 @@ def test_rerun_changes_no_row(database_url, synth_data, one_torch_thread, train_
     before = _row_counts(database_url)
     again = recorded(config, database_url, model_name="shapes", model_version="v1")
     assert _row_counts(database_url) == before
-    assert _numbers(again) == _numbers(first)
+    assert numbers(again) == numbers(first)
     assert again.dataset["train_split"] == (None if train_split == "missing" else "train")
 
 
@@ -117,7 +112,7 @@ def test_run_stopped_after_two_classes_resumes_and_completes(database_url, synth
     with Session(engine) as s:
         assert s.get(AuditRun, run.id).status == "complete"
     engine.dispose()
-    assert _numbers(result) == _numbers(run_audit(config, run_id=run.id))
+    assert numbers(result) == numbers(run_audit(config, run_id=run.id))
 
 
 def test_killed_process_resumes_and_completes(database_url, synth_data, tmp_path, one_torch_thread):

@@ -26,32 +26,37 @@ out = Console(soft_wrap=True)
 
 
 def _audit_parser(sub: argparse._SubParsersAction) -> None:
+    from dataclasses import fields
+
+    from .engine.config import AuditConfig
+
+    default = {f.name: f.default for f in fields(AuditConfig)}  # declared once, in AuditConfig
     p = sub.add_parser("audit", help="cluster each class, measure Grad-CAM dominance on mosaics, rank clusters")
     p.add_argument("--model", required=True, help="cifar:resnet20|32|44|56, torchvision:<arch>, python:<module>:<callable>")
     p.add_argument("--weights", help="checkpoint: a state_dict, or a dict holding one under 'state_dict' or 'model'")
     p.add_argument("--data", required=True, help="DIR with <split>/<class>/<image> (or <split>.tar[.gz]), a .tar[.gz], "
                                                  "or cifar10:DIR / cifar100:DIR")
-    p.add_argument("--eval-split", default="test")
-    p.add_argument("--train-split", default="train", help="'' to skip the training-distribution table")
+    p.add_argument("--eval-split", default=default["eval_split"])
+    p.add_argument("--train-split", default=default["train_split"], help="'' to skip the training-distribution table")
     p.add_argument("--classes", help="comma-separated class names (default: all)")
-    p.add_argument("--clusters", type=int, default=5, help="P, clusters per class")
-    p.add_argument("--mosaics-per-pair", type=int, default=25, help="J, mosaics per cluster pair")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layer", default="auto", help="target layer name (default: last conv block before pooling)")
-    p.add_argument("--cam", default="auto", choices=["auto", "fast", "reference"])
-    p.add_argument("--method", default="gradcam", help="attribution map, from pytorch-grad-cam: "
-                   + ", ".join(CAM_METHODS) + " (default gradcam)")
+    p.add_argument("--clusters", type=int, default=default["clusters"], help="P, clusters per class")
+    p.add_argument("--mosaics-per-pair", type=int, default=default["mosaics_per_pair"], help="J, mosaics per cluster pair")
+    p.add_argument("--seed", type=int, default=default["seed"])
+    p.add_argument("--layer", default=default["layer"], help="target layer name (default: last conv block before pooling)")
+    p.add_argument("--cam", default=default["cam"], choices=["auto", "fast", "reference"])
+    p.add_argument("--method", default=default["method"], help="attribution map, from pytorch-grad-cam: "
+                   + ", ".join(CAM_METHODS) + f" (default {default['method']})")
     p.add_argument("--no-control", dest="control", action="store_false",
                    help="skip the randomized control (the same mosaics under the architecture re-initialised)")
     p.add_argument("--tile-size", type=int, help="image side in a mosaic (default 32 for cifar:, 224 for torchvision:)")
     p.add_argument("--mosaic-size", type=int, help="mosaic side (default 2 × tile size)")
-    p.add_argument("--normalize", default="imagenet", help="imagenet, cifar, none or m1,m2,m3/s1,s2,s3")
+    p.add_argument("--normalize", default=default["normalize"], help="imagenet, cifar, none or m1,m2,m3/s1,s2,s3")
     p.add_argument("--labels", help="the model's class names in output order: cifar10, cifar100, imagenet, or a file "
                                     "with one name a line (default: the checkpoint's 'classes', CIFAR-10 for cifar: "
                                     "models with 10 outputs, else the dataset's sorted class folders)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=default["batch_size"])
     p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
-    p.add_argument("--per-image", type=int, default=0, metavar="N",
+    p.add_argument("--per-image", type=int, default=default["per_image"], metavar="N",
                    help="also score N sampled images per class, each its own cluster (Fig. 3)")
     p.add_argument("--json", help="write the audit document here")
     p.add_argument("--report", metavar="DIR", help="write an HTML report with the paper's figures here")
@@ -392,12 +397,13 @@ def cmd_db(args: argparse.Namespace) -> int:
 def _session(*, read_only: bool = False):
     """A session on the results database, migrated first; ``read_only``: an embedded SQLite file that does not
     exist is an error, not created (nor its folder). Yields (context, session)."""
-    from .run.context import context, existing_database, get_settings
+    from .run.context import context, existing_database
 
-    if read_only:
-        existing_database(get_settings())
-    with context() as ctx, ctx.session() as session:
-        yield ctx, session
+    with context() as ctx:
+        if read_only:
+            existing_database(ctx.settings)  # before the engine (and the migration) would create the file
+        with ctx.session() as session:
+            yield ctx, session
 
 
 def cmd_clustering(args: argparse.Namespace) -> int:

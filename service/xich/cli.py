@@ -444,14 +444,12 @@ NUMERIC_COLUMNS = ("score", "rank", "train_share", "eval_size", "mean_logit", "c
 def cmd_history(args: argparse.Namespace) -> int:
     import csv
 
-    from sqlalchemy import text
+    from .records.history import dominance_history
 
-    sql = (f"SELECT {', '.join(HISTORY_COLUMNS)} FROM dominance_history WHERE model_name = :model"
-           + (" AND class_name = :cls" if args.class_name else "")
-           + " ORDER BY class_name, cluster_key, version_created_at, run_finished_at")
     page = None
     with _session(read_only=True) as (ctx, session):
-        rows = session.execute(text(sql), {"model": args.model, "cls": args.class_name}).all()
+        rows = dominance_history(session, model_name=args.model, columns=HISTORY_COLUMNS, class_name=args.class_name,
+                                 order_by=("class_name", "cluster_key", "version_created_at", "run_finished_at"))
         if rows and args.report:
             from .reports.history_report import write_history_report
             from .run.publish import report_uri

@@ -22,9 +22,11 @@ def context_for(database_url: str, **settings) -> Context:
     return _contexts[database_url]
 
 
-def recorded(config, database_url: str, **options) -> AuditResult:
-    """``recorded_audit`` of ``config`` on a context for ``database_url`` (options: ``open_recorded_run``'s)."""
-    return recorded_audit(context_for(database_url), config, **options)
+def recorded(config, database_url: str, *, cache_dir: str | None = None, **options) -> AuditResult:
+    """``recorded_audit`` of ``config`` on a context for ``database_url`` (and ``cache_dir``, the setting
+    XICH_CACHE_DIR); ``options``: ``open_recorded_run``'s."""
+    ctx = context_for(database_url, **({"cache_dir": cache_dir} if cache_dir is not None else {}))
+    return recorded_audit(ctx, config, **options)
 
 
 def numbers(result, *, without: tuple[str, ...] = ("notes",)) -> dict:

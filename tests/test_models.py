@@ -76,7 +76,7 @@ def test_num_classes_sets_head():
     ("foo:bar", "unknown model spec 'foo:bar'"),
     ("python:nomodule:x", "cannot import nomodule:x"),
     ("python:justamodule", "write python:<module>:<callable>"),
-    ("python:xich.models:no_such_function", "cannot import xich.engine.models:no_such_function"),
+    ("python:xich.engine.models:no_such_function", "cannot import xich.engine.models:no_such_function"),
 ])
 def test_unknown_specs(spec, fragment):
     with pytest.raises(XichError) as info:

@@ -19,7 +19,7 @@ import argparse
 import time
 
 from xich.demo import AUGMENT, run_demo
-from xich.train import AUGMENTATIONS
+from xich.engine.train import AUGMENTATIONS
 
 
 def main() -> None:

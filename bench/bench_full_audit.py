@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from xich.audit import AuditConfig, assemble_result, audit_classes, open_audit
+from xich.engine.audit import AuditConfig, assemble_result, audit_classes, open_audit
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -20,13 +20,13 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from xich.audit import AuditConfig
-from xich.runtime import PreparedModel
-from xich.datasets import open_dataset
+from xich.engine.audit import AuditConfig
+from xich.engine.runtime import PreparedModel
+from xich.engine.datasets import open_dataset
 from xich.method.dominance import mosaic_dominance, quadrant_relevance
 from xich.method.gradcam import reference_cams
 from xich.method.mosaic import assemble_mosaics, plan_mosaics
-from xich.models import build_model, load_weights
+from xich.engine.models import build_model, load_weights
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -21,8 +21,8 @@ import torch
 from xich.method.cam_methods import CAM_METHODS
 from xich.method.dominance import mosaic_dominance, quadrant_relevance
 from xich.method.mosaic import assemble_mosaics, plan_mosaics
-from xich.models import build_model, load_weights
-from xich.runtime import PreparedModel
+from xich.engine.models import build_model, load_weights
+from xich.engine.runtime import PreparedModel
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "method"))

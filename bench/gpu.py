@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imagenet_like import make_dataset  # noqa: E402
 from scale import peak_rss_mb  # noqa: E402
 
-from xich.audit import AuditConfig, audit_classes, open_audit, score_mosaics_with, _scoring_models  # noqa: E402
+from xich.engine.audit import AuditConfig, audit_classes, open_audit, score_mosaics_with, _scoring_models  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"embed: {out['embed_model_only_img_s']:.0f} img/s model only, {out['embed_from_jpeg_img_s']:.0f} img/s "
           f"from JPEG", flush=True)
 
-    from xich.audit import cluster_class, embed_class, plan_class_mosaics
+    from xich.engine.audit import cluster_class, embed_class, plan_class_mosaics
 
     images = opened.load(opened.classes[0])
     clustering, _ = cluster_class(opened, images, embed_class(opened, images.eval_images)[0])

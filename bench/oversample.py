@@ -59,12 +59,12 @@ from pathlib import Path
 
 import torch
 
-from xich.audit import AuditConfig, assemble_result, audit_class, open_audit, parse_normalize, run_audit
-from xich.datasets import open_dataset
+from xich.engine.audit import AuditConfig, assemble_result, audit_class, open_audit, parse_normalize, run_audit
+from xich.engine.datasets import open_dataset
 from xich.demo import AUGMENT, MODEL, locate_rare
-from xich.models import build_model, load_weights
-from xich.synth import SynthSpec, balancing_factor, oversampling_weights, rare_counts, write_synth
-from xich.train import TrainConfig, train
+from xich.engine.models import build_model, load_weights
+from xich.engine.synth import SynthSpec, balancing_factor, oversampling_weights, rare_counts, write_synth
+from xich.engine.train import TrainConfig, train
 
 
 def _f(value, spec: str) -> str:

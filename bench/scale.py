@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imagenet_like import make_dataset  # noqa: E402
 
-from xich.audit import AuditConfig, audit_class, open_audit  # noqa: E402
+from xich.engine.audit import AuditConfig, audit_class, open_audit  # noqa: E402
 
 RESNET_GFLOPS = {"resnet18": 1.82, "resnet50": 4.11}  # per 224-px image (torchvision's model table)
 

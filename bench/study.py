@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from xich.audit import AuditConfig, ClassImages, OpenedAudit, audit_class, open_audit, per_image_result
+from xich.engine.audit import AuditConfig, ClassImages, OpenedAudit, audit_class, open_audit, per_image_result
 from xich.method.distribution import score_share_spearman
 from xich.result import ClassResult, summarize
 

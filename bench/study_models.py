@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xich.audit import AuditConfig, open_audit
-from xich.models import build_model, load_weights
+from xich.engine.audit import AuditConfig, open_audit
+from xich.engine.models import build_model, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

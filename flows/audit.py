@@ -7,34 +7,34 @@
     audit_new_versions: start audit_model_version for every registered version without a complete audit
 
 I/O tasks retry with exponential backoff, and only on errors a later try can fix (a server that did
-not answer, a dropped connection); computation never retries. Settings come from ``XICH_*`` (see
-``xich.settings``); ``XICH_AUDIT_DEPLOYMENT`` names the deployment that runs shards and new versions.
+not answer, a dropped connection); computation never retries. Every task works in its process's context
+(``xich.run.context.current_context``: settings from ``XICH_*``, one engine, the database migrated once);
+``XICH_AUDIT_DEPLOYMENT`` names the deployment that runs shards and new versions.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.deployments import run_deployment
 from prefect.tasks import exponential_backoff
 from sqlalchemy.exc import DBAPIError
 
-from xich.audit import ClassImages
+from xich.engine.audit import ClassImages
 from xich.boundary import escape
 from xich.errors import Unavailable
-from xich.mlflow_registry import download_artifact, is_mlflow_uri, tracking_uri_for, write_back
-from xich.pipeline import RecordedRun, open_recorded_run, publish_with_report
-from xich.registration import (AUDIT_DEPLOYMENT, admit_recorded, audit_config, record_request_failure,
-                               recorded_registry_metadata, request_plan)
-from xich.report import class_table, summary_markdown
+from xich.records.mlflow_registry import write_back
+from xich.records.registration import (admit_recorded, audit_config, record_request_failure,
+                                       recorded_registry_metadata, request_plan)
+from xich.reports.report import class_table, summary_markdown
 from xich.result import AuditResult, ClassResult
-from xich.settings import get_settings
+from xich.run.context import current_context
+from xich.run.deploy import start_run
+from xich.run.pipeline import RecordedRun, open_recorded_run
+from xich.run.publish import publish_with_report
 
-DEPLOYMENT = AUDIT_DEPLOYMENT
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -58,16 +58,8 @@ IO = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), 
 @task(name="fetch", **IO)
 def fetch(uri: str | None, model: str | None = None, version: str | None = None) -> str | None:
     """A local copy of an ``s3://`` dataset or checkpoint (cached by ETag), or of an MLflow ``runs:/`` /
-    ``models:/`` source of the version ``model``/``version`` (see ``tracking_uri_for``); local paths unchanged."""
-    if is_mlflow_uri(uri):
-        settings = get_settings()
-        return str(download_artifact(uri, tracking_uri=tracking_uri_for(model=model, version=version, settings=settings),
-                                     cache_dir=settings.cache_dir))
-    if uri is None or not uri.startswith("s3://"):
-        return uri
-    from xich.store import fetch_uri
-
-    return str(fetch_uri(uri, **get_settings().s3_options()))
+    ``models:/`` source of the version ``model``/``version``; local paths unchanged (``Context.local_path``)."""
+    return current_context().local_path(uri, model=model, version=version)
 
 
 @task(name="open-run", cache_policy=NO_CACHE)
@@ -76,11 +68,9 @@ def open_run(parameters: dict, data: str | None, weights: str | None) -> Recorde
     config, clustering = audit_config(model_spec=parameters["model_spec"], dataset_uri=parameters["dataset_uri"],
                                       weights_uri=parameters["weights_uri"], settings=parameters["settings"],
                                       data=data, weights=weights)
-    settings = get_settings()
-    return open_recorded_run(config, database_url=settings.database_url, model_name=parameters["model"],
-                             model_version=parameters["version"], clustering=clustering, cache_dir=settings.cache_dir,
-                             request={"dataset_uri": parameters["dataset_uri"], "settings": parameters["settings"]},
-                             stale_s=settings.run_stale_s)
+    return open_recorded_run(current_context(), config, model_name=parameters["model"],
+                             model_version=parameters["version"], clustering=clustering,
+                             request={"dataset_uri": parameters["dataset_uri"], "settings": parameters["settings"]})
 
 
 @task(name="load-class", task_run_name="load-{name}", **IO)
@@ -105,9 +95,7 @@ def finish_run(rec: RecordedRun) -> AuditResult:
 
 @task(name="publish-report", **IO)
 def publish_report(rec: RecordedRun, result: AuditResult, model: str, version: str) -> str:
-    settings = get_settings()
-    return publish_with_report(result, rec.opened, store_url=settings.store_url, model=model, version=version,
-                               **settings.s3_options())
+    return publish_with_report(current_context(), result, rec.opened, model=model, version=version)
 
 
 @task(name="artifacts", cache_policy=NO_CACHE)
@@ -122,10 +110,10 @@ def publish_artifacts(result: AuditResult, model: str, version: str, report_uri:
 @task(name="registry-tags", **IO)
 def tag_registry_version(model: str, version: str, result: AuditResult, report_uri: str) -> dict | None:
     """The audit's tags on the MLflow version it came from (None: the version came from elsewhere)."""
-    settings = get_settings()
-    metadata = recorded_registry_metadata(database_url=settings.database_url, model=model, version=version)
+    ctx = current_context()
+    metadata = recorded_registry_metadata(engine=ctx.engine, model=model, version=version)
     return write_back(registry_metadata=metadata, model=model, version=version, result=result, report_uri=report_uri,
-                      settings=settings)
+                      settings=ctx.settings)
 
 
 def artifact_key(model: str) -> str:
@@ -169,7 +157,7 @@ def audit_model_version(model: str, version: str, model_spec: str, weights_uri: 
 @task(name="record-failure", **IO)
 def record_failure(parameters: dict, error: str) -> None:
     """The failure on the registered audit request (if any): failures in a row, last error, next try."""
-    request = record_request_failure(database_url=get_settings().database_url, parameters=parameters, error=error)
+    request = record_request_failure(engine=current_context().engine, parameters=parameters, error=error)
     if request is not None:
         get_run_logger().error("audit of %s %s failed (%d time(s) in a row with this error; next try after %s): %s",
                                escape(parameters["model"]), escape(parameters["version"]), request["failures"],
@@ -179,27 +167,21 @@ def record_failure(parameters: dict, error: str) -> None:
 def _audit_version(parameters: dict, shards: int, shard: int | None, shard_start_timeout_s: float) -> dict:
     logger = get_run_logger()
     model, version = parameters["model"], parameters["version"]
-    admit_recorded(parameters, get_settings().hooks_allowed_specs)  # before anything is fetched or imported for it
+    admit_recorded(parameters, current_context().settings.hooks_allowed_specs)  # before anything is fetched for it
     rec = open_run(parameters, fetch(parameters["dataset_uri"]), fetch(parameters["weights_uri"], model, version))
-    try:
-        try:
-            if rec.complete:
-                logger.info("run %s is complete: nothing to compute", rec.run_id)
-            else:
-                classes = rec.opened.classes
-                children = _start_shards(parameters, shards) if shards > 1 and shard is None else []
-                _audit_classes(rec, classes[(shard or 0)::max(1, shards)], wait=False)
-                if shard:  # a child shard: the parent finishes the run
-                    return {"run_id": rec.run_id, "shard": shard, "computed": list(rec.computed)}
-                _wait_for(children, shard_start_timeout_s)
-                _audit_classes(rec, rec.pending(), wait=True)
-            result = finish_run(rec)
-        except BaseException as exc:
-            rec.fail(exc)
-            raise
-        report_uri = publish_report(rec, result, model, version)
-    finally:
-        rec.close()
+    with rec:  # an error marks the run failed; the run's session is closed in any case
+        if rec.complete:
+            logger.info("run %s is complete: nothing to compute", rec.run_id)
+        else:
+            classes = rec.opened.classes
+            children = _start_shards(parameters, shards) if shards > 1 and shard is None else []
+            _audit_classes(rec, classes[(shard or 0)::max(1, shards)], wait=False)
+            if shard:  # a child shard: the parent finishes the run
+                return {"run_id": rec.run_id, "shard": shard, "computed": list(rec.computed)}
+            _wait_for(children, shard_start_timeout_s)
+            _audit_classes(rec, rec.pending(), wait=True)
+        result = finish_run(rec)
+        report_uri = publish_report(rec, result, model, version)  # a complete run stays complete if this fails
     publish_artifacts(result, model, version, report_uri)
     try:
         if tags := tag_registry_version(model, version, result, report_uri):
@@ -214,12 +196,13 @@ def _audit_version(parameters: dict, shards: int, shard: int | None, shard_start
 def _start_shards(parameters: dict, shards: int) -> list:
     """Flow runs of shards 1…n-1 through the audit deployment (whichever workers are free take them);
     none when there is no such deployment (no server, or not deployed): the parent audits every class."""
-    deployment = os.environ.get("XICH_AUDIT_DEPLOYMENT", DEPLOYMENT)
+    settings = current_context().settings
+    deployment = settings.audit_deployment
     runs = []
     try:
         for k in range(1, shards):
-            runs.append(run_deployment(deployment, parameters={**parameters, "shards": shards, "shard": k},
-                                       timeout=0, flow_run_name=f"{parameters['model']}-{parameters['version']}-shard-{k}"))
+            runs.append(start_run(settings, {**parameters, "shards": shards, "shard": k},
+                                  name=f"{parameters['model']}-{parameters['version']}-shard-{k}"))
     except Exception as exc:  # ObjectNotFound, or no API server: the work still gets done, here
         get_run_logger().warning("cannot start shards through deployment %r (%s); auditing every class here",
                                  deployment, exc)
@@ -250,9 +233,9 @@ def _wait_for(children: list, start_timeout_s: float) -> None:
 @task(name="find-unaudited", **IO)
 def find_unaudited(model: str | None) -> list[dict]:
     """Every registered audit without a complete run, with what to do with it (see ``registration.request_plan``)."""
-    settings = get_settings()
-    return request_plan(database_url=settings.database_url, model=model, allowed_specs=settings.hooks_allowed_specs,
-                        stale_s=settings.run_stale_s)
+    ctx = current_context()
+    return request_plan(engine=ctx.engine, model=model, allowed_specs=ctx.settings.hooks_allowed_specs,
+                        stale_s=ctx.settings.run_stale_s)
 
 
 @flow(name="audit-new-versions", log_prints=True)
@@ -265,7 +248,8 @@ def audit_new_versions(model: str | None = None, shards: int = 1) -> list[str]:
     logged with what was done with it. Returns ``model/version`` of each audit started.
     """
     logger = get_run_logger()
-    deployment = os.environ.get("XICH_AUDIT_DEPLOYMENT", DEPLOYMENT)
+    settings = current_context().settings
+    deployment = settings.audit_deployment
     plan = find_unaudited(model)
     logger.info("%d registered audit(s) without a complete run%s", len(plan), f" of model {model}" if model else "")
     started, failed = [], []
@@ -279,8 +263,7 @@ def audit_new_versions(model: str | None = None, shards: int = 1) -> list[str]:
             logger.info("%s: skipped (%s): %s", name, item["action"], escape(item["detail"], 500))
             continue
         try:
-            child = run_deployment(deployment, parameters={**parameters, "shards": shards}, timeout=0,
-                                   flow_run_name=f"{parameters['model']}-{parameters['version']}")
+            child = start_run(settings, {**parameters, "shards": shards})
             logger.info("%s: started through deployment %r (flow run %s; %s)", name, deployment, child.id,
                         item["detail"])
         except Exception as exc:

@@ -1,10 +1,10 @@
-"""Alembic environment: the URL comes from XICH settings (or the caller's config), the metadata from xich.db."""
+"""Alembic environment: the URL comes from XICH settings (or the caller's config), the metadata from xich.records.db."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from xich.db import Base, make_engine
+from xich.records.db import Base, make_engine
 from xich.settings import get_settings
 
 config = context.config

@@ -17,8 +17,8 @@ from PIL import Image
 
 import containers
 import stack
-from xich.migrate import downgrade
-from xich.synth import SynthSpec, write_synth
+from xich.records.migrate import downgrade
+from xich.engine.synth import SynthSpec, write_synth
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +195,47 @@ class S3Server:
 
         return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
 
+    def seed(self, bucket: str, files: Mapping[str, str | os.PathLike]) -> None:
+        """A new bucket holding ``files`` (object key -> local file): how the tests put datasets and checkpoints
+        in S3."""
+        client = self.client()
+        client.make_bucket(bucket)
+        for key, path in files.items():
+            client.fput_object(bucket, key, str(path))
+
+
+def cifar_files(shared: Path, splits: tuple[str, ...] = ("test", "train")) -> dict[str, Path]:
+    """The shared CIFAR-10 JPEG tarballs and the ResNet-20 checkpoint, under the keys the stack tests use."""
+    return {**{f"datasets/cifar10-jpeg/{split}.tar.gz": shared / "cifar10-jpeg" / f"{split}.tar.gz" for split in splits},
+            "models/resnet20.th": shared / "cifar-resnet" / "resnet20-12fca82f.th"}
+
+
+def wait_healthy(proc: subprocess.Popen, what: str, logfile: Path, healthy: Callable[[], bool], *, timeout: float,
+                 every: float = 0.25, errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, TypeError)
+                 ) -> None:
+    """Until ``healthy()`` is true, for every server the tests start: StackError with the tail of ``logfile`` when
+    ``proc`` exits first or ``timeout`` s pass. ``errors``: what ``healthy`` raises while the server is not up yet
+    (not listening, a half answer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise StackError(f"{what} exited with {proc.returncode} while starting; its log ends:\n"
+                             f"{log_tail(logfile, 40)}")
+        try:
+            if healthy():
+                return
+            reason = "not healthy"
+        except errors as exc:
+            reason = f"not healthy ({type(exc).__name__})"
+        if time.monotonic() > deadline:
+            raise StackError(f"{what} {reason} after {timeout:.0f} s; its log ends:\n{log_tail(logfile, 40)}")
+        time.sleep(every)
+
+
+def _http_status(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return resp.status
+
 
 def wait_s3_ready(proc: subprocess.Popen, endpoint: str, logfile: Path, timeout: float = S3_START_TIMEOUT_S) -> None:
     """Until an authenticated S3 call succeeds; StackError (with the server's log) after ``timeout``."""
@@ -204,18 +245,9 @@ def wait_s3_ready(proc: subprocess.Popen, endpoint: str, logfile: Path, timeout:
 
     probe = Minio(endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False,
                   http_client=urllib3.PoolManager(timeout=2, retries=False))
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise StackError(f"weed exited with {proc.returncode} while starting; its log ends:\n{log_tail(logfile)}")
-        try:
-            probe.list_buckets()
-            return
-        except (MinioException, urllib3.exceptions.HTTPError) as exc:  # not listening yet, or its filer not ready
-            if time.monotonic() > deadline:
-                raise StackError(f"SeaweedFS S3 at {endpoint} not ready after {timeout} s ({exc}); "
-                                 f"its log ends:\n{log_tail(logfile)}") from None
-        time.sleep(0.1)
+    # not listening yet, or its filer not ready
+    wait_healthy(proc, f"SeaweedFS S3 at {endpoint}", logfile, lambda: probe.list_buckets() is not None,
+                 timeout=timeout, every=0.1, errors=(MinioException, urllib3.exceptions.HTTPError))
 
 
 @contextmanager
@@ -341,20 +373,8 @@ def prefect_server(work_dir: Path, *, timeout: float = PREFECT_START_TIMEOUT_S,
         proc, mark = start_in_session([str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                                       logfile, server_env, cwd=work_dir)
         server = PrefectServer(api_url, client_env, database, work_dir, logfile, proc)
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise StackError(f"prefect server exited with {proc.returncode} while starting; "
-                                 f"its log ends:\n{log_tail(logfile, 40)}")
-            try:
-                if server.api("/health", timeout=2) is True:
-                    break
-            except (OSError, ValueError):  # not listening yet (URLError, reset, timeout), or a half answer
-                pass
-            if time.monotonic() > deadline:
-                raise StackError(f"prefect server at {api_url} not healthy after {timeout:.0f} s; "
-                                 f"its log ends:\n{log_tail(logfile, 40)}")
-            time.sleep(0.25)
+        wait_healthy(proc, f"prefect server at {api_url}", logfile, lambda: server.api("/health", timeout=2) is True,
+                     timeout=timeout)
         server.timings["start_s"] = time.monotonic() - started
         log.info("prefect server at %s healthy in %.1f s (database %s)", api_url, server.timings["start_s"], database)
         yield server
@@ -422,20 +442,7 @@ class PrefectWorker:
 
     def wait_online(self, timeout: float = WORKER_START_TIMEOUT_S) -> None:
         """Until ``online()``; StackError with the worker's log after ``timeout`` s, or at once if it exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise StackError(f"worker {self.name!r} exited with {self.proc.returncode} while starting; "
-                                 f"its log ends:\n{log_tail(self.log, 40)}")
-            try:
-                if self.online():
-                    break
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise StackError(f"worker {self.name!r} not online in pool {self.pool!r} after {timeout:.0f} s; "
-                                 f"its log ends:\n{log_tail(self.log, 40)}")
-            time.sleep(0.25)
+        wait_healthy(self.proc, f"worker {self.name!r} in pool {self.pool!r}", self.log, self.online, timeout=timeout)
         self.timings.setdefault("start_s", time.monotonic() - self._started)
 
 
@@ -534,21 +541,8 @@ def mlflow_server(work_dir: Path, *, timeout: float = MLFLOW_START_TIMEOUT_S) ->
          "--workers", "1"], logfile, _mlflow_server_env(work_dir), cwd=work_dir)
     server = MlflowServer(f"http://127.0.0.1:{port}", work_dir, logfile, proc)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise StackError(f"mlflow server exited with {proc.returncode} while starting; "
-                                 f"its log ends:\n{log_tail(logfile, 40)}")
-            try:
-                with urllib.request.urlopen(server.tracking_uri + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:  # not listening yet
-                pass
-            if time.monotonic() > deadline:
-                raise StackError(f"mlflow server at {server.tracking_uri} not healthy after {timeout:.0f} s; "
-                                 f"its log ends:\n{log_tail(logfile, 40)}")
-            time.sleep(0.25)
+        wait_healthy(proc, f"mlflow server at {server.tracking_uri}", logfile,
+                     lambda: _http_status(server.tracking_uri + "/health") == 200, timeout=timeout)
         server.timings["start_s"] = time.monotonic() - started
         log.info("mlflow server at %s healthy in %.1f s", server.tracking_uri, server.timings["start_s"])
         yield server
@@ -594,20 +588,9 @@ def hooks_receiver(env: Mapping[str, str], log_dir: Path, *,
                                   logfile, env, cwd=Path(log_dir))
     receiver = HooksReceiver(f"http://127.0.0.1:{port}", logfile, proc)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise StackError(f"xich serve-hooks exited with {proc.returncode} while starting; "
-                                 f"its log ends:\n{log_tail(logfile, 40)}")
-            try:
-                if _http_json(receiver.url + "/health", timeout=2)["status"] == "ok":
-                    break
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-            if time.monotonic() > deadline:
-                raise StackError(f"xich serve-hooks at {receiver.url} not healthy after {timeout:.0f} s; "
-                                 f"its log ends:\n{log_tail(logfile, 40)}")
-            time.sleep(0.1)
+        wait_healthy(proc, f"xich serve-hooks at {receiver.url}", logfile,
+                     lambda: _http_json(receiver.url + "/health", timeout=2)["status"] == "ok", timeout=timeout,
+                     every=0.1)
         receiver.timings["start_s"] = time.monotonic() - started
         yield receiver
     finally:

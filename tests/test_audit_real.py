@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from xich.audit import control_seed
+from xich.engine.audit import control_seed
 from xich.cli import main
 from xich.method.significance import holm
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from sqlalchemy import text
 
-from xich.audit import AuditConfig, run_audit
-from xich.db import make_engine
-from xich.models import build_model
-from xich.pipeline import recorded_audit
+from xich.engine.audit import AuditConfig, run_audit
+from xich.records.db import make_engine
+from xich.engine.models import build_model
+from builders import recorded
 
 from test_cli_errors import make_noise_dataset
 
@@ -85,7 +85,7 @@ def test_a_class_whose_maps_are_all_zero_has_no_ranks_and_no_place_in_the_summar
     url = f"sqlite:///{tmp_path / 'xich.db'}"
     config = AuditConfig(model="cifar:resnet20", data=str(data), weights=str(weights), clusters=3, mosaics_per_pair=4,
                          device="cpu")
-    result = recorded_audit(config, database_url=url, model_name="blind", model_version="v1")
+    result = recorded(config, url, model_name="blind", model_version="v1")
     cat, dog = result.classes
     assert cat.name == "cat" and cat.excluded_mosaics == len(cat.mosaics) > 0
     assert cat.hierarchy == [] and all(c.rank is None and c.score is None for c in cat.clusters)

@@ -23,16 +23,17 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from builders import context_for
 import stack
 from test_hooks import checkpoint
 from xich.atomic import write_atomically
 from xich.cli import main
-from xich.datasets import open_dataset
-from xich.db import AuditRequest, HookDelivery, ModelVersion, make_engine, utcnow
+from xich.engine.datasets import open_dataset
+from xich.records.db import AuditRequest, HookDelivery, ModelVersion, make_engine, utcnow
 from xich.errors import XichError
-from xich.hooks import GENERIC, MLFLOW, create_app, sign
-from xich.mlflow_registry import write_back
-from xich.registration import unaudited
+from xich.hooks.receiver import GENERIC, MLFLOW, create_app, sign
+from xich.records.mlflow_registry import write_back
+from xich.records.registration import unaudited
 from xich.settings import get_hook_settings, get_settings
 
 SECRET, GENERIC_SECRET = "whsec-boundary-mlflow-5c1e", "whsec-boundary-generic-77d0"
@@ -185,7 +186,7 @@ def test_an_s3_weights_prefix_is_bounded_before_any_download(world, results_db, 
     nothing is downloaded into the receiver's cache (the bound is lowered here from 10,000 to 2)."""
     import io
 
-    import xich.mlflow_registry
+    import xich.records.mlflow_registry
 
     bucket = f"xich-{uuid.uuid4().hex[:12]}"
     client = seaweedfs.client()
@@ -193,7 +194,7 @@ def test_an_s3_weights_prefix_is_bounded_before_any_download(world, results_db, 
     weights = (world["root"] / "weights.pt").read_bytes()  # a real checkpoint: registration reads its keys
     for n in range(3):
         client.put_object(bucket, f"w/{n}.pt", io.BytesIO(weights), len(weights))
-    monkeypatch.setattr(xich.mlflow_registry, "WALK_MAX_FILES", 2)
+    monkeypatch.setattr(xich.records.mlflow_registry, "WALK_MAX_FILES", 2)
     receiver = Receiver(world, results_db, hooks_allowed_sources=f"{world['root']},s3://{bucket}/",
                         s3_endpoint=seaweedfs.endpoint, s3_access_key=seaweedfs.access_key,
                         s3_secret_key=seaweedfs.secret_key)
@@ -342,7 +343,7 @@ def test_the_nightly_flow_rechecks_recorded_requests_before_importing(world, res
     engine = make_engine(results_db)
     Receiver(world, results_db)  # migrates
     with Session(engine) as session:
-        from xich.persist import register_version
+        from xich.records.persist import register_version
 
         register_version(session=session, name="evil", version="1", spec="python:os:abort", weights_uri=None,
                          weights_sha256=None, dataset_uri=str(world["root"] / "data"), settings={},
@@ -354,8 +355,8 @@ def test_the_nightly_flow_rechecks_recorded_requests_before_importing(world, res
                          weights_sha256=None, dataset_uri=str(world["root"] / "data"), settings={},
                          registry_metadata=None, registered_at=None)
     engine.dispose()
-    assert [r["model"] for r in unaudited(database_url=results_db)] == ["fine"]
-    assert [r["model"] for r in unaudited(database_url=results_db, allowed_specs=["cifar:", "python:os"])] == \
+    assert [r["model"] for r in unaudited(engine=context_for(results_db).engine)] == ["fine"]
+    assert [r["model"] for r in unaudited(engine=context_for(results_db).engine, allowed_specs=["cifar:", "python:os"])] == \
         ["evil", "fine"]
 
 
@@ -460,7 +461,7 @@ def test_an_image_over_the_decode_cap_is_skipped_from_its_header(tmp_path, caplo
     Image.new("1", (12000, 12000)).save(cat / "bomb.png")
     assert (cat / "bomb.png").stat().st_size < 1_000_000
     split = open_dataset(str(tmp_path / "data"), "test", None).splits["test"]
-    caplog.set_level(logging.WARNING, logger="xich.datasets")
+    caplog.set_level(logging.WARNING, logger="xich.engine.datasets")
     began = time.monotonic()
     kept, images = split.load_kept(["cat/0.png", "cat/bomb.png"], 32)
     assert time.monotonic() - began < 1.0  # not decoded

@@ -1,8 +1,8 @@
-"""The whole compose stack up on the local Docker engine, driven by the README's own Docker commands.
+"""The whole compose stack up on the local Docker engine, driven by the documented Docker commands (docs/docker.md).
 
 compose.yaml + compose.cpu.yaml + tests/compose.standins.yaml (the stand-ins of the images no registry here gives:
 PostgreSQL from Debian, SeaweedFS behind MinIO's commands, the Prefect server from the service image; Grafana left
-out of `up`). The commands are read from README.md's "Run the service with Docker" and run as typed after
+out of `up`). The commands are read from docs/docker.md ("Run the service with Docker") and run as typed after
 `docker compose` (with this test's project name, .env and files), the CIFAR-10 data folder replaced by a 4-class
 subset. Then: the run is complete in PostgreSQL, its report is in the bucket, both workers computed classes, and
 the least-privilege roles hold (workers no DDL, hooks its own tables, Prefect's API refuses a client without auth).
@@ -26,20 +26,20 @@ import containers
 REPO = containers.REPO
 SHARED_DATA = REPO.parent / "shared" / "data"
 FILES = ["compose.yaml", "compose.cpu.yaml", "tests/compose.standins.yaml"]
-CLASSES = ["airplane", "automobile", "bird", "cat"]  # the README's register command audits these
+CLASSES = ["airplane", "automobile", "bird", "cat"]  # the register command of docs/docker.md audits these
 IMAGES_PER_CLASS = 60
 POOL_SETTINGS = {"classes": CLASSES[:2], "clusters": 3, "mosaics_per_pair": 5}  # the docker pool's audit: small
 
 
 def readme_commands() -> list[str]:
-    """The `docker compose ...` lines of README's "Run the service with Docker", in order, up to its GPU containers."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("### Run the service with Docker", 1)[1].split("**GPU containers", 1)[0]
+    """The `docker compose ...` lines of docs/docker.md ("Run the service with Docker"), in order, up to its GPU
+    containers."""
+    section = (REPO / "docs" / "docker.md").read_text().split("**GPU containers", 1)[0]
     return [line.strip() for line in section.splitlines() if line.startswith("    docker compose ")]
 
 
 def test_readme_docker_commands_are_the_ones_the_stack_test_runs():
-    """What test_the_whole_stack runs, step by step: a README edit that drops a step fails here first."""
+    """What test_the_whole_stack runs, step by step: a docs/docker.md edit that drops a step fails here first."""
     steps = [_step(c) for c in readme_commands()]
     assert steps == ["up", "deploy", "data", "data", "scale", "register", "query"], readme_commands()
 
@@ -213,7 +213,7 @@ def test_the_docker_pool_runs_one_worker_container_per_flow_run(stack, docker_en
     docker-worker extra's prefect-docker) against the test's engine starts one container of the worker image per
     flow run, and `--shards 2` gives two, each computing its classes into PostgreSQL. This engine has no NVIDIA
     runtime, so the deployment's job variables drop the GPU request (container_create_kwargs={}), put the
-    containers on the stack's network and give them the workers' environment — README "GPU containers"."""
+    containers on the stack's network and give them the workers' environment — docs/docker.md "GPU containers"."""
     import stack as native
 
     if "complete" not in {r[0] for r in stack.sql("SELECT status FROM audit_run")}:

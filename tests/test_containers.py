@@ -22,7 +22,7 @@ import yaml
 
 import containers
 import stack
-from xich.migrate import head_revision, upgrade
+from xich.records.migrate import head_revision, upgrade
 from xich.settings import Settings
 
 REPO = containers.REPO
@@ -114,13 +114,13 @@ def test_compose_refuses_to_start_with_an_empty_password(tmp_path, variable):
 
 
 def test_env_example_fill_command_gives_every_secret_a_value(tmp_path):
-    """The loop that .env.example (and the README) gives, run as written, yields a .env compose accepts."""
+    """The loop that .env.example (and docs/docker.md) gives, run as written, yields a .env compose accepts."""
     loop = next(line.strip("# ").strip() for line in (REPO / ".env.example").read_text().splitlines()
                 if line.lstrip("# ").startswith("for k in"))
     shutil.copy(REPO / ".env.example", tmp_path / ".env")
     subprocess.run(["bash", "-c", loop], cwd=tmp_path, check=True)
     assert _compose(tmp_path, COMPOSE_FILES["gpu"], tmp_path / ".env", "config", "-q").returncode == 0
-    assert loop in (REPO / "README.md").read_text()
+    assert loop in (REPO / "docs" / "docker.md").read_text()
 
 
 def test_env_example_names_every_variable_compose_reads():
@@ -384,7 +384,7 @@ def test_service_image_has_no_torch_and_runs_as_a_user(docker_engine, built_imag
     assert not {n for n in names if n in ("torch", "torchvision", "grad-cam") or n.startswith("nvidia-")}, names
     # nothing heavy is loaded by what the service runs
     loaded = containers.run_container(docker_engine, SERVICE, [
-        "python", "-c", "import sys, json, xich.cli, xich.registration, xich.migrate; "
+        "python", "-c", "import sys, json, xich.cli, xich.records.registration, xich.records.migrate; "
         f"print(json.dumps([m for m in {list(HEAVY) + ['prefect']!r} if m in sys.modules]))"]).stdout
     assert json.loads(loaded) == []
 

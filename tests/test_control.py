@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from xich.audit import AuditConfig, open_audit, run_audit
-from xich.persist import load_audit
-from xich.pipeline import recorded_audit
-from xich.db import make_engine
+from xich.engine.audit import AuditConfig, open_audit, run_audit
+from xich.records.persist import load_audit
+from builders import recorded
+from xich.records.db import make_engine
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -108,7 +108,7 @@ def test_no_control_is_another_settings_key_and_leaves_no_control(cifar_subset):
 
 def test_stored_and_read_back_unchanged(cifar_subset, database_url, tmp_path):
     """Baselines, agreement, control and method through the results database (SQLite and PostgreSQL)."""
-    result = recorded_audit(_config(cifar_subset, classes=("cat",)), database_url=database_url,
+    result = recorded(_config(cifar_subset, classes=("cat",)), database_url,
                             cache_dir=str(tmp_path / "cache"))
     engine = make_engine(database_url)
     try:
@@ -136,7 +136,7 @@ def test_stored_and_read_back_unchanged(cifar_subset, database_url, tmp_path):
 
 def test_report_console_and_prefect_table_say_it(audited, tmp_path, capsys):
     from xich.cli import print_summary
-    from xich.report import class_table, summary_markdown, write_report
+    from xich.reports.report import class_table, summary_markdown, write_report
 
     result, _ = audited
     page = write_report(result, tmp_path).read_text()
@@ -162,7 +162,7 @@ def test_report_console_and_prefect_table_say_it(audited, tmp_path, capsys):
 def test_a_control_as_significant_as_the_model_is_flagged(audited, tmp_path):
     import copy
 
-    from xich.report import class_table, write_report
+    from xich.reports.report import class_table, write_report
     from xich.result import summarize
 
     result = copy.deepcopy(audited[0])

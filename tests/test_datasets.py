@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from xich.datasets import open_dataset
+from xich.engine.datasets import open_dataset
 from xich.errors import XichError
 
 # class -> solid RGB colour; PNG is lossless, so every pixel of a tile must read back exactly
@@ -397,7 +397,7 @@ def _png(seed: int) -> bytes:
 
 
 def test_dataset_identity_is_its_images_content_wherever_they_are(tmp_path):
-    from xich.datasets import content_fingerprint
+    from xich.engine.datasets import content_fingerprint
 
     images = {f"test/{c}/{k}.png": _png(10 * n + k) for n, c in enumerate(("cat", "dog")) for k in range(3)}
     a = _tree(tmp_path / "a", images)
@@ -419,7 +419,7 @@ def test_folder_hashes_are_cached_by_size_and_mtime(tmp_path):
     (same size, same mtime) keeps its cached hash; touching it makes the cache read it again."""
     import os
 
-    from xich.datasets import content_fingerprint
+    from xich.engine.datasets import content_fingerprint
 
     root = _tree(tmp_path / "d", {"test/cat/0.bin.png": b"A" * 64, "test/cat/1.png": b"B" * 64})
     cache = tmp_path / "cache"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session
 
-from xich.db import Base, make_engine
+from xich.records.db import Base, make_engine
 from xich.errors import XichError
-from xich.persist import get_or_create_model_version
+from xich.records.persist import get_or_create_model_version
 
 
 @pytest.fixture

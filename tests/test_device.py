@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xich.device import resolve_device
+from xich.engine.device import resolve_device
 from xich.errors import XichError
 
 

@@ -84,7 +84,7 @@ def test_cli_puts_the_upside_down_cluster_last(cli_audit, planted):
 
 @pytest.fixture(scope="module")
 def resnet20() -> torch.nn.Module:
-    from xich.models import build_model, read_checkpoint
+    from xich.engine.models import build_model, read_checkpoint
 
     model = build_model("cifar:resnet20", 10)
     model.load_state_dict(read_checkpoint(shared_data.RESNET20)[0], strict=False)
@@ -123,8 +123,8 @@ def test_stored_d_matches_pytorch_grad_cam_and_eq6(cli_audit, planted, resnet20)
 
 def test_flow_puts_the_upside_down_cluster_last(ephemeral_prefect, planted, tmp_path, monkeypatch):
     from flows.audit import audit_model_version
-    from xich.db import session_for
-    from xich.persist import load_audit
+    from xich.records.db import session_for
+    from xich.records.persist import load_audit
 
     url = f"sqlite:///{tmp_path / 'flow.db'}"
     monkeypatch.setenv("XICH_DATABASE_URL", url)

@@ -8,9 +8,9 @@ import pytest
 from scipy import stats
 from sqlalchemy import text
 
-from xich.config import AuditConfig
-from xich.db import make_engine
-from xich.pipeline import recorded_audit
+from xich.engine.config import AuditConfig
+from xich.records.db import make_engine
+from builders import recorded
 from xich.result import least_dominant_share
 
 
@@ -20,7 +20,7 @@ def stored(synth_data, tmp_path_factory, one_torch_thread):
     url = f"sqlite:///{tmp_path_factory.mktemp('exact') / 'xich.db'}"
     config = AuditConfig(model="cifar:resnet20", data=str(synth_data), clusters=3, mosaics_per_pair=3, per_image=8,
                          device="cpu")
-    result = recorded_audit(config, database_url=url, model_name="shapes", model_version="v1")
+    result = recorded(config, url, model_name="shapes", model_version="v1")
     engine = make_engine(url)
     with engine.connect() as conn:
         rows = {

@@ -20,12 +20,13 @@ from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName  # noqa: E402
 
 from flows.audit import artifact_key, audit_model_version, audit_new_versions  # noqa: E402
+from builders import context_for, numbers
 from xich.cli import main  # noqa: E402
-from xich.db import AuditRequest, AuditRun, ModelVersion, make_engine, session_for  # noqa: E402
-from xich.migrate import upgrade  # noqa: E402
-from xich.models import build_model  # noqa: E402
-from xich.persist import load_audit  # noqa: E402
-from xich.registration import register, unaudited  # noqa: E402
+from xich.records.db import AuditRequest, AuditRun, ModelVersion, make_engine, session_for  # noqa: E402
+from xich.records.migrate import upgrade  # noqa: E402
+from xich.engine.models import build_model  # noqa: E402
+from xich.records.persist import load_audit  # noqa: E402
+from xich.records.registration import register, unaudited  # noqa: E402
 
 SETTINGS = {"clusters": 3, "mosaics_per_pair": 3, "per_image": 3, "device": "cpu"}
 
@@ -42,10 +43,6 @@ def weights(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("weights") / "resnet20.pt"
     torch.save(build_model("cifar:resnet20", 3).state_dict(), path)
     return str(path)
-
-
-def _numbers(result) -> dict:
-    return {k: v for k, v in result.to_dict().items() if k not in ("notes", "run_id")}
 
 
 def _stored(url: str, run_id: str):
@@ -69,7 +66,7 @@ def test_flow_stores_the_numbers_the_cli_stores(prefect_server, synth_data, weig
     out = audit_model_version(model="shapes", version="v1", model_spec="cifar:resnet20", weights_uri=weights,
                               dataset_uri=str(synth_data), settings=SETTINGS)
     via_cli, via_flow = _stored(cli_db, _only_run(cli_db).id), _stored(flow_db, out["run_id"])
-    assert _numbers(via_flow) == _numbers(via_cli)
+    assert numbers(via_flow, without=("notes", "run_id")) == numbers(via_cli, without=("notes", "run_id"))
     assert out["computed"] == ["circle", "square", "triangle"]
     assert out["report"].endswith(f"runs/{out['run_id']}/report/index.html")
     assert "<h2>triangle</h2>" in Path(urlparse(out["report"]).path).read_text()  # the published report
@@ -97,7 +94,7 @@ def locked_pg(postgres_url):
     yield postgres_url + "?options=-c%20lock_timeout%3D300"
     conn.rollback()
     conn.close()
-    from xich.migrate import downgrade
+    from xich.records.migrate import downgrade
 
     downgrade(postgres_url)
 
@@ -124,17 +121,17 @@ def test_audit_new_versions_starts_exactly_the_unaudited(prefect_server, synth_d
     url = f"sqlite:///{tmp_path / 'nightly.db'}"
     monkeypatch.setenv("XICH_DATABASE_URL", url)
     settings = {**SETTINGS, "classes": ["circle", "square"], "per_image": 0, "train_split": ""}
-    requests = {v: register(database_url=url, model="nightly", version=v, model_spec="cifar:resnet20",
+    requests = {v: register(records=context_for(url), model="nightly", version=v, model_spec="cifar:resnet20",
                             weights_uri=weights, dataset_uri=str(synth_data), settings=settings)
                 for v in ("v1", "v2", "v3")}
-    register(database_url=url, model="other", version="v1", model_spec="cifar:resnet20", weights_uri=weights,
+    register(records=context_for(url), model="other", version="v1", model_spec="cifar:resnet20", weights_uri=weights,
              dataset_uri=str(synth_data), settings=settings)
     done = audit_model_version(**requests["v2"])
-    assert [r["version"] for r in unaudited(database_url=url, model="nightly")] == ["v1", "v3"]
+    assert [r["version"] for r in unaudited(engine=context_for(url).engine, model="nightly")] == ["v1", "v3"]
 
     assert audit_new_versions(model="nightly") == ["nightly/v1", "nightly/v3"]
-    assert unaudited(database_url=url, model="nightly") == []
-    assert [r["model"] for r in unaudited(database_url=url)] == ["other"]  # another model's version waits
+    assert unaudited(engine=context_for(url).engine, model="nightly") == []
+    assert [r["model"] for r in unaudited(engine=context_for(url).engine)] == ["other"]  # another model's version waits
     engine = make_engine(url)
     with Session(engine) as session:
         runs = {mv.version: (req.run_id, session.get(AuditRun, req.run_id).status)
@@ -174,7 +171,7 @@ def test_a_registry_that_is_down_leaves_the_audit_complete(prefect_server, synth
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.delenv("XICH_MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(flows.audit, "tag_registry_version", flows.audit.tag_registry_version.with_options(retries=0))
-    parameters = register(database_url=url, model="tagged", version="1", model_spec="cifar:resnet20",
+    parameters = register(records=context_for(url), model="tagged", version="1", model_spec="cifar:resnet20",
                           weights_uri=weights, dataset_uri=str(synth_data),
                           settings={**SETTINGS, "per_image": 0, "classes": ["circle"]},
                           registry_metadata={"registry": "mlflow", "name": "tagged", "version": "1",

@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from xich.config import AuditConfig
-from xich.db import AuditRun, ClassHeartbeat, RunClass, make_engine, utcnow
-from xich.locks import heartbeat
-from xich.persist import beat_class, class_is_stale, request_plan
-from xich.pipeline import open_recorded_run
+from xich.engine.config import AuditConfig
+from xich.records.db import AuditRun, ClassHeartbeat, RunClass, make_engine, utcnow
+from xich.records.locks import heartbeat
+from xich.records.persist import beat_class, class_is_stale, request_plan
+from xich.run.pipeline import open_recorded_run
 
 
 def test_a_heartbeat_beats_until_its_block_ends():

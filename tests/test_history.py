@@ -1,4 +1,4 @@
-"""Two versions of one model on a frozen clustering: the views, `xich history` and the README's queries."""
+"""Two versions of one model on a frozen clustering: the views, `xich history` and the queries of docs/history.md."""
 
 from __future__ import annotations
 
@@ -12,19 +12,14 @@ from scipy import stats
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from xich.audit import AuditConfig
-from xich.db import AuditRun, make_engine
+from xich.engine.audit import AuditConfig
+from xich.records.db import AuditRun, make_engine
 from xich.errors import XichError
-from xich.models import build_model
-from xich.persist import freeze_clustering
-from xich.pipeline import recorded_audit
+from xich.engine.models import build_model
+from xich.records.persist import freeze_clustering
+from builders import numbers, recorded
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _numbers(result) -> dict:
-    """The audit document without its notes (which say how the run was found: new, resumed, read back)."""
-    return {k: v for k, v in result.to_dict().items() if k != "notes"}
+HISTORY_DOC = Path(__file__).resolve().parents[1] / "docs" / "history.md"
 
 
 def _weights(path: Path, seed: int) -> str:
@@ -38,7 +33,7 @@ def two_versions(database_url, synth_data, tmp_path, one_torch_thread):
     def audit(version: str, seed: int):
         config = AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=_weights(tmp_path / f"{version}.pt", seed),
                              clusters=3, mosaics_per_pair=4, device="cpu")
-        return recorded_audit(config, database_url=database_url, model_name="shapes", model_version=version)
+        return recorded(config, database_url, model_name="shapes", model_version=version)
 
     v1 = audit("v1", 1)
     engine = make_engine(database_url)
@@ -59,8 +54,8 @@ def test_rerunning_the_frozen_version_adds_no_row(two_versions, database_url, sy
     before = _rows(engine, "SELECT COUNT(*) FROM run_cluster")
     config = AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=str(tmp_path / "v1.pt"),
                          clusters=3, mosaics_per_pair=4, device="cpu")
-    again = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
-    assert again.run_id == v1.run_id and _numbers(again) == _numbers(v1)
+    again = recorded(config, database_url, model_name="shapes", model_version="v1")
+    assert again.run_id == v1.run_id and numbers(again) == numbers(v1)
     assert _rows(engine, "SELECT COUNT(*) FROM run_cluster") == before
     assert len(_rows(engine, "SELECT * FROM hierarchy_drift")) == 3
 
@@ -69,7 +64,7 @@ def test_same_version_with_other_weights_is_refused(two_versions, database_url, 
     config = AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=str(tmp_path / "v2.pt"),
                          clusters=3, mosaics_per_pair=4, device="cpu")
     with pytest.raises(XichError, match="give this model a new --model-version"):
-        recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
+        recorded(config, database_url, model_name="shapes", model_version="v1")
 
 
 def test_classes_the_reference_lacks_get_their_own_clustering(database_url, synth_data, tmp_path, one_torch_thread):
@@ -79,10 +74,10 @@ def test_classes_the_reference_lacks_get_their_own_clustering(database_url, synt
         return AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=_weights(tmp_path / f"{kw.pop('v')}.pt", 1),
                            clusters=2, mosaics_per_pair=2, train_split=None, device="cpu", **kw)
 
-    first = recorded_audit(config(v="a", classes=("circle",)), database_url=database_url, model_name="m",
+    first = recorded(config(v="a", classes=("circle",)), database_url, model_name="m",
                            model_version="a")
     assert any("became the model's reference" in n for n in first.notes)
-    second = recorded_audit(config(v="b"), database_url=database_url, model_name="m", model_version="b")
+    second = recorded(config(v="b"), database_url, model_name="m", model_version="b")
     assert [c.name for c in second.classes] == ["circle", "square", "triangle"]
     engine = make_engine(database_url)
     try:
@@ -97,7 +92,7 @@ def test_classes_the_reference_lacks_get_their_own_clustering(database_url, synt
     finally:
         engine.dispose()
     with pytest.raises(XichError, match="no reference clustering from version 'zzz'"):
-        recorded_audit(config(v="a"), database_url=database_url, model_name="m", model_version="a",
+        recorded(config(v="a"), database_url, model_name="m", model_version="a",
                        clustering="reference:zzz")
 
 
@@ -151,7 +146,7 @@ def test_views_return_the_expected_rows(two_versions):
 
 def test_readme_queries_run(two_versions):
     engine, _, _ = two_versions
-    section = README.read_text().split("### Querying history in SQL", 1)[1]
+    section = HISTORY_DOC.read_text().split("## Querying history in SQL", 1)[1]
     queries = re.findall(r"```sql\n(.*?)```", section, flags=re.S)
     assert len(queries) == 5
     results = [_rows(engine, q.strip().rstrip(";")) for q in queries]
@@ -177,7 +172,7 @@ def _arch_audit(database_url, synth_data, arch: str, version: str, **kw):
     """An audit of a seeded, untrained CIFAR ResNet of depth ``arch`` recorded as ``version`` of model 'arch'."""
     config = AuditConfig(model=f"cifar:{arch}", data=str(synth_data), clusters=3, device="cpu",
                          **{"mosaics_per_pair": 4, **kw})
-    return recorded_audit(config, database_url=database_url, model_name="arch", model_version=version)
+    return recorded(config, database_url, model_name="arch", model_version=version)
 
 
 def _run_count(engine) -> int:
@@ -231,7 +226,7 @@ def test_registry_time_orders_versions(database_url, synth_data, one_torch_threa
     def audit(version: str, when: datetime, arch: str):
         config = AuditConfig(model=f"cifar:{arch}", data=str(synth_data), clusters=2, mosaics_per_pair=3, device="cpu",
                              classes=("circle",))
-        return recorded_audit(config, database_url=database_url, model_name="ordered", model_version=version,
+        return recorded(config, database_url, model_name="ordered", model_version=version,
                               registered_at=when)
 
     late = audit("late", datetime(2026, 6, 1, tzinfo=timezone.utc), "resnet20")
@@ -256,7 +251,7 @@ def test_same_images_elsewhere_are_the_same_dataset_and_keep_the_frozen_clusteri
     def audit(data: Path, version: str):
         config = AuditConfig(model="cifar:resnet20", data=str(data), clusters=2, mosaics_per_pair=2, device="cpu",
                              weights=_weights(tmp_path / f"{version}.pt", 1))
-        return recorded_audit(config, database_url=database_url, model_name="moved", model_version=version)
+        return recorded(config, database_url, model_name="moved", model_version=version)
 
     first = audit(synth_data, "a")
     engine = make_engine(database_url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from xich.errors import XichError
-from xich.hook_mapping import AuditTarget, NotMapped, read_mapping, resolve, tag_overrides
+from xich.hooks.mapping import AuditTarget, NotMapped, read_mapping, resolve, tag_overrides
 
 MAPPING = '''
 [models."cifar-resnet20"]

@@ -19,12 +19,13 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from builders import context_for
 import stack
 from xich.cli import main
-from xich.db import AuditRequest, HookDelivery, Model, ModelVersion, make_engine
+from xich.records.db import AuditRequest, HookDelivery, Model, ModelVersion, make_engine
 from xich.errors import XichError
-from xich.hooks import GENERIC, MLFLOW, create_app, sign
-from xich.registration import unaudited
+from xich.hooks.receiver import GENERIC, MLFLOW, create_app, sign
+from xich.records.registration import unaudited
 from xich.settings import get_hook_settings
 
 SECRET, GENERIC_SECRET = "whsec-mlflow-test-7f3a", "whsec-generic-test-91bc"
@@ -68,7 +69,7 @@ def checkpoint(path: Path, wrapped: bool = False) -> Path:
     """A CIFAR ResNet-20 state_dict as torch.save writes it (``wrapped``: under 'state_dict', other bytes)."""
     import torch
 
-    from xich.models import build_model
+    from xich.engine.models import build_model
 
     sd = build_model("cifar:resnet20", 10).state_dict()
     torch.save({"state_dict": sd} if wrapped else sd, path)
@@ -270,6 +271,32 @@ def test_a_replayed_delivery_starts_nothing(world, database_url):
     assert len(rows(database_url, AuditRequest)) == 1
 
 
+def test_a_delivery_opens_no_engine_and_runs_no_migration(world, database_url, monkeypatch):
+    """The receiver's context made its one engine and migrated when the app was created; deliveries only use it.
+    Counted where every engine and every migration begins: SQLAlchemy's create_engine as xich.records.db calls it,
+    and Alembic's command.upgrade."""
+    import alembic.command
+
+    import xich.records.db
+
+    client, recorder = receiver(world, database_url)
+    counts = {"engines": 0, "migrations": 0}
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(xich.records.db, "create_engine", counted("engines", xich.records.db.create_engine))
+    monkeypatch.setattr(alembic.command, "upgrade", counted("migrations", alembic.command.upgrade))
+    for version in ("1", "2"):
+        answer = client.deliver(version_created(version=version, source=world["weights"]))
+        assert answer.status_code == 202 and answer.json()["outcome"] == "started"
+    assert counts == {"engines": 0, "migrations": 0}
+    assert len(recorder.calls) == 2
+
+
 def test_two_copies_at_once_act_once(world, database_url):
     """The claim is a unique row, so copies arriving together (MLflow's retry of a slow answer) act once. Both
     copies are held at the claim's INSERT until the other is there too (a barrier on the real database
@@ -355,7 +382,7 @@ def test_a_created_version_is_recorded_and_its_audit_started(world, database_url
     [delivery] = rows(database_url)
     assert (delivery.event, delivery.model, delivery.version, delivery.outcome) == \
         ("model_version.created", "shapes", "1", "started")
-    assert [r["version"] for r in unaudited(database_url=database_url)] == ["1"]  # the nightly flow would take it
+    assert [r["version"] for r in unaudited(engine=context_for(database_url).engine)] == ["1"]  # the nightly flow would take it
 
 
 def test_other_weights_under_a_recorded_version_are_refused_in_http_words(world):
@@ -429,7 +456,7 @@ def test_without_prefect_the_version_is_still_recorded_for_the_nightly_flow(worl
     assert answer["reason"].startswith("shapes 1 is recorded, but its audit did not start (ConnectError: ")
     assert answer["reason"].endswith("the nightly audit-new-versions flow will audit it")
     assert took < 15, f"answered in {took:.1f} s"
-    assert [(r["model"], r["version"]) for r in unaudited(database_url=url_of(world))] == [("shapes", "1")]
+    assert [(r["model"], r["version"]) for r in unaudited(engine=context_for(url_of(world)).engine)] == [("shapes", "1")]
     assert [d.outcome for d in rows(url_of(world))] == ["registered"]
     log_text = hooks.log.read_text()
     assert "202" in log_text and SECRET not in log_text
@@ -441,7 +468,7 @@ def test_a_failure_a_retry_may_pass_answers_503_and_is_not_remembered(world, mon
     def store_down(*args, **kwargs):
         raise ConnectionRefusedError(111, "Connection refused")
 
-    monkeypatch.setattr("xich.hooks.resolve_weights", store_down)
+    monkeypatch.setattr("xich.hooks.receiver.resolve_weights", store_down)
     doc = version_created(source="s3://models/shapes/1.pt")
     answer = client.deliver(doc, delivery_id="d-retry")
     assert answer.status_code == 503

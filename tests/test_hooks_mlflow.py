@@ -25,9 +25,9 @@ import pytest
 from sqlalchemy import text
 
 import stack
-from xich.db import make_engine
-from xich.hooks import create_app
-from xich.mlflow_registry import download_artifact, resolve_weights
+from xich.records.db import make_engine
+from xich.hooks.receiver import create_app
+from xich.records.mlflow_registry import download_artifact, resolve_weights
 from xich.settings import get_hook_settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -151,11 +151,8 @@ def test_a_new_mlflow_version_is_audited_by_itself(mlflow_server, prefect_server
     suffix = uuid.uuid4().hex[:8]
     bucket, model, pool = f"xich-hooks-{suffix}", f"resnet20-{suffix}", f"xich-hooks-{suffix}"
     deployment = f"audit-model-version/hooks-{suffix}"
+    seaweedfs.seed(bucket, stack.cifar_files(SHARED))
     s3 = seaweedfs.client()
-    s3.make_bucket(bucket)
-    for split in ("test", "train"):
-        s3.fput_object(bucket, f"datasets/cifar10-jpeg/{split}.tar.gz", str(SHARED / "cifar10-jpeg" / f"{split}.tar.gz"))
-    s3.fput_object(bucket, "models/resnet20.th", str(SHARED / "cifar-resnet" / "resnet20-12fca82f.th"))
     mapping = tmp_path / "hooks.toml"
     mapping.write_text(f'[models."{model}"]\nspec = "cifar:resnet20"\ndataset = "s3://{bucket}/datasets/cifar10-jpeg/"\n'
                        f'settings = {{classes = {json.dumps(CLASSES)}, clusters = 3, mosaics_per_pair = 5, control = false}}\n')  # the control: test_control.py

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from xich.audit import run_audit
-from xich.config import AuditConfig
+from xich.engine.audit import run_audit
+from xich.engine.config import AuditConfig
 
 # grey levels of the class's images: two dark, two middle, two bright groups (k-means with P = 3 separates them)
 LEVELS = [20, 30, 110, 120, 220, 230]
@@ -73,7 +73,7 @@ def test_dominance_scores_and_hierarchy_are_the_hand_computed_ones(audit):
 
 @pytest.fixture(scope="module")
 def opened_grey(grey_tiles, one_torch_thread):
-    from xich.audit import open_audit
+    from xich.engine.audit import open_audit
 
     opened = open_audit(AuditConfig(model="python:toy_nets:brightness", data=str(grey_tiles), train_split=None,
                                     clusters=3, mosaics_per_pair=4, normalize="none", device="cpu", control=False))
@@ -86,7 +86,7 @@ def test_the_whole_class_audit_does_not_depend_on_cluster_numbering(opened_grey,
     """The class audited on a frozen clustering (dark, middle, bright) and on the same clustering renumbered by π:
     every cluster keeps its D row, score and rank under its new number (each cluster holds one image pair, so
     every mosaic plan has the same image sets, whatever the numbering)."""
-    from xich.audit import audit_class
+    from xich.engine.audit import audit_class
 
     opened, images = opened_grey
     group = {image_id: int(image_id.split("/")[1].split(".")[0]) // 2 for image_id in images.eval_ids}  # 0 dark

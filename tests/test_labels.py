@@ -8,11 +8,11 @@ import tarfile
 import pytest
 import torch
 
-from xich.audit import AuditConfig, open_audit, run_audit
+from xich.engine.audit import AuditConfig, open_audit, run_audit
 from xich.cli import main
 from xich.errors import XichError
-from xich.labels import CIFAR10, CIFAR100, model_indices, read_labels, resolve_labels
-from xich.models import build_model
+from xich.engine.labels import CIFAR10, CIFAR100, model_indices, read_labels, resolve_labels
+from xich.engine.models import build_model
 
 from test_cli_errors import make_noise_dataset, run_failing
 

@@ -7,9 +7,9 @@ from PIL import Image
 from sqlalchemy import text
 
 from xich.cli import main
-from xich.db import make_engine
+from xich.records.db import make_engine
 from xich.errors import XichError
-from xich.migrate import head_revision, upgrade
+from xich.records.migrate import head_revision, upgrade
 
 
 def _stamp(url: str, revision: str) -> None:

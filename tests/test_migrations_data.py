@@ -21,11 +21,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, inspect, select, text
 from sqlalchemy.orm import Session
 
-from xich.audit import AuditConfig
-from xich.db import make_engine
-from xich.migrate import alembic_config, downgrade, head_revision, upgrade
-from xich.persist import freeze_clustering
-from xich.pipeline import recorded_audit
+from xich.engine.audit import AuditConfig
+from xich.records.db import make_engine
+from xich.records.migrate import alembic_config, downgrade, head_revision, upgrade
+from xich.records.persist import freeze_clustering
+from builders import recorded
 
 from toy_nets import brightness
 
@@ -56,7 +56,7 @@ def audited(synth_data, tmp_path_factory, one_torch_thread) -> str:
         torch.save(model.state_dict(), root / f"{version}.pt")
         config = AuditConfig(model="python:toy_nets:brightness", data=str(synth_data), weights=str(root / f"{version}.pt"),
                              clusters=3, mosaics_per_pair=3, per_image=3, normalize="none", device="cpu")
-        return recorded_audit(config, database_url=url, model_name="shapes", model_version=version)
+        return recorded(config, url, model_name="shapes", model_version=version)
 
     v1 = audit("v1", 1)
     engine = make_engine(url)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from builders import context_for
 from xich.errors import XichError
-from xich.mlflow_registry import checkpoint_in, resolve_weights, without_credentials, write_back
+from xich.records.mlflow_registry import checkpoint_in, resolve_weights, without_credentials, write_back
 from xich.result import ClassResult, ClusterResult, least_dominant_share
 from xich.settings import get_settings
 
@@ -79,16 +80,16 @@ def test_write_back_is_for_mlflow_versions_only():
 
 
 def test_workers_find_the_mlflow_server_recorded_with_the_version(tmp_path):
-    from xich.mlflow_registry import tracking_uri_for
-    from xich.registration import register
+    from xich.records.mlflow_registry import tracking_uri_for
+    from xich.records.registration import register
 
     url = f"sqlite:///{tmp_path / 'xich.db'}"
     checkpoint(tmp_path / "w.pt")  # registration reads its keys (xich.preflight)
-    register(database_url=url, model="m", version="1", model_spec="cifar:resnet20", weights_uri=str(tmp_path / "w.pt"),
+    register(records=context_for(url), model="m", version="1", model_spec="cifar:resnet20", weights_uri=str(tmp_path / "w.pt"),
              dataset_uri=str(tmp_path), settings={},
              registry_metadata={"registry": "mlflow", "tracking_uri": "http://mlflow.internal:5000"})
     recorded = get_settings(database_url=url, mlflow_tracking_uri=None)
-    assert tracking_uri_for(model="m", version="1", settings=recorded) == "http://mlflow.internal:5000"
-    assert tracking_uri_for(model="m", version="2", settings=recorded) is None
+    assert tracking_uri_for(model="m", version="1", settings=recorded, engine=context_for(url).engine) == "http://mlflow.internal:5000"
+    assert tracking_uri_for(model="m", version="2", settings=recorded, engine=context_for(url).engine) is None
     own = get_settings(database_url=url, mlflow_tracking_uri="http://127.0.0.1:5000")
-    assert tracking_uri_for(model="m", version="1", settings=own) == "http://127.0.0.1:5000"  # the worker's own wins
+    assert tracking_uri_for(model="m", version="1", settings=own, engine=context_for(url).engine) == "http://127.0.0.1:5000"  # the worker's own wins

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from xich.errors import XichError
-from xich.models import build_model, find_target_layer, gap_linear_head, load_weights, probe_logits, read_checkpoint
+from xich.engine.models import build_model, find_target_layer, gap_linear_head, load_weights, probe_logits, read_checkpoint
 
 from shared_data import SHARED as SHARED_DATA
 RESNET20_CKPT = SHARED_DATA / "cifar-resnet" / "resnet20-12fca82f.th"
@@ -76,7 +76,7 @@ def test_num_classes_sets_head():
     ("foo:bar", "unknown model spec 'foo:bar'"),
     ("python:nomodule:x", "cannot import nomodule:x"),
     ("python:justamodule", "write python:<module>:<callable>"),
-    ("python:xich.models:no_such_function", "cannot import xich.models:no_such_function"),
+    ("python:xich.engine.models:no_such_function", "cannot import xich.engine.models:no_such_function"),
 ])
 def test_unknown_specs(spec, fragment):
     with pytest.raises(XichError) as info:
@@ -300,7 +300,7 @@ def test_real_resnet20_classifies_cifar10_jpegs():
     archive = SHARED_DATA / "cifar10-jpeg" / "test.tar.gz"
     if not (RESNET20_CKPT.is_file() and archive.is_file()):
         pytest.skip("../shared/data absent: needs cifar-resnet/resnet20-12fca82f.th and cifar10-jpeg/test.tar.gz")
-    from xich.datasets import open_dataset
+    from xich.engine.datasets import open_dataset
 
     ds = open_dataset(str(archive), "test", None)
     split = ds.splits["test"]
@@ -318,7 +318,7 @@ def test_real_resnet20_classifies_cifar10_jpegs():
 
 def test_torchvision_resnet_at_cifar_tiles_keeps_layer4_and_the_fast_path():
     # at 32 px tiles layer4 is 1x1, but on the 64 px mosaics Grad-CAM runs on it is 2x2
-    from xich.runtime import PreparedModel
+    from xich.engine.runtime import PreparedModel
 
     pm = PreparedModel(build_model("torchvision:resnet18", 10), model_spec="torchvision:resnet18", num_classes=10,
                        tile_size=32, device="cpu")
@@ -456,7 +456,7 @@ def test_pickled_whole_model_is_refused_plainly(tmp_path):
     msg = str(info.value)
     assert msg.startswith(f"--weights {path}: holds a pickled Python object (a whole model?), which XICH does not "
                           f"unpickle for safety; save model.state_dict() instead")
-    assert "xich.models.CifarResNet" in msg
+    assert "xich.engine.models.CifarResNet" in msg
     assert "\x1b" not in msg and "\n" not in msg  # torch's own text carries terminal colour codes
 
 

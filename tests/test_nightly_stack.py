@@ -17,7 +17,7 @@ import yaml
 from sqlalchemy import text
 
 from stack import log_tail, prefect_cli, prefect_python, prefect_worker
-from xich.db import make_engine
+from xich.records.db import make_engine
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"classes": ["circle"], "clusters": 2, "mosaics_per_pair": 2, "train_split": "", "per_image": 0,
@@ -58,7 +58,7 @@ print(json.dumps({"schedules": schedules, "nightly": str(run.id), "wait_s": time
 def test_the_nightly_deployment_has_its_cron_and_audits_the_unaudited(prefect_server, results_db, synth_data, tmp_path):
     import torch
 
-    from xich.models import build_model
+    from xich.engine.models import build_model
 
     cron = next(d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
                 if d["name"] == "nightly")["schedules"][0]

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from shared_data import CIFAR10, RESNET20, require
-from xich.audit import AuditConfig, open_audit, run_audit
+from xich.engine.audit import AuditConfig, open_audit, run_audit
 from xich.method.cam_methods import FAST_METHODS
 from xich.method.dominance import mosaic_dominance, quadrant_relevance
 from xich.method.gradcam import reference_cams
 from xich.method.mosaic import assemble_mosaics, plan_mosaics
-from xich.models import (build_model, find_target_layer, fixed_input_size, map_transform, read_checkpoint,
+from xich.engine.models import (build_model, find_target_layer, fixed_input_size, map_transform, read_checkpoint,
                          tokens_to_map)
-from xich.runtime import PreparedModel
+from xich.engine.runtime import PreparedModel
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.shared_data]
 N_PER_CLASS = 12

@@ -15,17 +15,13 @@ from alembic import command
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.orm import Session
 
-from xich.audit import AuditConfig, run_audit
+from xich.engine.audit import AuditConfig, run_audit
 from xich.errors import XichError
-from xich.db import AuditRun, Base, ModelVersion, RunClass, make_engine
-from xich.migrate import alembic_config, downgrade, upgrade
-from xich.pipeline import open_recorded_run, recorded_audit
+from xich.records.db import AuditRun, Base, ModelVersion, RunClass, make_engine
+from xich.records.migrate import alembic_config, downgrade, upgrade
+from builders import context_for, numbers, recorded
+from xich.run.pipeline import open_recorded_run
 from xich.result import AuditResult
-
-def _numbers(result) -> dict:
-    """The audit document without its notes (which say how the run was found: new, resumed, read back)."""
-    return {k: v for k, v in result.to_dict().items() if k != "notes"}
-
 
 def _tables(url: str) -> set[str]:
     engine = make_engine(url)
@@ -61,10 +57,10 @@ def test_migrations_up_down_up(database_url):
 
 def test_stored_audit_reads_back_equal_to_its_json(database_url, synth_data, one_torch_thread):
     config = _config(synth_data)
-    recorded = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
-    direct = run_audit(config, run_id=recorded.run_id)
-    assert _numbers(recorded) == _numbers(direct)
-    assert AuditResult.from_dict(json.loads(recorded.to_json())) == recorded  # the document reads back whole
+    stored = recorded(config, database_url, model_name="shapes", model_version="v1")
+    direct = run_audit(config, run_id=stored.run_id)
+    assert numbers(stored) == numbers(direct)
+    assert AuditResult.from_dict(json.loads(stored.to_json())) == stored  # the document reads back whole
     counts = _row_counts(database_url)
     assert counts["mosaic"] == 3 * 3 * 3  # 3 classes x 3 pairs x J = 3
     assert counts["pair_dominance"] == 3 * 9
@@ -75,11 +71,11 @@ def test_stored_audit_reads_back_equal_to_its_json(database_url, synth_data, one
 @pytest.mark.parametrize("train_split", ["train", "missing"])
 def test_rerun_changes_no_row(database_url, synth_data, one_torch_thread, train_split):
     config = _config(synth_data, train_split=train_split)
-    first = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
+    first = recorded(config, database_url, model_name="shapes", model_version="v1")
     before = _row_counts(database_url)
-    again = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
+    again = recorded(config, database_url, model_name="shapes", model_version="v1")
     assert _row_counts(database_url) == before
-    assert _numbers(again) == _numbers(first)
+    assert numbers(again) == numbers(first)
     assert again.dataset["train_split"] == (None if train_split == "missing" else "train")
 
 
@@ -90,19 +86,12 @@ class _Killed(Exception):
 def test_run_stopped_after_two_classes_resumes_and_completes(database_url, synth_data, one_torch_thread):
     config = _config(synth_data)
     seen = []
-    rec = open_recorded_run(config, database_url=database_url, model_name="shapes", model_version="v1")
-    try:
-        with pytest.raises(_Killed):
-            try:
-                for _images, cls in rec.audit_pending():
-                    seen.append(cls.name)
-                    if len(seen) == 2:
-                        raise _Killed
-            except BaseException as exc:
-                rec.fail(exc)
-                raise
-    finally:
-        rec.close()
+    with pytest.raises(_Killed):
+        with open_recorded_run(context_for(database_url), config, model_name="shapes", model_version="v1") as rec:
+            for _images, cls in rec.audit_pending():
+                seen.append(cls.name)
+                if len(seen) == 2:
+                    raise _Killed
     engine = make_engine(database_url)
     with Session(engine) as s:
         run = s.scalars(select(AuditRun)).one()
@@ -110,7 +99,7 @@ def test_run_stopped_after_two_classes_resumes_and_completes(database_url, synth
     engine.dispose()
     assert _row_counts(database_url)["run_class"] == 2
 
-    result = recorded_audit(config, database_url=database_url, model_name="shapes", model_version="v1")
+    result = recorded(config, database_url, model_name="shapes", model_version="v1")
     engine = make_engine(database_url)
     with Session(engine) as s:
         timings = s.get(AuditRun, run.id).timings
@@ -123,7 +112,7 @@ def test_run_stopped_after_two_classes_resumes_and_completes(database_url, synth
     with Session(engine) as s:
         assert s.get(AuditRun, run.id).status == "complete"
     engine.dispose()
-    assert _numbers(result) == _numbers(run_audit(config, run_id=run.id))
+    assert numbers(result) == numbers(run_audit(config, run_id=run.id))
 
 
 def test_killed_process_resumes_and_completes(database_url, synth_data, tmp_path, one_torch_thread):
@@ -246,7 +235,7 @@ def test_every_per_run_table_is_reached_by_run_id_through_an_index(database_url)
 def test_run_status_is_checked_and_json_is_jsonb_on_postgresql(database_url, synth_data, one_torch_thread):
     from sqlalchemy.exc import IntegrityError
 
-    result = recorded_audit(_config(synth_data, classes=("circle",)), database_url=database_url, model_name="shapes",
+    result = recorded(_config(synth_data, classes=("circle",)), database_url, model_name="shapes",
                             model_version="v1")
     engine = make_engine(database_url)
     try:
@@ -267,9 +256,9 @@ def test_run_status_is_checked_and_json_is_jsonb_on_postgresql(database_url, syn
 
 
 def test_a_run_is_complete_only_when_every_selected_class_is_stored(database_url, synth_data, one_torch_thread):
-    from xich.persist import finish_run
+    from xich.records.persist import finish_run
 
-    recorded_audit(_config(synth_data, classes=("circle",)), database_url=database_url, model_name="shapes",
+    recorded(_config(synth_data, classes=("circle",)), database_url, model_name="shapes",
                    model_version="v1")
     engine = make_engine(database_url)
     with Session(engine) as s:

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from stack import create_process_pool, log_tail, prefect_cli, prefect_missing, prefect_python, prefect_worker
-from xich.db import make_engine
+from stack import (cifar_files, create_process_pool, log_tail, prefect_cli, prefect_missing, prefect_python,
+                   prefect_worker)
+from xich.records.db import make_engine
 
 if (_missing := prefect_missing()) is not None:
     pytest.skip(f"native Prefect stack not tested: {_missing}", allow_module_level=True)
@@ -74,11 +75,8 @@ def test_sharded_audit_on_two_process_workers(prefect_server, seaweedfs, results
     timings: dict[str, float] = {"server_start_s": prefect_server.timings["start_s"]}
     suffix = uuid.uuid4().hex[:8]
     bucket, model = f"xich-{suffix}", f"resnet20-{suffix}"
+    seaweedfs.seed(bucket, cifar_files(SHARED))
     s3 = seaweedfs.client()
-    s3.make_bucket(bucket)
-    for split in ("test", "train"):
-        s3.fput_object(bucket, f"datasets/cifar10-jpeg/{split}.tar.gz", str(SHARED / "cifar10-jpeg" / f"{split}.tar.gz"))
-    s3.fput_object(bucket, "models/resnet20.th", str(SHARED / "cifar-resnet" / "resnet20-12fca82f.th"))
     xich_env = {"XICH_DATABASE_URL": results_db, "XICH_STORE_URL": f"s3://{bucket}/results",
                 "XICH_S3_ENDPOINT": seaweedfs.endpoint, "XICH_S3_ACCESS_KEY": seaweedfs.access_key,
                 "XICH_S3_SECRET_KEY": seaweedfs.secret_key, "OMP_NUM_THREADS": "1"}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xich.audit import AuditConfig, assemble_result, audit_classes, explainer, open_audit
-from xich.report import _dominance_heatmap, collect_examples, example_pairs, write_report
+from xich.engine.audit import AuditConfig, assemble_result, audit_classes, explainer, open_audit
+from xich.reports.report import _dominance_heatmap, collect_examples, example_pairs, write_report
 from xich.result import AuditResult, ClassResult, ClusterResult, MosaicResult, summarize
 
 

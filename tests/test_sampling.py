@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xich.audit import open_audit, run_audit, sample_training
-from xich.config import AuditConfig, check_config
+from xich.engine.audit import open_audit, run_audit, sample_training
+from xich.engine.config import AuditConfig, check_config
 from xich.errors import XichError
 from xich.method.distribution import training_share_se
-from xich.persist import load_audit
+from xich.records.persist import load_audit
 
 EVAL_LEVELS = [20, 30, 110, 120, 220, 230]  # dark, middle, bright pairs
 TRAIN_LEVELS = [10 + 12 * k for k in range(20)]  # 10 … 238: spread over the three clusters
@@ -80,8 +80,8 @@ def test_a_sampled_audit_places_n_images_with_standard_errors_and_a_settings_key
 
 
 def test_the_standard_errors_are_stored_and_read_back(grey, database_url, one_torch_thread):
-    from xich.pipeline import recorded_audit
-    from xich.db import make_engine
+    from xich.run.pipeline import recorded_audit
+    from xich.records.db import make_engine
     from sqlalchemy.orm import Session
 
     result = recorded_audit(_config(grey, train_per_class=8), database_url=database_url, model_name="grey",

@@ -19,9 +19,9 @@ pytest.importorskip("prefect", reason="prefect not installed (pip install -e .)"
 from flows.audit import audit_new_versions  # noqa: E402
 from test_flows import prefect_server  # noqa: E402,F401  (one temporary Prefect server per module)
 from xich.cli import main  # noqa: E402
-from xich.db import AuditRequest, AuditRun, ModelVersion, RunClass, session_for, utcnow  # noqa: E402
-from xich.models import build_model  # noqa: E402
-from xich.persist import MAX_FAILURES, RETRY_AFTER, load_audit  # noqa: E402
+from xich.records.db import AuditRequest, AuditRun, ModelVersion, RunClass, session_for, utcnow  # noqa: E402
+from xich.engine.models import build_model  # noqa: E402
+from xich.records.persist import MAX_FAILURES, RETRY_AFTER, load_audit  # noqa: E402
 
 SETTINGS = '{"clusters": 2, "mosaics_per_pair": 4, "train_split": "", "device": "cpu", "classes": %s}'
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data"

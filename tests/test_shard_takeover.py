@@ -15,8 +15,8 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from xich.db import AuditRun, session_for
-from xich.persist import load_audit
+from xich.records.db import AuditRun, session_for
+from xich.records.persist import load_audit
 
 pytest.importorskip("prefect", reason="prefect not installed (pip install -e .)")
 

@@ -22,9 +22,9 @@ from minio import Minio
 from PIL import Image
 
 from stack import ACCESS_KEY, READER_KEY, READER_SECRET, SECRET_KEY, S3Server, free_port
-from xich.datasets import open_dataset
+from xich.engine.datasets import open_dataset
 from xich.errors import XichError
-from xich.store import TMP_PREFIX, Store, fetch_uri, open_store
+from xich.records.store import TMP_PREFIX, Store, fetch_uri, open_store
 
 
 # --- the two backends ---------------------------------------------------------------------------
@@ -345,7 +345,7 @@ def test_local_read_only_folder_is_not_writable(tmp_path):
         else:
             drop = "-dac_override,-dac_read_search"
             child = subprocess.run(["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", sys.executable, "-c",
-                                    "import sys; from xich.store import open_store; from xich.errors import XichError\n"
+                                    "import sys; from xich.records.store import open_store; from xich.errors import XichError\n"
                                     "try: open_store(sys.argv[1]).check_writable()\n"
                                     "except XichError as e: print(e)", str(tmp_path / "ro")],
                                    capture_output=True, text=True, timeout=60)
@@ -377,7 +377,7 @@ def test_s3_bucket_removed_after_open_is_not_writable(seaweedfs, tmp_path):
 
 
 def test_s3_unreachable_endpoint_is_not_writable(tmp_path):
-    from xich.store import _s3_store  # open_store would already fail on it: test the check itself
+    from xich.records.store import _s3_store  # open_store would already fail on it: test the check itself
 
     endpoint = f"127.0.0.1:{free_port()}"
     store = _s3_store("s3://bkt/runs", "bkt", "runs", endpoint, ACCESS_KEY, SECRET_KEY, False, tmp_path)
@@ -406,7 +406,7 @@ def test_audit_reads_data_and_weights_from_s3(seaweedfs, synth_data, tmp_path, m
     import torch
 
     from xich.cli import main
-    from xich.models import build_model
+    from xich.engine.models import build_model
 
     bucket = f"xich-{uuid.uuid4().hex[:12]}"
     store = open_store(f"s3://{bucket}", endpoint=seaweedfs.endpoint, access_key=seaweedfs.access_key,

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from xich.audit import audit_class, open_audit
-from xich.config import AuditConfig
-from xich.datasets import ImageStream, open_dataset
+from xich.engine.audit import audit_class, open_audit
+from xich.engine.config import AuditConfig
+from xich.engine.datasets import ImageStream, open_dataset
 from xich.errors import XichError
 
 EVAL_LEVELS = [20, 30, 110, 120, 220, 230]  # dark, middle, bright pairs: k-means with P = 3 separates them

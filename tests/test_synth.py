@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from xich.errors import XichError
-from xich.synth import SynthSpec, rare_subgroup, write_synth
+from xich.engine.synth import SynthSpec, rare_subgroup, write_synth
 
 SMALL = dict(classes=3, subgroups=3, rare_fraction=0.1, train_per_class=40, test_per_subgroup=4)
 

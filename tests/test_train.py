@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from xich.datasets import open_dataset
+from xich.engine.datasets import open_dataset
 from xich.errors import XichError
-from xich.models import build_model, load_weights
-from xich.synth import (ORIENTATIONS, SIZE, SynthSpec, _hatching, balancing_factor, draw_image, oversampling_weights,
+from xich.engine.models import build_model, load_weights
+from xich.engine.synth import (ORIENTATIONS, SIZE, SynthSpec, _hatching, balancing_factor, draw_image, oversampling_weights,
                         rare_counts, write_synth)
-from xich.train import (TrainConfig, augment_batch, epoch_indices, read_oversample, sampling_weights, train,
+from xich.engine.train import (TrainConfig, augment_batch, epoch_indices, read_oversample, sampling_weights, train,
                         warmup_cosine)
 
 

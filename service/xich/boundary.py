@@ -129,7 +129,7 @@ def _s3_under(uri: str, allowed: list[str]) -> bool:
 
 def check_sources(fields: dict[str, str | None], allowed: list[str]) -> None:
     """:func:`check_source` for each named source that is given (labels: only a file, not a built-in set)."""
-    from .labels import BUILTIN
+    from .engine.labels import BUILTIN
 
     for what, uri in fields.items():
         if uri is None or (what.endswith("labels") and uri in BUILTIN):

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -18,39 +19,44 @@ from rich.table import Table
 
 from .errors import XichError
 from .method.cam_methods import CAM_METHODS
-from .settings import Settings, describe_error, get_settings
+from .settings import describe_error
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 
 def _audit_parser(sub: argparse._SubParsersAction) -> None:
+    from dataclasses import fields
+
+    from .engine.config import AuditConfig
+
+    default = {f.name: f.default for f in fields(AuditConfig)}  # declared once, in AuditConfig
     p = sub.add_parser("audit", help="cluster each class, measure Grad-CAM dominance on mosaics, rank clusters")
     p.add_argument("--model", required=True, help="cifar:resnet20|32|44|56, torchvision:<arch>, python:<module>:<callable>")
     p.add_argument("--weights", help="checkpoint: a state_dict, or a dict holding one under 'state_dict' or 'model'")
     p.add_argument("--data", required=True, help="DIR with <split>/<class>/<image> (or <split>.tar[.gz]), a .tar[.gz], "
                                                  "or cifar10:DIR / cifar100:DIR")
-    p.add_argument("--eval-split", default="test")
-    p.add_argument("--train-split", default="train", help="'' to skip the training-distribution table")
+    p.add_argument("--eval-split", default=default["eval_split"])
+    p.add_argument("--train-split", default=default["train_split"], help="'' to skip the training-distribution table")
     p.add_argument("--classes", help="comma-separated class names (default: all)")
-    p.add_argument("--clusters", type=int, default=5, help="P, clusters per class")
-    p.add_argument("--mosaics-per-pair", type=int, default=25, help="J, mosaics per cluster pair")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layer", default="auto", help="target layer name (default: last conv block before pooling)")
-    p.add_argument("--cam", default="auto", choices=["auto", "fast", "reference"])
-    p.add_argument("--method", default="gradcam", help="attribution map, from pytorch-grad-cam: "
-                   + ", ".join(CAM_METHODS) + " (default gradcam)")
+    p.add_argument("--clusters", type=int, default=default["clusters"], help="P, clusters per class")
+    p.add_argument("--mosaics-per-pair", type=int, default=default["mosaics_per_pair"], help="J, mosaics per cluster pair")
+    p.add_argument("--seed", type=int, default=default["seed"])
+    p.add_argument("--layer", default=default["layer"], help="target layer name (default: last conv block before pooling)")
+    p.add_argument("--cam", default=default["cam"], choices=["auto", "fast", "reference"])
+    p.add_argument("--method", default=default["method"], help="attribution map, from pytorch-grad-cam: "
+                   + ", ".join(CAM_METHODS) + f" (default {default['method']})")
     p.add_argument("--no-control", dest="control", action="store_false",
                    help="skip the randomized control (the same mosaics under the architecture re-initialised)")
     p.add_argument("--tile-size", type=int, help="image side in a mosaic (default 32 for cifar:, 224 for torchvision:)")
     p.add_argument("--mosaic-size", type=int, help="mosaic side (default 2 × tile size)")
-    p.add_argument("--normalize", default="imagenet", help="imagenet, cifar, none or m1,m2,m3/s1,s2,s3")
+    p.add_argument("--normalize", default=default["normalize"], help="imagenet, cifar, none or m1,m2,m3/s1,s2,s3")
     p.add_argument("--labels", help="the model's class names in output order: cifar10, cifar100, imagenet, or a file "
                                     "with one name a line (default: the checkpoint's 'classes', CIFAR-10 for cifar: "
                                     "models with 10 outputs, else the dataset's sorted class folders)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=default["batch_size"])
     p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
-    p.add_argument("--per-image", type=int, default=0, metavar="N",
+    p.add_argument("--per-image", type=int, default=default["per_image"], metavar="N",
                    help="also score N sampled images per class, each its own cluster (Fig. 3)")
     p.add_argument("--train-per-class", type=int, metavar="N",
                    help="place a seeded sample of N training images per class (Fig. 4/5), not all; each training "
@@ -185,19 +191,26 @@ def _first_sentences(exc: BaseException, n: int = 2) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import AuditConfig, assemble_result, audit_classes, explain_stored, explainer, open_audit
+    from .run.context import context
 
-    settings = get_settings()
+    with context() as ctx:  # the database: migrated when first used, after the destinations' checks
+        return _audit(args, ctx)
+
+
+def _audit(args: argparse.Namespace, ctx) -> int:
+    from .engine.audit import AuditConfig, assemble_result, audit_classes, explain_stored, explainer, open_audit
+
+    settings = ctx.settings
     registered_at = _time(args.version_created_at, "--version-created-at")
     registry_metadata = _json_object(args.registry_metadata, "--registry-metadata")
     # every destination is checked before the first forward pass
     _check_output_file(args.json, "--json")
     _check_output_dir(args.report, "--report")
     if not args.no_db:
-        from .store import open_store
+        from .records.store import open_store
 
         open_store(settings.store_url, create_bucket=args.create_bucket, **settings.s3_options()).check_writable()
-    data, weights = _local_copy(args.data, settings), _local_copy(args.weights, settings)
+    data, weights = ctx.local_path(args.data), ctx.local_path(args.weights)
     config = AuditConfig(
         model=args.model, data=data, weights=weights, data_uri=args.data, weights_uri=args.weights,
         eval_split=args.eval_split,
@@ -219,7 +232,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             for images, cls in pairs:
                 bar.update(task, description=f"class {cls.name}", advance=1)
                 if args.report:
-                    from .report import collect_examples
+                    from .reports.report import collect_examples
 
                     examples[cls.name] = collect_examples(cls, explainer(opened, images))
                 yield cls
@@ -229,24 +242,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
             classes = list(computed(audit_classes(opened), len(opened.classes)))
             result = assemble_result(opened, classes, uuid.uuid4().hex)
         else:
-            from .pipeline import open_recorded_run
+            from .run.pipeline import open_recorded_run
 
-            rec = open_recorded_run(config, database_url=settings.database_url, model_name=args.model_name,
-                                    model_version=args.model_version, registry_metadata=registry_metadata,
-                                    registered_at=registered_at, clustering=args.clustering,
-                                    cache_dir=settings.cache_dir, stale_s=settings.run_stale_s)
-            opened = rec.opened
-            try:
-                try:
-                    if not rec.complete:
-                        for _ in computed(rec.audit_pending(), len(rec.pending())):
-                            pass
-                    result = rec.finish()
-                except BaseException as exc:
-                    rec.fail(exc)
-                    raise
-            finally:
-                rec.close()
+            with open_recorded_run(ctx, config, model_name=args.model_name, model_version=args.model_version,
+                                   registry_metadata=registry_metadata, registered_at=registered_at,
+                                   clustering=args.clustering) as rec:
+                opened = rec.opened
+                if not rec.complete:
+                    for _ in computed(rec.audit_pending(), len(rec.pending())):
+                        pass
+                result = rec.finish()
     print_summary(result)
     if opened.timings:
         out.print("CAM time: " + ", ".join(f"{'control' if k == 'control_s' else 'model'} {v:.1f} s"
@@ -257,7 +262,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         result.write_json(args.json)
         out.print(f"wrote {args.json}")
     if args.report:
-        from .report import collect_examples, write_report
+        from .reports.report import collect_examples, write_report
 
         stored = [cls for cls in result.classes if cls.name not in examples]  # read back, not recomputed
         if stored:
@@ -265,9 +270,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 examples[cls.name] = collect_examples(cls, explain)
         out.print(f"wrote {write_report(result, args.report, examples, model=args.model_name or args.model, version=args.model_version)}")
     if not args.no_db:
-        from .pipeline import publish_run
+        from .run.publish import publish_run
 
-        keys = publish_run(result, store_url=settings.store_url, report_dir=args.report, **settings.s3_options())
+        keys = publish_run(ctx, result, report_dir=args.report)
         out.print(f"stored {len(keys)} file(s) under {settings.store_url.rstrip('/')}/runs/{result.run_id}/",
                   highlight=False)
     return 0
@@ -315,40 +320,40 @@ def _time(text: str | None, flag: str):
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from .registration import register
+    from .records.registration import register
+    from .run.context import context
 
-    settings = get_settings()
     audit_settings = _json_object(args.settings, "--settings")
     if args.shards < 1:
         raise XichError(f"--shards must be at least 1, got {args.shards}")
-    parameters = register(database_url=settings.database_url, model=args.model, version=args.version,
-                          model_spec=args.spec, weights_uri=args.weights, dataset_uri=args.dataset,
-                          settings=audit_settings, local_weights=_local_copy(args.weights, settings),
-                          registry_metadata=_json_object(args.registry_metadata, "--registry-metadata"),
-                          registered_at=_time(args.version_created_at, "--version-created-at"),
-                          allowed_specs=settings.hooks_allowed_specs)
+    with context() as ctx:
+        settings = ctx.settings
+        parameters = register(records=ctx, model=args.model, version=args.version,
+                              model_spec=args.spec, weights_uri=args.weights, dataset_uri=args.dataset,
+                              settings=audit_settings, local_weights=ctx.local_path(args.weights),
+                              registry_metadata=_json_object(args.registry_metadata, "--registry-metadata"),
+                              registered_at=_time(args.version_created_at, "--version-created-at"),
+                              allowed_specs=settings.hooks_allowed_specs)
     out.print(f"registered {args.model} {args.version}", highlight=False)
     if not args.audit:
         return 0
-    if os.environ.get("PREFECT_API_URL"):
-        from prefect.deployments import run_deployment
+    if settings.prefect_api_url:
+        from .run.deploy import start_run
 
-        from .registration import AUDIT_DEPLOYMENT  # not flows.audit: that imports torch
-
-        deployment = os.environ.get("XICH_AUDIT_DEPLOYMENT", AUDIT_DEPLOYMENT)
         try:
-            run = run_deployment(deployment, parameters={**parameters, "shards": args.shards}, timeout=0,
-                                 flow_run_name=f"{args.model}-{args.version}")
+            run = start_run(settings, {**parameters, "shards": args.shards})
         except Exception as exc:  # ObjectNotFound, a server that does not answer…
             raise XichError(f"the version is registered, but its audit did not start: Prefect at "
-                            f"{os.environ['PREFECT_API_URL']} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                            f"{settings.prefect_api_url} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                             f"deploy the flows (`prefect --no-prompt deploy --all`) or unset PREFECT_API_URL to audit "
                             f"here; the nightly audit-new-versions flow will also pick it up") from None
-        out.print(f"audit started: flow run {run.name} ({run.id}) of deployment {deployment}", highlight=False)
+        out.print(f"audit started: flow run {run.name} ({run.id}) of deployment {settings.audit_deployment}",
+                  highlight=False)
         return 0
-    from flows.audit import audit_model_version
+    from .run.pipeline import audit_registered
 
-    done = audit_model_version(**parameters, shards=args.shards)
+    with context() as ctx:  # no Prefect server: audited here, as the flow would (shards: all of them, here)
+        done = audit_registered(ctx, parameters)
     out.print(f"audited: run {done['run_id']}, report {done['report']}", highlight=False)
     return 0
 
@@ -357,14 +362,14 @@ def cmd_serve_hooks(args: argparse.Namespace) -> int:
     import uvicorn
 
     port = _port(args.port, "--port")
-    from .hooks import create_app
+    from .hooks.receiver import create_app
     from .settings import get_hook_settings, masked
 
     # the receiver answers MLflow within its 30 s timeout: its own MLflow calls retry briefly unless told otherwise
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    settings = get_hook_settings()
+    settings = get_hook_settings()  # the receiver's own settings: a bad one never breaks another command
     app = create_app(settings)
     logging.getLogger("xich.hooks").setLevel(logging.INFO)
     hooks = [f"/hooks/mlflow ({'on' if settings.hooks_secret else 'off: XICH_HOOKS_SECRET unset'})",
@@ -379,9 +384,10 @@ def cmd_serve_hooks(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from .migrate import downgrade, upgrade
+    from .records.migrate import downgrade, upgrade
+    from .run.context import open_context
 
-    url = get_settings().database_url
+    url = open_context(migrate=False).settings.database_url  # only its settings: migrating is the command
     if args.action == "upgrade":
         upgrade(url, args.revision or "head")
     else:
@@ -390,31 +396,26 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
 def _session(*, read_only: bool = False):
     """A session on the results database, migrated first; ``read_only``: an embedded SQLite file that does not
-    exist is an error, not created (nor its folder)."""
-    from sqlalchemy.orm import Session
+    exist is an error, not created (nor its folder). Yields (context, session)."""
+    from .run.context import context, existing_database
 
-    from .db import make_engine
-    from .migrate import upgrade
-
-    url = get_settings().database_url
-    if read_only and url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        if not Path(url.removeprefix("sqlite:///")).is_file():
-            raise XichError(f"no complete audit recorded: XICH_DATABASE_URL {url} names no database file (nothing "
-                            f"was created); record an audit with `xich audit --model-name NAME`, or point "
-                            f"XICH_DATABASE_URL at the results database")
-    upgrade(url)
-    return Session(make_engine(url))
+    with context() as ctx:
+        if read_only:
+            existing_database(ctx.settings)  # before the engine (and the migration) would create the file
+        with ctx.session() as session:
+            yield ctx, session
 
 
 def cmd_clustering(args: argparse.Namespace) -> int:
-    from .persist import references, set_reference
+    from .records.persist import references, set_reference
 
     if args.action == "show":
         if not args.model:
             raise XichError("xich clustering show: give --model NAME")
-        with _session() as session:
+        with _session() as (_, session):
             rows = references(session=session, model_name=args.model)
         if not rows:
             raise XichError(f"--model {args.model}: no reference clustering recorded under that name; the first "
@@ -429,7 +430,7 @@ def cmd_clustering(args: argparse.Namespace) -> int:
         return 0
     if not args.run:
         raise XichError(f"xich clustering {args.action}: give --run RUN (a complete audit's run id)")
-    with _session() as session:
+    with _session() as (_, session):
         clustering = set_reference(session=session, run_id=args.run)
         out.print(f"clustering {clustering.key} is now the reference: later audits of this model on this dataset "
                   f"(P={clustering.clusters or 'as frozen'}) reuse its clusters", highlight=False)
@@ -446,20 +447,19 @@ NUMERIC_COLUMNS = ("score", "rank", "train_share", "eval_size", "mean_logit", "c
 def cmd_history(args: argparse.Namespace) -> int:
     import csv
 
-    from sqlalchemy import text
+    from .records.history import dominance_history
 
-    sql = (f"SELECT {', '.join(HISTORY_COLUMNS)} FROM dominance_history WHERE model_name = :model"
-           + (" AND class_name = :cls" if args.class_name else "")
-           + " ORDER BY class_name, cluster_key, version_created_at, run_finished_at")
     page = None
-    with _session(read_only=True) as session:
-        rows = session.execute(text(sql), {"model": args.model, "cls": args.class_name}).all()
+    with _session(read_only=True) as (ctx, session):
+        rows = dominance_history(session, model_name=args.model, columns=HISTORY_COLUMNS, class_name=args.class_name,
+                                 order_by=("class_name", "cluster_key", "version_created_at", "run_finished_at"))
         if rows and args.report:
-            from .history_report import write_history_report
+            from .reports.history_report import write_history_report
+            from .run.publish import report_uri
 
             _check_output_dir(args.report, "--report")
             page = write_history_report(session_or_engine=session, model_name=args.model, out_dir=args.report,
-                                        class_name=args.class_name, report_uri=_run_report_uri(get_settings()))
+                                        class_name=args.class_name, report_uri=lambda run_id: report_uri(ctx, run_id))
     if not rows:
         raise XichError(f"--model {args.model}: no complete audit recorded under that name"
                         + (f" for class {args.class_name}" if args.class_name else "")
@@ -495,18 +495,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_report_uri(settings):
-    """run id → its published audit report (``runs/<id>/report/index.html`` in the results store)."""
-    if settings.store_url.startswith("s3://"):
-        return lambda run_id: f"{settings.store_url.rstrip('/')}/runs/{run_id}/report/index.html"
-    from .store import open_store
-
-    store = open_store(settings.store_url)
-    return lambda run_id: store.uri(f"runs/{run_id}/report/index.html")
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import SynthSpec, write_synth
+    from .engine.synth import SynthSpec, write_synth
 
     truth = write_synth(args.out, SynthSpec(classes=args.classes, subgroups=args.subgroups,
                                             rare_fraction=args.rare_fraction, seed=args.seed))
@@ -516,13 +506,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, read_oversample, train
+    from .engine.train import read_oversample
+    from .run.context import context
 
     oversample = read_oversample(args.oversample) if args.oversample else None
-    settings = get_settings()
+    with context(migrate=False) as ctx:  # no database: its settings, the store and local copies
+        return _train(args, ctx, oversample)
+
+
+def _train(args: argparse.Namespace, ctx, oversample) -> int:
+    from .engine.train import TrainConfig, train
+
+    settings = ctx.settings
     local_out, store = args.out, None
     if args.out.startswith("s3://"):
-        from .store import open_store
+        from .records.store import open_store
 
         # before training, not after: a missing bucket or refused credentials must not cost the epochs
         bucket, _, key = args.out.removeprefix("s3://").partition("/")
@@ -532,7 +530,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         store = open_store(f"s3://{bucket}", create_bucket=args.create_bucket, **settings.s3_options())
         store.check_writable()
         local_out = str(Path(settings.cache_dir) / "trained" / Path(args.out).name)
-    config = TrainConfig(data=_local_copy(args.data, settings), model=args.model, out=local_out, epochs=args.epochs,
+    config = TrainConfig(data=ctx.local_path(args.data), model=args.model, out=local_out, epochs=args.epochs,
                          batch_size=args.batch_size,
                          lr=args.lr, tile_size=args.tile_size, normalize=args.normalize, seed=args.seed,
                          device=args.device, augment=args.augment, oversample=oversample)
@@ -566,15 +564,6 @@ def _json_object(text: str | None, flag: str) -> dict | None:
     if not isinstance(value, dict):
         raise XichError(f"{flag}: pass a JSON object, got {type(value).__name__}")
     return value
-
-
-def _local_copy(uri: str | None, settings: Settings) -> str | None:
-    """A local path for an ``s3://`` dataset or checkpoint (downloaded once, cached by content); others unchanged."""
-    if uri is None or not uri.startswith("s3://"):
-        return uri
-    from .store import fetch_uri
-
-    return str(fetch_uri(uri, **settings.s3_options()))
 
 
 def _f(value, fmt: str = ".3f") -> str:

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .result import AuditResult
-from .synth import SynthSpec, balancing_factor, oversampling_weights, write_synth
-from .train import TrainConfig, train
+from .engine.synth import SynthSpec, balancing_factor, oversampling_weights, write_synth
+from .engine.train import TrainConfig, train
 
 MODEL = "cifar:resnet20"
 # A look is a hatching orientation: train with an augmentation that keeps every orientation what it is
@@ -76,11 +75,13 @@ def run_demo(out: str | Path, seed: int = 0, epochs: int = 8, say=print, augment
     for stale in ("xich.db", "xich.db.locks", "store", "report", "history"):  # the demo's own records, fresh each run
         path = out / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    with _environment({"XICH_DATABASE_URL": f"sqlite:///{out / 'xich.db'}", "XICH_STORE_URL": str(out / "store"),
-                       "XICH_CACHE_DIR": str(out / "cache")},
-                      {"PREFECT_HOME": str(out / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_LOGGING_LEVEL": "WARNING"}):
-        return _versions(out, spec, seed, epochs, say, augment)
+    from .run.context import context
+    from .settings import Settings
+
+    # the demo's own database, store and cache: a context of its own, the caller's environment untouched
+    with context(Settings(database_url=f"sqlite:///{out / 'xich.db'}", store_url=str(out / "store"),
+                          cache_dir=str(out / "cache"))) as ctx:
+        return _versions(ctx, out, spec, seed, epochs, say, augment)
 
 
 @contextmanager
@@ -96,26 +97,8 @@ def _torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-@contextmanager
-def _environment(values: dict[str, str], defaults: dict[str, str]):
-    """The demo's own database, store and cache (and Prefect's defaults) for its duration; the caller's
-    environment comes back afterwards."""
-    before = {k: os.environ.get(k) for k in [*values, *defaults]}
-    os.environ.update(values)
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _versions(out: Path, spec: SynthSpec, seed: int, epochs: int, say, augment: str) -> dict:
-    from flows.audit import audit_model_version  # Prefect reads its settings at import
+def _versions(ctx, out: Path, spec: SynthSpec, seed: int, epochs: int, say, augment: str) -> dict:
+    from .run.pipeline import audit_registered
 
     say(f"1/6 planted-bias dataset: {spec.classes} shapes x {spec.subgroups} looks, one look per class rare "
         f"({spec.rare_fraction:.0%} of training) -> {out / 'data'}")
@@ -133,11 +116,12 @@ def _versions(out: Path, spec: SynthSpec, seed: int, epochs: int, say, augment: 
                               augment=augment, oversample=oversample),
                   on_epoch=lambda e, loss, acc: say(f"    epoch {e}: loss {loss:.3f}  eval accuracy {acc:.3f}"))
         clustering = "own" if version == "v1" else "auto (v1's, the model's reference clustering)"
-        say(f"{step + 1}/6 audit of {version} (Prefect flow audit-model-version, ephemeral): P={spec.subgroups}, "
-            f"J=25, 12 images per class in per-image mode, clustering {clustering}")
-        done = audit_model_version(model=DEMO_MODEL, version=version, model_spec=MODEL, weights_uri=str(weights),
-                                   dataset_uri=str(out / "data"), settings=settings)
-        result = _stored(done["run_id"])
+        say(f"{step + 1}/6 audit of {version} (the audit-model-version flow's sequence, in this process): "
+            f"P={spec.subgroups}, J=25, 12 images per class in per-image mode, clustering {clustering}")
+        done = audit_registered(ctx, {"model": DEMO_MODEL, "version": version, "model_spec": MODEL,
+                                      "weights_uri": str(weights), "dataset_uri": str(out / "data"),
+                                      "settings": settings})
+        result = _stored(ctx, done["run_id"])
         findings = locate_rare(result, truth)
         results[version] = (result, findings, done["report"])
         for f, cls in zip(findings, result.classes):
@@ -158,7 +142,7 @@ def _versions(out: Path, spec: SynthSpec, seed: int, epochs: int, say, augment: 
     for a, b in zip(v1, v2):
         say(f"    {a.class_name:9s} cluster {a.cluster}: rank {a.rank} -> {b.rank}, score {_num(a.score)} -> "
             f"{_num(b.score)}, losses {a.losses} -> {b.losses}, train share {_num(a.train_share)} -> {_num(b.train_share)}")
-    page = _write_pages(out, results, lines)
+    page = _write_pages(ctx, out, results, lines)
     for line in lines:
         say(line)
     say(f"report: {page}")
@@ -175,27 +159,19 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def _stored(run_id: str) -> AuditResult:
-    from .db import session_for
-    from .persist import load_audit
-    from .settings import get_settings
+def _stored(ctx, run_id: str) -> AuditResult:
+    from .records.persist import load_audit
 
-    with session_for(get_settings().database_url) as session:
+    with ctx.session() as session:
         return load_audit(session=session, run_id=run_id)
 
 
-def _write_pages(out: Path, results: dict, lines: list[str]) -> Path:
+def _write_pages(ctx, out: Path, results: dict, lines: list[str]) -> Path:
     """The demo's page: the finding, each version's report (in the demo's object store), the history page."""
-    from .db import make_engine
-    from .history_report import write_history_report
-    from .report import write_page
-    from .settings import get_settings
+    from .reports.history_report import write_history_report
+    from .reports.report import write_page
 
-    engine = make_engine(get_settings().database_url)
-    try:
-        history = write_history_report(session_or_engine=engine, model_name=DEMO_MODEL, out_dir=out / "history")
-    finally:
-        engine.dispose()
+    history = write_history_report(session_or_engine=ctx.engine, model_name=DEMO_MODEL, out_dir=out / "history")
     parts = ["<h1>XICH demo: v1 → v2</h1>", "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines),
              f"<p><a href='../{history.parent.name}/index.html'>history of {DEMO_MODEL} across versions</a></p>"]
     for version, (result, findings, report_uri) in results.items():

@@ -1,4 +1,8 @@
-"""The one result type of an audit: plain dataclasses that every sink (JSON, report, database) reads."""
+"""The one result type of an audit: plain dataclasses that every sink (JSON, report, database) reads.
+
+Data only at import (no numpy): the registry hooks and ``xich register`` read it. The across-class summary
+(:func:`summarize`) loads numpy and the method when it is called.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,12 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from .method.distribution import train_share_by_rank
-
-
-Explainer = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # image ids (TL, TR, BL, BR) -> (rgb, cam)
+Explainer = Callable[[list[str]], "tuple[np.ndarray, np.ndarray]"]  # image ids (TL, TR, BL, BR) -> (rgb, cam)
 
 
 @dataclass
@@ -116,6 +119,10 @@ def summarize(classes: list[ClassResult]) -> dict:
     Only classes whose every cluster has a rank (evidence against the others) enter the rank
     table: a class with unranked clusters would shift every rank below them.
     """
+    import numpy as np
+
+    from .method.distribution import train_share_by_rank
+
     ranked = [np.array([c.train_share for c in sorted(r.clusters, key=lambda c: c.rank)]) for r in classes
               if r.clusters and r.clusters[0].train_share is not None and all(c.rank is not None for c in r.clusters)
               and len(r.clusters) > 1]
@@ -136,6 +143,8 @@ def least_dominant_share(classes: list[ClassResult]) -> float | None:
     small value says that, per class, the look the model explains least is rare in its training data. Classes
     without a hierarchy are left out; None without a training split or without any ranked class.
     """
+    import numpy as np
+
     shares = [next(c.train_share for c in cls.clusters if c.id == cls.hierarchy[-1]) for cls in classes
               if cls.hierarchy]
     shares = [s for s in shares if s is not None]

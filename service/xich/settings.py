@@ -106,9 +106,12 @@ class Settings(BaseSettings):
     image wider or taller than this many tile sides is skipped, from its header, before it is decoded.
     ``XICH_RUN_STALE_S``: a class whose heartbeat is older than this is taken over by a waiting shard, and a
     ``running`` run whose newest heartbeat is that old is started again by the nightly flow (processes beat every fifth of it).
+
+    ``XICH_AUDIT_DEPLOYMENT``: the Prefect deployment (``flow name/deployment name`` of prefect.yaml) that audits a
+    registered version; ``PREFECT_API_URL`` (Prefect's own variable): the server it is started on (unset: none).
     """
 
-    model_config = SettingsConfigDict(env_prefix="XICH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="XICH_", extra="ignore", populate_by_name=True)
 
     database_url: Annotated[str, AfterValidator(_database_url)] = MaskedURL("sqlite:///.xich/xich.db")
     store_url: str = ".xich/store"
@@ -121,6 +124,9 @@ class Settings(BaseSettings):
     hooks_allowed_specs: CommaList = ["cifar:", "torchvision:"]
     image_max_side_factor: int = Field(default=16, ge=1, le=64)
     run_stale_s: int = Field(default=600, ge=10, le=86_400)  # a class (or run) without a heartbeat this long is dead
+    audit_deployment: str = Field(default="audit-model-version/audit", min_length=3, max_length=300,
+                                  pattern=r"^[^/\s]+/[^/\s]+$")
+    prefect_api_url: str | None = Field(default=None, validation_alias="PREFECT_API_URL")
 
     _split_specs = field_validator("hooks_allowed_specs", mode="before")(_comma_separated)
     _check_specs = field_validator("hooks_allowed_specs", mode="after")(check_spec_kinds)

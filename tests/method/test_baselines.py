@@ -16,8 +16,8 @@ from PIL import Image
 from scipy import stats
 
 from xich.method.baselines import BASELINES, baseline_agreement, cluster_baselines, kendall_tau, order_differences
-from xich.models import build_model, load_weights
-from xich.runtime import PreparedModel
+from xich.engine.models import build_model, load_weights
+from xich.engine.runtime import PreparedModel
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 WEIGHTS = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"

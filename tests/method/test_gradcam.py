@@ -10,7 +10,7 @@ from xich.method.dominance import mosaic_dominance, quadrant_relevance
 from xich.method.embedding import features_and_logits, gap
 from xich.method.gradcam import gap_linear_cam, reference_cams, scale_cams
 from xich.method.mosaic import assemble_mosaics, plan_mosaics
-from xich.models import build_model
+from xich.engine.models import build_model
 
 
 def test_scale_cams_matches_the_library_scaling():
@@ -71,7 +71,7 @@ def _real_or_random_resnet20() -> tuple[torch.nn.Module, torch.Tensor]:
     """The public ResNet-20 and 12 CIFAR-10 cat JPEGs (normalised) when ../shared/data is here, else random ones."""
     from test_baselines import TEST_TAR, WEIGHTS, cifar_test_images
 
-    from xich.models import load_weights
+    from xich.engine.models import load_weights
 
     torch.manual_seed(0)
     model = build_model("cifar:resnet20", 10)
@@ -97,7 +97,7 @@ def test_each_method_equals_pytorch_grad_cam(real_mosaics, method):
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from xich.runtime import PreparedModel
+    from xich.engine.runtime import PreparedModel
 
     model, mosaics, plan = real_mosaics
     prepared = PreparedModel(model, model_spec="cifar:resnet20", num_classes=10, tile_size=32, method=method)

@@ -9,7 +9,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from xich.audit import rank_clusters
+from xich.engine.audit import rank_clusters
 from xich.method.dominance import dominance_matrix, mosaic_dominance, quadrant_relevance
 from xich.method.hierarchy import hierarchy_scores
 from xich.method.mosaic import MosaicPlan, plan_mosaics

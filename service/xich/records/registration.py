@@ -10,30 +10,33 @@ import logging
 from dataclasses import fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Protocol
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from .boundary import check_name, check_spec, escape
-from .config import AuditConfig, check_config
-from .db import make_engine, session_for
-from .errors import XichError
+from ..boundary import check_name, check_spec, escape
+from ..engine.config import AuditConfig, check_config
+from ..errors import XichError
 from .locks import named_lock
 from . import persist
-from .migrate import upgrade
 from .preflight import absolute_uri, preflight
 from .persist import file_sha256, register_version, request_run, version_metadata
 
 log = logging.getLogger(__name__)
 DEFAULT_SPECS = ("cifar:", "torchvision:")  # XICH_HOOKS_ALLOWED_SPECS' default
 
-# The deployment that audits a registered version (`flow name/deployment name` of prefect.yaml); the environment's
-# XICH_AUDIT_DEPLOYMENT overrides it. Here rather than in flows/audit.py, which imports torch: `xich register
-# --audit` starts it from the service image, which has none.
-AUDIT_DEPLOYMENT = "audit-model-version/audit"
-
 # the settings an audit request may give: AuditConfig's fields but the model and data (given apart), and the clustering
 REQUEST_SETTINGS = tuple(sorted({f.name for f in fields(AuditConfig)} - {"model", "data", "weights", "data_uri", "weights_uri"}
                                 | {"clustering"}))
+
+
+class Records(Protocol):
+    """Where registrations are recorded: an engine made (and the database migrated) when first used
+    (``run.context.Context``), so a refused registration touches no database."""
+
+    @property
+    def engine(self) -> Engine: ...
 
 
 def audit_config(*, model_spec: str, dataset_uri: str, weights_uri: str | None, settings: dict,
@@ -66,11 +69,12 @@ def audit_config(*, model_spec: str, dataset_uri: str, weights_uri: str | None, 
     return config, clustering
 
 
-def register(*, database_url: str, model: str, version: str, model_spec: str, weights_uri: str | None,
+def register(*, records: Records, model: str, version: str, model_spec: str, weights_uri: str | None,
              dataset_uri: str, settings: dict, registry_metadata: dict | None = None,
              registered_at: datetime | None = None, local_weights: str | None = None,
              allowed_specs: list[str] | tuple[str, ...] = DEFAULT_SPECS, hash_weights: bool = True) -> dict:
-    """Record a model version and the audit it asks for; returns the parameters of ``audit_model_version``.
+    """Record a model version and the audit it asks for in ``records``' results database; returns the parameters
+    of ``audit_model_version``.
 
     ``local_weights``: a local copy of ``weights_uri``, hashed so that the version is tied to its weights
     (``hash_weights=False``, the hooks receiver: not hashed here; the worker that audits the version hashes them).
@@ -89,26 +93,22 @@ def register(*, database_url: str, model: str, version: str, model_spec: str, we
     if weights_path and not Path(weights_path).is_file():
         raise XichError(f"--weights {weights_uri}: no such file")
     preflight(model_spec=model_spec, weights=weights_path, dataset_uri=dataset_uri, settings=settings)
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    try:
-        with Session(engine) as session, named_lock(engine, "xich:register"):
-            register_version(session=session, name=model, version=version, spec=model_spec, weights_uri=weights_uri,
-                             weights_sha256=file_sha256(weights_path) if weights_path and hash_weights else None,
-                             dataset_uri=dataset_uri, settings=settings, registry_metadata=registry_metadata,
-                             registered_at=registered_at or registry_time(registry_metadata))
-    finally:
-        engine.dispose()
+    engine = records.engine
+    with Session(engine) as session, named_lock(engine, "xich:register"):
+        register_version(session=session, name=model, version=version, spec=model_spec, weights_uri=weights_uri,
+                         weights_sha256=file_sha256(weights_path) if weights_path and hash_weights else None,
+                         dataset_uri=dataset_uri, settings=settings, registry_metadata=registry_metadata,
+                         registered_at=registered_at or registry_time(registry_metadata))
     return {"model": model, "version": version, "model_spec": model_spec, "weights_uri": weights_uri,
             "dataset_uri": dataset_uri, "settings": settings}
 
 
-def unaudited(*, database_url: str, model: str | None = None,
+def unaudited(*, engine: Engine, model: str | None = None,
               allowed_specs: list[str] | tuple[str, ...] = DEFAULT_SPECS) -> list[dict]:
     """The parameters of ``audit_model_version`` for every registered audit without a complete run whose recorded
     request passes the checks of :func:`register` again (see :func:`request_plan`); the others are logged."""
     admitted = []
-    for item in request_plan(database_url=database_url, model=model, allowed_specs=allowed_specs):
+    for item in request_plan(engine=engine, model=model, allowed_specs=allowed_specs):
         request = item["parameters"]
         if item["action"] == "refused":
             log.warning("audit request %s %s left out: %s", escape(request["model"]), escape(request["version"]),
@@ -125,15 +125,14 @@ def admit_recorded(parameters: dict, allowed_specs: list[str] | tuple[str, ...])
                  weights_uri=parameters["weights_uri"], settings=parameters["settings"])
 
 
-def request_plan(*, database_url: str, model: str | None = None,
+def request_plan(*, engine: Engine, model: str | None = None,
                  allowed_specs: list[str] | tuple[str, ...] = DEFAULT_SPECS, stale_s: float = 600.0) -> list[dict]:
     """Every registered audit without a complete run, with what the nightly flow does with it (``persist.request_plan``).
 
     Each request to start is checked again (:func:`admit_recorded`) before anything is imported for it: the table
     is outside input too. One that fails gets the action ``refused`` and the reason. ``stale_s``: XICH_RUN_STALE_S.
     """
-    upgrade(database_url)
-    with session_for(database_url) as session:
+    with Session(engine) as session:
         plan = persist.request_plan(session=session, model_name=model, stale_after=timedelta(seconds=stale_s))
     for item in plan:
         if item["action"] != "start":
@@ -145,37 +144,29 @@ def request_plan(*, database_url: str, model: str | None = None,
     return plan
 
 
-def record_request_failure(*, database_url: str, parameters: dict, error: str) -> dict | None:
+def record_request_failure(*, engine: Engine, parameters: dict, error: str) -> dict | None:
     """Record a failed audit on its registered request (``persist.record_request_failure``); returns its failures
     in a row and next try, or None when the audit was not registered."""
-    with session_for(database_url) as session:
+    with Session(engine) as session:
         request = persist.record_request_failure(session=session, model_name=parameters["model"],
                                                  version=parameters["version"], dataset_uri=parameters["dataset_uri"],
                                                  settings=parameters["settings"], error=error)
         return None if request is None else {"failures": request.failures, "next_try_at": request.next_try_at}
 
 
-def audit_status(*, database_url: str, model: str, version: str, dataset_uri: str, settings: dict
+def audit_status(*, engine: Engine, model: str, version: str, dataset_uri: str, settings: dict
                  ) -> tuple[str, str] | None:
     """(run id, status) of the run serving a registered audit request; None while no run serves it."""
-    engine = make_engine(database_url)
-    try:
-        with Session(engine) as session:
-            run = request_run(session=session, model_name=model, version=version, dataset_uri=dataset_uri,
-                              settings=settings)
-            return (run.id, run.status) if run is not None else None
-    finally:
-        engine.dispose()
+    with Session(engine) as session:
+        run = request_run(session=session, model_name=model, version=version, dataset_uri=dataset_uri,
+                          settings=settings)
+        return (run.id, run.status) if run is not None else None
 
 
-def recorded_registry_metadata(*, database_url: str, model: str, version: str) -> dict | None:
+def recorded_registry_metadata(*, engine: Engine, model: str, version: str) -> dict | None:
     """The registry metadata recorded with a model version (None: no such version)."""
-    engine = make_engine(database_url)
-    try:
-        with Session(engine) as session:
-            return version_metadata(session=session, model_name=model, version=version)
-    finally:
-        engine.dispose()
+    with Session(engine) as session:
+        return version_metadata(session=session, model_name=model, version=version)
 
 
 def registry_time(metadata: dict | None) -> datetime | None:

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from .device import resolve_device
-from .errors import XichError
-from .method.embedding import gap, layer_output
-from .method.cam_methods import FAST_METHODS
-from .method.gradcam import gap_linear_cam, reference_cams, scale_cams
+from ..errors import XichError
+from ..method.embedding import gap, layer_output
+from ..method.cam_methods import FAST_METHODS
+from ..method.gradcam import gap_linear_cam, reference_cams, scale_cams
 from .config import parse_normalize
 from .models import find_target_layer, gap_linear_head, map_transform, probe_logits
 

@@ -20,9 +20,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .boundary import parse_json
-from .errors import XichError
-from .registration import REQUEST_SETTINGS, audit_config
+from ..boundary import parse_json
+from ..errors import XichError
+from ..records.registration import REQUEST_SETTINGS, audit_config
 
 FIELDS = ("spec", "dataset", "labels", "settings", "weights_file")
 TAGS = {f"xich.{name}": name for name in FIELDS}

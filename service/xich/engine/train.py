@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .config import parse_normalize
 from .datasets import open_dataset
 from .device import resolve_device
-from .errors import XichError
+from ..errors import XichError
 from .models import build_model
 
 
@@ -170,7 +170,7 @@ def train(config: TrainConfig, on_epoch: Callable[[int, float, float], None] | N
         history.append({"epoch": epoch + 1, "loss": mean_loss, "eval_accuracy": acc})
         if on_epoch:
             on_epoch(epoch + 1, mean_loss, acc)
-    from .atomic import write_atomically
+    from ..atomic import write_atomically
 
     state = model.eval().state_dict()
     write_atomically(config.out, lambda f: torch.save(state, f), what=f"--out {config.out}")

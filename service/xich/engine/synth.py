@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import XichError
+from ..errors import XichError
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond", "bar")
 # a look's hatching orientation, and the perpendicular one its background is hatched with

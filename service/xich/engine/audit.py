@@ -23,18 +23,18 @@ import torch
 from torch import nn
 
 from .datasets import Dataset, ImageStream, Split, open_dataset
-from .errors import XichError
+from ..errors import XichError
 from .labels import LabelList, model_indices, resolve_labels
-from .method.baselines import baseline_agreement, cluster_baselines, kendall_tau
-from .method.clustering import Clustering, assign_clusters, cluster_embeddings, clustering_from_labels
-from .method.distribution import score_share_spearman, training_distribution, training_share_se
-from .method.dominance import dominance_matrix, mosaic_dominance, quadrant_relevance
-from .method.hierarchy import hierarchy, hierarchy_scores
-from .method.mosaic import MosaicPlan, assemble_mosaics, image_sets, plan_mosaics
-from .method.per_image import class_softmax, dominance_correlations
-from .method.significance import confidence_intervals, p_value_matrices, set_means, significant_pairs
+from ..method.baselines import baseline_agreement, cluster_baselines, kendall_tau
+from ..method.clustering import Clustering, assign_clusters, cluster_embeddings, clustering_from_labels
+from ..method.distribution import score_share_spearman, training_distribution, training_share_se
+from ..method.dominance import dominance_matrix, mosaic_dominance, quadrant_relevance
+from ..method.hierarchy import hierarchy, hierarchy_scores
+from ..method.mosaic import MosaicPlan, assemble_mosaics, image_sets, plan_mosaics
+from ..method.per_image import class_softmax, dominance_correlations
+from ..method.significance import confidence_intervals, p_value_matrices, set_means, significant_pairs
 from .models import build_model, fixed_input_size, head_name, load_weights, read_checkpoint
-from .result import AuditResult, ClassResult, ClusterResult, Explainer, MosaicResult, summarize
+from ..result import AuditResult, ClassResult, ClusterResult, Explainer, MosaicResult, summarize
 from .config import AuditConfig, check_config, parse_normalize
 from .runtime import PreparedModel
 

@@ -1,7 +1,9 @@
-"""The order of stages and sinks of a recorded audit, shared by the CLI and the Prefect flows.
+"""The recorded-run sequence, the one every entry point (CLI, flows, demo, tests) uses.
 
-``open_recorded_run`` opens the audit and begins (or finds) its run in the results database; the caller
-then computes and stores the pending classes, one at a time, and finishes the run. A rerun of the same
+``with open_recorded_run(ctx, config, ...) as rec:`` opens the audit and begins (or finds) its run in the
+context's results database; inside, the caller computes and stores the pending classes, one at a time, and
+finishes the run; an error marks the run failed, and the run's session is always closed. ``recorded_audit``
+is that sequence without anything between. A rerun of the same
 (model version, dataset, settings, clustering) finds the stored run: complete → nothing is recomputed;
 failed or killed → only the classes not yet stored are audited. Persistence (``persist.py``) only
 reads and writes rows; it never runs an audit.
@@ -22,18 +24,20 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from .audit import ClassImages, OpenedAudit, assemble_result, audit_class, open_audit, per_image_result
-from .config import AuditConfig, check_config
-from .datasets import content_fingerprint
-from .db import AuditRun, Clustering, Model, ModelVersion, RunClass, make_engine
-from .errors import XichError
-from .locks import heartbeat, named_lock
-from .migrate import upgrade
-from .persist import (attach_request, beat_class, begin_run, class_is_stale, fail_run, file_sha256, finish_run,
-                      frozen_membership, get_or_create_dataset, get_or_create_model_version, load_audit, load_classes, own_clustering,
+from .context import Context
+
+from ..engine.audit import ClassImages, OpenedAudit, assemble_result, audit_class, open_audit, per_image_result
+from ..engine.config import AuditConfig, check_config
+from ..engine.datasets import content_fingerprint
+from ..records.db import AuditRun, Clustering, Model, ModelVersion, RunClass
+from ..errors import XichError
+from ..records.locks import heartbeat, named_lock
+from ..records.persist import (attach_request, beat_class, begin_run, class_is_stale, fail_run, file_sha256,
+                               finish_run, frozen_membership, get_or_create_dataset, get_or_create_model_version,
+                               load_audit, load_classes, own_clustering,
                       promote_first_reference, reference_clustering, stored_classes, store_class, store_per_image)
-from .registration import registry_time
-from .result import AuditResult, ClassResult
+from ..records.registration import registry_time
+from ..result import AuditResult, ClassResult
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,8 @@ class RecordedRun:
     """An opened audit and its run in the results database, between begin and finish.
 
     Other processes may work on the same run at once: each class is computed by whichever process
-    claims its lock first (``claim``), and the others skip it or wait for it.
+    claims its lock first (``claim``), and the others skip it or wait for it. Used in ``with``: an error
+    inside marks the run failed (:meth:`fail`), and the session is closed in any case.
     """
 
     opened: OpenedAudit
@@ -193,7 +198,16 @@ class RecordedRun:
 
     def close(self) -> None:
         self.session.close()
-        self.engine.dispose()
+
+    def __enter__(self) -> RecordedRun:
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        try:
+            if exc is not None:
+                self.fail(exc)
+        finally:
+            self.close()
 
     def _join_per_image(self) -> None:
         """Per-image results (Fig. 3) join the run they extend: computed for stored classes that lack them."""
@@ -205,27 +219,27 @@ class RecordedRun:
                                     per_image=per_image_result(self.opened, images))
 
 
-def open_recorded_run(config: AuditConfig, *, database_url: str, model_name: str | None = None,
+def open_recorded_run(ctx: Context, config: AuditConfig, *, model_name: str | None = None,
                       model_version: str | None = None, registry_metadata: dict | None = None,
                       registered_at: datetime | None = None, clustering: str = "auto",
-                      cache_dir: str | Path | None = None, request: dict | None = None,
-                      stale_s: float = 600.0) -> RecordedRun:
-    """Open ``config``'s audit and begin (or find) its run in ``database_url``; the caller must ``close()`` it.
+                      request: dict | None = None) -> RecordedRun:
+    """Open ``config``'s audit and begin (or find) its run in the context's results database (migrated when the
+    context opened, before the first forward pass); use it in ``with``.
 
     ``clustering``: ``own`` (cluster this run), ``reference:<model-version>`` (that version's frozen
     clustering), or ``auto`` (the model's newest frozen clustering on this dataset, else own).
     ``registered_at``: the registry's creation time of the version (else read from ``registry_metadata``'s
     ``created_at`` / ``creation_timestamp``, else the time it is first recorded).
     ``request``: the registered audit request this run serves (``{"dataset_uri", "settings"}``, see
-    ``persist.register_version``); the run is linked to it. ``stale_s``: XICH_RUN_STALE_S (see ``RecordedRun.claim``).
+    ``persist.register_version``); the run is linked to it. Classes are claimed with the context's
+    XICH_RUN_STALE_S (``RecordedRun.claim``).
     """
     check_config(config)
     weights_sha = file_sha256(config.weights) if config.weights and Path(config.weights).is_file() else None
     if config.weights and weights_sha is None:
         raise XichError(f"--weights {config.weights}: no such file")
-    upgrade(database_url)  # the database is checked (and migrated) before the first forward pass
-    engine = make_engine(database_url)
-    session = Session(engine, expire_on_commit=False)
+    engine, cache_dir = ctx.engine, ctx.settings.cache_dir  # (migrated on first use) before the first forward pass
+    session = ctx.session(expire_on_commit=False)
     try:
         opened = open_audit(config)
         t0 = time.perf_counter()
@@ -252,7 +266,7 @@ def open_recorded_run(config: AuditConfig, *, database_url: str, model_name: str
         notes = [_clustering_note(clustering, frozen, session.get(Model, mv.model_id).name)]
         membership = frozen_membership(session=session, clustering=frozen) if frozen else None
         rec = RecordedRun(opened, engine, session, run, membership, notes, stored_classes(session=session, run=run),
-                          fingerprint_s, clustering=clustering, stale_s=stale_s)
+                          fingerprint_s, clustering=clustering, stale_s=ctx.settings.run_stale_s)
         if rec.own_classes:
             rec.own_clustering_id = own_clustering(session=session, run=run, clusters=config.clusters).id
             notes.append(f"clustering: class(es) {', '.join(rec.own_classes)} are not in the reference clustering "
@@ -260,28 +274,19 @@ def open_recorded_run(config: AuditConfig, *, database_url: str, model_name: str
         return rec
     except BaseException:
         session.close()
-        engine.dispose()
         raise
 
 
-def recorded_audit(config: AuditConfig, **options) -> AuditResult:
-    """Run (or finish, or just read back) the audit of ``config``, stored in the results database.
+def recorded_audit(ctx: Context, config: AuditConfig, **options) -> AuditResult:
+    """Run (or finish, or just read back) the audit of ``config``, stored in the context's results database.
 
     ``options``: those of ``open_recorded_run``. A failure marks the run ``failed`` with the error.
     """
-    rec = open_recorded_run(config, **options)
-    try:
-        try:
-            if not rec.complete:
-                for _ in rec.audit_pending():
-                    pass
-            return rec.finish()
-        except BaseException as exc:
-            rec.fail(exc)
-            raise
-    finally:
-        rec.close()
-
+    with open_recorded_run(ctx, config, **options) as rec:
+        if not rec.complete:
+            for _ in rec.audit_pending():
+                pass
+        return rec.finish()
 
 
 def _clustering_note(requested: str, frozen: Clustering | None, model_name: str) -> str:
@@ -292,38 +297,6 @@ def _clustering_note(requested: str, frozen: Clustering | None, model_name: str)
         return (f"clustering: own — no reference clustering of model {model_name!r} on this dataset with this P; "
                 f"once complete, this run's clustering becomes the reference later versions are audited on")
     return "clustering: own (--clustering own): not a reference for later versions"
-
-
-def publish_run(result: AuditResult, *, store_url: str, report_dir: str | Path | None = None, **store_options) -> list[str]:
-    """Put the audit document (and the report's files) in the object store under ``runs/<run id>/``."""
-    from .store import open_store
-
-    store = open_store(store_url, **store_options)
-    prefix = f"runs/{result.run_id}"
-    store.put_bytes(f"{prefix}/audit.json", result.to_json().encode())
-    keys = [f"{prefix}/audit.json"]
-    if report_dir is not None:
-        for path in sorted(p for p in Path(report_dir).rglob("*") if p.is_file()):
-            keys.append(f"{prefix}/report/{path.relative_to(report_dir).as_posix()}")
-            store.put_file(keys[-1], path)
-    return keys
-
-
-def publish_with_report(result: AuditResult, opened: OpenedAudit, *, store_url: str, model: str | None = None,
-                        version: str | None = None, **store_options) -> str:
-    """Write the report (mosaics rendered again from the stored manifests) and publish it with the audit
-    document under ``runs/<run id>/``; returns the report page's URI in the store."""
-    import tempfile
-
-    from .audit import explain_stored
-    from .report import collect_examples, write_report
-    from .store import open_store
-
-    with tempfile.TemporaryDirectory(prefix="xich-report-") as tmp:
-        examples = {cls.name: collect_examples(cls, explain) for cls, explain in explain_stored(opened, result.classes)}
-        write_report(result, tmp, examples, model=model, version=version)
-        publish_run(result, store_url=store_url, report_dir=tmp, **store_options)
-    return open_store(store_url, **store_options).uri(f"runs/{result.run_id}/report/index.html")
 
 
 def _frozen(session: Session, clustering: str, mv: ModelVersion, ds, eval_split: str, clusters: int
@@ -344,3 +317,43 @@ def _frozen(session: Session, clustering: str, mv: ModelVersion, ds, eval_split:
         raise XichError(f"--clustering {clustering}: model {model_name!r} has no reference clustering from version "
                         f"{version!r} on this dataset; make one with `xich clustering use --run RUN`")
     return found
+
+
+def audit_registered(ctx: Context, parameters: dict) -> dict:
+    """Audit a registered version in this process (``xich register --audit`` without a Prefect server): the
+    sequence of the ``audit-model-version`` flow without Prefect — recorded request checked again, sources
+    fetched, classes computed and stored, run finished, report published, registry tags written back.
+
+    ``parameters``: those :func:`~xich.records.registration.register` returns. Returns the run id and report URI;
+    a failure is recorded on the request (it backs off before the nightly flow tries again) and raised.
+    """
+    from ..records.mlflow_registry import write_back
+    from ..records.registration import (admit_recorded, audit_config, record_request_failure,
+                                        recorded_registry_metadata)
+    from .publish import publish_with_report
+
+    model, version = parameters["model"], parameters["version"]
+    try:
+        admit_recorded(parameters, ctx.settings.hooks_allowed_specs)
+        config, clustering = audit_config(
+            model_spec=parameters["model_spec"], dataset_uri=parameters["dataset_uri"],
+            weights_uri=parameters["weights_uri"], settings=parameters["settings"],
+            data=ctx.local_path(parameters["dataset_uri"]),
+            weights=ctx.local_path(parameters["weights_uri"], model=model, version=version))
+        with open_recorded_run(ctx, config, model_name=model, model_version=version, clustering=clustering,
+                               request={"dataset_uri": parameters["dataset_uri"],
+                                        "settings": parameters["settings"]}) as rec:
+            if not rec.complete:
+                for _ in rec.audit_pending():
+                    pass
+            result = rec.finish()
+            report = publish_with_report(ctx, result, rec.opened, model=model, version=version)
+    except Exception as exc:
+        record_request_failure(engine=ctx.engine, parameters=parameters, error=f"{type(exc).__name__}: {exc}")
+        raise
+    try:
+        write_back(registry_metadata=recorded_registry_metadata(engine=ctx.engine, model=model, version=version),
+                   model=model, version=version, result=result, report_uri=report, settings=ctx.settings)
+    except Exception as exc:  # the audit is complete and published: a registry that is down does not undo that
+        log.warning("audit of %s %s complete, but its tags were not written to the registry: %s", model, version, exc)
+    return {"run_id": result.run_id, "report": report}

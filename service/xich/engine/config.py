@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import XichError
-from .method.cam_methods import CAM_METHODS, FAST_METHODS
+from ..errors import XichError
+from ..method.cam_methods import CAM_METHODS, FAST_METHODS
 
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),

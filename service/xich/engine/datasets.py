@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .atomic import write_atomically
-from .errors import XichError
+from ..atomic import write_atomically
+from ..errors import XichError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Split:
     @cached_property
     def max_side_factor(self) -> int:
         """XICH_IMAGE_MAX_SIDE_FACTOR: :meth:`load` skips images wider or taller than this many tile sides."""
-        from .settings import get_settings
+        from ..settings import get_settings
 
         return get_settings().image_max_side_factor
 

@@ -37,7 +37,6 @@ import base64
 import hashlib
 import hmac
 import logging
-import os
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -52,15 +51,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .boundary import Outside, check_name, check_sources, check_spec, escape, parse_json
-from .db import make_engine
-from .deliveries import claim_delivery, forget_delivery, received_delivery, settle_delivery
-from .errors import Unavailable, XichError
-from .hook_mapping import NotMapped, read_mapping, resolve, tag_overrides
-from .migrate import upgrade
-from .mlflow_registry import resolve_weights, version_facts, without_credentials
-from .registration import AUDIT_DEPLOYMENT, REQUEST_SETTINGS, audit_status, register, registry_time
-from .settings import HookSettings, get_hook_settings
+from ..boundary import Outside, check_name, check_sources, check_spec, escape, parse_json
+from ..records.deliveries import claim_delivery, forget_delivery, received_delivery, settle_delivery
+from ..errors import Unavailable, XichError
+from .mapping import NotMapped, read_mapping, resolve, tag_overrides
+from ..records.mlflow_registry import resolve_weights, version_facts, without_credentials
+from ..records.registration import REQUEST_SETTINGS, audit_status, register, registry_time
+from ..run.context import Context, open_context
+from ..settings import HookSettings
 
 log = logging.getLogger(__name__)
 
@@ -135,38 +133,28 @@ class Answer:
     flow_run_id: str | None = None
 
 
-def start_audit_deployment(parameters: dict) -> str:
-    """Create a flow run of the audit deployment (XICH_AUDIT_DEPLOYMENT) without waiting for it (``timeout=0``);
-    its id. Any failure raises: no PREFECT_API_URL (there is no server to start it on), a server that does not
-    answer, no such deployment.
-    """
-    if not os.environ.get("PREFECT_API_URL"):
-        raise XichError("PREFECT_API_URL is not set, so there is no Prefect server to start it on")
-    from prefect.deployments import run_deployment
-
-    deployment = os.environ.get("XICH_AUDIT_DEPLOYMENT", AUDIT_DEPLOYMENT)
-    run = run_deployment(deployment, parameters=parameters, timeout=0,
-                         flow_run_name=f"{parameters['model']}-{parameters['version']}")
-    return str(run.id)
-
-
 class HookReceiver:
-    """The hooks' state (settings, mapping, database engine) and their handlers."""
+    """The hooks' state (the context: settings, database engine, deployer; the mapping) and their handlers.
 
-    def __init__(self, settings: HookSettings, *, start_audit: Callable[[dict], str] | None = None):
+    Every delivery uses the context's one engine; the database was migrated when the context opened, at start.
+    """
+
+    def __init__(self, ctx: Context):
+        settings = ctx.settings
+        if not isinstance(settings, HookSettings):
+            raise TypeError("the receiver's context needs HookSettings (settings.get_hook_settings)")
         if settings.hooks_secret is None and settings.hooks_generic_secret is None:
             raise XichError("XICH_HOOKS_SECRET and XICH_HOOKS_GENERIC_SECRET are both unset: the receiver would "
                             "refuse every delivery; set the secret of the MLflow webhook, of the generic hook, or both")
-        self.settings = settings
+        self.ctx, self.settings = ctx, settings
+        self.engine = ctx.engine  # made, and the database migrated, now: never per delivery
         self.mapping = read_mapping(settings.hooks_config) if settings.hooks_config else {}
         self.mapping_source = f"the mapping file {settings.hooks_config}" if settings.hooks_config else \
             "the mapping (XICH_HOOKS_CONFIG is not set)"
-        self.start_audit = start_audit or start_audit_deployment
-        upgrade(settings.database_url)
-        self.engine = make_engine(settings.database_url)
+        self.start_audit = ctx.start_audit
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.ctx.close()
 
     # --- HTTP --------------------------------------------------------------------------------------
 
@@ -305,13 +293,13 @@ class HookReceiver:
         weights_uri, local = (resolve_weights(a.source, weights_file=target.weights_file, settings=self.settings,
                                               allowed_sources=self.settings.hooks_allowed_sources)
                               if a.source else (None, None))
-        parameters = register(database_url=self.settings.database_url, model=a.model, version=a.version,
+        parameters = register(records=self.ctx, model=a.model, version=a.version,
                               model_spec=target.spec, weights_uri=weights_uri, dataset_uri=target.dataset,
                               settings=target.settings, registry_metadata=a.metadata, registered_at=a.registered_at,
                               local_weights=str(local) if local else None,
                               allowed_specs=self.settings.hooks_allowed_specs,
                               hash_weights=False)  # a multi-GB checkpoint would outlast the sender's timeout
-        served = audit_status(database_url=self.settings.database_url, model=a.model, version=a.version,
+        served = audit_status(engine=self.engine, model=a.model, version=a.version,
                               dataset_uri=parameters["dataset_uri"], settings=target.settings)  # as recorded (absolute)
         if served is not None and served[1] in ("complete", "running"):
             return Answer(200, "audited", f"{a.model} {a.version} was recorded before and its audit is {served[1]} "
@@ -473,14 +461,20 @@ def _or_none(value: object) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= 255 and value.isprintable() else None
 
 
-def create_app(settings: HookSettings | None = None, *, start_audit: Callable[[dict], str] | None = None) -> Starlette:
-    """The receiver as an ASGI app. XichError when no hook has a secret or the mapping file is bad; the results
-    database is migrated here, so a database that cannot be reached stops it before it listens.
+def create_app(settings: HookSettings, *, start_audit: Callable[[dict], str] | None = None) -> Starlette:
+    """The receiver as an ASGI app, on a context of its own. XichError when no hook has a secret or the mapping file
+    is bad; the results database is migrated here (once), so a database that cannot be reached stops it before it
+    listens.
 
     ``start_audit(parameters) -> flow run id``: how an audit is started (default: the audit deployment,
-    XICH_AUDIT_DEPLOYMENT, through Prefect at PREFECT_API_URL).
+    XICH_AUDIT_DEPLOYMENT, through Prefect at PREFECT_API_URL; see ``run.deploy``).
     """
-    receiver = HookReceiver(settings or get_hook_settings(), start_audit=start_audit)
+    ctx = open_context(settings, start_audit=start_audit)
+    try:
+        receiver = HookReceiver(ctx)
+    except BaseException:
+        ctx.close()
+        raise
 
     @asynccontextmanager
     async def lifespan(app: Starlette):

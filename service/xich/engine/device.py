@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import XichError
+from ..errors import XichError
 
 
 def resolve_device(name: str | None) -> torch.device:

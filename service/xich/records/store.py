@@ -32,8 +32,8 @@ import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
 
-from .atomic import write_atomically
-from .errors import Unavailable, XichError
+from ..atomic import write_atomically
+from ..errors import Unavailable, XichError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import XichError
+from ..errors import XichError
 
 CIFAR_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9}
 # trunk + head that is not GAP → linear: ResNet-20's layer3 map (64 × 8 × 8 at 32 px) flattened

@@ -17,8 +17,8 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
-from .boundary import MLFLOW_SCHEMES
-from .errors import XichError
+from ..boundary import MLFLOW_SCHEMES
+from ..errors import XichError
 
 # depth → BasicBlocks per stage of the CIFAR ResNets (models.CIFAR_DEPTHS, which imports torch)
 CIFAR_BLOCKS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9}

@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .atomic import write_atomically
-from .boundary import WALK_MAX_FILES, check_source, walk_files
-from .errors import Unavailable, XichError
+from ..atomic import write_atomically
+from ..boundary import WALK_MAX_FILES, check_source, walk_files
+from ..errors import Unavailable, XichError
 from .registration import recorded_registry_metadata
-from .result import AuditResult, least_dominant_share
-from .settings import Settings
+from ..result import AuditResult, least_dominant_share
+from ..settings import Settings
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".ckpt")
@@ -149,12 +149,12 @@ def resolve_weights(source: str, *, weights_file: str | None, settings: Settings
     return source, local
 
 
-def tracking_uri_for(*, model: str | None, version: str | None, settings: Settings) -> str | None:
+def tracking_uri_for(*, model: str | None, version: str | None, settings: Settings, engine) -> str | None:
     """The MLflow server of a registered version: XICH_MLFLOW_TRACKING_URI, else the one recorded with the version
     when the hook registered it (so workers need no MLflow setting of their own)."""
     if settings.mlflow_tracking_uri or model is None or version is None:
         return settings.mlflow_tracking_uri
-    metadata = recorded_registry_metadata(database_url=settings.database_url, model=model, version=version)
+    metadata = recorded_registry_metadata(engine=engine, model=model, version=version)
     return (metadata or {}).get("tracking_uri")
 
 

@@ -23,17 +23,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sqlalchemy import Engine, text  # noqa: E402
+from sqlalchemy import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from .errors import XichError  # noqa: E402
+from ..errors import XichError  # noqa: E402
+from ..records.history import dominance_history, read_view  # noqa: E402
 from .report import file_slug, save_figure, write_page  # noqa: E402
 
-HISTORY_SQL = """
-SELECT model_version, version_created_at, run_id, run_finished_at, settings_key, clustering_key, dataset_uri,
-       class_name, cluster_key, score, rank, train_share, eval_size
-FROM dominance_history WHERE model_name = :model
-"""
+HISTORY_COLUMNS = ("model_version", "version_created_at", "run_id", "run_finished_at", "settings_key", "clustering_key",
+                   "dataset_uri", "class_name", "cluster_key", "score", "rank", "train_share", "eval_size")
 DRIFT_SQL = """
 SELECT class_name, from_version, to_version, from_run_id, to_run_id, settings_key, clustering_key,
        clusters_compared, spearman_rank_correlation, clusters_lost_rank
@@ -68,10 +66,10 @@ def write_history_report(*, session_or_engine: Session | Engine, model_name: str
     (linked from each section). Raises :class:`XichError` when the model has no complete audit (of that class).
     """
     params = {"model": model_name}
-    history = _read(session_or_engine, HISTORY_SQL, params)
-    drift = _read(session_or_engine, DRIFT_SQL, params)
+    history = dominance_history(session_or_engine, model_name=model_name, columns=HISTORY_COLUMNS)
+    drift = read_view(session_or_engine, DRIFT_SQL, params)
     evidence = {(r.run_id, r.class_name): (int(r.pairs), int(r.without_evidence or 0))
-                for r in _read(session_or_engine, EVIDENCE_SQL, params)}
+                for r in read_view(session_or_engine, EVIDENCE_SQL, params)}
     if class_name is not None:
         history = [r for r in history if r.class_name == class_name]
         drift = [r for r in drift if r.class_name == class_name]
@@ -102,13 +100,6 @@ def write_history_report(*, session_or_engine: Session | Engine, model_name: str
             parts += _section_html(section, number, out, report_uri)
         parts.append("</details>")
     return write_page(out_dir=out, title=f"XICH history of {model_name}", body="\n".join(parts))
-
-
-def _read(session_or_engine: Session | Engine, sql: str, params: dict) -> list:
-    if isinstance(session_or_engine, Engine):
-        with session_or_engine.connect() as conn:
-            return conn.execute(text(sql), params).all()
-    return session_or_engine.execute(text(sql), params).all()
 
 
 def _sections(history: list, drift: list, evidence: dict) -> list[_Section]:

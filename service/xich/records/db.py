@@ -312,8 +312,8 @@ def make_engine(url: str) -> Engine:
 
 @contextmanager
 def session_for(url: str) -> Iterator[Session]:
-    """A session on an engine of its own for ``url``, disposed afterwards: for one-off reads and writes
-    (a command, a flow task, the demo) that hold no engine of their own."""
+    """A session on an engine of its own for ``url``, disposed afterwards: for tests and tools that read a database
+    apart from any context (the service's own code uses ``run.context.Context.session``)."""
     engine = make_engine(url)
     try:
         with Session(engine) as session:

@@ -18,8 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .method.baselines import order_differences  # noqa: E402
-from .result import AuditResult, ClassResult, Explainer  # noqa: E402
+from ..method.baselines import order_differences  # noqa: E402
+from ..result import AuditResult, ClassResult, Explainer  # noqa: E402
 
 
 @dataclass
@@ -383,7 +383,7 @@ def _number(x: float | None) -> str:
 def save_figure(fig, path: str | Path, *, tight: bool = False) -> None:
     """A PNG of ``fig`` written atomically (``atomic.write_atomically``: never through a planted link), then closed.
     ``tight``: the saved area grows to hold what lies outside the axes (a legend placed beside them)."""
-    from .atomic import write_atomically
+    from ..atomic import write_atomically
 
     extra = {"bbox_inches": "tight"} if tight else {}
     try:
@@ -396,7 +396,7 @@ def write_page(*, out_dir: str | Path, title: str, body: str) -> Path:
     """Write ``out_dir/index.html`` atomically around ``body`` (HTML); every ``img.figure`` in it is
     counted by the page's load marker (``data-figures-loaded="decoded/total"`` on ``body``).
     Returns the page's path."""
-    from .atomic import write_atomically
+    from ..atomic import write_atomically
 
     page = Path(out_dir) / "index.html"
     return write_atomically(page, _PAGE.replace("{title}", html.escape(title)).replace("{body}", body), what=str(page))

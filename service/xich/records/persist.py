@@ -18,9 +18,8 @@ from sqlalchemy.orm import Session
 
 from .db import (AuditRequest, AuditRun, ClassHeartbeat, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
                  PerImageScore, RunClass, RunCluster, RunRankShare, utcnow)
-from .errors import XichError
-from .method.baselines import BASELINES
-from .result import AuditResult, ClassResult, ClusterResult, MosaicResult, summarize
+from ..errors import XichError
+from ..result import AuditResult, ClassResult, ClusterResult, MosaicResult, summarize
 
 
 def file_sha256(path: str | Path) -> str:
@@ -346,7 +345,7 @@ def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult, worker: s
                   excluded_mosaics=cls.excluded_mosaics, spearman_score_train_share=cls.spearman_score_train_share,
                   notes=list(cls.notes), worker=worker, control=cls.control,
                   control_tau=cls.control["tau"] if cls.control else None,
-                  **{f"tau_{b}": (cls.agreement or {}).get(b) for b in BASELINES})
+                  **{f"tau_{b}": (cls.agreement or {}).get(b) for b in _baseline_names()})
     session.add(rc)
     session.flush()
     clustering = session.get(Clustering, clustering_id)
@@ -362,7 +361,7 @@ def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult, worker: s
         session.add(RunCluster(run_id=run.id, class_index=cls.index, cluster_index=c.id, cluster_id=cluster.id,
                                eval_size=c.eval_size, train_count=c.train_count, train_share=c.train_share,
                                train_share_se=c.train_share_se,
-                               score=c.score, rank=c.rank, **{b: (c.baselines or {}).get(b) for b in BASELINES},
+                               score=c.score, rank=c.rank, **{b: (c.baselines or {}).get(b) for b in _baseline_names()},
                                control_score=cls.control["scores"][c.id] if cls.control else None))
     P = len(cls.clusters)
     counts = {}
@@ -550,14 +549,14 @@ def load_classes(*, session: Session, run_id: str) -> list[ClassResult]:
             hierarchy=[c.id for c in sorted((c for c in clusters if c.rank is not None), key=lambda c: c.rank)],
             spearman_score_train_share=rc.spearman_score_train_share, excluded_mosaics=rc.excluded_mosaics,
             mosaics=mosaics, notes=list(rc.notes), per_image=per_image,
-            agreement={b: getattr(rc, f"tau_{b}") for b in BASELINES} if any(c.baselines for c in clusters) else None,
+            agreement={b: getattr(rc, f"tau_{b}") for b in _baseline_names()} if any(c.baselines for c in clusters) else None,
             control=dict(rc.control) if rc.control is not None else None))
     return out
 
 
 def _baselines(row: RunCluster) -> dict[str, float | None] | None:
     """A stored cluster's baselines; None for a run stored before they were computed (every one NULL)."""
-    values = {b: getattr(row, b) for b in BASELINES}
+    values = {b: getattr(row, b) for b in _baseline_names()}
     return values if any(v is not None for v in values.values()) else None
 
 
@@ -575,3 +574,9 @@ def load_audit(*, session: Session, run_id: str) -> AuditResult:
         config=dict(run.resolved_config or {}), classes=classes, summary=summarize(classes))
 
 
+def _baseline_names() -> tuple[str, ...]:
+    """``method.baselines.BASELINES``, imported when rows are written or read (it loads numpy and scipy, which
+    registration, using this module, does not need)."""
+    from ..method.baselines import BASELINES
+
+    return BASELINES

@@ -1,0 +1,1 @@
+"""The reports: one audit's HTML page and a model's dominance history."""

@@ -1,0 +1,1 @@
+"""Running an audit: the recorded-run sequence every entry point calls."""

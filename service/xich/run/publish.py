@@ -1,0 +1,46 @@
+"""Publishing an audit: its document, its report's files, under ``runs/<run id>/`` of the context's results store.
+
+One step for every entry point: the CLI publishes the report it wrote (``--report``), a flow renders the report
+first (mosaics rendered again from the stored manifests, never recomputed). The Prefect artifacts are the flow's.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ..engine.audit import OpenedAudit, explain_stored
+from ..result import AuditResult
+from .context import Context
+
+
+def publish_run(ctx: Context, result: AuditResult, *, report_dir: str | Path | None = None) -> list[str]:
+    """Put the audit document (and the files of ``report_dir``) in the results store; returns their keys."""
+    prefix = f"runs/{result.run_id}"
+    ctx.store.put_bytes(f"{prefix}/audit.json", result.to_json().encode())
+    keys = [f"{prefix}/audit.json"]
+    if report_dir is not None:
+        for path in sorted(p for p in Path(report_dir).rglob("*") if p.is_file()):
+            keys.append(f"{prefix}/report/{path.relative_to(report_dir).as_posix()}")
+            ctx.store.put_file(keys[-1], path)
+    return keys
+
+
+def report_uri(ctx: Context, run_id: str) -> str:
+    """The URI of run ``run_id``'s published report page (an S3 store is not contacted for it)."""
+    key = f"runs/{run_id}/report/index.html"
+    url = ctx.settings.store_url
+    return f"{url.rstrip('/')}/{key}" if url.startswith("s3://") else ctx.store.uri(key)
+
+
+def publish_with_report(ctx: Context, result: AuditResult, opened: OpenedAudit, *, model: str | None = None,
+                        version: str | None = None) -> str:
+    """Write the report (mosaics rendered again from the stored manifests) and publish it with the audit
+    document; returns the report page's URI in the store."""
+    from ..reports.report import collect_examples, write_report
+
+    with tempfile.TemporaryDirectory(prefix="xich-report-") as tmp:
+        examples = {cls.name: collect_examples(cls, explain) for cls, explain in explain_stored(opened, result.classes)}
+        write_report(result, tmp, examples, model=model, version=version)
+        publish_run(ctx, result, report_dir=tmp)
+    return report_uri(ctx, result.run_id)

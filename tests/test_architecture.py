@@ -1,0 +1,82 @@
+"""The import rules of docs/architecture.md: which layer of service/xich/ may import which, read from the source
+(every import statement, also those inside functions), and flows/ imported by no module of xich."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "service" / "xich"
+LAYERS = ("method", "engine", "records", "reports", "run", "hooks")
+EDGES = ("xich.cli", "xich.demo")  # entry points: may import every layer
+# layer -> the layers it may import (docs/architecture.md); "core": errors, settings, atomic, boundary, result
+ALLOWED = {
+    "method": {"method"},
+    "core": {"core", "method"},
+    "engine": {"core", "method", "engine"},
+    "records": {"core", "method", "engine", "records"},
+    "reports": {"core", "method", "records", "reports"},
+    "run": {"core", "method", "engine", "records", "reports", "run"},
+    "hooks": {"core", "records", "run", "hooks"},
+}
+# (importer, imported): each with its reason
+EXCEPTIONS = {("xich.boundary", "xich.engine.labels")}  # the built-in label set names, which are not paths to check
+THIRD_PARTY_NOT_IN_METHOD = ("sqlalchemy", "prefect", "starlette", "minio", "alembic", "mlflow", "matplotlib")
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    if module in EDGES:
+        return "edge"
+    return parts[1] if len(parts) > 2 and parts[1] in LAYERS else "core"
+
+
+def imports(path: Path, module: str) -> list[str]:
+    """Every module ``path`` imports (absolute names), wherever the statement is."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module
+            found += [target] if node.module else [f"{target}.{alias.name}" for alias in node.names]
+    return found
+
+
+def modules() -> list[tuple[Path, str]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        out.append((path, name))
+    return out
+
+
+@pytest.mark.parametrize("path,module", modules(), ids=lambda v: v if isinstance(v, str) else "")
+def test_each_layer_imports_only_what_the_architecture_allows(path, module):
+    own = layer(module)
+    for target in imports(path, module):
+        assert not target.startswith("flows"), f"{module} imports {target}: flows/ imports xich, never the reverse"
+        if own == "method":
+            assert not target.startswith(THIRD_PARTY_NOT_IN_METHOD), f"{module} (the paper) imports {target}"
+        if not target.startswith("xich.") or own == "edge" or (module, target) in EXCEPTIONS:
+            continue
+        assert layer(target) != "edge", f"{module} imports the entry point {target}"
+        assert layer(target) in ALLOWED[own], (f"{module} ({own}) imports {target} ({layer(target)}); "
+                                               f"{own} may import {sorted(ALLOWED[own])} (docs/architecture.md)")
+
+
+def test_the_rules_see_a_violation(tmp_path):
+    """The reader finds relative imports inside functions (what a violation would look like)."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from ..run.context import open_context\n    import flows.audit\n")
+    found = imports(bad, "xich.records.bad")
+    assert found == ["xich.run.context", "flows.audit"]
+    assert layer(found[0]) not in ALLOWED["records"]

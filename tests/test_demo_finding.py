@@ -41,7 +41,7 @@ def assert_demo_finding(summary: dict) -> None:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> tuple[Path, str]:
-    """`run_demo(seed=0)` in its own process (it starts Prefect's ephemeral server), as `make demo` runs it."""
+    """`run_demo(seed=0)` in its own process, as `make demo` runs it."""
     out = tmp_path_factory.mktemp("demo")
     script = "import sys; from xich.demo import run_demo; run_demo(sys.argv[1], seed=0, say=print)"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "XICH_"))}

@@ -134,7 +134,13 @@ def test_env_example_names_every_variable_compose_reads():
 # `xich db upgrade` (migrate) reads only the database URL, and fields with these prefixes are the hooks' alone.
 OWNED = {"hooks_": "hooks", "mlflow_": "hooks"}
 ONLY = {"migrate": {"database_url"}}
-NOT_SETTINGS = {"XICH_AUDIT_DEPLOYMENT"}  # flows/audit.py reads it from the environment itself
+NOT_SETTINGS: set[str] = set()  # XICH_ variables compose sets that are not Settings fields
+
+
+def _env_name(field: str) -> str:
+    """The variable a Settings field is read from: its alias (PREFECT_API_URL), else XICH_<FIELD>."""
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else f"{Settings.model_config['env_prefix']}{field.upper()}"
 
 
 def _needed(service: str, fields: set[str]) -> set[str]:
@@ -153,9 +159,9 @@ def test_compose_sets_every_setting_each_service_reads(tmp_path, variant):
     assert xich_services == {"migrate", "worker", "hooks", "xich"}
     for name in sorted(xich_services):
         env = services[name].get("environment") or {}
-        missing = {f for f in _needed(name, fields) if f"{prefix}{f.upper()}" not in env}
+        missing = {f for f in _needed(name, fields) if _env_name(f) not in env}
         assert not missing, f"{name}: XICH_ settings not set: {sorted(missing)}"
-        known = {f"{prefix}{f.upper()}" for f in fields} | NOT_SETTINGS
+        known = {_env_name(f) for f in fields} | NOT_SETTINGS
         if name == "hooks":  # the hooks' own settings, read by xich.hooks (settings.py gains them with it)
             known |= {k for k in env if k.startswith(f"{prefix}HOOKS_")}
         assert not {k for k in env if k.startswith(prefix)} - known, f"{name}: unknown XICH_ variables"

@@ -22,6 +22,8 @@ from xich.records.locks import heartbeat
 from xich.records.persist import beat_class, class_is_stale, request_plan
 from xich.run.pipeline import open_recorded_run
 
+from builders import context_for
+
 
 def test_a_heartbeat_beats_until_its_block_ends():
     beats, third = [], threading.Event()
@@ -43,7 +45,7 @@ def test_the_plan_starts_a_running_run_again_once_its_newest_beat_is_stale(datab
     config = AuditConfig(model="cifar:resnet20", data=str(synth_data), clusters=3, mosaics_per_pair=2, device="cpu",
                          control=False)
     request = {"dataset_uri": str(synth_data), "settings": {"clusters": 3}}
-    rec = open_recorded_run(config, database_url=database_url, model_name="shapes", model_version="v1",
+    rec = open_recorded_run(context_for(database_url), config, model_name="shapes", model_version="v1",
                             request=request)
     try:
         rec.run.status, rec.run.started_at = "running", utcnow() - timedelta(hours=1)
@@ -75,16 +77,16 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_a_frozen_workers_class_is_taken_over_after_the_stale_time(postgres_url, synth_data, tmp_path):
+def test_a_frozen_workers_class_is_taken_over_after_the_stale_time(results_db, synth_data, tmp_path):
     """Worker A is frozen (SIGSTOP: its database connection, and so its class lock, stays open, as for a host that
     vanished) while it computes a class. Worker B audits the same run: it computes the other classes, waits for
     A's, and once A's heartbeat is XICH_RUN_STALE_S (10 s) old terminates A's session and computes the class."""
     argv = [sys.executable, "-m", "xich.cli", "audit", "--model", "cifar:resnet20", "--data", str(synth_data),
             "--clusters", "3", "--mosaics-per-pair", "40", "--device", "cpu", "--model-name", "shapes",
             "--model-version", "v1", "--no-control"]
-    env = {**os.environ, "XICH_DATABASE_URL": postgres_url, "XICH_STORE_URL": str(tmp_path / "store"),
+    env = {**os.environ, "XICH_DATABASE_URL": results_db, "XICH_STORE_URL": str(tmp_path / "store"),
            "XICH_RUN_STALE_S": "10", "OMP_NUM_THREADS": "1"}
-    engine = make_engine(postgres_url)
+    engine = make_engine(results_db)
 
     def claimed_unstored():
         with Session(engine) as s:

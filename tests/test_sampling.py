@@ -80,13 +80,12 @@ def test_a_sampled_audit_places_n_images_with_standard_errors_and_a_settings_key
 
 
 def test_the_standard_errors_are_stored_and_read_back(grey, database_url, one_torch_thread):
+    from builders import context_for
     from xich.run.pipeline import recorded_audit
-    from xich.records.db import make_engine
-    from sqlalchemy.orm import Session
 
-    result = recorded_audit(_config(grey, train_per_class=8), database_url=database_url, model_name="grey",
-                            model_version="v1")
-    with Session(make_engine(database_url)) as session:
+    ctx = context_for(database_url)
+    result = recorded_audit(ctx, _config(grey, train_per_class=8), model_name="grey", model_version="v1")
+    with ctx.session() as session:
         back = load_audit(session=session, run_id=result.run_id)
     assert [c.train_share_se for c in back.classes[0].clusters] == [c.train_share_se for c in result.classes[0].clusters]
     assert any(c.train_share_se for c in back.classes[0].clusters)

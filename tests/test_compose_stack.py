@@ -110,8 +110,8 @@ class Stack:
         return [line.split("\t") for line in out.splitlines() if line]
 
 
-@pytest.fixture(scope="session")  # not module: pytest-xdist may run the docker group's other tests in between, and
-def stack(docker_engine, tmp_path_factory):  # the pool and MinIO tests read what test_the_whole_stack left running
+@pytest.fixture(scope="module")
+def stack(docker_engine, tmp_path_factory):
     containers.build_project_images(docker_engine)
     containers.build_standins(docker_engine)
     work = tmp_path_factory.mktemp("compose-stack")

@@ -233,7 +233,8 @@ def test_the_docker_pool_runs_one_worker_container_per_flow_run(stack, docker_en
     deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
     gpu = deployments["audit-gpu"]["work_pool"]["job_variables"]
     job_variables = {**gpu, "container_create_kwargs": {},  # no NVIDIA runtime on this engine: no GPU request
-                     "networks": [f"{stack.project}_default"], "env": {**gpu["env"], **worker_env}}
+                     "networks": [f"{stack.project}_default"],
+                     "env": {**worker_env, **gpu["env"]}}  # the deployment's own XICH_AUDIT_DEPLOYMENT wins
     stack("run", "--rm", "worker", "prefect", "--no-prompt", "deploy", "--name", "audit-gpu",
           "--job-variable", json.dumps(job_variables))
 

@@ -144,16 +144,6 @@ def pytest_itemcollected(item):
         item.add_marker(pytest.mark.docker)
 
 
-def pytest_sessionfinish(session):
-    if hasattr(session.config, "workeroutput"):  # an xdist worker: its container lines go to the controller
-        session.config.workeroutput["containers_report"] = list(containers.REPORT)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error):
-    containers.REPORT.extend(getattr(node, "workeroutput", {}).get("containers_report", []))
-
-
 def pytest_terminal_summary(terminalreporter):
     """What the container tests measured (image sizes, build times), whether or not they passed."""
     if containers.REPORT:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from xich.engine.audit import open_audit, run_audit, sample_training
 from xich.engine.config import AuditConfig, check_config
@@ -13,23 +12,15 @@ from xich.errors import XichError
 from xich.method.distribution import training_share_se
 from xich.records.persist import load_audit
 
+from toy_nets import brightness_config, write_grey_tiles
+
 EVAL_LEVELS = [20, 30, 110, 120, 220, 230]  # dark, middle, bright pairs
 TRAIN_LEVELS = [10 + 12 * k for k in range(20)]  # 10 … 238: spread over the three clusters
 
 
 @pytest.fixture(scope="module")
 def grey(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grey")
-    for split, levels in (("test", EVAL_LEVELS), ("train", TRAIN_LEVELS)):
-        (root / split / "tile").mkdir(parents=True)
-        for k, level in enumerate(levels):
-            Image.fromarray(np.full((32, 32, 3), level, dtype=np.uint8)).save(root / split / "tile" / f"{k:02d}.png")
-    return root
-
-
-def _config(root, **kw) -> AuditConfig:
-    return AuditConfig(model="python:toy_nets:brightness", data=str(root), clusters=3, mosaics_per_pair=4,
-                       normalize="none", device="cpu", control=False, **kw)
+    return write_grey_tiles(tmp_path_factory.mktemp("grey"), {"test": EVAL_LEVELS, "train": TRAIN_LEVELS})
 
 
 def test_the_standard_error_by_hand():
@@ -67,16 +58,16 @@ def test_a_bad_train_per_class_is_refused_naming_the_flag(bad):
 
 
 def test_a_sampled_audit_places_n_images_with_standard_errors_and_a_settings_key_of_its_own(grey, one_torch_thread):
-    whole = run_audit(_config(grey)).classes[0]
-    sampled = run_audit(_config(grey, train_per_class=8)).classes[0]
+    whole = run_audit(brightness_config(grey)).classes[0]
+    sampled = run_audit(brightness_config(grey, train_per_class=8)).classes[0]
     assert sum(c.train_count for c in whole.clusters) == 20 and all(c.train_share_se == 0 for c in whole.clusters)
     assert sum(c.train_count for c in sampled.clusters) == 8
     for c in sampled.clusters:
         p = c.train_count / 8
         assert c.train_share_se == pytest.approx(np.sqrt((1 - 8 / 20) * p * (1 - p) / 7))
     assert any("a sample of 8 of 20 training images" in n for n in sampled.notes)
-    assert "train_per_class" not in open_audit(_config(grey)).settings()  # the keys of earlier runs are unchanged
-    assert open_audit(_config(grey, train_per_class=8)).settings()["train_per_class"] == 8
+    assert "train_per_class" not in open_audit(brightness_config(grey)).settings()  # the keys of earlier runs are unchanged
+    assert open_audit(brightness_config(grey, train_per_class=8)).settings()["train_per_class"] == 8
 
 
 def test_the_standard_errors_are_stored_and_read_back(grey, database_url, one_torch_thread):
@@ -84,7 +75,7 @@ def test_the_standard_errors_are_stored_and_read_back(grey, database_url, one_to
     from xich.run.pipeline import recorded_audit
 
     ctx = context_for(database_url)
-    result = recorded_audit(ctx, _config(grey, train_per_class=8), model_name="grey", model_version="v1")
+    result = recorded_audit(ctx, brightness_config(grey, train_per_class=8), model_name="grey", model_version="v1")
     with ctx.session() as session:
         back = load_audit(session=session, run_id=result.run_id)
     assert [c.train_share_se for c in back.classes[0].clusters] == [c.train_share_se for c in result.classes[0].clusters]

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from xich.engine.audit import audit_class, open_audit
-from xich.engine.config import AuditConfig
 from xich.engine.datasets import ImageStream, open_dataset
 from xich.errors import XichError
+
+from toy_nets import brightness_config, write_grey_tiles
 
 EVAL_LEVELS = [20, 30, 110, 120, 220, 230]  # dark, middle, bright pairs: k-means with P = 3 separates them
 # nearest cluster centre (25, 115, 225) by hand: 3 dark, 3 middle, 4 bright
@@ -23,17 +23,7 @@ TRAIN_LEVELS = [10, 25, 40, 100, 115, 130, 200, 215, 240, 250]
 
 @pytest.fixture(scope="module")
 def grey(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grey")
-    for split, levels in (("test", EVAL_LEVELS), ("train", TRAIN_LEVELS)):
-        (root / split / "tile").mkdir(parents=True)
-        for k, level in enumerate(levels):
-            Image.fromarray(np.full((32, 32, 3), level, dtype=np.uint8)).save(root / split / "tile" / f"{k:02d}.png")
-    return root
-
-
-def _config(root, **kw) -> AuditConfig:
-    return AuditConfig(model="python:toy_nets:brightness", data=str(root), clusters=3, mosaics_per_pair=4,
-                       normalize="none", device="cpu", control=False, **kw)
+    return write_grey_tiles(tmp_path_factory.mktemp("grey"), {"test": EVAL_LEVELS, "train": TRAIN_LEVELS})
 
 
 def test_a_stream_yields_every_image_in_order_in_chunks_of_at_most_chunk(grey):
@@ -62,7 +52,7 @@ def test_a_stream_leaves_out_images_over_the_size_cap_and_refuses_when_none_is_l
 
 
 def test_the_streamed_training_placement_is_the_hand_counted_one_and_that_of_the_whole_split(grey, one_torch_thread):
-    opened = open_audit(_config(grey, batch_size=3))  # 10 training images: 4 chunks
+    opened = open_audit(brightness_config(grey, batch_size=3))  # 10 training images: 4 chunks
     images = opened.load("tile")
     assert isinstance(images.train_images, ImageStream) and images.train_images.chunk == 3
     streamed = audit_class(opened, images)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
+
+from xich.engine.config import AuditConfig
 
 
 class Brightness(nn.Module):
@@ -29,3 +35,19 @@ class Brightness(nn.Module):
 
 def brightness(num_classes: int = 1) -> Brightness:
     return Brightness(num_classes)
+
+
+def write_grey_tiles(root: Path, levels: dict[str, list[int]]) -> Path:
+    """A dataset of one class ``tile``: per split, 32×32 images of one grey level each (``levels[split]``), named
+    00.png, 01.png, … in that order; returns ``root``."""
+    for split, split_levels in levels.items():
+        (root / split / "tile").mkdir(parents=True)
+        for k, level in enumerate(split_levels):
+            Image.fromarray(np.full((32, 32, 3), level, dtype=np.uint8)).save(root / split / "tile" / f"{k:02d}.png")
+    return root
+
+
+def brightness_config(root: Path, **options) -> AuditConfig:
+    """An audit of ``root`` by the brightness net: P = 3, J = 4, raw pixels, no control; ``options`` on top."""
+    return AuditConfig(model="python:toy_nets:brightness", data=str(root), clusters=3, mosaics_per_pair=4,
+                       normalize="none", device="cpu", control=False, **options)

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import stats
 
-from xich.method.significance import (confidence_intervals, holm, p_value_matrices, pair_confidence_interval,
-                                      pair_p_value, set_means)
+from xich.method.significance import (SPREAD_EPS, confidence_intervals, holm, p_value_matrices,
+                                      pair_confidence_interval, pair_p_value, set_means)
 
 
 def test_holm_hand_computed():
@@ -35,6 +35,11 @@ def test_pair_p_value_degenerate_cases_are_one_never_zero():
     assert pair_p_value(np.array([0.9])) == 1.0
     assert pair_p_value(np.array([0.5, 0.5, 0.5])) == 1.0
     assert pair_p_value(np.array([0.7, 0.7])) == 1.0  # no spread is no evidence, not an infinite t
+    # nor is a spread of rounding: 0.1 + 0.2 is 0.3 + 5.6e-17, and the t-test would answer p ~ 1e-30
+    rounded = np.array([0.3, 0.1 + 0.2, 0.3])
+    assert 0 < np.ptp(rounded) < 1e-15 and stats.ttest_1samp(rounded, 0.5).pvalue < 1e-20
+    assert pair_p_value(rounded) == 1.0
+    assert np.isnan(pair_confidence_interval(rounded, 0.3)).all()
 
 
 def test_pseudo_replicated_mosaics_give_no_significance():
@@ -68,7 +73,7 @@ def test_confidence_interval_contains_d_and_mirrors(values):
     D = np.array([[0.5, values.mean()], [1 - values.mean(), 0.5]])
     lo, hi = confidence_intervals({(0, 1): values}, D)
     if np.isnan(lo[0, 1]):
-        assert np.ptp(values) == 0
+        assert np.ptp(values) <= SPREAD_EPS
         return
     assert 0 <= lo[0, 1] <= D[0, 1] + 1e-12 and D[0, 1] - 1e-12 <= hi[0, 1] <= 1
     assert lo[1, 0] == pytest.approx(1 - hi[0, 1]) and hi[1, 0] == pytest.approx(1 - lo[0, 1])

@@ -29,15 +29,20 @@ def set_means(d: np.ndarray, sets: np.ndarray) -> np.ndarray:
     return np.array([d[keep & (sets == k)].mean() for k in ids])
 
 
+SPREAD_EPS = 1e-12  # spread of per-set d values below this is rounding, not evidence
+
+
 def pair_p_value(values: np.ndarray) -> float:
     """Two-sided p-value of a one-sample t-test of a pair's per-set d against 0.5.
 
     ``values`` holds one value per distinct image set (:func:`set_means`); NaN entries are dropped.
-    Fewer than two sets, or values with no spread, give no evidence for a difference: 1.0 (never 0).
+    Fewer than two sets, or values with no spread, give no evidence for a difference: 1.0 (never 0). "No spread"
+    allows for rounding: d lies in [0, 1], so values within ``SPREAD_EPS`` of each other count as equal (the same
+    image set computed as d one way and 1 − d the other differs by ~1e-17, which would otherwise give p ≈ 1e-38).
     """
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
-    if v.size < 2 or np.ptp(v) == 0:
+    if v.size < 2 or np.ptp(v) <= SPREAD_EPS:
         return 1.0
     p = float(stats.ttest_1samp(v, 0.5).pvalue)
     return 1.0 if np.isnan(p) else p
@@ -51,7 +56,7 @@ def pair_confidence_interval(values: np.ndarray, center: float, level: float = 0
     """
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
-    if v.size < 2 or np.ptp(v) == 0 or np.isnan(center):
+    if v.size < 2 or np.ptp(v) <= SPREAD_EPS or np.isnan(center):
         return float("nan"), float("nan")
     half = float(stats.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
     return max(0.0, center - half), min(1.0, center + half)

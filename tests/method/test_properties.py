@@ -45,8 +45,8 @@ def class_plans(draw):
     labels = np.repeat(np.arange(P), sizes)
     plan = plan_mosaics(labels, P, J, np.random.default_rng(draw(st.integers(0, 2**16))))
     # d on a grid of 1/64: 1 - d is then exact, so renumbering (d -> 1 - d) changes no bit of the evidence. (With
-    # arbitrary floats a pair whose image sets all give one d has spread 0 one way and ~1e-17 the other, and
-    # significance.pair_p_value answers 1.0 one way and ~1e-38 the other.)
+    # arbitrary floats a pair whose image sets all give one d has spread 0 one way and ~1e-17 the other;
+    # significance.SPREAD_EPS makes both "no spread", but the other p-values would still differ in the last bits.)
     grid = st.integers(0, 64).map(lambda k: k / 64)
     d = np.array(draw(st.lists(st.one_of(grid, st.just(np.nan)), min_size=len(plan), max_size=len(plan))))
     return plan, d, P

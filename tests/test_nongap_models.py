@@ -179,3 +179,20 @@ def test_fullgrad_on_a_token_layer_is_one_clear_error():
     with pytest.raises(XichError, match="--method fullgrad does not run on the token layer"):
         PreparedModel(build_model("cifar:vit", 10), model_spec="cifar:vit", num_classes=10, tile_size=32,
                       mosaic_size=32, device="cpu", method="fullgrad")
+
+
+@pytest.mark.parametrize("spec", ["cifar:resnet20-flat", "cifar:vit"])
+def test_a_method_the_library_cannot_run_is_one_clear_error_before_the_embedding(cifar_subset, spec, capfd):
+    """ShapleyCAM fails inside pytorch-grad-cam where the target layer's gradient is a view (a Flatten head, a
+    ViT's tokens): the audit stops at open_audit, naming --method and --model, and nothing is printed."""
+    from xich.errors import XichError
+
+    config = AuditConfig(model=spec, data=str(cifar_subset), method="shapleycam", clusters=2, mosaics_per_pair=2,
+                         mosaic_size=32, device="cpu", control=False)
+    with pytest.raises(XichError, match=rf"--method shapleycam does not run on --model '{spec}'") as info:
+        open_audit(config)
+    assert "use another --method" in str(info.value)
+    assert capfd.readouterr().err == ""
+    torch.manual_seed(0)  # where the library can run it, the probe passes
+    PreparedModel(build_model("cifar:resnet20", 10), model_spec="cifar:resnet20", num_classes=10, tile_size=32,
+                  mosaic_size=64, device="cpu", method="shapleycam")

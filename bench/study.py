@@ -1160,6 +1160,9 @@ def main() -> int:
                          "bench/study_sections.py)")
     ap.add_argument("--nongap-models", help="with --only nongap: these specs only (comma-separated), the others' "
                                             "records in study.json kept")
+    ap.add_argument("--rerender", action="store_true",
+                    help="with --only heldout or methods: rewrite that section of science.md from study.json's "
+                         "records, computing nothing")
     ap.add_argument("--vit-seconds", type=float, default=720, help="wall-time bound for training the study's ViT")
     args = ap.parse_args()
     if args.only == "nongap":

@@ -1160,6 +1160,8 @@ def main() -> int:
                          "bench/study_sections.py)")
     ap.add_argument("--nongap-models", help="with --only nongap: these specs only (comma-separated), the others' "
                                             "records in study.json kept")
+    ap.add_argument("--methods-models", help="with --only methods: these models only (comma-separated, e.g. "
+                                             "resnet20-flat), the others' records in study.json kept")
     ap.add_argument("--rerender", action="store_true",
                     help="with --only heldout or methods: rewrite that section of science.md from study.json's "
                          "records, computing nothing")

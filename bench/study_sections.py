@@ -77,11 +77,19 @@ class MethodsPlan:
 
 
 def open_public(data: Path, model: str, classes: tuple[str, ...], clusters: int, j: int, seed: int,
-                method: str = "gradcam", control: bool = False) -> OpenedAudit:
-    """A public CIFAR ResNet at the package's defaults (native tiles: 64-px mosaics)."""
-    return open_audit(AuditConfig(model=f"cifar:{model}", weights=str(data / "cifar-resnet" / WEIGHTS[model]),
-                                  data=str(data / "cifar10-jpeg"), clusters=clusters, mosaics_per_pair=j, seed=seed,
-                                  classes=classes, device="cpu", method=method, control=control))
+                method: str = "gradcam", control: bool = False, cache: Path | None = None) -> OpenedAudit:
+    """A public CIFAR ResNet at the package's defaults (native tiles: 64-px mosaics), or one of the study's trained
+    models (``resnet20-flat``, ``resnet20-mlp``, ``vit``: from ``cache``, trained there first if absent; their
+    32-px mosaics, the only input size they take)."""
+    if model in WEIGHTS:
+        weights = data / "cifar-resnet" / WEIGHTS[model]
+    else:
+        from study_models import trained_models
+
+        weights = trained_models(data, cache=cache, specs=(f"cifar:{model}",))[f"cifar:{model}"]
+    return open_audit(AuditConfig(model=f"cifar:{model}", weights=str(weights), data=str(data / "cifar10-jpeg"),
+                                  clusters=clusters, mosaics_per_pair=j, seed=seed, classes=classes, device="cpu",
+                                  method=method, control=control))
 
 
 def score_clusters(opened: OpenedAudit, models: dict[str, PreparedModel], tiles, labels: np.ndarray, n: int,
@@ -307,7 +315,7 @@ def run_methods(data: Path, plan: MethodsPlan, clock: Clock, cache: Path) -> dic
         for seed in plan.seeds:
             # one opened audit per method; the first carries the controls (seeded with the audit's seed)
             opened = {m: open_public(data, model, plan.classes, plan.clusters, plan.j, seed, method=m,
-                                     control=(k == 0)) for k, m in enumerate(plan.methods)}
+                                     control=(k == 0), cache=cache) for k, m in enumerate(plan.methods)}
             for name in plan.classes:
                 with clock.section("methods"):
                     rec = {"model": model, **methods_class(opened, images[name], seed, plan)}
@@ -324,35 +332,40 @@ def methods_markdown(res: dict, command: str) -> str:
     plan, recs = res["plan"], res["records"]
     keys = [*plan["methods"], "control", "head control"]
     ref = plan["methods"][0]
+    runs = res.get("runs") or [{"command": command, "models": plan["models"], "total_seconds": res["total_seconds"]}]
     L = [METHODS[0], "", "## 7. Attribution methods and randomized controls", "",
-         f"Command: `{command}` ({res['total_seconds'] / 60:.1f} min on a 2-core machine shared with other work). "
-         f"Models: {', '.join('cifar:' + m for m in plan['models'])} (public weights, 64-px mosaics of native tiles). "
+         "Commands: " + "; ".join(f"`{r['command']}` ({', '.join(r['models'])}: {r['total_seconds'] / 60:.1f} min)"
+                                  for r in runs) + ", on a 2-core machine shared with other work. "
+         f"Models: {', '.join('cifar:' + m for m in plan['models'])} (public ResNets: 64-px mosaics of native tiles; "
+         "the study's trained models of section 5: their 32-px input). "
          f"Classes: {', '.join(plan['classes'])}; seeds {', '.join(map(str, plan['seeds']))} (each seed its own "
          f"K-Means and its own mosaics); P = {plan['clusters']}, J = {plan['j']}; all 1,000 test images per class. "
          "Within a class and seed every method and both controls score the same mosaics of the same clusters. "
          "*Control*: the audit's randomized control, the whole architecture re-initialised (seeded from the audit's "
          "seed). *Head control*: only the final linear head re-initialised (to the control's head), the trained "
          "trunk kept (`engine.audit.head_control_model`; in the study only, not in the audit).", "",
-         f"Per method, means over {len(recs)} class × seed cases: Kendall τ of its cluster scores with each other "
+         "Per model and key, means over its class × seed cases: Kendall τ of its cluster scores with each other "
          "key's, with the clusters' mean class logit, significant pairs per class (Holm p < 0.05, of "
          f"{plan['clusters'] * (plan['clusters'] - 1) // 2}), cases whose least dominant cluster is "
          f"{ref}'s, and seconds per class (scoring only).", "",
-         "| key | " + " | ".join(f"τ with {k}" for k in keys) + " | τ with mean logit | significant pairs "
-         f"| same least dominant as {ref} | s per class |", "|---|" + "---|" * (len(keys) + 4)]
-    for k in keys:
-        rows = [r for r in recs if k in r["keys"]]
-        taus = [_fmt(_mean([_tau(r["keys"][k]["scores"], r["keys"][k2]["scores"]) for r in rows])) if k2 != k else "1"
-                for k2 in keys]
-        L.append(f"| {k} | " + " | ".join(taus)
-                 + f" | **{_fmt(_mean([_tau(r['keys'][k]['scores'], r['mean_logit']) for r in rows]))}**"
-                 f" | {np.mean([len(r['keys'][k]['significant']) for r in rows]):.1f}"
-                 f" | {sum(r['keys'][k]['hierarchy'][-1:] == r['keys'][ref]['hierarchy'][-1:] for r in rows)} of "
-                 f"{len(rows)} | {np.mean([r['seconds'].get(k, np.nan) for r in rows]):.1f} |")
-    L += ["", "Per class and seed: τ with the mean logit of each key, and significant pairs (trained model "
+         "| model | key | " + " | ".join(f"τ with {k}" for k in keys) + " | τ with mean logit | significant pairs "
+         f"| same least dominant as {ref} | s per class |", "|---|---|" + "---|" * (len(keys) + 4)]
+    for model in plan["models"]:
+        for k in keys:
+            rows = [r for r in recs if r["model"] == model]
+            taus = [_fmt(_mean([_tau(r["keys"][k]["scores"], r["keys"][k2]["scores"]) for r in rows]))
+                    if k2 != k else "1" for k2 in keys]
+            L.append(f"| {model} | {k} | " + " | ".join(taus)
+                     + f" | **{_fmt(_mean([_tau(r['keys'][k]['scores'], r['mean_logit']) for r in rows]))}**"
+                     f" | {np.mean([len(r['keys'][k]['significant']) for r in rows]):.1f}"
+                     f" | {sum(r['keys'][k]['hierarchy'][-1:] == r['keys'][ref]['hierarchy'][-1:] for r in rows)} of "
+                     f"{len(rows)} | {np.mean([r['seconds'].get(k, np.nan) for r in rows]):.1f} |")
+    L += ["", "Per model, class and seed: τ with the mean logit of each key, and significant pairs (trained model "
           f"{ref} / control / head control):", "",
-          "| class | seed | " + " | ".join(keys) + " | significant pairs |", "|---|---|" + "---|" * (len(keys) + 1)]
+          "| model | class | seed | " + " | ".join(keys) + " | significant pairs |",
+          "|---|---|---|" + "---|" * (len(keys) + 1)]
     for r in recs:
-        L.append(f"| {r['class']} | {r['seed']} | " + " | ".join(
+        L.append(f"| {r['model']} | {r['class']} | {r['seed']} | " + " | ".join(
             _fmt(_tau(r["keys"][k]["scores"], r["mean_logit"])) for k in keys) + " | " + " / ".join(
             str(len(r["keys"][k]["significant"])) for k in (ref, "control", "head control")) + " |")
     L += ["", methods_findings(plan, recs), "", METHODS[1]]
@@ -362,28 +375,32 @@ def methods_markdown(res: dict, command: str) -> str:
 def methods_findings(plan: dict, recs: list) -> str:
     ref = plan["methods"][0]
     others = plan["methods"][1:]
-    tau_ref = {k: _mean([_tau(r["keys"][k]["scores"], r["keys"][ref]["scores"]) for r in recs]) for k in others}
-    flagged = {k: sum(0 < len(r["keys"][k]["significant"]) >= len(r["keys"][ref]["significant"]) for r in recs)
-               for k in ("control", "head control")}  # as the audit's control_result flags image_statistics
-    return ("**What this section shows** (numbers from this run; a mean over "
-            f"{len(recs)} cases: differences of a few hundredths are ties). Agreement of each method's hierarchy "
-            f"with {ref}'s, mean τ: " + ", ".join(f"{k} {_fmt(v)}" for k, v in tau_ref.items()) + "; with the mean "
-            "logit: " + ", ".join(f"{k} {_fmt(_mean([_tau(r['keys'][k]['scores'], r['mean_logit']) for r in recs]))}"
-                                  for k in plan["methods"]) + ". "
-            "Controls: mean τ with the trained model's hierarchy "
-            + ", ".join(f"{k} {_fmt(_mean([_tau(r['keys'][k]['scores'], r['keys'][ref]['scores']) for r in recs]))}"
-                        for k in ("control", "head control"))
-            + "; significant pairs per class "
-            + ", ".join(f"{k} {np.mean([len(r['keys'][k]['significant']) for r in recs]):.1f}"
-                        for k in (ref, "control", "head control"))
+    parts = []
+    for model in plan["models"]:
+        rows = [r for r in recs if r["model"] == model]
+        tau_ref = {k: _mean([_tau(r["keys"][k]["scores"], r["keys"][ref]["scores"]) for r in rows]) for k in others}
+        flagged = {k: sum(0 < len(r["keys"][k]["significant"]) >= len(r["keys"][ref]["significant"]) for r in rows)
+                   for k in ("control", "head control")}  # as the audit's control_result flags image_statistics
+        parts.append(
+            f"*{model}* ({len(rows)} cases): mean τ with {ref} " + ", ".join(f"{k} {_fmt(v)}" for k, v in tau_ref.items())
+            + "; with the mean logit " + ", ".join(
+                f"{k} {_fmt(_mean([_tau(r['keys'][k]['scores'], r['mean_logit']) for r in rows]))}"
+                for k in plan["methods"])
+            + "; controls' mean τ with the trained model " + ", ".join(
+                f"{k} {_fmt(_mean([_tau(r['keys'][k]['scores'], r['keys'][ref]['scores']) for r in rows]))}"
+                for k in ("control", "head control"))
+            + "; significant pairs per class " + ", ".join(
+                f"{k} {np.mean([len(r['keys'][k]['significant']) for r in rows]):.1f}"
+                for k in (ref, "control", "head control"))
             + "; cases where a control has at least as many significant pairs as the trained model (the audit's "
-            "\"image statistics, not the model\" flag): " + ", ".join(f"{k} {v} of {len(recs)}"
-                                                                   for k, v in flagged.items()) + ". "
+            "\"image statistics, not the model\" flag) " + ", ".join(f"{k} {v} of {len(rows)}" for k, v in flagged.items()))
+    return ("**What this section shows** (numbers from this run; a mean over a handful of cases: differences of a "
+            "few hundredths are ties). " + ". ".join(parts) + ". "
             "Score-CAM is not in this section: it runs the model once per channel of the target layer (64 here), "
             "about 50 times the fast Grad-CAM's time per mosaic (`bench/bench_methods.py`, "
             "[attribution-methods.md](attribution-methods.md)), too slow for this section's budget; section 5 has it "
-            "at 32 px on two classes. Limits: one model (a GAP → linear ResNet), "
-            f"{len(plan['classes'])} classes, {len(plan['seeds'])} seeds, one control seed per audit seed.")
+            f"at 32 px on two classes. Limits: {len(plan['classes'])} classes, {len(plan['seeds'])} seeds, one "
+            "control seed per audit seed.")
 
 
 def section_main(args, data: Path, out: Path, cache: Path, command: str) -> int:
@@ -406,10 +423,21 @@ def section_main(args, data: Path, out: Path, cache: Path, command: str) -> int:
         res, markers, render = run_heldout(data, plan, clock, cache), HELDOUT, heldout_markdown
     else:
         plan = MethodsPlan.quick() if args.quick else MethodsPlan()
+        if args.methods_models:
+            plan = dataclasses.replace(plan, models=tuple(args.methods_models.split(",")))
         res, markers, render = run_methods(data, plan, clock, cache), METHODS, methods_markdown
     res["command"] = command
+    res["runs"] = [{"command": command, "models": list(res["plan"]["models"]), "total_seconds": res["total_seconds"]}]
     (out / "science").mkdir(parents=True, exist_ok=True)
     doc = json.loads(js.read_text()) if js.is_file() else {}
+    old = doc.get(args.only)
+    if args.only == "methods" and args.methods_models and old:  # a run of some models: the others' records kept
+        keep = [m for m in old["plan"]["models"] if m not in plan.models]
+        res["plan"]["models"] = keep + list(plan.models)
+        res["records"] = [r for r in old["records"] if r["model"] in keep] + res["records"]
+        res["runs"] = [r for r in old.get("runs") or [{"command": old["command"], "models": old["plan"]["models"],
+                                                        "total_seconds": old["total_seconds"]}]
+                       if set(r["models"]) & set(keep)] + res["runs"]
     doc[args.only] = res
     js.write_text(json.dumps(doc, indent=1, default=float))
     if not (out / "science.md").is_file():

@@ -152,7 +152,8 @@ def heldout_class(opened: OpenedAudit, im, plan: HeldoutPlan) -> dict:
             if size_b.min() > 0 else None)  # a cluster without held-out images: no held-out hierarchy
     base = {k: cluster_baselines(lg, lab, n, index) for k, (lg, lab) in
             {"a": (logits[a], lab_a), "b": (logits[b], lab_b), "train": (tr_logits, lab_t)}.items()}
-    return {"class": im.name, "hierarchy_a": st_a.order.tolist(), "hierarchy_b": None if st_b is None else st_b.order.tolist(),
+    return {"class": im.name, "hierarchy_a": st_a.order.tolist(),
+            "hierarchy_b": None if st_b is None else st_b.order.tolist(),
             "significant_a": sorted(map(list, _sig(st_a))), "significant_a2": sorted(map(list, _sig(st_a2))),
             "significant_b": None if st_b is None else sorted(map(list, _sig(st_b))),
             "clusters": [{"id": c, "size_a": int((lab_a == c).sum()), "size_b": int(size_b[c]),
@@ -279,7 +280,8 @@ def heldout_findings(plan: dict, st: list) -> str:
             "follows from that alone; what tells memorisation from hard data is the training images' own logit: "
             "ρ(score B, train mean logit) near 0 with a negative ρ(score B, gap) would mean the model fits the "
             "losing clusters' training images as well as the others' but not their new images (memorisation); a "
-            "positive one means those clusters are fitted worse on training images too (hard or rare data). Limits: one split and one K-Means seed per class; the training shares "
+            "positive one means those clusters are fitted worse on training images too (hard or rare data). "
+            "Limits: one split and one K-Means seed per class; the training shares "
             f"from {plan['train_per_class']} training images per class; the models are GAP → linear ResNets, where "
             "the hierarchy is close to the mean-logit order (section 5), so the same questions asked of the mean "
             "logit get much the same answers.")

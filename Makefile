@@ -28,7 +28,7 @@ bench: $(STAMP)
 # The evidence for the defaults (docs/science.md); needs ../shared/data, 26-29 min on 2 cores (one torch thread),
 # then section 5 (models where Grad-CAM is not the CAM; trains three cheap models into ~/.cache/xich-study first),
 # 6 (held-out halves) and 7 (attribution methods and randomized controls), each spliced into the page: measured
-# 14, 17 and 8 min here, plus 6 + 9 + 12 min of training (docs/science.md, sections 5-8).
+# 14, 17 and 8 min here, plus 6 + 9 + 10 min of training (docs/science.md, sections 5-8).
 study: $(STAMP)
 	$(VENV)/bin/python bench/study.py
 	$(VENV)/bin/python bench/study.py --only nongap

@@ -17,7 +17,7 @@ from .device import resolve_device
 from ..errors import XichError
 from ..method.embedding import gap, layer_output
 from ..method.cam_methods import FAST_METHODS, UNPROBED_METHODS
-from ..method.gradcam import silenced, gap_linear_cam, reference_cams, scale_cams
+from ..method.gradcam import gap_linear_cam, reference_cams, scale_cams, silenced
 from .config import parse_normalize
 from .models import find_target_layer, gap_linear_head, map_transform, probe_logits
 
@@ -93,7 +93,7 @@ class PreparedModel:
                 try:
                     reference_cams(self.model, self.layer, probe, [0], self.method, self.to_map)
                 except Exception as exc:  # any failure of the library here means the method cannot run here
-                    failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+                    failure = f"{type(exc).__name__}: {str(exc).split('. ')[0][:160]}"  # its first sentence
                 gc.collect()
         finally:
             sys.unraisablehook = hook

@@ -1086,7 +1086,7 @@ def nongap_findings(res: dict) -> str:
             "on 3 per model; the ViT is weak (its test accuracy above), so where its hierarchy departs from the "
             "mean logit that may be noise of an under-trained model as much as a property of transformers; the "
             "Flatten and MLP heads share the public trunk, and so the clusters, with ResNet-20: the three are paired. "
-            "Held-out halves: section 6 (public ResNets only).")
+            "Held-out halves: section 6.")
 
 
 def splice_section(doc: Path, section: str, markers: tuple[str, str] = (NONGAP_BEGIN, NONGAP_END)) -> None:
@@ -1161,6 +1161,8 @@ def main() -> int:
     ap.add_argument("--nongap-models", help="with --only nongap: these specs only (comma-separated), the others' "
                                             "records in study.json kept")
     ap.add_argument("--methods-models", help="with --only methods: these models only (comma-separated, e.g. "
+                                             "resnet20-flat), the others' records in study.json kept")
+    ap.add_argument("--heldout-models", help="with --only heldout: these models only (comma-separated, e.g. "
                                              "resnet20-flat), the others' records in study.json kept")
     ap.add_argument("--rerender", action="store_true",
                     help="with --only heldout or methods: rewrite that section of science.md from study.json's "

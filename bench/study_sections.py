@@ -190,7 +190,7 @@ def run_heldout(data: Path, plan: HeldoutPlan, clock: Clock, cache: Path) -> dic
     images = cached_images(data, plan.classes, (), plan.train_per_class, plan.seed, clock, cache)
     records = []
     for model in plan.models:
-        opened = open_public(data, model, plan.classes, plan.clusters, plan.j, plan.seed)
+        opened = open_public(data, model, plan.classes, plan.clusters, plan.j, plan.seed, cache=cache)
         for name in plan.classes:
             with clock.section("heldout"):
                 t = time.perf_counter()
@@ -208,10 +208,13 @@ def heldout_markdown(res: dict, command: str) -> str:
     plan, recs = res["plan"], res["records"]
     P = plan["clusters"]
     st = [(r, heldout_stats(r)) for r in recs]
+    runs = res.get("runs") or [{"command": command, "models": plan["models"], "total_seconds": res["total_seconds"]}]
     L = [HELDOUT[0], "", "## 6. Held-out halves: K-Means fitting, rarity in the data, or memorisation?", "",
-         f"Command: `{command}` ({res['total_seconds'] / 60:.1f} min on a 2-core machine shared with other work). "
-         f"Models: {', '.join('cifar:' + m for m in plan['models'])} (public weights, 64-px mosaics of native "
-         f"tiles). Classes: {len(plan['classes'])}; P = {P}, J = {plan['j']}, seed {plan['seed']}; "
+         "Commands: " + "; ".join(f"`{r['command']}` ({', '.join(r['models'])}: {r['total_seconds'] / 60:.1f} min)"
+                                  for r in runs) + ", on a 2-core machine shared with other work. "
+         f"Models: {', '.join('cifar:' + m for m in plan['models'])} (public ResNets: 64-px mosaics of native tiles; "
+         f"the study's trained models of section 5: their 32-px input). Classes: {len(plan['classes'])}; P = {P}, "
+         f"J = {plan['j']}, seed {plan['seed']}; "
          f"{plan['train_per_class']} training images per class. Per class the 1,000 test images are split in two "
          "halves (drawn with the seed): K-Means clusters half A, which is audited; half B and the training images "
          "are placed by nearest centre, as the audit places the training split, and half B is audited on A's "
@@ -282,9 +285,9 @@ def heldout_findings(plan: dict, st: list) -> str:
             "losing clusters' training images as well as the others' but not their new images (memorisation); a "
             "positive one means those clusters are fitted worse on training images too (hard or rare data). "
             "Limits: one split and one K-Means seed per class; the training shares "
-            f"from {plan['train_per_class']} training images per class; the models are GAP → linear ResNets, where "
-            "the hierarchy is close to the mean-logit order (section 5), so the same questions asked of the mean "
-            "logit get much the same answers.")
+            f"from {plan['train_per_class']} training images per class; where the hierarchy is close to the "
+            "mean-logit order (sections 5 and 7), the same questions asked of the mean logit get much the same "
+            "answers.")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -420,20 +423,21 @@ def section_main(args, data: Path, out: Path, cache: Path, command: str) -> int:
         splice_section(out / "science.md", render(res, res["command"]), markers)
         say(clock, f"rewrote section {args.only} of {out / 'science.md'} from {js}")
         return 0
+    some = args.heldout_models if args.only == "heldout" else args.methods_models
     if args.only == "heldout":
         plan = HeldoutPlan.quick() if args.quick else HeldoutPlan()
+        plan = dataclasses.replace(plan, models=tuple(some.split(","))) if some else plan
         res, markers, render = run_heldout(data, plan, clock, cache), HELDOUT, heldout_markdown
     else:
         plan = MethodsPlan.quick() if args.quick else MethodsPlan()
-        if args.methods_models:
-            plan = dataclasses.replace(plan, models=tuple(args.methods_models.split(",")))
+        plan = dataclasses.replace(plan, models=tuple(some.split(","))) if some else plan
         res, markers, render = run_methods(data, plan, clock, cache), METHODS, methods_markdown
     res["command"] = command
     res["runs"] = [{"command": command, "models": list(res["plan"]["models"]), "total_seconds": res["total_seconds"]}]
     (out / "science").mkdir(parents=True, exist_ok=True)
     doc = json.loads(js.read_text()) if js.is_file() else {}
     old = doc.get(args.only)
-    if args.only == "methods" and args.methods_models and old:  # a run of some models: the others' records kept
+    if some and old:  # a run of some models: the others' records kept
         keep = [m for m in old["plan"]["models"] if m not in plan.models]
         res["plan"]["models"] = keep + list(plan.models)
         res["records"] = [r for r in old["records"] if r["model"] in keep] + res["records"]

@@ -853,7 +853,7 @@ class NongapPlan:
     """What the non-GAP section runs: each model at its input size (32 px mosaics), every class with Grad-CAM,
     a few classes with the other attribution methods, and the planted shift of section 4 (vflip)."""
 
-    models: tuple[str, ...] = ("cifar:resnet20", "cifar:resnet20-flat", "cifar:vit")
+    models: tuple[str, ...] = ("cifar:resnet20", "cifar:resnet20-flat", "cifar:resnet20-mlp", "cifar:vit")
     classes: tuple[str, ...] = CLASSES
     j: int = 25
     clusters: int = 5
@@ -907,16 +907,24 @@ def nongap_record(model: str, method: str, r: ClassResult) -> dict:
                           "control_score": r.control["scores"][c.id] if r.control else None} for c in r.clusters]}
 
 
-def run_nongap(data: Path, plan: NongapPlan, weights: dict[str, str], clock: Clock, cache: Path) -> dict:
-    plan_main = Plan(models=("resnet20",), main_classes=plan.classes, train_per_class=plan.train_per_class,
-                     fig3_classes=(), stab=(), shift_classes=plan.shift_classes, seed=plan.seed)
-    decoded = cache / f"decoded-{plan.seed}-{plan.train_per_class}-{'-'.join(plan.classes)}.pt"
-    with clock.section("decode"):  # kept beside the models (outside the repository) for runs of other models
+def cached_images(data: Path, classes: tuple[str, ...], extra: tuple[str, ...], train_per_class: int, seed: int,
+                  clock: Clock, cache: Path) -> dict[str, ClassImages]:
+    """``decode_classes`` of ``classes`` (and ``extra``), kept beside the study's models (outside the repository)
+    for later runs of other sections and models."""
+    plan_main = Plan(models=("resnet20",), main_classes=classes, train_per_class=train_per_class,
+                     fig3_classes=(), stab=(), shift_classes=extra, seed=seed)
+    decoded = cache / f"decoded-{seed}-{train_per_class}-{'-'.join(classes)}.pt"
+    with clock.section("decode"):
         if decoded.is_file():
-            images = {k: ClassImages(**v) for k, v in torch.load(decoded, weights_only=True).items()}
-        else:
-            images = decode_classes(data, plan_main, clock)
-            torch.save({k: dataclasses.asdict(v) for k, v in images.items()}, decoded)
+            return {k: ClassImages(**v) for k, v in torch.load(decoded, weights_only=True).items()}
+        images = decode_classes(data, plan_main, clock)
+        cache.mkdir(parents=True, exist_ok=True)
+        torch.save({k: dataclasses.asdict(v) for k, v in images.items()}, decoded)
+    return images
+
+
+def run_nongap(data: Path, plan: NongapPlan, weights: dict[str, str], clock: Clock, cache: Path) -> dict:
+    images = cached_images(data, plan.classes, plan.shift_classes, plan.train_per_class, plan.seed, clock, cache)
     main, shift = [], []
     for model in plan.models:
         base = AuditConfig(model=model, weights=weights[model], data=str(data / "cifar10-jpeg"),
@@ -978,6 +986,8 @@ def nongap_markdown(res: dict, trained: dict) -> str:
     lines.append("- `cifar:resnet20`: the public ResNet-20 (global-average-pool → linear head), for comparison;")
     for spec, what in (("cifar:resnet20-flat", "the public ResNet-20 trunk, frozen, under a Flatten → Linear head "
                                                "(64·8·8 → 10) fitted on its layer3 maps"),
+                       ("cifar:resnet20-mlp", "the same frozen trunk under Flatten → Linear (→ 128) → ReLU → Linear, "
+                                              "fitted the same way"),
                        ("cifar:vit", "a patch-4 ViT (4 blocks, width 96, torchvision's VisionTransformer) trained from "
                                      "scratch; Grad-CAM on the first LayerNorm of its last block, tokens reshaped to "
                                      "the 8 × 8 grid")):
@@ -1075,16 +1085,17 @@ def nongap_findings(res: dict) -> str:
             "Limits of this section: one seed and one clustering per class; the methods on 2 classes and the shift "
             "on 3 per model; the ViT is weak (its test accuracy above), so where its hierarchy departs from the "
             "mean logit that may be noise of an under-trained model as much as a property of transformers; the "
-            "Flatten head shares the public trunk, and so the clusters, with ResNet-20: the two are paired. "
-            "Held-out halves (clustering on one half, placing the other) were not run.")
+            "Flatten and MLP heads share the public trunk, and so the clusters, with ResNet-20: the three are paired. "
+            "Held-out halves: section 6.")
 
 
-def splice_section(doc: Path, section: str) -> None:
+def splice_section(doc: Path, section: str, markers: tuple[str, str] = (NONGAP_BEGIN, NONGAP_END)) -> None:
     """Put ``section`` (between its markers) into ``doc``, replacing an earlier one, before ``## Limits``."""
     text = doc.read_text()
-    if NONGAP_BEGIN in text:
-        head, rest = text.split(NONGAP_BEGIN, 1)
-        text = head + section + rest.split(NONGAP_END, 1)[1]
+    begin, end = markers
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
     elif "\n## Limits" in text:
         head, rest = text.split("\n## Limits", 1)
         text = head + "\n" + section + "\n\n## Limits" + rest
@@ -1119,6 +1130,8 @@ def nongap_main(args, data: Path) -> int:
         res["main"] = [r for r in old["main"] if r["model"] in keep] + res["main"]
         res["shift"] = [r for r in old["shift"] if r["model"] in keep] + res["shift"]
         runs = [r for r in old.get("runs", []) if set(r["models"]) & set(keep)] + runs
+        trained = {**{k: v for k, v in old.get("trained", {}).items() if k in keep},
+                   **{k: v for k, v in trained.items() if k in plan.models}}
     res["runs"], res["trained"] = runs, trained
     doc["nongap"] = res
     js.write_text(json.dumps(doc, indent=1, default=float))
@@ -1140,16 +1153,34 @@ def main() -> int:
     ap.add_argument("--save-runs", metavar="FILE", help="also pickle the raw results (for --render-from)")
     ap.add_argument("--render-from", metavar="FILE",
                     help="write the page and figures from a --save-runs file, without recomputing anything")
-    ap.add_argument("--only", choices=["nongap"],
+    ap.add_argument("--only", choices=["nongap", "heldout", "methods"],
                     help="run one section and splice it into science.md and study.json (nongap: models where "
-                         "Grad-CAM is not the CAM, trained first by bench/study_models.py if not cached)")
+                         "Grad-CAM is not the CAM, trained first by bench/study_models.py if not cached; heldout: "
+                         "held-out halves; methods: attribution methods and randomized controls; see "
+                         "bench/study_sections.py)")
     ap.add_argument("--nongap-models", help="with --only nongap: these specs only (comma-separated), the others' "
                                             "records in study.json kept")
+    ap.add_argument("--methods-models", help="with --only methods: these models only (comma-separated, e.g. "
+                                             "resnet20-flat), the others' records in study.json kept")
+    ap.add_argument("--heldout-models", help="with --only heldout: these models only (comma-separated, e.g. "
+                                             "resnet20-flat), the others' records in study.json kept")
+    ap.add_argument("--rerender", action="store_true",
+                    help="with --only heldout or methods: rewrite that section of science.md from study.json's "
+                         "records, computing nothing")
     ap.add_argument("--vit-seconds", type=float, default=720, help="wall-time bound for training the study's ViT")
     args = ap.parse_args()
     if args.only == "nongap":
         torch.set_num_threads(args.threads)
         return nongap_main(args, Path(args.data))
+    if args.only in ("heldout", "methods"):
+        torch.set_num_threads(args.threads)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from study_models import CACHE
+        from study_sections import section_main
+
+        out = Path(args.out) if args.out else ROOT / ("out/study-quick" if args.quick else "docs")
+        command = "python bench/study.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        return section_main(args, Path(args.data), out, CACHE / "quick" if args.quick else CACHE, command)
     if args.render_from:
         with open(args.render_from, "rb") as f:
             saved = pickle.load(f)

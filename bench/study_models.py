@@ -1,9 +1,10 @@
 """Cheap real trained models where Grad-CAM is not the class activation map, for the study (bench/study.py).
 
-    .venv/bin/python bench/study_models.py [--vit-seconds 600]
+    .venv/bin/python bench/study_models.py [--vit-seconds 600] [--models cifar:resnet20-flat,cifar:resnet20-mlp]
 
 * ``cifar:resnet20-flat``: the public ResNet-20 trunk (frozen) under a Flatten → Linear head (64·8·8 → 10)
   fitted on its layer3 maps of CIFAR-10 training images;
+* ``cifar:resnet20-mlp``: the same trunk under Flatten → Linear (→ 128) → ReLU → Linear, fitted the same way;
 * ``cifar:vit``: the patch-4 ViT of ``xich.models.CIFAR_VIT`` trained from scratch on CIFAR-10 JPEGs
   (random crop with 4-px padding, horizontal flip) for a bounded wall time.
 
@@ -59,12 +60,13 @@ def _accuracy(model, x, y, normalize, batch: int = 500) -> float:
     return float((pred == y).float().mean())
 
 
-def train_flat(data: Path, arrays, epochs: int = 30, seed: int = 0) -> dict:
-    """ResNet-20 trunk frozen, Flatten → Linear head fitted (Adam, full-batch features, weight decay)."""
+def train_flat(data: Path, arrays, epochs: int = 30, seed: int = 0, spec: str = "cifar:resnet20-flat") -> dict:
+    """ResNet-20 trunk frozen, the Flatten head of ``spec`` (Linear, or Linear → ReLU → Linear) fitted (Adam,
+    full-batch features, weight decay)."""
     x, y, tx, ty, normalize = arrays
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    model = build_model("cifar:resnet20-flat", 10)
+    model = build_model(spec, 10)
     public = build_model("cifar:resnet20", 10)
     load_weights(public, data / "cifar-resnet" / "resnet20-12fca82f.th")
     trunk = {k: v for k, v in public.state_dict().items() if not k.startswith("linear.")}
@@ -78,7 +80,8 @@ def train_flat(data: Path, arrays, epochs: int = 30, seed: int = 0) -> dict:
                 maps.append(model.layer3(model.layer2(model.layer1(out))).flatten(1))
                 labels.append(y[i:i + 500])
     feats, labels = torch.cat(maps), torch.cat(labels)
-    head = model.linear
+    head = model.linear if spec == "cifar:resnet20-flat" else torch.nn.Sequential(model.hidden, torch.nn.ReLU(),
+                                                                                   model.linear)
     opt = torch.optim.Adam(head.parameters(), lr=1e-3, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -121,7 +124,8 @@ def trained_models(data: Path = SHARED, vit_seconds: float = 600, train_per_clas
     """spec → cached checkpoint path, training what is not cached yet (see the module docstring); only
     ``specs`` when given."""
     cache.mkdir(parents=True, exist_ok=True)
-    paths = {"cifar:resnet20-flat": cache / "resnet20-flat.th", "cifar:vit": cache / "vit-p4.th"}
+    paths = {"cifar:resnet20-flat": cache / "resnet20-flat.th", "cifar:resnet20-mlp": cache / "resnet20-mlp.th",
+             "cifar:vit": cache / "vit-p4.th"}
     paths = {k: v for k, v in paths.items() if specs is None or k in specs}
     meta_path = cache / "trained.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -134,7 +138,7 @@ def trained_models(data: Path = SHARED, vit_seconds: float = 600, train_per_clas
         for spec, path in paths.items():
             if path.is_file():
                 continue
-            out = train_flat(data, arrays) if spec == "cifar:resnet20-flat" else train_vit(arrays, vit_seconds)
+            out = train_vit(arrays, vit_seconds) if spec == "cifar:vit" else train_flat(data, arrays, spec=spec)
             torch.save(out["model"].state_dict(), path)
             meta[spec] = {"file": path.name, "train_images": len(arrays[1]), "seconds": round(out["seconds"], 1),
                           "epochs": out["epochs"], "threads": threads,
@@ -151,8 +155,10 @@ def main() -> int:
     ap.add_argument("--data", default=str(SHARED))
     ap.add_argument("--vit-seconds", type=float, default=600)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", help="these specs only (comma-separated; default all three)")
     args = ap.parse_args()
-    trained_models(Path(args.data), args.vit_seconds, threads=args.threads)
+    trained_models(Path(args.data), args.vit_seconds, threads=args.threads,
+                   specs=tuple(args.models.split(",")) if args.models else None)
     print((CACHE / "trained.json").read_text())
     return 0
 

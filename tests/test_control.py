@@ -186,3 +186,28 @@ def test_a_method_that_cannot_work_is_one_error_line(tmp_path, capsys, args, mes
     assert main(["audit", "--model", "cifar:resnet20", "--data", str(tmp_path), "--no-db", *args]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith(message) and err.count("error:") == 1 and "Traceback" not in err
+
+
+def test_head_only_control_reinitialises_the_head_and_nothing_else(cifar_subset):
+    """The study's head-only control: every trunk weight equals the trained model's, the head equals the whole-model
+    control's (same seed), and on real mosaics its maps differ from the trained model's and from the whole control's."""
+    from xich.engine.audit import head_control_model
+    from xich.errors import XichError
+
+    opened = open_audit(_config(cifar_subset))
+    head = head_control_model(opened)
+    trained, fresh, ctrl = (m.model.state_dict() for m in (opened.prepared, head, opened.control))
+    for key, value in fresh.items():
+        same_as = ctrl if key.startswith("linear.") else trained
+        assert torch.equal(value, same_as[key]), key
+    assert not torch.equal(fresh["linear.weight"], trained["linear.weight"])
+    assert head.layer_name == opened.prepared.layer_name and head.cam == opened.prepared.cam == "fast"
+    images = opened.load("cat").eval_images[:8]
+    grid = lambda a, b, c, d: torch.cat([torch.cat([a, b], -1), torch.cat([c, d], -1)], -2)  # noqa: E731
+    mosaics = opened.prepared.normalize(torch.stack([grid(*images[k:k + 4]) for k in (0, 4)]))
+    maps = {k: m.mosaic_cams(mosaics, 3) for k, m in (("trained", opened.prepared), ("head", head),
+                                                     ("control", opened.control))}
+    assert np.abs(maps["head"] - maps["trained"]).max() > 0.1
+    assert np.abs(maps["head"] - maps["control"]).max() > 0.1
+    with pytest.raises(XichError, match="control on"):
+        head_control_model(open_audit(_config(cifar_subset, control=False)))

@@ -179,3 +179,39 @@ def test_fullgrad_on_a_token_layer_is_one_clear_error():
     with pytest.raises(XichError, match="--method fullgrad does not run on the token layer"):
         PreparedModel(build_model("cifar:vit", 10), model_spec="cifar:vit", num_classes=10, tile_size=32,
                       mosaic_size=32, device="cpu", method="fullgrad")
+
+
+@pytest.mark.parametrize("spec", ["cifar:resnet20-flat", "cifar:vit"])
+def test_a_method_the_library_cannot_run_is_one_clear_error_before_the_embedding(cifar_subset, spec, capfd):
+    """ShapleyCAM fails inside pytorch-grad-cam where the target layer's gradient is a view (a Flatten head, a
+    ViT's tokens): the audit stops at open_audit, naming --method and --model, and nothing is printed."""
+    from xich.errors import XichError
+
+    config = AuditConfig(model=spec, data=str(cifar_subset), method="shapleycam", clusters=2, mosaics_per_pair=2,
+                         mosaic_size=32, device="cpu", control=False)
+    with pytest.raises(XichError, match=rf"--method shapleycam does not run on --model '{spec}'") as info:
+        open_audit(config)
+    assert "use another --method" in str(info.value)
+    assert capfd.readouterr().err == ""
+    torch.manual_seed(0)  # where the library can run it, the probe passes
+    PreparedModel(build_model("cifar:resnet20", 10), model_spec="cifar:resnet20", num_classes=10, tile_size=32,
+                  mosaic_size=64, device="cpu", method="shapleycam")
+
+
+
+def test_vit_b_16_with_random_weights_audited_end_to_end(cifar_subset, tmp_path):
+    """An ImageNet-size vision transformer (random weights: none can be downloaded here) audited on 4 real CIFAR-10
+    cat JPEGs upsampled to its 224-px tile: the token layer found, its 14 × 14 grid reshaped, the library's
+    Grad-CAM on one 224-px mosaic per pair, the hierarchy and the control out."""
+    for name in ("cat", "truck"):  # two classes (a model of one output has no margin); only cat is audited
+        (tmp_path / "test" / name).mkdir(parents=True)
+        for f in sorted((cifar_subset / "test" / name).glob("*"))[:4]:
+            shutil.copy(f, tmp_path / "test" / name / f.name)
+    result = run_audit(AuditConfig(model="torchvision:vit_b_16", data=str(tmp_path), train_split=None, classes=("cat",),
+                                   clusters=2, mosaics_per_pair=1, batch_size=4, device="cpu"))
+    cls = result.classes[0]
+    assert (result.config["tile_size"], result.config["mosaic_size"], result.config["cam"]) == (224, 224, "reference")
+    assert result.config["layer"] == "encoder.layers.encoder_layer_11.ln_1"
+    assert sorted(cls.hierarchy) == [0, 1] and sum(c.eval_size for c in cls.clusters) == 4
+    assert cls.control is not None and len(cls.control["scores"]) == 2
+    assert set(cls.agreement) == {"mean_logit", "mean_softmax", "accuracy", "mean_margin"}

@@ -11,6 +11,7 @@ The model runtime (tracing, chunking, device) is ``runtime.py``; the equations a
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import uuid
@@ -178,6 +179,21 @@ def control_model(config: AuditConfig, prepared: PreparedModel, outputs: int, ti
     return PreparedModel(model, model_spec=config.model, num_classes=outputs, tile_size=tile_size,
                          mosaic_size=mosaic_size, device=str(prepared.device), normalize=config.normalize,
                          layer=prepared.layer_name, cam=prepared.cam, method=config.method)
+
+
+def head_control_model(opened: OpenedAudit) -> PreparedModel:
+    """The head-only control (the study's, not the audit's): the audited model with only its final linear head
+    re-initialised, to the whole-model control's head (same seed); trunk, target layer, method and path unchanged."""
+    if opened.control is None:
+        raise XichError("the head-only control re-uses the randomized control's head; open the audit with the control on")
+    model = copy.deepcopy(opened.prepared.model)
+    head = head_name(model)
+    dict(model.named_modules())[head].load_state_dict(dict(opened.control.model.named_modules())[head].state_dict())
+    config = opened.config
+    return PreparedModel(model, model_spec=config.model, num_classes=len(opened.labels.names),
+                         tile_size=opened.tile_size, mosaic_size=opened.mosaic_size, device=str(opened.prepared.device),
+                         normalize=config.normalize, layer=opened.prepared.layer_name, cam=opened.prepared.cam,
+                         method=config.method)
 
 
 def load_model(config: AuditConfig, dataset_classes: list[str]) -> tuple[nn.Module, LabelList, dict[str, int]]:

@@ -3,7 +3,9 @@ chosen, inference traced and chunked. The method (``xich.method``) never sees an
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -14,8 +16,8 @@ from torch import nn
 from .device import resolve_device
 from ..errors import XichError
 from ..method.embedding import gap, layer_output
-from ..method.cam_methods import FAST_METHODS
-from ..method.gradcam import gap_linear_cam, reference_cams, scale_cams
+from ..method.cam_methods import FAST_METHODS, UNPROBED_METHODS
+from ..method.gradcam import gap_linear_cam, reference_cams, scale_cams, silenced
 from .config import parse_normalize
 from .models import find_target_layer, gap_linear_head, map_transform, probe_logits
 
@@ -75,8 +77,30 @@ class PreparedModel:
                             f"{model_spec!r}; use another --method (gradcam, gradcam++, layercam, scorecam, ...)")
         self.method = method
         self.cam = "reference" if cam == "reference" or self.head is None or method not in FAST_METHODS else "fast"
+        if self.cam == "reference" and method not in UNPROBED_METHODS:
+            self._check_method_runs(probe[:1], model_spec)
         self._tap = _Tap(self.model, self.layer, self.to_map).eval()
         self._traced: dict[tuple[int, ...], Callable] = {}
+
+    def _check_method_runs(self, probe: torch.Tensor, model_spec: str) -> None:
+        """Run the method once on one probe mosaic, so that a method the library cannot run on this model (e.g.
+        ShapleyCAM where the target layer's gradient is a view: a Flatten head, a ViT's tokens) is one clear error
+        here, before any image is embedded, instead of a traceback from the first mosaic batch."""
+        failure, hook = None, sys.unraisablehook
+        sys.unraisablehook = lambda _unraisable: None  # the library's BaseCAM.__del__ repeats the same failure
+        try:
+            with silenced():
+                try:
+                    reference_cams(self.model, self.layer, probe, [0], self.method, self.to_map)
+                except Exception as exc:  # any failure of the library here means the method cannot run here
+                    failure = f"{type(exc).__name__}: {str(exc).split('. ')[0][:160]}"  # its first sentence
+                gc.collect()
+        finally:
+            sys.unraisablehook = hook
+        if failure is not None:
+            raise XichError(f"--method {self.method} does not run on --model {model_spec!r} (target layer "
+                            f"{self.layer_name!r}; pytorch-grad-cam fails with {failure}); use another --method "
+                            f"(gradcam, gradcam++, layercam, eigencam, scorecam, ...)")
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) → normalised float on the model's device."""

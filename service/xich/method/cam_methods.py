@@ -15,3 +15,7 @@ CAM_METHODS = {
     "fullgrad": "FullGrad", "shapleycam": "ShapleyCAM", "fem": "FEM",
 }
 FAST_METHODS = ("gradcam", "hirescam")  # equal to gap_linear_cam for a GAP → Linear head (tests/method/test_gradcam.py)
+# Not tried on a probe mosaic before the audit (engine/runtime.py): Grad-CAM, whose gradient the target layer
+# search already follows, and the two whose one call costs a forward pass per channel of the target layer
+# (minutes for a torchvision ViT on a CPU), which ran on every model tried here.
+UNPROBED_METHODS = ("gradcam", "scorecam", "ablationcam")

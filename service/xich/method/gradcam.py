@@ -27,7 +27,8 @@ _NOISY = ("scorecam", "ablationcam", "fullgrad")
 
 
 @contextlib.contextmanager
-def _silenced() -> Iterator[None]:
+def silenced() -> Iterator[None]:
+    """Standard output and error kept out of the caller's terminal (progress bars, warnings, __del__ noise)."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         yield
 
@@ -87,7 +88,7 @@ def reference_cams(model: nn.Module, layer: nn.Module, mosaics: torch.Tensor, cl
         raise ValueError("one class per mosaic is needed (a single target silently zeroes the rest)")
     cam_class = getattr(pytorch_grad_cam, CAM_METHODS[method])
     cams = None
-    quiet = _silenced() if method in _NOISY else contextlib.nullcontext()
+    quiet = silenced() if method in _NOISY else contextlib.nullcontext()
     kwargs = {} if reshape_transform is None else {"reshape_transform": reshape_transform}
     if method == "ablationcam" and reshape_transform is not None:
         from pytorch_grad_cam.ablation_layer import AblationLayerVit  # the default ablation layer needs a 4-D map

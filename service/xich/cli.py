@@ -210,7 +210,7 @@ def _audit(args: argparse.Namespace, ctx) -> int:
         from .records.store import open_store
 
         open_store(settings.store_url, create_bucket=args.create_bucket, **settings.s3_options()).check_writable()
-    data, weights = ctx.local_path(args.data), ctx.local_path(args.weights)
+    data, weights = ctx.data_path(args.data), ctx.local_path(args.weights)  # an S3 folder: read per class
     config = AuditConfig(
         model=args.model, data=data, weights=weights, data_uri=args.data, weights_uri=args.weights,
         eval_split=args.eval_split,
@@ -238,7 +238,7 @@ def _audit(args: argparse.Namespace, ctx) -> int:
                 yield cls
 
         if args.no_db:
-            opened = open_audit(config)
+            opened = open_audit(config, ctx.data_source(data))
             classes = list(computed(audit_classes(opened), len(opened.classes)))
             result = assemble_result(opened, classes, uuid.uuid4().hex)
         else:

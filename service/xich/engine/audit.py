@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .datasets import Dataset, ImageStream, Split, open_dataset
+from .datasets import Dataset, ImageStream, ObjectSource, Split, open_dataset
 from ..errors import XichError
 from .labels import LabelList, model_indices, resolve_labels
 from ..method.baselines import baseline_agreement, cluster_baselines, kendall_tau
@@ -138,10 +138,12 @@ def sample_training(ids: list[str], n: int | None, seed: int, class_index: int) 
     return [ids[k] for k in keep]
 
 
-def open_audit(config: AuditConfig) -> OpenedAudit:
-    """Stage 0: validate the settings, open the dataset, match its classes to the model's labels, prepare the model."""
+def open_audit(config: AuditConfig, source: ObjectSource | None = None) -> OpenedAudit:
+    """Stage 0: validate the settings, open the dataset, match its classes to the model's labels, prepare the model.
+
+    ``source``: the object store of an ``s3://`` folder dataset (``Context.data_source``), read class by class."""
     check_config(config)
-    dataset = open_dataset(config.data, config.eval_split, config.train_split)
+    dataset = open_dataset(config.data, config.eval_split, config.train_split, source)
     eval_split = dataset.splits[config.eval_split]
     train_split = dataset.splits.get(config.train_split) if config.train_split else None
     selected = _select_classes(dataset, config.classes)
@@ -199,9 +201,9 @@ def load_model(config: AuditConfig, dataset_classes: list[str]) -> tuple[nn.Modu
     return model.eval(), labels, indices
 
 
-def run_audit(config: AuditConfig, run_id: str | None = None) -> AuditResult:
+def run_audit(config: AuditConfig, run_id: str | None = None, source: ObjectSource | None = None) -> AuditResult:
     """Audit every selected class of the dataset, unrecorded (recorded audits: ``pipeline.recorded_audit``)."""
-    opened = open_audit(config)
+    opened = open_audit(config, source)
     return assemble_result(opened, [cls for _images, cls in audit_classes(opened)], run_id or uuid.uuid4().hex)
 
 

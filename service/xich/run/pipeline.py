@@ -241,7 +241,7 @@ def open_recorded_run(ctx: Context, config: AuditConfig, *, model_name: str | No
     engine, cache_dir = ctx.engine, ctx.settings.cache_dir  # (migrated on first use) before the first forward pass
     session = ctx.session(expire_on_commit=False)
     try:
-        opened = open_audit(config)
+        opened = open_audit(config, ctx.data_source(config.data))
         t0 = time.perf_counter()
         splits = [opened.eval_split] + ([opened.train_split] if opened.train_split is not None else [])
         fingerprint, n_images = content_fingerprint(splits, Path(cache_dir) if cache_dir else None)
@@ -338,7 +338,7 @@ def audit_registered(ctx: Context, parameters: dict) -> dict:
         config, clustering = audit_config(
             model_spec=parameters["model_spec"], dataset_uri=parameters["dataset_uri"],
             weights_uri=parameters["weights_uri"], settings=parameters["settings"],
-            data=ctx.local_path(parameters["dataset_uri"]),
+            data=ctx.data_path(parameters["dataset_uri"]),
             weights=ctx.local_path(parameters["weights_uri"], model=model, version=version))
         with open_recorded_run(ctx, config, model_name=model, model_version=version, clustering=clustering,
                                request={"dataset_uri": parameters["dataset_uri"],

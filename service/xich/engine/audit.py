@@ -12,9 +12,11 @@ The model runtime (tracing, chunking, device) is ``runtime.py``; the equations a
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -77,7 +79,24 @@ class OpenedAudit:
     mosaic_size: int
     control: PreparedModel | None = None  # the same architecture, re-initialised (None: --no-control)
     control_seed: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # seconds spent in CAM passes, by model
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES), summed over classes
+
+    def __post_init__(self):
+        self._timing_lock = threading.Lock()
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the seconds the block takes to ``timings[stage]`` (thread-safe: classes are decoded ahead in a
+        thread)."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add_time(stage, time.perf_counter() - began)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        with self._timing_lock:
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 
     @property
     def classes(self) -> list[str]:
@@ -91,7 +110,8 @@ class OpenedAudit:
             sampled = sample_training(tr_ids, self.config.train_per_class, self.config.seed, self.indices[name])
             population, tr_ids = (len(tr_ids) if len(sampled) < len(tr_ids) else None), sampled
             train = self.train_split.stream(tr_ids, self.tile_size, self.config.batch_size)
-        ids, images = self.eval_split.load_kept(ids, self.tile_size)  # images over the size cap left out
+        with self.timed("decode_s"):
+            ids, images = self.eval_split.load_kept(ids, self.tile_size)  # images over the size cap left out
         return ClassImages(name, self.indices[name], ids, images, train, population)
 
     def iter_classes(self, names: list[str]) -> Iterator[ClassImages]:
@@ -229,7 +249,19 @@ def assemble_result(opened: OpenedAudit, classes: list[ClassResult], run_id: str
         classes=classes,
         summary=summarize(classes),
         notes=list(notes or []),
+        timings=stage_timings(opened.timings),
     )
+
+
+STAGES = ("decode_s", "embed_s", "cluster_s", "mosaics_s", "cam_s", "control_s", "rank_s", "train_s")
+
+
+def stage_timings(timings: Mapping[str, float]) -> dict[str, float]:
+    """The document's ``timings``: seconds per stage in this process, summed over its classes. ``decode_s`` runs in
+    background threads, overlapped with the others (the next class, the next training chunk); ``train_s`` is the
+    training placement (its embedding, and any wait for its decoding); ``cam_s`` / ``control_s`` the model's and the
+    control's CAM passes, ``mosaics_s`` assembling the mosaics they explain, ``rank_s`` the statistics (eq. 7–8)."""
+    return {k: round(float(timings[k]), 3) for k in STAGES if k in timings}
 
 
 def _none(x: float) -> float | None:
@@ -243,15 +275,19 @@ def audit_class(opened: OpenedAudit, images: ClassImages, frozen: Mapping[str, i
     only the centres are recomputed, in this model's embedding space, to place the training images.
     """
     config = opened.config
-    embeddings, logits = embed_class(opened, images.eval_images)
-    clustering, notes = cluster_class(opened, images, embeddings, frozen)
-    baselines = cluster_baselines(logits, clustering.labels, clustering.n_clusters, images.index)
-    plan = plan_class_mosaics(opened, clustering, images.index)
+    with opened.timed("embed_s"):
+        embeddings, logits = embed_class(opened, images.eval_images)
+    with opened.timed("cluster_s"):
+        clustering, notes = cluster_class(opened, images, embeddings, frozen)
+        baselines = cluster_baselines(logits, clustering.labels, clustering.n_clusters, images.index)
+        plan = plan_class_mosaics(opened, clustering, images.index)
     d, *control_d = score_mosaics_with(opened, _scoring_models(opened), images.eval_images, plan, images.index)
-    stats = rank_clusters(plan, d, clustering.n_clusters)
-    control = control_result(opened, plan, control_d[0], stats) if control_d else None
-    placement = (place_training(opened, clustering, images.train_images, embeddings.shape[1])
-                 if images.train_images is not None else None)
+    with opened.timed("rank_s"):
+        stats = rank_clusters(plan, d, clustering.n_clusters)
+        control = control_result(opened, plan, control_d[0], stats) if control_d else None
+    with opened.timed("train_s"):
+        placement = (place_training(opened, clustering, images.train_images, embeddings.shape[1])
+                     if images.train_images is not None else None)
     if placement is not None:  # a share's standard error: 0 when every training image was placed
         placement = (*placement, training_share_se(placement[0], images.train_population or sum(placement[0])))
         if images.train_population is not None:
@@ -315,11 +351,11 @@ def score_mosaics_with(opened: OpenedAudit, models: dict[str, PreparedModel], ti
     relevance = np.empty((len(models), len(unique), 4))
     for start in range(0, len(unique), batch_size):
         sl = slice(start, start + batch_size)
-        mosaics = normalized_mosaics(opened.prepared, tiles, unique[sl], opened.mosaic_size)
+        with opened.timed("mosaics_s"):
+            mosaics = normalized_mosaics(opened.prepared, tiles, unique[sl], opened.mosaic_size)
         for k, (key, prepared) in enumerate(models.items()):
-            began = time.perf_counter()
-            relevance[k, sl] = quadrant_relevance(prepared.mosaic_cams(mosaics, class_index))
-            opened.timings[key] = opened.timings.get(key, 0.0) + time.perf_counter() - began
+            with opened.timed(key):
+                relevance[k, sl] = quadrant_relevance(prepared.mosaic_cams(mosaics, class_index))
     in_i = plan.clusters == plan.pairs[:, :1]
     return [mosaic_dominance(r[inverse.ravel()], in_i) for r in relevance]
 
@@ -391,6 +427,7 @@ def place_training(opened: OpenedAudit, clustering: Clustering, train_images: to
     A stream is decoded and embedded a chunk at a time; only its embeddings (n, C) are kept."""
     if isinstance(train_images, ImageStream):
         parts = [embed_class(opened, chunk)[0] for _ids, chunk in train_images if len(chunk)]
+        opened.add_time("decode_s", train_images.decode_s)  # decoded in the stream's thread, ahead of the embedding
         train_emb = np.concatenate(parts) if parts else np.zeros((0, dim))
     else:
         train_emb = embed_class(opened, train_images)[0] if len(train_images) else np.zeros((0, dim))

@@ -23,6 +23,7 @@ import logging
 import pickle
 import tarfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -169,13 +170,16 @@ class ImageStream:
 
     def __post_init__(self):
         self.kept: list[str] = []
+        self.decode_s = 0.0  # seconds spent fetching and decoding, in the stream's thread
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def _decode(self, start: int) -> tuple[list[str], torch.Tensor]:
+        began = time.perf_counter()
         kept, arrays = self.split._read_tiles(self.ids[start:start + self.chunk], self.tile_size)
         out = np.stack(arrays) if arrays else np.empty((0, self.tile_size, self.tile_size, 3), dtype=np.uint8)
+        self.decode_s += time.perf_counter() - began
         return kept, torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
     def __iter__(self) -> Iterator[tuple[list[str], torch.Tensor]]:

@@ -172,12 +172,13 @@ class RecordedRun:
         self._join_per_image()
         classes = load_classes(session=self.session, run_id=self.run.id)
         result = assemble_result(self.opened, classes, self.run.id, notes=self.notes)
+        result.timings = {"fingerprint_s": round(self.fingerprint_s, 3),
+                          "audit_s": round(time.perf_counter() - self.started, 3), **result.timings}
         stored = stored_classes(session=self.session, run=self.run)
         with named_lock(self.engine, f"xich:run:{self.run.id}:finish"):  # processes finishing together: one writes
             finish_run(session=self.session, run=self.run, classes=self.opened.classes, resolved_config=result.config,
                        train_split=result.dataset["train_split"], summary=result.summary,
-                       timings={"fingerprint_s": self.fingerprint_s, "audit_s": time.perf_counter() - self.started,
-                                **self.opened.timings,  # CAM seconds: the model's (cam_s) and the control's
+                       timings={**result.timings,  # seconds: the fingerprint, the audit, each stage in this process
                                 "resumed_classes": sorted(self.resumed & set(self.opened.classes)),
                                 # by this process and every shard that worked on the run meanwhile
                                 "computed_classes": [c for c in self.opened.classes

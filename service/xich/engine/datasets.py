@@ -24,6 +24,7 @@ import pickle
 import tarfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,13 @@ from ..atomic import write_atomically
 from ..errors import XichError
 
 log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
+                        category=DeprecationWarning)  # the one function used here is checked against PIL in the tests
+
+try:  # deprecated since torchvision 0.29 for TorchCodec (not a dependency): PIL decodes everything when it is gone
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # pragma: no cover
+    decode_jpeg = None
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -251,6 +259,9 @@ class ImageTooLarge(XichError):
 
 
 def _decode(data: bytes, where: str, max_side: int | None = None) -> np.ndarray:
+    size = _jpeg_size(data)  # a JPEG of 1 or 3 channels within the cap: decode_jpeg, without PIL's header parsing
+    if size is not None and (max_side is None or max(size) <= max_side) and (arr := _decode_jpeg(data)) is not None:
+        return arr
     try:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only: the size is known before decoding
             if max_side is not None and max(img.size) > max_side:
@@ -262,6 +273,45 @@ def _decode(data: bytes, where: str, max_side: int | None = None) -> np.ndarray:
                         f"shrink it or remove the file") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise XichError(f"unreadable image {where}: {exc}; remove or replace the file") from None
+
+
+SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # frame headers
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header when it has 1 or 3 components (greyscale, YCbCr/RGB); None for
+    anything else (CMYK, not a JPEG, a header it cannot find), which PIL then reads."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+        elif marker in SOF_MARKERS:
+            height, width = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+            return (width, height) if data[i + 9] in (1, 3) and width and height else None
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray | None:
+    """A greyscale or colour JPEG through ``torchvision.io.decode_jpeg``: the same pixels as PIL (both libjpeg-turbo,
+    checked in tests/test_datasets.py), and faster — with the header read by :func:`_jpeg_size`, not PIL — on
+    CIFAR's 32-px JPEGs and on 224-px ones (bench/bench_decode.py, numbers in docs/benchmarks.md). None when it
+    refuses the file: PIL decodes it, or says what is wrong with it."""
+    if decode_jpeg is None:
+        return None
+    try:
+        decoded = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        return None
+    return np.ascontiguousarray(decoded.permute(1, 2, 0).numpy())
 
 
 def _check_classes(images: dict[str, list[str]], where: str) -> dict[str, list[str]]:

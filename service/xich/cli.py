@@ -61,6 +61,9 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-per-class", type=int, metavar="N",
                    help="place a seeded sample of N training images per class (Fig. 4/5), not all; each training "
                         "share then has its standard error")
+    p.add_argument("--precision", choices=("fp32", "tf32"), default="fp32",
+                   help="tf32: TF32 matmuls and convolutions on CUDA, faster on tensor cores but d moves (CUDA only; "
+                        "fp32, the default, also turns off the TF32 PyTorch allows for convolutions)")
     p.add_argument("--json", help="write the audit document here")
     p.add_argument("--report", metavar="DIR", help="write an HTML report with the paper's figures here")
     p.add_argument("--model-name", help="record under this model name (default: the model spec)")
@@ -219,7 +222,7 @@ def _audit(args: argparse.Namespace, ctx) -> int:
         tile_size=args.tile_size, mosaic_size=args.mosaic_size,
         normalize=args.normalize, classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
         batch_size=args.batch_size, device=args.device, per_image=args.per_image, labels=args.labels,
-        train_per_class=args.train_per_class,
+        train_per_class=args.train_per_class, precision=args.precision,
     )
     examples: dict = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

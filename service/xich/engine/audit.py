@@ -130,7 +130,7 @@ class OpenedAudit:
                 "layer": self.prepared.layer_name, "cam": self.prepared.cam, "method": c.method,
                 "control_seed": self.control_seed, "tile_size": self.tile_size,
                 "mosaic_size": self.mosaic_size, "normalize": c.normalize, "per_image": c.per_image,
-                "train_per_class": c.train_per_class}
+                "train_per_class": c.train_per_class, "precision": c.precision}
 
     def settings(self) -> dict:
         """The settings that change numbers: what identifies a run besides model version, data and clustering.
@@ -146,7 +146,8 @@ class OpenedAudit:
                 "seed": self.config.seed, "tile_size": self.tile_size, "mosaic_size": self.mosaic_size,
                 "normalize": [list(mean), list(std)], "layer": self.prepared.layer_name,
                 "classes": sorted(self.indices),
-                **({"train_per_class": self.config.train_per_class} if self.config.train_per_class else {})}
+                **({"train_per_class": self.config.train_per_class} if self.config.train_per_class else {}),
+                **({"precision": self.config.precision} if self.config.precision != "fp32" else {})}
 
 
 def sample_training(ids: list[str], n: int | None, seed: int, class_index: int) -> list[str]:
@@ -173,7 +174,7 @@ def open_audit(config: AuditConfig, source: ObjectSource | None = None) -> Opene
     indices = dict(sorted(((c, indices[c]) for c in selected), key=lambda kv: kv[1]))
     prepared = PreparedModel(model, model_spec=config.model, num_classes=len(labels.names), tile_size=tile,
                              mosaic_size=mosaic_size, device=config.device, normalize=config.normalize,
-                             layer=config.layer, cam=config.cam, method=config.method)
+                             layer=config.layer, cam=config.cam, method=config.method, precision=config.precision)
     control = control_model(config, prepared, len(labels.names), tile, mosaic_size) if config.control else None
     seed = control_seed(config.seed) if config.control else None
     return OpenedAudit(config, dataset, eval_split, train_split, labels, indices, prepared, tile, mosaic_size,
@@ -199,7 +200,8 @@ def control_model(config: AuditConfig, prepared: PreparedModel, outputs: int, ti
                         f"so there is no re-initialised control; audit with --no-control")
     return PreparedModel(model, model_spec=config.model, num_classes=outputs, tile_size=tile_size,
                          mosaic_size=mosaic_size, device=str(prepared.device), normalize=config.normalize,
-                         layer=prepared.layer_name, cam=prepared.cam, method=config.method)
+                         layer=prepared.layer_name, cam=prepared.cam, method=config.method,
+                         precision=config.precision)
 
 
 def load_model(config: AuditConfig, dataset_classes: list[str]) -> tuple[nn.Module, LabelList, dict[str, int]]:

@@ -2,12 +2,16 @@
 peak RSS and seconds per stage, for XICH's fast CAM path against the literal batched pytorch-grad-cam pipeline
 (``--cam reference``) in the same run, and what the dataset fingerprint a recorded run computes adds.
 
-    .venv/bin/python bench/bench_full_audit.py [--variants fast,reference,fingerprint] [--classes N] [--json out.json]
+    PYTHONPATH=service .venv/bin/python bench/bench_full_audit.py [--variants fast,literal,reference,fingerprint]
+        [--classes N] [--json out.json]
 
 Each variant runs in a fresh process (its own peak RSS, read from VmHWM), one after another:
 
 - ``fast``: ``open_audit`` + ``audit_classes`` with ``--cam auto`` (the fast path), as the unrecorded CLI does;
 - ``reference``: the same with ``--cam reference`` (pytorch-grad-cam's ``GradCAM``, batched);
+- ``literal``: the literal batched pytorch-grad-cam pipeline — ``reference``, with the model run as written
+  (eager PyTorch, its feature map taken by a forward hook) instead of XICH's traced and frozen copy
+  (``PreparedModel._trace``, which folds batch norm into the convolutions): the paper's steps with the library;
 - ``fingerprint``: ``fast`` preceded by ``content_fingerprint`` of both splits, as ``open_recorded_run`` does.
 
 Each also times the label matching alone (``resolve_labels`` + ``model_indices``). ``--classes N`` audits the first N
@@ -29,9 +33,10 @@ WEIGHTS = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
 DATA = SHARED / "cifar10-jpeg"
 
 
-def peak_rss_mib() -> float:
+def peak_rss_mib(field: str = "VmHWM") -> float:
+    """The process's peak resident memory (``VmRSS``: the current one), MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -40,16 +45,23 @@ def child(variant: str, classes: int | None) -> dict:
     """One audit in this process; returns its numbers."""
     import torch
 
+    torch_rss = peak_rss_mib("VmRSS")
     from xich.engine.audit import AuditConfig, assemble_result, audit_classes, open_audit
     from xich.engine.datasets import content_fingerprint
     from xich.engine.labels import model_indices, resolve_labels
 
+    rss_imports = {"torch": torch_rss, "xich": peak_rss_mib("VmRSS")}  # what the libraries cost before any data
+    if variant == "literal":
+        from xich.engine.runtime import PreparedModel
+
+        PreparedModel._trace = lambda self, probe: self._tap  # the eager model, as written
     t0 = time.perf_counter()
     config = AuditConfig(model="cifar:resnet20", weights=str(WEIGHTS), data=str(DATA),
-                         cam="reference" if variant == "reference" else "auto")
+                         cam="reference" if variant in ("reference", "literal") else "auto")
     opened = open_audit(config)
     open_s = time.perf_counter() - t0
-    out: dict = {"variant": variant, "open_s": open_s, "torch_threads": torch.get_num_threads()}
+    out: dict = {"variant": variant, "open_s": open_s, "torch_threads": torch.get_num_threads(),
+                 "rss_after_import_mib": rss_imports, "rss_after_open_mib": peak_rss_mib("VmRSS")}
     t = time.perf_counter()
     labels = resolve_labels(labels_arg=config.labels, checkpoint_labels=None, model_spec=config.model,
                             head_outputs=10, dataset_classes=opened.dataset.classes)
@@ -76,7 +88,7 @@ def child(variant: str, classes: int | None) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default="fast,reference,fingerprint")
+    ap.add_argument("--variants", default="fast,literal,reference,fingerprint")
     ap.add_argument("--classes", type=int, help="audit only the first N classes")
     ap.add_argument("--json", help="write every variant's numbers here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -103,13 +115,18 @@ def main() -> int:
                                                           f"{r['rss_after_fingerprint_mib']:.0f} MiB)"
                                                           if "fingerprint_s" in r else ""))
         print(f"{'':>11}  stages (s): {stages}; class end times (s): {r['class_end_s']}")
-    if "fast" in runs and "reference" in runs:
-        fast, ref = runs["fast"], runs["reference"]
+        print(f"{'':>11}  RSS after import torch {r['rss_after_import_mib']['torch']:.0f} MiB, after import of xich's "
+              f"engine (torchvision, scipy, scikit-learn) {r['rss_after_import_mib']['xich']:.0f} MiB, after open_audit "
+              f"{r['rss_after_open_mib']:.0f} MiB")
+    for other in ("reference", "literal"):
+        if "fast" not in runs or other not in runs:
+            continue
+        fast, ref = runs["fast"], runs[other]
         cam = lambda r: r["timings"].get("cam_s", 0) + r["timings"].get("control_s", 0)  # noqa: E731
         diff = max((abs(a - b) for fa, fb in zip(fast["dominance"], ref["dominance"]) for ra, rb in zip(fa, fb)
                     for a, b in zip(ra, rb) if a is not None and b is not None), default=float("nan"))
-        print(f"full audit, reference / fast: wall {ref['wall_s'] / fast['wall_s']:.2f}x, CAM passes (model + "
-              f"control) {cam(ref) / cam(fast):.2f}x; max |D_fast - D_reference| {diff:.1e}")
+        print(f"full audit, {other} / fast: wall {ref['wall_s'] / fast['wall_s']:.2f}x, CAM passes (model + "
+              f"control) {cam(ref) / cam(fast):.2f}x; max |D_fast - D_{other}| {diff:.1e}")
     if "fast" in runs and "fingerprint" in runs:
         fast, fp = runs["fast"], runs["fingerprint"]
         print(f"the fingerprint adds: {fp['fingerprint_s']:.1f} s, peak RSS {fp['peak_rss_mib'] - fast['peak_rss_mib']:+.0f}"

@@ -5,6 +5,7 @@ from the listing (no image fetched for it), and the audit's numbers equal those 
 
 from __future__ import annotations
 
+import json
 import tarfile
 import uuid
 from pathlib import Path
@@ -166,3 +167,22 @@ def test_a_split_archive_in_s3_is_fetched_whole_when_its_split_is_read(s3_datase
         assert ds.splits[split].images["dog"] == ids
         assert np.array_equal(ds.splits[split].load(ids, 32), local.splits[split].load(ids, 32))
     assert source.downloaded["objects"] == 1 + SIZES["train"]  # and the training split's one class
+
+
+def test_xich_audit_reads_an_s3_folder_dataset_class_by_class(s3_dataset, seaweedfs, tmp_path, monkeypatch):
+    from xich.cli import main
+
+    bucket, uri, root = s3_dataset
+    for name, value in {"XICH_S3_ENDPOINT": seaweedfs.endpoint, "XICH_S3_ACCESS_KEY": ACCESS_KEY,
+                        "XICH_S3_SECRET_KEY": SECRET_KEY, "XICH_CACHE_DIR": str(tmp_path / "cache")}.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "audit.json"
+    assert main(["audit", "--model", "python:toy_nets:brightness", "--data", uri, "--classes", "bee,dog",
+                 "--clusters", "3", "--mosaics-per-pair", "4", "--normalize", "none", "--no-control", "--device", "cpu",
+                 "--tile-size", "32", "--no-db", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [c["name"] for c in doc["classes"]] == ["bee", "dog"] and doc["dataset"]["uri"] == uri
+    (endpoint,) = (tmp_path / "cache" / "s3").iterdir()
+    fetched = {p.relative_to(endpoint / bucket).as_posix() for p in (endpoint / bucket).rglob("*") if p.is_file()}
+    assert fetched == {f"ds/{split}/{cls}/{i:02d}.png" for split, n in SIZES.items() for cls in ("bee", "dog")
+                       for i in range(n)}  # --classes: only those two classes' objects

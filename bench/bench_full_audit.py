@@ -1,52 +1,144 @@
-"""Full CIFAR-10 audit (10 classes, 10k test + 50k train JPEGs, ResNet-20, P=5, J=25): wall time and peak memory.
+"""Full CIFAR-10 audit (10 classes, 10k test + 50k train JPEGs, ResNet-20, P=5, J=25, control on): wall time,
+peak RSS and seconds per stage, for XICH's fast CAM path against the literal batched pytorch-grad-cam pipeline
+(``--cam reference``) in the same run, and what the dataset fingerprint a recorded run computes adds.
 
-    .venv/bin/python bench/bench_full_audit.py [--json out.json]
+    PYTHONPATH=service .venv/bin/python bench/bench_full_audit.py [--variants fast,literal,reference,fingerprint]
+        [--classes N] [--json out.json]
 
-Needs ../shared/data; target on the 2-core CI machine: <= 60 s.
+Each variant runs in a fresh process (its own peak RSS, read from VmHWM), one after another:
+
+- ``fast``: ``open_audit`` + ``audit_classes`` with ``--cam auto`` (the fast path), as the unrecorded CLI does;
+- ``reference``: the same with ``--cam reference`` (pytorch-grad-cam's ``GradCAM``, batched);
+- ``literal``: the literal batched pytorch-grad-cam pipeline — ``reference``, with the model run as written
+  (eager PyTorch, its feature map taken by a forward hook) instead of XICH's traced and frozen copy
+  (``PreparedModel._trace``, which folds batch norm into the convolutions): the paper's steps with the library;
+- ``fingerprint``: ``fast`` preceded by ``content_fingerprint`` of both splits, as ``open_recorded_run`` does.
+
+Each also times the label matching alone (``resolve_labels`` + ``model_indices``). ``--classes N`` audits the first N
+classes only (to shrink the run). Needs ../shared/data.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-import torch
-
-from xich.engine.audit import AuditConfig, assemble_result, audit_classes, open_audit
-
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+WEIGHTS = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
+DATA = SHARED / "cifar10-jpeg"
+
+
+def peak_rss_mib(field: str = "VmHWM") -> float:
+    """The process's peak resident memory (``VmRSS``: the current one), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(variant: str, classes: int | None) -> dict:
+    """One audit in this process; returns its numbers."""
+    import torch
+
+    torch_rss = peak_rss_mib("VmRSS")
+    from xich.engine.audit import AuditConfig, assemble_result, audit_classes, open_audit
+    from xich.engine.datasets import content_fingerprint
+    from xich.engine.labels import model_indices, resolve_labels
+
+    rss_imports = {"torch": torch_rss, "xich": peak_rss_mib("VmRSS")}  # what the libraries cost before any data
+    if variant == "literal":
+        from xich.engine.runtime import PreparedModel
+
+        PreparedModel._trace = lambda self, probe: self._tap  # the eager model, as written
+    t0 = time.perf_counter()
+    config = AuditConfig(model="cifar:resnet20", weights=str(WEIGHTS), data=str(DATA),
+                         cam="reference" if variant in ("reference", "literal") else "auto")
+    opened = open_audit(config)
+    open_s = time.perf_counter() - t0
+    out: dict = {"variant": variant, "open_s": open_s, "torch_threads": torch.get_num_threads(),
+                 "rss_after_import_mib": rss_imports, "rss_after_open_mib": peak_rss_mib("VmRSS")}
+    t = time.perf_counter()
+    labels = resolve_labels(labels_arg=config.labels, checkpoint_labels=None, model_spec=config.model,
+                            head_outputs=10, dataset_classes=opened.dataset.classes)
+    model_indices(labels, opened.dataset.classes, 10, "linear")
+    out["label_matching_s"] = time.perf_counter() - t
+    if variant == "fingerprint":
+        t = time.perf_counter()
+        opened.train_split.images  # the training tarball read into memory: the audit does it anyway, later
+        out["train_index_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        out["fingerprint"], out["fingerprint_images"] = content_fingerprint([opened.eval_split, opened.train_split])
+        out["fingerprint_s"] = out["train_index_s"] + time.perf_counter() - t
+        out["hashing_s"] = time.perf_counter() - t
+        out["rss_after_fingerprint_mib"] = peak_rss_mib()
+    names = opened.classes[:classes] if classes else opened.classes
+    results, ends = [], []
+    for _images, cls in audit_classes(opened, names):
+        results.append(cls)
+        ends.append(round(time.perf_counter() - t0, 1))
+    result = assemble_result(opened, results, uuid.uuid4().hex)
+    out.update(wall_s=time.perf_counter() - t0, peak_rss_mib=peak_rss_mib(), class_end_s=ends,
+               cam=result.config["cam"], timings=result.timings, classes=len(result.classes),
+               mosaics=sum(len(c.mosaics) for c in result.classes),
+               train_share_by_rank=[round(v, 4) for v in result.summary["train_share_by_rank"]],
+               dominance=[c.dominance for c in result.classes])
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--json")
+    ap.add_argument("--variants", default="fast,literal,reference,fingerprint")
+    ap.add_argument("--classes", type=int, help="audit only the first N classes")
+    ap.add_argument("--json", help="write every variant's numbers here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    weights = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
-    if not weights.is_file():
-        print(f"skipped: {weights} absent (../shared/data is needed)")
+    if args.child:
+        print(json.dumps(child(args.child, args.classes)))
         return 0
-    config = AuditConfig(model="cifar:resnet20", weights=str(weights), data=str(SHARED / "cifar10-jpeg"))
-    stages: list[tuple[str, float]] = []
-    t0 = time.perf_counter()
-    opened, classes = open_audit(config), []
-    for _images, cls in audit_classes(opened):
-        classes.append(cls)
-        stages.append((cls.name, time.perf_counter() - t0))
-    result = assemble_result(opened, classes, uuid.uuid4().hex)
-    wall = time.perf_counter() - t0
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if not WEIGHTS.is_file():
+        print(f"skipped: {WEIGHTS} absent (../shared/data is needed)")
+        return 0
+    runs = {}
+    for variant in args.variants.split(","):
+        cmd = [sys.executable, __file__, "--child", variant] + (["--classes", str(args.classes)] if args.classes else [])
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            print(done.stderr[-3000:], file=sys.stderr)
+            return 1
+        runs[variant] = r = json.loads(done.stdout.splitlines()[-1])
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in r["timings"].items())
+        print(f"{variant:>11}: wall {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB, cam path {r['cam']}, "
+              f"{r['classes']} classes, {r['mosaics']} mosaics, open {r['open_s']:.1f} s, label matching "
+              f"{r['label_matching_s'] * 1000:.2f} ms" + (f", fingerprint {r['fingerprint_s']:.1f} s "
+                                                          f"(reading the training tarball {r['train_index_s']:.2f} s, "
+                                                          f"hashing {r['hashing_s']:.2f} s; "
+                                                          f"{r['fingerprint_images']} images, RSS after it "
+                                                          f"{r['rss_after_fingerprint_mib']:.0f} MiB)"
+                                                          if "fingerprint_s" in r else ""))
+        print(f"{'':>11}  stages (s): {stages}; class end times (s): {r['class_end_s']}")
+        print(f"{'':>11}  RSS after import torch {r['rss_after_import_mib']['torch']:.0f} MiB, after import of xich's "
+              f"engine (torchvision, scipy, scikit-learn) {r['rss_after_import_mib']['xich']:.0f} MiB, after open_audit "
+              f"{r['rss_after_open_mib']:.0f} MiB")
+    for other in ("reference", "literal"):
+        if "fast" not in runs or other not in runs:
+            continue
+        fast, ref = runs["fast"], runs[other]
+        cam = lambda r: r["timings"].get("cam_s", 0) + r["timings"].get("control_s", 0)  # noqa: E731
+        diff = max((abs(a - b) for fa, fb in zip(fast["dominance"], ref["dominance"]) for ra, rb in zip(fa, fb)
+                    for a, b in zip(ra, rb) if a is not None and b is not None), default=float("nan"))
+        print(f"full audit, {other} / fast: wall {ref['wall_s'] / fast['wall_s']:.2f}x, CAM passes (model + "
+              f"control) {cam(ref) / cam(fast):.2f}x; max |D_fast - D_{other}| {diff:.1e}")
+    if "fast" in runs and "fingerprint" in runs:
+        fast, fp = runs["fast"], runs["fingerprint"]
+        print(f"the fingerprint adds: {fp['fingerprint_s']:.1f} s, peak RSS {fp['peak_rss_mib'] - fast['peak_rss_mib']:+.0f}"
+              f" MiB (wall {fp['wall_s'] - fast['wall_s']:+.1f} s, noise included)")
     if args.json:
-        result.write_json(args.json)
-    print(f"classes: {len(result.classes)}, mosaics: {sum(len(c.mosaics) for c in result.classes)}, "
-          f"cam path: {result.config['cam']}, torch threads: {torch.get_num_threads()}")
-    print("class end times (s): " + ", ".join(f"{label} {t:.1f}" for label, t in stages))
-    print(f"wall time: {wall:.1f} s   (target <= 60 s)")
-    print(f"peak RSS: {peak_mib:.0f} MiB")
-    print(f"mean train share by rank: {[round(v, 4) for v in result.summary['train_share_by_rank']]}")
+        Path(args.json).write_text(json.dumps(runs, indent=1))
     return 0
 
 

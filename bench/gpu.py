@@ -11,7 +11,9 @@
 2. **mosaics/s**: the CAM stage of one class (448-px mosaics, audited model and randomized control);
 3. **audit**: ``audit_classes`` over every class (P = 3, J = 10, control on, random weights), wall time and
    images/s;
-4. **peak GPU memory** (``torch.cuda.max_memory_allocated``) and the process's peak RSS.
+4. **peak GPU memory** (``torch.cuda.max_memory_allocated``) and the process's peak RSS;
+5. on CUDA, **TF32** (``--precision tf32``): mosaics/s and the largest |Δd| against fp32 on the same mosaics;
+   and the seconds per stage of everything above (the audit document's ``timings``).
 
 Random weights: the numbers are times and memory, not findings. Nothing is downloaded.
 """
@@ -25,13 +27,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imagenet_like import make_dataset  # noqa: E402
 from scale import peak_rss_mb  # noqa: E402
 
-from xich.engine.audit import AuditConfig, audit_classes, open_audit, score_mosaics_with, _scoring_models  # noqa: E402
+from xich.engine.audit import (AuditConfig, audit_classes, open_audit, score_mosaics_with, stage_timings,  # noqa: E402
+                               _scoring_models)
+from xich.engine.runtime import set_precision  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -92,10 +97,22 @@ def main(argv: list[str] | None = None) -> int:
     score_mosaics_with(opened, _scoring_models(opened), images.eval_images, plan, images.index)  # warm up
     _sync(device)
     t0 = time.perf_counter()
-    score_mosaics_with(opened, _scoring_models(opened), images.eval_images, plan, images.index)
+    d_fp32 = score_mosaics_with(opened, _scoring_models(opened), images.eval_images, plan, images.index)[0]
     _sync(device)
     out["mosaics_per_s"] = 2 * len(plan) / (time.perf_counter() - t0)  # audited model + control
     print(f"mosaics: {out['mosaics_per_s']:.0f}/s ({len(plan)} mosaics x 2 models)", flush=True)
+    if device.type == "cuda":  # --precision tf32: its speed and how far it moves d, on the same mosaics
+        set_precision(device, "tf32")
+        score_mosaics_with(opened, _scoring_models(opened), images.eval_images, plan, images.index)  # warm up
+        _sync(device)
+        t0 = time.perf_counter()
+        d_tf32 = score_mosaics_with(opened, _scoring_models(opened), images.eval_images, plan, images.index)[0]
+        _sync(device)
+        out["mosaics_per_s_tf32"] = 2 * len(plan) / (time.perf_counter() - t0)
+        out["tf32_max_abs_delta_d"] = float(np.nanmax(np.abs(d_tf32 - d_fp32)))
+        set_precision(device, "fp32")
+        print(f"tf32: {out['mosaics_per_s_tf32']:.0f} mosaics/s, max |d_tf32 - d_fp32| "
+              f"{out['tf32_max_abs_delta_d']:.1e}", flush=True)
 
     t0, n = time.perf_counter(), 0
     for images, _cls in audit_classes(opened):
@@ -103,11 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     _sync(device)
     out["audit_s"] = time.perf_counter() - t0
     out["audit_img_s"] = n / out["audit_s"]
+    out["stage_s"] = stage_timings(opened.timings)  # every pass above included (the warm-ups too)
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     out["peak_rss_mb"] = peak_rss_mb()
     print(f"audit: {args.classes} classes, {n} images in {out['audit_s']:.0f} s ({out['audit_img_s']:.0f} img/s); "
           f"peak GPU {out.get('peak_gpu_mb', float('nan')):.0f} MB, peak RSS {out['peak_rss_mb']:.0f} MB", flush=True)
+    print("seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in out["stage_s"].items()), flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return 0

@@ -56,10 +56,13 @@ IO = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), 
 
 
 @task(name="fetch", **IO)
-def fetch(uri: str | None, model: str | None = None, version: str | None = None) -> str | None:
+def fetch(uri: str | None, model: str | None = None, version: str | None = None, dataset: bool = False) -> str | None:
     """A local copy of an ``s3://`` dataset or checkpoint (cached by ETag), or of an MLflow ``runs:/`` /
-    ``models:/`` source of the version ``model``/``version``; local paths unchanged (``Context.local_path``)."""
-    return current_context().local_path(uri, model=model, version=version)
+    ``models:/`` source of the version ``model``/``version``; local paths unchanged (``Context.local_path``).
+    A ``dataset`` that is a folder tree in S3 is not fetched here: each shard fetches its own classes
+    (``Context.data_path``)."""
+    ctx = current_context()
+    return ctx.data_path(uri) if dataset else ctx.local_path(uri, model=model, version=version)
 
 
 @task(name="open-run", cache_policy=NO_CACHE)
@@ -168,7 +171,7 @@ def _audit_version(parameters: dict, shards: int, shard: int | None, shard_start
     logger = get_run_logger()
     model, version = parameters["model"], parameters["version"]
     admit_recorded(parameters, current_context().settings.hooks_allowed_specs)  # before anything is fetched for it
-    rec = open_run(parameters, fetch(parameters["dataset_uri"]), fetch(parameters["weights_uri"], model, version))
+    rec = open_run(parameters, fetch(parameters["dataset_uri"], dataset=True), fetch(parameters["weights_uri"], model, version))
     with rec:  # an error marks the run failed; the run's session is closed in any case
         if rec.complete:
             logger.info("run %s is complete: nothing to compute", rec.run_id)

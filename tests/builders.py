@@ -29,7 +29,8 @@ def recorded(config, database_url: str, *, cache_dir: str | None = None, **optio
     return recorded_audit(ctx, config, **options)
 
 
-def numbers(result, *, without: tuple[str, ...] = ("notes",)) -> dict:
-    """The audit document without its notes (which say how the run was found: new, resumed, read back) and any
-    other key of ``without`` (a flow and the CLI give each run its own ``run_id``)."""
+def numbers(result, *, without: tuple[str, ...] = ("notes", "timings")) -> dict:
+    """The audit document without its notes (which say how the run was found: new, resumed, read back), its
+    timings (seconds, different on every run) and any other key of ``without`` (a flow and the CLI give each run
+    its own ``run_id``)."""
     return {k: v for k, v in result.to_dict().items() if k not in without}

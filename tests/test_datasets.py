@@ -433,3 +433,42 @@ def test_folder_hashes_are_cached_by_size_and_mtime(tmp_path):
     assert content_fingerprint([split()]) != first  # without the cache the new bytes count
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert content_fingerprint([split()], cache) != first
+
+
+@pytest.mark.parametrize("options", [
+    {"quality": 90}, {"quality": 75, "subsampling": 0}, {"quality": 95, "subsampling": 1},
+    {"quality": 80, "progressive": True}, {"quality": 70, "optimize": True}, {"mode": "L"}, {"mode": "CMYK"},
+    {"size": (33, 17)}])
+def test_jpegs_decode_to_the_same_pixels_as_pil(options):
+    """datasets._decode sends RGB and greyscale JPEGs to torchvision's decode_jpeg (faster): every pixel must be
+    PIL's, or every audit of a JPEG dataset would change its numbers."""
+    from xich.engine.datasets import _decode
+
+    options = dict(options)
+    w, h = options.pop("size", (224, 224))
+    rng = np.random.default_rng(3)
+    smooth = np.linspace(0, 255, w * h * 3).reshape(h, w, 3)
+    pixels = np.clip(smooth + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels).convert(options.pop("mode", "RGB"))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", **options)
+    with Image.open(io.BytesIO(buf.getvalue())) as ref:
+        expected = np.asarray(ref.convert("RGB"))
+    got = _decode(buf.getvalue(), "test.jpg")
+    assert got.dtype == np.uint8 and got.shape == (h, w, 3) and got.flags.c_contiguous
+    assert np.array_equal(got, expected)
+
+
+def test_a_jpeg_over_the_size_cap_is_refused_from_its_header_and_a_cmyk_one_read_by_pil():
+    from xich.engine.datasets import ImageTooLarge, _decode, _jpeg_size
+
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 40), (200, 10, 10)).save(buf, format="JPEG", progressive=True)
+    assert _jpeg_size(buf.getvalue()) == (300, 40)
+    with pytest.raises(ImageTooLarge, match="300×40 pixels, over the cap of 64"):
+        _decode(buf.getvalue(), "wide.jpg", max_side=64)
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(cmyk, format="JPEG")
+    assert _jpeg_size(cmyk.getvalue()) is None  # four components: PIL converts it
+    assert _decode(cmyk.getvalue(), "cmyk.jpg").shape == (8, 8, 3)
+    assert _jpeg_size(b"\xff\xd8\xff this is not a JPEG") is None

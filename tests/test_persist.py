@@ -61,6 +61,7 @@ def test_stored_audit_reads_back_equal_to_its_json(database_url, synth_data, one
     direct = run_audit(config, run_id=stored.run_id)
     assert numbers(stored) == numbers(direct)
     assert AuditResult.from_dict(json.loads(stored.to_json())) == stored  # the document reads back whole
+    assert {"fingerprint_s", "audit_s", "decode_s", "embed_s", "cam_s", "control_s", "train_s"} <= set(stored.timings)
     counts = _row_counts(database_url)
     assert counts["mosaic"] == 3 * 3 * 3  # 3 classes x 3 pairs x J = 3
     assert counts["pair_dominance"] == 3 * 9

@@ -80,3 +80,14 @@ def test_the_standard_errors_are_stored_and_read_back(grey, database_url, one_to
         back = load_audit(session=session, run_id=result.run_id)
     assert [c.train_share_se for c in back.classes[0].clusters] == [c.train_share_se for c in result.classes[0].clusters]
     assert any(c.train_share_se for c in back.classes[0].clusters)
+
+
+def test_tf32_is_refused_off_cuda_and_an_unknown_precision_names_the_choices(grey):
+    from xich.errors import XichError
+
+    with pytest.raises(XichError, match=r"--precision tf32: TF32 exists only on NVIDIA GPUs .* runs on cpu"):
+        open_audit(brightness_config(grey, precision="tf32"))
+    with pytest.raises(XichError, match=r"--precision 'fp16': use fp32 or tf32"):
+        open_audit(brightness_config(grey, precision="fp16"))
+    opened = open_audit(brightness_config(grey))
+    assert "precision" not in opened.settings() and opened.resolved_config()["precision"] == "fp32"

@@ -5,12 +5,13 @@ ahead) in memory. The peak-RSS benchmark of this is bench/scale.py; here, what c
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import torch
 from PIL import Image
 
-from xich.engine.audit import audit_class, open_audit
+from xich.engine.audit import STAGES, audit_class, open_audit, run_audit
 from xich.engine.datasets import ImageStream, open_dataset
 from xich.errors import XichError
 
@@ -63,3 +64,14 @@ def test_the_streamed_training_placement_is_the_hand_counted_one_and_that_of_the
     assert counts == {(20, 30): 3, (110, 120): 3, (220, 230): 4}
     assert [c.train_count for c in whole.clusters] == [c.train_count for c in streamed.clusters]
     assert repr(dataclasses.asdict(streamed)) == repr(dataclasses.asdict(whole))  # every number, NaN included
+
+
+def test_the_document_says_where_the_time_went_stage_by_stage(grey, one_torch_thread):
+    began = time.perf_counter()
+    result = run_audit(brightness_config(grey, batch_size=3))
+    wall = time.perf_counter() - began
+    # every stage the audit ran (no control: --no-control), in seconds summed over its classes
+    assert list(result.timings) == [s for s in STAGES if s != "control_s"]
+    assert all(0 <= v < wall for v in result.timings.values()) and result.timings["cam_s"] > 0
+    assert sum(v for k, v in result.timings.items() if k != "decode_s") < wall  # the others run one after another
+    assert result.to_dict()["timings"] == result.timings

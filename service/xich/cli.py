@@ -61,6 +61,9 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-per-class", type=int, metavar="N",
                    help="place a seeded sample of N training images per class (Fig. 4/5), not all; each training "
                         "share then has its standard error")
+    p.add_argument("--precision", choices=("fp32", "tf32"), default="fp32",
+                   help="tf32: TF32 matmuls and convolutions on CUDA, faster on tensor cores but d moves (CUDA only; "
+                        "fp32, the default, also turns off the TF32 PyTorch allows for convolutions)")
     p.add_argument("--json", help="write the audit document here")
     p.add_argument("--report", metavar="DIR", help="write an HTML report with the paper's figures here")
     p.add_argument("--model-name", help="record under this model name (default: the model spec)")
@@ -210,7 +213,7 @@ def _audit(args: argparse.Namespace, ctx) -> int:
         from .records.store import open_store
 
         open_store(settings.store_url, create_bucket=args.create_bucket, **settings.s3_options()).check_writable()
-    data, weights = ctx.local_path(args.data), ctx.local_path(args.weights)
+    data, weights = ctx.data_path(args.data), ctx.local_path(args.weights)  # an S3 folder: read per class
     config = AuditConfig(
         model=args.model, data=data, weights=weights, data_uri=args.data, weights_uri=args.weights,
         eval_split=args.eval_split,
@@ -219,7 +222,7 @@ def _audit(args: argparse.Namespace, ctx) -> int:
         tile_size=args.tile_size, mosaic_size=args.mosaic_size,
         normalize=args.normalize, classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
         batch_size=args.batch_size, device=args.device, per_image=args.per_image, labels=args.labels,
-        train_per_class=args.train_per_class,
+        train_per_class=args.train_per_class, precision=args.precision,
     )
     examples: dict = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -238,7 +241,7 @@ def _audit(args: argparse.Namespace, ctx) -> int:
                 yield cls
 
         if args.no_db:
-            opened = open_audit(config)
+            opened = open_audit(config, ctx.data_source(data))
             classes = list(computed(audit_classes(opened), len(opened.classes)))
             result = assemble_result(opened, classes, uuid.uuid4().hex)
         else:

@@ -90,6 +90,7 @@ class AuditResult:
     classes: list[ClassResult]
     summary: dict
     notes: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)  # seconds per stage (``engine.audit.stage_timings``), and the run's
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .datasets import Dataset, ImageStream, Split, open_dataset
+from .datasets import Dataset, ImageStream, ObjectSource, Split, open_dataset
 from ..errors import XichError
 from .labels import LabelList, model_indices, resolve_labels
 from ..method.baselines import baseline_agreement, cluster_baselines, kendall_tau
@@ -78,7 +80,24 @@ class OpenedAudit:
     mosaic_size: int
     control: PreparedModel | None = None  # the same architecture, re-initialised (None: --no-control)
     control_seed: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # seconds spent in CAM passes, by model
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES), summed over classes
+
+    def __post_init__(self):
+        self._timing_lock = threading.Lock()
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the seconds the block takes to ``timings[stage]`` (thread-safe: classes are decoded ahead in a
+        thread)."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add_time(stage, time.perf_counter() - began)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        with self._timing_lock:
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 
     @property
     def classes(self) -> list[str]:
@@ -92,7 +111,8 @@ class OpenedAudit:
             sampled = sample_training(tr_ids, self.config.train_per_class, self.config.seed, self.indices[name])
             population, tr_ids = (len(tr_ids) if len(sampled) < len(tr_ids) else None), sampled
             train = self.train_split.stream(tr_ids, self.tile_size, self.config.batch_size)
-        ids, images = self.eval_split.load_kept(ids, self.tile_size)  # images over the size cap left out
+        with self.timed("decode_s"):
+            ids, images = self.eval_split.load_kept(ids, self.tile_size)  # images over the size cap left out
         return ClassImages(name, self.indices[name], ids, images, train, population)
 
     def iter_classes(self, names: list[str]) -> Iterator[ClassImages]:
@@ -111,7 +131,7 @@ class OpenedAudit:
                 "layer": self.prepared.layer_name, "cam": self.prepared.cam, "method": c.method,
                 "control_seed": self.control_seed, "tile_size": self.tile_size,
                 "mosaic_size": self.mosaic_size, "normalize": c.normalize, "per_image": c.per_image,
-                "train_per_class": c.train_per_class}
+                "train_per_class": c.train_per_class, "precision": c.precision}
 
     def settings(self) -> dict:
         """The settings that change numbers: what identifies a run besides model version, data and clustering.
@@ -127,7 +147,8 @@ class OpenedAudit:
                 "seed": self.config.seed, "tile_size": self.tile_size, "mosaic_size": self.mosaic_size,
                 "normalize": [list(mean), list(std)], "layer": self.prepared.layer_name,
                 "classes": sorted(self.indices),
-                **({"train_per_class": self.config.train_per_class} if self.config.train_per_class else {})}
+                **({"train_per_class": self.config.train_per_class} if self.config.train_per_class else {}),
+                **({"precision": self.config.precision} if self.config.precision != "fp32" else {})}
 
 
 def sample_training(ids: list[str], n: int | None, seed: int, class_index: int) -> list[str]:
@@ -139,10 +160,12 @@ def sample_training(ids: list[str], n: int | None, seed: int, class_index: int) 
     return [ids[k] for k in keep]
 
 
-def open_audit(config: AuditConfig) -> OpenedAudit:
-    """Stage 0: validate the settings, open the dataset, match its classes to the model's labels, prepare the model."""
+def open_audit(config: AuditConfig, source: ObjectSource | None = None) -> OpenedAudit:
+    """Stage 0: validate the settings, open the dataset, match its classes to the model's labels, prepare the model.
+
+    ``source``: the object store of an ``s3://`` folder dataset (``Context.data_source``), read class by class."""
     check_config(config)
-    dataset = open_dataset(config.data, config.eval_split, config.train_split)
+    dataset = open_dataset(config.data, config.eval_split, config.train_split, source)
     eval_split = dataset.splits[config.eval_split]
     train_split = dataset.splits.get(config.train_split) if config.train_split else None
     selected = _select_classes(dataset, config.classes)
@@ -152,7 +175,7 @@ def open_audit(config: AuditConfig) -> OpenedAudit:
     indices = dict(sorted(((c, indices[c]) for c in selected), key=lambda kv: kv[1]))
     prepared = PreparedModel(model, model_spec=config.model, num_classes=len(labels.names), tile_size=tile,
                              mosaic_size=mosaic_size, device=config.device, normalize=config.normalize,
-                             layer=config.layer, cam=config.cam, method=config.method)
+                             layer=config.layer, cam=config.cam, method=config.method, precision=config.precision)
     control = control_model(config, prepared, len(labels.names), tile, mosaic_size) if config.control else None
     seed = control_seed(config.seed) if config.control else None
     return OpenedAudit(config, dataset, eval_split, train_split, labels, indices, prepared, tile, mosaic_size,
@@ -178,7 +201,8 @@ def control_model(config: AuditConfig, prepared: PreparedModel, outputs: int, ti
                         f"so there is no re-initialised control; audit with --no-control")
     return PreparedModel(model, model_spec=config.model, num_classes=outputs, tile_size=tile_size,
                          mosaic_size=mosaic_size, device=str(prepared.device), normalize=config.normalize,
-                         layer=prepared.layer_name, cam=prepared.cam, method=config.method)
+                         layer=prepared.layer_name, cam=prepared.cam, method=config.method,
+                         precision=config.precision)
 
 
 def head_control_model(opened: OpenedAudit) -> PreparedModel:
@@ -215,9 +239,9 @@ def load_model(config: AuditConfig, dataset_classes: list[str]) -> tuple[nn.Modu
     return model.eval(), labels, indices
 
 
-def run_audit(config: AuditConfig, run_id: str | None = None) -> AuditResult:
+def run_audit(config: AuditConfig, run_id: str | None = None, source: ObjectSource | None = None) -> AuditResult:
     """Audit every selected class of the dataset, unrecorded (recorded audits: ``pipeline.recorded_audit``)."""
-    opened = open_audit(config)
+    opened = open_audit(config, source)
     return assemble_result(opened, [cls for _images, cls in audit_classes(opened)], run_id or uuid.uuid4().hex)
 
 
@@ -243,7 +267,19 @@ def assemble_result(opened: OpenedAudit, classes: list[ClassResult], run_id: str
         classes=classes,
         summary=summarize(classes),
         notes=list(notes or []),
+        timings=stage_timings(opened.timings),
     )
+
+
+STAGES = ("decode_s", "embed_s", "cluster_s", "mosaics_s", "cam_s", "control_s", "rank_s", "train_s")
+
+
+def stage_timings(timings: Mapping[str, float]) -> dict[str, float]:
+    """The document's ``timings``: seconds per stage in this process, summed over its classes. ``decode_s`` runs in
+    background threads, overlapped with the others (the next class, the next training chunk); ``train_s`` is the
+    training placement (its embedding, and any wait for its decoding); ``cam_s`` / ``control_s`` the model's and the
+    control's CAM passes, ``mosaics_s`` assembling the mosaics they explain, ``rank_s`` the statistics (eq. 7–8)."""
+    return {k: round(float(timings[k]), 3) for k in STAGES if k in timings}
 
 
 def _none(x: float) -> float | None:
@@ -257,15 +293,19 @@ def audit_class(opened: OpenedAudit, images: ClassImages, frozen: Mapping[str, i
     only the centres are recomputed, in this model's embedding space, to place the training images.
     """
     config = opened.config
-    embeddings, logits = embed_class(opened, images.eval_images)
-    clustering, notes = cluster_class(opened, images, embeddings, frozen)
-    baselines = cluster_baselines(logits, clustering.labels, clustering.n_clusters, images.index)
-    plan = plan_class_mosaics(opened, clustering, images.index)
+    with opened.timed("embed_s"):
+        embeddings, logits = embed_class(opened, images.eval_images)
+    with opened.timed("cluster_s"):
+        clustering, notes = cluster_class(opened, images, embeddings, frozen)
+        baselines = cluster_baselines(logits, clustering.labels, clustering.n_clusters, images.index)
+        plan = plan_class_mosaics(opened, clustering, images.index)
     d, *control_d = score_mosaics_with(opened, _scoring_models(opened), images.eval_images, plan, images.index)
-    stats = rank_clusters(plan, d, clustering.n_clusters)
-    control = control_result(opened, plan, control_d[0], stats) if control_d else None
-    placement = (place_training(opened, clustering, images.train_images, embeddings.shape[1])
-                 if images.train_images is not None else None)
+    with opened.timed("rank_s"):
+        stats = rank_clusters(plan, d, clustering.n_clusters)
+        control = control_result(opened, plan, control_d[0], stats) if control_d else None
+    with opened.timed("train_s"):
+        placement = (place_training(opened, clustering, images.train_images, embeddings.shape[1])
+                     if images.train_images is not None else None)
     if placement is not None:  # a share's standard error: 0 when every training image was placed
         placement = (*placement, training_share_se(placement[0], images.train_population or sum(placement[0])))
         if images.train_population is not None:
@@ -329,11 +369,11 @@ def score_mosaics_with(opened: OpenedAudit, models: dict[str, PreparedModel], ti
     relevance = np.empty((len(models), len(unique), 4))
     for start in range(0, len(unique), batch_size):
         sl = slice(start, start + batch_size)
-        mosaics = normalized_mosaics(opened.prepared, tiles, unique[sl], opened.mosaic_size)
+        with opened.timed("mosaics_s"):
+            mosaics = normalized_mosaics(opened.prepared, tiles, unique[sl], opened.mosaic_size)
         for k, (key, prepared) in enumerate(models.items()):
-            began = time.perf_counter()
-            relevance[k, sl] = quadrant_relevance(prepared.mosaic_cams(mosaics, class_index))
-            opened.timings[key] = opened.timings.get(key, 0.0) + time.perf_counter() - began
+            with opened.timed(key):
+                relevance[k, sl] = quadrant_relevance(prepared.mosaic_cams(mosaics, class_index))
     in_i = plan.clusters == plan.pairs[:, :1]
     return [mosaic_dominance(r[inverse.ravel()], in_i) for r in relevance]
 
@@ -405,6 +445,7 @@ def place_training(opened: OpenedAudit, clustering: Clustering, train_images: to
     A stream is decoded and embedded a chunk at a time; only its embeddings (n, C) are kept."""
     if isinstance(train_images, ImageStream):
         parts = [embed_class(opened, chunk)[0] for _ids, chunk in train_images if len(chunk)]
+        opened.add_time("decode_s", train_images.decode_s)  # decoded in the stream's thread, ahead of the embedding
         train_emb = np.concatenate(parts) if parts else np.zeros((0, dim))
     else:
         train_emb = embed_class(opened, train_images)[0] if len(train_images) else np.zeros((0, dim))

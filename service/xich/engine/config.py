@@ -51,6 +51,7 @@ class AuditConfig:
     device: str | None = None
     per_image: int = 0
     train_per_class: int | None = None  # --train-per-class N: place a seeded sample of N training images per class
+    precision: str = "fp32"  # --precision tf32: TF32 matmuls and convolutions on CUDA (moves d; see runtime.py)
     labels: str | None = None  # --labels: a built-in set or a file (see labels.py)
     data_uri: str | None = None  # where --data / --weights came from (s3://…) when read from a local copy
     weights_uri: str | None = None
@@ -59,6 +60,7 @@ class AuditConfig:
 # upper bounds: far above any useful audit, low enough that no request can ask a worker for unbounded work
 MAXIMA = {"clusters": 50, "mosaics_per_pair": 1000, "batch_size": 4096, "seed": 2**32 - 1, "per_image": 10_000,
           "tile_size": 1024, "mosaic_size": 2048, "train_per_class": 10_000_000}
+PRECISIONS = ("fp32", "tf32")
 MAX_CLASSES, MAX_TEXT = 1000, 200  # class names per request; characters of a name, split, layer, device…
 INTEGERS = ("clusters", "mosaics_per_pair", "batch_size", "seed", "per_image", "tile_size", "mosaic_size",
             "train_per_class")
@@ -94,6 +96,8 @@ def check_config(config: AuditConfig) -> None:
     for name in ("seed", "per_image"):
         if getattr(config, name) < 0:
             raise XichError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(config, name)}")
+    if config.precision not in PRECISIONS:
+        raise XichError(f"--precision {str(config.precision)[:40]!r}: use {' or '.join(PRECISIONS)}")
     if config.cam not in ("auto", "fast", "reference"):
         raise XichError(f"--cam {config.cam!r}: use auto, fast or reference")
     if not isinstance(config.method, str) or config.method not in CAM_METHODS:

@@ -5,6 +5,8 @@ Layouts accepted by :func:`open_dataset`:
 - ``DIR`` with ``DIR/<split>/<class>/<image>`` (torchvision ImageFolder per split);
 - ``DIR`` with ``DIR/<split>.tar`` or ``DIR/<split>.tar.gz`` holding ``<split>/<class>/<image>``;
 - ``FILE.tar`` / ``FILE.tar.gz`` holding ``[<top>/]<split>/<class>/<image>``;
+- ``s3://bucket/prefix/`` with ``<split>/<class>/<image>`` objects (given the store as ``source``): listed and
+  fetched one class at a time, when that class is read;
 - ``cifar10:DIR`` / ``cifar100:DIR``: torchvision's CIFAR python format (DIR or its
   ``cifar-10-batches-py`` / ``cifar-100-python`` folder). Image ids are ``index:<n>``.
 
@@ -20,11 +22,16 @@ import json
 import logging
 import pickle
 import tarfile
-from collections.abc import Callable, Iterator
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -34,6 +41,13 @@ from ..atomic import write_atomically
 from ..errors import XichError
 
 log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
+                        category=DeprecationWarning)  # the one function used here is checked against PIL in the tests
+
+try:  # deprecated since torchvision 0.29 for TorchCodec (not a dependency): PIL decodes everything when it is gone
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # pragma: no cover
+    decode_jpeg = None
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -48,8 +62,12 @@ class Split:
     The index is built on first use, so an archived split nobody asks for is never read.
     """
 
-    def __init__(self, name: str, where: str, index: Callable[[], Index], root: Path | None = None):
+    def __init__(self, name: str, where: str, index: Callable[[], Index], root: Path | None = None,
+                 manifest: Callable[[], Iterator[tuple[str, str]]] | None = None,
+                 prefetch: Callable[[list[str]], None] | None = None):
         self.name, self.where, self._index_fn, self.root = name, where, index, root
+        self.manifest = manifest  # (image id, identity) in id order without reading images (object-store folders)
+        self.prefetch = prefetch  # fetch these images' objects at once, before they are read one by one
         self.skipped: dict[str, str] = {}  # image id → why load_kept left it out
 
     @cached_property
@@ -95,6 +113,8 @@ class Split:
 
     def _read_tiles(self, ids: list[str], tile_size: int) -> tuple[list[str], list[np.ndarray]]:
         max_side = self.max_side_factor * tile_size
+        if self.prefetch is not None:
+            self.prefetch(ids)
         kept, arrays = [], []
         for image_id in ids:
             try:
@@ -158,13 +178,16 @@ class ImageStream:
 
     def __post_init__(self):
         self.kept: list[str] = []
+        self.decode_s = 0.0  # seconds spent fetching and decoding, in the stream's thread
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def _decode(self, start: int) -> tuple[list[str], torch.Tensor]:
+        began = time.perf_counter()
         kept, arrays = self.split._read_tiles(self.ids[start:start + self.chunk], self.tile_size)
         out = np.stack(arrays) if arrays else np.empty((0, self.tile_size, self.tile_size, 3), dtype=np.uint8)
+        self.decode_s += time.perf_counter() - began
         return kept, torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
     def __iter__(self) -> Iterator[tuple[list[str], torch.Tensor]]:
@@ -184,11 +207,15 @@ class ImageStream:
 def content_fingerprint(splits: list[Split], cache_dir: Path | None = None) -> tuple[str, int]:
     """A dataset's identity: sha256 of its manifest (split name, image id, image sha256), and its image count.
 
-    The same images in another folder, archive or bucket give the same fingerprint.
+    The same images in another folder or archive give the same fingerprint. A folder tree in an object store
+    (``s3://bucket/prefix/``) is identified by its listing instead — each image's ETag and size, streamed in key
+    order — so that no image is fetched for it: an object rewritten in place gets a new ETag and so a new
+    fingerprint, and the same images in S3 and in a local folder are two datasets.
     """
     h, n = hashlib.sha256(), 0
     for split in sorted(splits, key=lambda s: s.name):
-        for image_id, digest in sorted(split.content_hashes(cache_dir).items()):
+        entries = split.manifest() if split.manifest else sorted(split.content_hashes(cache_dir).items())
+        for image_id, digest in entries:
             h.update(f"{split.name}\t{image_id}\t{digest}\n".encode())
             n += 1
     return h.hexdigest(), n
@@ -201,10 +228,19 @@ class Dataset:
     splits: dict[str, Split]
 
 
-def open_dataset(uri: str, eval_split: str, train_split: str | None) -> Dataset:
-    """Open the evaluation split (required) and the training split (optional: None if absent)."""
+def open_dataset(uri: str, eval_split: str, train_split: str | None, source: ObjectSource | None = None) -> Dataset:
+    """Open the evaluation split (required) and the training split (optional: None if absent).
+
+    ``source``: the object store ``uri`` (``s3://bucket/prefix/``) names, for a folder tree there: its classes
+    are listed from the store, and a class's images are listed and fetched only when that class is read.
+    """
     kind, sep, rest = uri.partition(":")
-    if sep and kind in ("cifar10", "cifar100"):
+    if uri.startswith("s3://"):
+        if source is None:
+            raise XichError(f"--data {uri}: an S3 folder dataset needs its store (XICH_S3_ENDPOINT and credentials); "
+                            f"audit it through xich audit or the flows, or download it first")
+        splits = _object_splits(source, uri, {eval_split, train_split} - {None})
+    elif sep and kind in ("cifar10", "cifar100"):
         splits = _cifar_splits(kind, Path(rest), uri)
     else:
         splits = _folder_splits(Path(uri), uri, {eval_split, train_split} - {None})
@@ -223,6 +259,9 @@ class ImageTooLarge(XichError):
 
 
 def _decode(data: bytes, where: str, max_side: int | None = None) -> np.ndarray:
+    size = _jpeg_size(data)  # a JPEG of 1 or 3 channels within the cap: decode_jpeg, without PIL's header parsing
+    if size is not None and (max_side is None or max(size) <= max_side) and (arr := _decode_jpeg(data)) is not None:
+        return arr
     try:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only: the size is known before decoding
             if max_side is not None and max(img.size) > max_side:
@@ -234,6 +273,45 @@ def _decode(data: bytes, where: str, max_side: int | None = None) -> np.ndarray:
                         f"shrink it or remove the file") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise XichError(f"unreadable image {where}: {exc}; remove or replace the file") from None
+
+
+SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # frame headers
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header when it has 1 or 3 components (greyscale, YCbCr/RGB); None for
+    anything else (CMYK, not a JPEG, a header it cannot find), which PIL then reads."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+        elif marker in SOF_MARKERS:
+            height, width = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+            return (width, height) if data[i + 9] in (1, 3) and width and height else None
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray | None:
+    """A greyscale or colour JPEG through ``torchvision.io.decode_jpeg``: the same pixels as PIL (both libjpeg-turbo,
+    checked in tests/test_datasets.py), and faster — with the header read by :func:`_jpeg_size`, not PIL — on
+    CIFAR's 32-px JPEGs and on 224-px ones (bench/bench_decode.py, numbers in docs/benchmarks.md). None when it
+    refuses the file: PIL decodes it, or says what is wrong with it."""
+    if decode_jpeg is None:
+        return None
+    try:
+        decoded = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        return None
+    return np.ascontiguousarray(decoded.permute(1, 2, 0).numpy())
 
 
 def _check_classes(images: dict[str, list[str]], where: str) -> dict[str, list[str]]:
@@ -308,6 +386,122 @@ def _archive_splits(path: Path, uri: str, wanted: set[str]) -> dict[str, Split]:
     return splits
 
 
+class ObjectSource(Protocol):
+    """A folder tree in an object store, keys relative to the dataset's root (``records.store.S3Store``)."""
+
+    def uri(self, key: str) -> str: ...
+
+    def children(self, prefix: str = "") -> Iterator[tuple[str, str | None, int | None]]: ...  # (name, ETag, size)
+
+    def iter_objects(self, prefix: str = "") -> Iterator[tuple[str, str, int]]: ...  # (key, ETag, size), key order
+
+    def fetch_listed(self, key: str, etag: str, size: int) -> Path: ...  # a local copy, cached by ETag
+
+
+FETCH_THREADS = 8  # objects downloaded at once when a chunk of images is prefetched
+LISTED_CLASSES = 4  # classes whose listings a split keeps (the class in use, the next one prefetched, and slack)
+
+
+class _ListedClasses(Mapping):
+    """A split in an object store: class name → image ids. The class names come from one delimited listing; a
+    class's objects are listed when the class is first asked for, and only the last few classes' listings are
+    kept, so memory follows the classes in use, not the dataset."""
+
+    def __init__(self, source: ObjectSource, split: str, classes: list[str], where: str):
+        self.source, self.split, self._classes, self.where = source, split, set(classes), where
+        self._order = classes
+        self._listings: OrderedDict[str, dict[str, tuple[str, int]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, cls: object) -> bool:
+        return cls in self._classes
+
+    def __getitem__(self, cls: str) -> list[str]:
+        return list(self.listing(cls))
+
+    def listing(self, cls: str) -> dict[str, tuple[str, int]]:
+        """Image id → (ETag, size) of class ``cls``'s objects."""
+        if cls not in self._classes:
+            raise KeyError(cls)
+        with self._lock:
+            if cls in self._listings:
+                self._listings.move_to_end(cls)
+                return self._listings[cls]
+        found = {key.removeprefix(f"{self.split}/"): (etag, size)
+                 for key, etag, size in self.source.iter_objects(f"{self.split}/{cls}/") if _is_image_key(key)}
+        if not found:
+            raise XichError(f"class folder {self.where}{cls}/ has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                            f"add images or remove the folder")
+        with self._lock:
+            self._listings[cls] = found
+            while len(self._listings) > LISTED_CLASSES:
+                self._listings.popitem(last=False)
+        return found
+
+    def fetch(self, image_id: str) -> Path:
+        etag, size = self.listing(image_id.partition("/")[0])[image_id]
+        return self.source.fetch_listed(f"{self.split}/{image_id}", etag, size)
+
+
+def _is_image_key(key: str) -> bool:
+    parts = key.split("/")
+    return len(parts) >= 3 and not parts[1].startswith(".") and Path(key).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _object_splits(source: ObjectSource, uri: str, wanted: set[str]) -> dict[str, Split]:
+    """The ``wanted`` splits of a folder tree in an object store, as :func:`_folder_splits` finds them in a folder:
+    ``<split>/<class>/<image>`` objects, listed and fetched one class at a time when the class is read (by the shard
+    that audits it); else a ``<split>.tar[.gz]`` object, fetched whole when the split is first read."""
+    where = uri if uri.endswith("/") else uri + "/"
+    folders, archives = [], {}
+    for name, etag, size in source.children(""):
+        if etag is None:
+            folders.append(name)
+        elif _is_archive(Path(name)):
+            archives[name.removesuffix(".gz").removesuffix(".tgz").removesuffix(".tar")] = (name, etag, size)
+    splits = {}
+    for split, (key, etag, size) in archives.items():
+        if split in wanted and split not in folders:
+            splits[split] = _lazy_archive_split(lambda key=key, etag=etag, size=size: source.fetch_listed(key, etag, size),
+                                                where + key, split, uri)
+    for name in folders:
+        if name not in wanted:
+            continue
+        classes = sorted(c for c, etag, _ in source.children(f"{name}/") if etag is None and not c.startswith("."))
+        if not classes:
+            raise XichError(f"{where}{name}/: no class folders with images; expected <split>/<class>/<image>")
+        listed = _ListedClasses(source, name, classes, f"{where}{name}/")
+
+        def read(image_id: str, listed: _ListedClasses = listed, max_side: int | None = None) -> np.ndarray:
+            return _decode(raw(image_id, listed), f"{listed.where}{image_id}", max_side)
+
+        def raw(image_id: str, listed: _ListedClasses = listed) -> bytes:
+            path = listed.fetch(image_id)
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise XichError(f"unreadable cached copy {path} of {listed.where}{image_id}: {exc.strerror}") from None
+
+        def manifest(name: str = name) -> Iterator[tuple[str, str]]:
+            for key, etag, size in source.iter_objects(f"{name}/"):
+                if _is_image_key(key):
+                    yield key.removeprefix(f"{name}/"), f"etag:{etag}:{size}"
+
+        def prefetch(ids: list[str], listed: _ListedClasses = listed) -> None:
+            with ThreadPoolExecutor(FETCH_THREADS) as pool:
+                list(pool.map(listed.fetch, ids))
+
+        index = (listed, read, raw)
+        splits[name] = Split(name, f"{where}{name}", lambda index=index: index, manifest=manifest, prefetch=prefetch)
+    return splits
+
+
 def _is_archive(p: Path) -> bool:
     return p.name.endswith((".tar", ".tar.gz", ".tgz"))
 
@@ -324,20 +518,22 @@ def _folder_splits(root: Path, uri: str, wanted: set[str]) -> dict[str, Split]:
         if p.is_file() and _is_archive(p):
             name = p.name.removesuffix(".gz").removesuffix(".tgz").removesuffix(".tar")
             if name not in splits:
-                splits.update(_lazy_archive_split(p, name, uri))
+                splits[name] = _lazy_archive_split(lambda p=p: p, str(p), name, uri)
     return splits
 
 
-def _lazy_archive_split(path: Path, name: str, uri: str) -> dict[str, Split]:
-    """A ``<split>.tar[.gz]`` beside the split folders, read only if the audit asks for that split."""
+def _lazy_archive_split(path: Callable[[], Path], where: str, name: str, uri: str) -> Split:
+    """A ``<split>.tar[.gz]`` beside the split folders, read (``path()``: fetched, for an object) only if the audit
+    asks for that split."""
 
     def index():
-        splits = _archive_splits(path, uri, {name})
+        local = path()
+        splits = _archive_splits(local, uri, {name})
         if name not in splits:
-            raise XichError(f"--data {uri}: archive {path} holds no {name}/<class>/<image> files")
+            raise XichError(f"--data {uri}: archive {where} holds no {name}/<class>/<image> files")
         return splits[name]._index
 
-    return {name: Split(name, str(path), index)}
+    return Split(name, where, index)
 
 
 def _cifar_splits(kind: str, root: Path, uri: str) -> dict[str, Split]:

@@ -39,6 +39,19 @@ class _Tap(nn.Module):
         return (box["out"] if self.to_map is None else self.to_map(box["out"])), logits
 
 
+def set_precision(device: torch.device, precision: str) -> None:
+    """On CUDA: cuDNN picks its fastest kernels for the audit's fixed shapes (``cudnn.benchmark``), and TF32 — which
+    PyTorch allows by default for convolutions, moving d — is on only with ``--precision tf32``. Elsewhere TF32 does
+    not exist: asking for it is an error rather than a silent fp32 run."""
+    if device.type != "cuda":
+        if precision != "fp32":
+            raise XichError(f"--precision {precision}: TF32 exists only on NVIDIA GPUs (--device cuda); this audit runs "
+                            f"on {device.type}; use --precision fp32")
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+
+
 class PreparedModel:
     """A model ready to audit: weights loaded, target layer, CAM method and CAM path chosen, on its device.
 
@@ -51,8 +64,9 @@ class PreparedModel:
 
     def __init__(self, model: nn.Module, *, model_spec: str, num_classes: int, tile_size: int,
                  mosaic_size: int | None = None, device: str | None = None, normalize: str = "imagenet",
-                 layer: str = "auto", cam: str = "auto", method: str = "gradcam"):
+                 layer: str = "auto", cam: str = "auto", method: str = "gradcam", precision: str = "fp32"):
         self.device = resolve_device(device)
+        set_precision(self.device, precision)
         self.model = model.to(self.device).eval()
         mean, std = parse_normalize(normalize)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)

@@ -571,7 +571,8 @@ def load_audit(*, session: Session, run_id: str) -> AuditResult:
         run_id=run.id, model={"spec": mv.spec, "weights": mv.weights_uri},
         labels={"source": mv.labels_source, "names": list(mv.labels or [])},
         dataset={"uri": ds.uri, "eval_split": run.eval_split, "train_split": run.train_split},
-        config=dict(run.resolved_config or {}), classes=classes, summary=summarize(classes))
+        config=dict(run.resolved_config or {}), classes=classes, summary=summarize(classes),
+        timings={k: v for k, v in (run.timings or {}).items() if isinstance(v, (int, float))})
 
 
 def _baseline_names() -> tuple[str, ...]:

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -233,6 +234,8 @@ class S3Store(Store):
         where = re.sub(r"[^A-Za-z0-9._-]", "_", endpoint)
         self._files = cache_dir / "s3" / where / bucket
         self._meta = cache_dir / "s3-meta" / where / bucket
+        self.downloaded = {"objects": 0, "bytes": 0}  # what this store downloaded (cache hits not counted)
+        self._count_lock = threading.Lock()
 
     def _name(self, key: str) -> str:
         return self.prefix + _clean_key(key)
@@ -349,6 +352,36 @@ class S3Store(Store):
                         break
             return found
 
+    def children(self, prefix: str = "") -> Iterator[tuple[str, str | None, int | None]]:
+        """What lies directly under the folder ``prefix`` (``""``: the root), in key order: (name, ETag, size) of
+        each object, (name, None, None) of each folder. One delimited listing, a page of at most 1,000 names at a
+        time, never the objects inside the folders."""
+        name_prefix = self.prefix + (_clean_key(prefix.strip("/")) + "/" if prefix.strip("/") else "")
+        with self._errors(f"s3://{self.bucket}/{name_prefix}"):
+            for o in self.client.list_objects(self.bucket, prefix=name_prefix, recursive=False):
+                name = o.object_name[len(name_prefix):]
+                if o.is_dir:
+                    yield name.rstrip("/"), None, None
+                elif name and not name.startswith(TMP_PREFIX):
+                    yield name, (o.etag or "").strip('"'), o.size
+
+    def iter_objects(self, prefix: str = "") -> Iterator[tuple[str, str, int]]:
+        """(key, ETag, size) of every object under the folder ``prefix``, streamed in key order page by page (memory
+        holds one page, however many objects there are)."""
+        name_prefix = self.prefix + (_clean_key(prefix.strip("/")) + "/" if prefix.strip("/") else "")
+        with self._errors(f"s3://{self.bucket}/{name_prefix}"):
+            for o in self.client.list_objects(self.bucket, prefix=name_prefix, recursive=True):
+                name = o.object_name
+                if not o.is_dir and not name.endswith("/") and not name.rpartition("/")[2].startswith(TMP_PREFIX):
+                    yield name[len(self.prefix):], (o.etag or "").strip('"'), o.size
+
+    def fetch_listed(self, key: str, etag: str, size: int) -> Path:
+        """:meth:`fetch` of an object whose ETag and size a listing gave: no request when the cache holds it."""
+        name = self._name(key)
+        if not self._cached(name, etag, size):
+            self._download(name)
+        return self._files / name
+
     def fetch(self, key: str) -> Path:
         name = self._name(key)
         with self._errors(self.uri(key)):
@@ -402,6 +435,9 @@ class S3Store(Store):
                 response.close()
                 response.release_conn()
         st = dest.stat()
+        with self._count_lock:
+            self.downloaded["objects"] += 1
+            self.downloaded["bytes"] += st.st_size
         record = {"etag": etag, "size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
         _atomic_write(self._meta_path(name), lambda f: f.write(json.dumps(record).encode()), url)
         log.debug("downloaded %s (%d bytes) to %s", url, st.st_size, dest)

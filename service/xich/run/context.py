@@ -43,6 +43,7 @@ class Context:
     migrate_first: bool = True
     _engine: Engine | None = field(default=None, repr=False)
     _store: object = field(default=None, repr=False)
+    _sources: dict = field(default_factory=dict, repr=False)  # data_source's stores, by dataset URI
 
     @property
     def engine(self) -> Engine:
@@ -80,6 +81,31 @@ class Context:
         from ..records.store import fetch_uri
 
         return str(fetch_uri(uri, **self.settings.s3_options()))
+
+    def data_path(self, uri: str | None) -> str | None:
+        """What to give the audit as its dataset: a folder tree in S3 (``s3://bucket/prefix/``, or a prefix that is
+        no object) stays a URI, read class by class through :meth:`data_source` by the shard that audits the
+        class; anything else is :meth:`local_path` (an archive object is downloaded whole)."""
+        if uri is None or not uri.startswith("s3://"):
+            return self.local_path(uri)
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if key and not key.endswith("/") and self._s3_root(f"s3://{bucket}").exists(key):
+            return self.local_path(uri)
+        self.data_source(uri)  # a missing bucket or refused credentials fail here, before anything else
+        return uri
+
+    def data_source(self, uri: str | None):
+        """The store holding the ``s3://`` folder dataset ``uri`` (``records.store.S3Store``), None for others."""
+        if uri is None or not uri.startswith("s3://"):
+            return None
+        if uri not in self._sources:  # one per dataset: its download counts (``downloaded``) cover the process
+            self._sources[uri] = self._s3_root(uri)
+        return self._sources[uri]
+
+    def _s3_root(self, uri: str):
+        from ..records.store import open_store
+
+        return open_store(uri, **self.settings.s3_options())
 
     def migrate(self) -> None:
         """Upgrade the results database to head now (Alembic; processes starting at once take turns)."""

@@ -172,12 +172,13 @@ class RecordedRun:
         self._join_per_image()
         classes = load_classes(session=self.session, run_id=self.run.id)
         result = assemble_result(self.opened, classes, self.run.id, notes=self.notes)
+        result.timings = {"fingerprint_s": round(self.fingerprint_s, 3),
+                          "audit_s": round(time.perf_counter() - self.started, 3), **result.timings}
         stored = stored_classes(session=self.session, run=self.run)
         with named_lock(self.engine, f"xich:run:{self.run.id}:finish"):  # processes finishing together: one writes
             finish_run(session=self.session, run=self.run, classes=self.opened.classes, resolved_config=result.config,
                        train_split=result.dataset["train_split"], summary=result.summary,
-                       timings={"fingerprint_s": self.fingerprint_s, "audit_s": time.perf_counter() - self.started,
-                                **self.opened.timings,  # CAM seconds: the model's (cam_s) and the control's
+                       timings={**result.timings,  # seconds: the fingerprint, the audit, each stage in this process
                                 "resumed_classes": sorted(self.resumed & set(self.opened.classes)),
                                 # by this process and every shard that worked on the run meanwhile
                                 "computed_classes": [c for c in self.opened.classes
@@ -241,7 +242,7 @@ def open_recorded_run(ctx: Context, config: AuditConfig, *, model_name: str | No
     engine, cache_dir = ctx.engine, ctx.settings.cache_dir  # (migrated on first use) before the first forward pass
     session = ctx.session(expire_on_commit=False)
     try:
-        opened = open_audit(config)
+        opened = open_audit(config, ctx.data_source(config.data))
         t0 = time.perf_counter()
         splits = [opened.eval_split] + ([opened.train_split] if opened.train_split is not None else [])
         fingerprint, n_images = content_fingerprint(splits, Path(cache_dir) if cache_dir else None)
@@ -338,7 +339,7 @@ def audit_registered(ctx: Context, parameters: dict) -> dict:
         config, clustering = audit_config(
             model_spec=parameters["model_spec"], dataset_uri=parameters["dataset_uri"],
             weights_uri=parameters["weights_uri"], settings=parameters["settings"],
-            data=ctx.local_path(parameters["dataset_uri"]),
+            data=ctx.data_path(parameters["dataset_uri"]),
             weights=ctx.local_path(parameters["weights_uri"], model=model, version=version))
         with open_recorded_run(ctx, config, model_name=model, model_version=version, clustering=clustering,
                                request={"dataset_uri": parameters["dataset_uri"],

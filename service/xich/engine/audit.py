@@ -35,7 +35,7 @@ from ..method.per_image import class_softmax, dominance_correlations
 from ..method.significance import confidence_intervals, p_value_matrices, set_means, significant_pairs
 from .models import build_model, fixed_input_size, head_name, load_weights, read_checkpoint
 from ..result import AuditResult, ClassResult, ClusterResult, Explainer, MosaicResult, summarize
-from .config import AuditConfig, check_config, parse_normalize
+from .config import AuditConfig, parse_normalize
 from .runtime import PreparedModel
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,8 @@ def sample_training(ids: list[str], n: int | None, seed: int, class_index: int) 
 
 
 def open_audit(config: AuditConfig) -> OpenedAudit:
-    """Stage 0: validate the settings, open the dataset, match its classes to the model's labels, prepare the model."""
-    check_config(config)
+    """Stage 0: open the dataset, match its classes to the model's labels, prepare the model (``config`` is valid
+    by construction). The tile and mosaic sizes left to their defaults are resolved here, once."""
     dataset = open_dataset(config.data, config.eval_split, config.train_split)
     eval_split = dataset.splits[config.eval_split]
     train_split = dataset.splits.get(config.train_split) if config.train_split else None
@@ -149,10 +149,10 @@ def open_audit(config: AuditConfig) -> OpenedAudit:
     mosaic_size = config.mosaic_size or (tile if fixed_input_size(config.model) else 2 * tile)
     model, labels, indices = load_model(config, dataset.classes)
     indices = dict(sorted(((c, indices[c]) for c in selected), key=lambda kv: kv[1]))
-    prepared = PreparedModel(model, model_spec=config.model, num_classes=len(labels.names), tile_size=tile,
-                             mosaic_size=mosaic_size, device=config.device, normalize=config.normalize,
+    prepared = PreparedModel(model, model_spec=config.model, num_classes=len(labels.names), mosaic_size=mosaic_size,
+                             device=config.device, normalize=config.normalize,
                              layer=config.layer, cam=config.cam, method=config.method)
-    control = control_model(config, prepared, len(labels.names), tile, mosaic_size) if config.control else None
+    control = control_model(config, prepared, len(labels.names), mosaic_size) if config.control else None
     seed = control_seed(config.seed) if config.control else None
     return OpenedAudit(config, dataset, eval_split, train_split, labels, indices, prepared, tile, mosaic_size,
                        control, seed)
@@ -164,8 +164,7 @@ def control_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 0xC047]).generate_state(1)[0])
 
 
-def control_model(config: AuditConfig, prepared: PreparedModel, outputs: int, tile_size: int,
-                  mosaic_size: int) -> PreparedModel:
+def control_model(config: AuditConfig, prepared: PreparedModel, outputs: int, mosaic_size: int) -> PreparedModel:
     """The randomized control: the audited architecture with freshly initialised weights (seeded), prepared with
     the same target layer, CAM method and path. A model that scores mosaics this way knows nothing of the data."""
     with torch.random.fork_rng(devices=[]):
@@ -175,8 +174,8 @@ def control_model(config: AuditConfig, prepared: PreparedModel, outputs: int, ti
     if all(k in trained and torch.equal(v.cpu(), trained[k].cpu()) for k, v in fresh.items() if v.is_floating_point()):
         raise XichError(f"--model {config.model!r}: building it again gives the same weights as the audited model, "
                         f"so there is no re-initialised control; audit with --no-control")
-    return PreparedModel(model, model_spec=config.model, num_classes=outputs, tile_size=tile_size,
-                         mosaic_size=mosaic_size, device=str(prepared.device), normalize=config.normalize,
+    return PreparedModel(model, model_spec=config.model, num_classes=outputs, mosaic_size=mosaic_size,
+                         device=str(prepared.device), normalize=config.normalize,
                          layer=prepared.layer_name, cam=prepared.cam, method=config.method)
 
 

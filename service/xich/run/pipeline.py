@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from .context import Context
 
 from ..engine.audit import ClassImages, OpenedAudit, assemble_result, audit_class, open_audit, per_image_result
-from ..engine.config import AuditConfig, check_config
+from ..engine.config import AuditConfig
 from ..engine.datasets import content_fingerprint
 from ..records.db import AuditRun, Clustering, Model, ModelVersion, RunClass
 from ..errors import XichError
@@ -234,7 +234,6 @@ def open_recorded_run(ctx: Context, config: AuditConfig, *, model_name: str | No
     ``persist.register_version``); the run is linked to it. Classes are claimed with the context's
     XICH_RUN_STALE_S (``RecordedRun.claim``).
     """
-    check_config(config)
     weights_sha = file_sha256(config.weights) if config.weights and Path(config.weights).is_file() else None
     if config.weights and weights_sha is None:
         raise XichError(f"--weights {config.weights}: no such file")

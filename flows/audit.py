@@ -28,7 +28,8 @@ from xich.errors import Unavailable
 from xich.records.mlflow_registry import write_back
 from xich.records.registration import (admit_recorded, audit_config, record_request_failure,
                                        recorded_registry_metadata, request_plan)
-from xich.reports.report import class_table, summary_markdown
+from xich.reports.report import class_table
+from xich.reports.summary import summary_markdown
 from xich.result import AuditResult, ClassResult
 from xich.run.context import current_context
 from xich.run.deploy import start_run

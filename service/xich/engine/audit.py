@@ -34,7 +34,8 @@ from ..method.mosaic import MosaicPlan, assemble_mosaics, image_sets, plan_mosai
 from ..method.per_image import class_softmax, dominance_correlations
 from ..method.significance import confidence_intervals, p_value_matrices, set_means, significant_pairs
 from .models import build_model, fixed_input_size, head_name, load_weights, read_checkpoint
-from ..result import AuditResult, ClassResult, ClusterResult, Explainer, MosaicResult, summarize
+from ..result import (AuditResult, ClassResult, ClusterResult, Explainer, ImageScore, MosaicResult,
+                      PerImageResult)
 from .config import AuditConfig, parse_normalize
 from .runtime import PreparedModel
 
@@ -215,18 +216,12 @@ def assemble_result(opened: OpenedAudit, classes: list[ClassResult], run_id: str
                     notes: list[str] | None = None) -> AuditResult:
     """Last stage: the audit document of ``classes`` (in model output order), with its summary."""
     config = opened.config
-    classes = sorted(classes, key=lambda c: c.index)
-    return AuditResult(
-        run_id=run_id,
-        model=model or {"spec": config.model, "weights": config.weights_uri or config.weights},
+    return AuditResult.assemble(
+        run_id, model=model or {"spec": config.model, "weights": config.weights_uri or config.weights},
         labels={"source": opened.labels.source, "names": list(opened.labels.names)},
         dataset={"uri": config.data_uri or config.data, "eval_split": config.eval_split,
                  "train_split": config.train_split if opened.train_split is not None else None},
-        config=opened.resolved_config(),
-        classes=classes,
-        summary=summarize(classes),
-        notes=list(notes or []),
-    )
+        config=opened.resolved_config(), classes=classes, notes=notes)
 
 
 def _none(x: float) -> float | None:
@@ -445,7 +440,7 @@ def class_result(images: ClassImages, clustering: Clustering, plan: MosaicPlan, 
 
 
 def per_image_result(opened: OpenedAudit, images: ClassImages, tiles: torch.Tensor | None = None,
-                     logits: np.ndarray | None = None) -> dict:
+                     logits: np.ndarray | None = None) -> PerImageResult:
     """Per-image mode (Fig. 3): a sample of images, each its own cluster; both images twice in each mosaic."""
     config = opened.config
     if tiles is None or logits is None:
@@ -463,13 +458,10 @@ def per_image_result(opened: OpenedAudit, images: ClassImages, tiles: torch.Tens
     keep = ~np.isnan(scores)  # an image without evidence has no score to correlate
     logit = logits[sample, class_index]
     prob = class_softmax(logits[sample], class_index)
-    return {
-        "requested": config.per_image,
-        "images": [{"image": eval_ids[k], "score": _none(s), "logit": float(lg), "softmax": float(p)}
-                   for k, s, lg, p in zip(sample, scores, logit, prob)],
-        "mosaics": len(plan),
-        **dominance_correlations(scores[keep], logit[keep], prob[keep]),
-    }
+    return PerImageResult(requested=config.per_image,
+                          images=[ImageScore(image=eval_ids[k], score=_none(s), logit=float(lg), softmax=float(p))
+                                  for k, s, lg, p in zip(sample, scores, logit, prob)],
+                          mosaics=len(plan), **dominance_correlations(scores[keep], logit[keep], prob[keep]))
 
 
 def explain_stored(opened: OpenedAudit, classes: list[ClassResult]):

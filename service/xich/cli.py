@@ -243,15 +243,11 @@ def cmd_serve_hooks(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from .records.migrate import downgrade, upgrade
-    from .run.context import open_context
+    from .run.commands import migrate
+    from .run.context import context
 
-    url = open_context(migrate=False).settings.database_url  # only its settings: migrating is the command
-    if args.action == "upgrade":
-        upgrade(url, args.revision or "head")
-    else:
-        downgrade(url, args.revision or "base")
-    out.print(f"database {args.action}d: {url.split('@')[-1]}", highlight=False)
+    with context(migrate=False) as ctx:  # migrating is the command
+        out.print(migrate(ctx, args.action, args.revision), highlight=False)
     return 0
 
 

@@ -36,6 +36,7 @@ from ..method.significance import confidence_intervals, p_value_matrices, set_me
 from .models import build_model, fixed_input_size, head_name, load_weights, read_checkpoint
 from ..result import (AuditResult, ClassResult, ClusterResult, Explainer, ImageScore, MosaicResult,
                       PerImageResult)
+from ..settings import IMAGE_MAX_SIDE_FACTOR
 from .config import AuditConfig, parse_normalize
 from .runtime import PreparedModel
 
@@ -139,10 +140,11 @@ def sample_training(ids: list[str], n: int | None, seed: int, class_index: int) 
     return [ids[k] for k in keep]
 
 
-def open_audit(config: AuditConfig) -> OpenedAudit:
+def open_audit(config: AuditConfig, *, max_side_factor: int = IMAGE_MAX_SIDE_FACTOR) -> OpenedAudit:
     """Stage 0: open the dataset, match its classes to the model's labels, prepare the model (``config`` is valid
-    by construction). The tile and mosaic sizes left to their defaults are resolved here, once."""
-    dataset = open_dataset(config.data, config.eval_split, config.train_split)
+    by construction). The tile and mosaic sizes left to their defaults are resolved here, once.
+    ``max_side_factor``: the context's XICH_IMAGE_MAX_SIDE_FACTOR (images over it are not decoded)."""
+    dataset = open_dataset(config.data, config.eval_split, config.train_split, max_side_factor=max_side_factor)
     eval_split = dataset.splits[config.eval_split]
     train_split = dataset.splits.get(config.train_split) if config.train_split else None
     selected = _select_classes(dataset, config.classes)

@@ -6,6 +6,8 @@ calls one of these and maps errors.
   the document, the report and the published copy.
 - :func:`start_registered` (``xich register --audit``): through the Prefect deployment, else here.
 - :func:`train_to` (``xich train``): a local or ``s3://`` destination checked before the epochs.
+- :func:`history`, :func:`show_references`, :func:`use_reference`, :func:`migrate`: ``xich history``,
+  ``xich clustering show|use`` and ``xich db``.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def audit_here(ctx: Context, config: AuditConfig, *, record: dict | None, report
             yield cls
 
     if record is None:
-        opened = open_audit(config)
+        opened = open_audit(config, max_side_factor=ctx.settings.image_max_side_factor)
         result = assemble_result(opened, list(computed(opened, audit_classes(opened), len(opened.classes))),
                                  uuid.uuid4().hex)
         return LocalAudit(result, opened, False, examples)
@@ -146,7 +148,8 @@ def train_to(ctx: Context, out: str, *, create_bucket: bool = False, on_epoch=No
         store = open_store(f"s3://{bucket}", create_bucket=create_bucket, **settings.s3_options())
         store.check_writable()
         local_out = str(Path(settings.cache_dir) / "trained" / Path(out).name)
-    train(TrainConfig(**{**options, "data": ctx.local_path(options["data"]), "out": local_out}), on_epoch=on_epoch)
+    train(TrainConfig(**{**options, "data": ctx.local_path(options["data"]), "out": local_out,
+                         "max_side_factor": settings.image_max_side_factor}), on_epoch=on_epoch)
     if store is not None:
         store.put_file(key, local_out)
 
@@ -201,3 +204,15 @@ def use_reference(ctx: Context, *, run_id: str) -> str:
         clustering = set_reference(session=session, run_id=run_id)
         return (f"clustering {clustering.key} is now the reference: later audits of this model on this dataset "
                 f"(P={clustering.clusters or 'as frozen'}) reuse its clusters")
+
+
+def migrate(ctx: Context, action: str, revision: str | None = None) -> str:
+    """``xich db upgrade|downgrade [REVISION]`` on the context's results database (default: head, or base)."""
+    from ..records.migrate import downgrade, upgrade
+
+    url = ctx.settings.database_url
+    if action == "upgrade":
+        upgrade(url, revision or "head")
+    else:
+        downgrade(url, revision or "base")
+    return f"database {action}d: {url.split('@')[-1]}"

@@ -8,8 +8,9 @@
 
 I/O tasks retry with exponential backoff, and only on errors a later try can fix (a server that did
 not answer, a dropped connection); computation never retries. Every task works in its process's context
-(``xich.run.context.current_context``: settings from ``XICH_*``, one engine, the database migrated once);
-``XICH_AUDIT_DEPLOYMENT`` names the deployment that runs shards and new versions.
+(``xich.run.context.current_context``: settings from ``XICH_*``, one engine, the database migrated once) and
+takes ids and plain data: ``open-run`` holds the recorded run open there and returns its run id, by which the
+later tasks find it. ``XICH_AUDIT_DEPLOYMENT`` names the deployment that runs shards and new versions.
 """
 
 from __future__ import annotations

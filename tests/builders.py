@@ -7,7 +7,7 @@ A module of its own (not conftest.py) so tests import what they use by name.
 from __future__ import annotations
 
 from xich.engine.config import AuditConfig
-from xich.result import AuditResult, ClassResult, ClusterResult
+from xich.result import AuditedData, AuditedModel, AuditResult, ClassResult, ClusterResult, LabelList
 from xich.run.context import Context, open_context
 from xich.run.pipeline import recorded_audit
 from xich.settings import Settings
@@ -68,8 +68,9 @@ def class_result(name: str, clusters: list[ClusterResult], *, index: int = 0, hi
 def audit_result(classes: list[ClassResult], *, run_id: str = "hand-built", model: dict | None = None,
                  labels: dict | None = None, dataset: dict | None = None, config: dict | None = None,
                  notes: list[str] | None = None) -> AuditResult:
-    """A hand-built result, put together as every result is (``AuditResult.assemble``: summary included)."""
-    return AuditResult.assemble(run_id, model=model or {"spec": "cifar:resnet20", "weights": None},
-                                labels=labels or {"source": "test", "names": [c.name for c in classes]},
-                                dataset=dataset or {"uri": "test-data"}, config=config or {}, classes=classes,
-                                notes=notes)
+    """A hand-built result, put together as every result is (``AuditResult.assemble``: summary included); the
+    header's parts as plain dicts (``model``: spec, weights; ``labels``: source, names; ``dataset``: uri, splits)."""
+    return AuditResult.assemble(run_id, model=AuditedModel(**(model or {"spec": "cifar:resnet20"})),
+                                labels=LabelList(**(labels or {"source": "test", "names": [c.name for c in classes]})),
+                                dataset=AuditedData(**{"uri": "test-data", **(dataset or {})}), config=config or {},
+                                classes=classes, notes=notes)

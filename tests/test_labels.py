@@ -76,7 +76,7 @@ def test_checkpoint_label_list_sends_grad_cam_to_the_named_output(tmp_path):
     assert opened.indices == {"dog": 0, "cat": 2} and opened.labels.source == "checkpoint"
     result = run_audit(config)
     assert [(c.name, c.index) for c in result.classes] == [("dog", 0), ("cat", 2)]
-    assert result.labels == {"source": "checkpoint", "names": ["dog", "bird", "cat"]}
+    assert result.to_dict()["labels"] == {"source": "checkpoint", "names": ["dog", "bird", "cat"]}
 
 
 def test_cli_refuses_a_class_that_is_not_a_label_and_a_count_that_does_not_fit(tmp_path, capsys):

@@ -75,7 +75,7 @@ def test_rerun_changes_no_row(database_url, synth_data, one_torch_thread, train_
     again = recorded(config, database_url, model_name="shapes", model_version="v1")
     assert _row_counts(database_url) == before
     assert numbers(again) == numbers(first)
-    assert again.dataset["train_split"] == (None if train_split == "missing" else "train")
+    assert again.dataset.train_split == (None if train_split == "missing" else "train")
 
 
 class _Killed(Exception):

@@ -110,23 +110,50 @@ class ClassResult:
 
 
 @dataclass
+class AuditedModel:
+    """The run header's model: its spec and where its weights came from (None: initialised, not trained)."""
+
+    spec: str
+    weights: str | None = None
+
+
+@dataclass
+class LabelList:
+    """The run header's labels: the model's class names in output order, and where they came from."""
+
+    source: str | None
+    names: list[str]
+
+
+@dataclass
+class AuditedData:
+    """The run header's dataset: where it came from, the split audited and the training split placed (None: none)."""
+
+    uri: str
+    eval_split: str | None = None
+    train_split: str | None = None
+
+
+@dataclass
 class AuditResult:
+    """One audit: the run header (``run_id``, ``model``, ``labels``, ``dataset``, the resolved ``config``), every
+    class, the across-class ``summary`` and the run's notes. ``to_dict`` is the audit document."""
+
     run_id: str
-    model: dict
-    labels: dict  # {"source", "names"}: the model's label list in output order
-    dataset: dict
+    model: AuditedModel
+    labels: LabelList
+    dataset: AuditedData
     config: dict
     classes: list[ClassResult]
     summary: dict
     notes: list[str] = field(default_factory=list)
 
     @classmethod
-    def assemble(cls, run_id: str, *, model: dict, labels: dict, dataset: dict, config: dict,
+    def assemble(cls, run_id: str, *, model: AuditedModel, labels: LabelList, dataset: AuditedData, config: dict,
                  classes: list[ClassResult], notes: list[str] | None = None) -> AuditResult:
         """The one place a result is put together, computed or read back: the classes in model output order and
         the across-class summary derived from them (:func:`summarize`), so a stored run reads back as computed.
-        ``model``: ``{"spec", "weights"}``; ``labels``: ``{"source", "names"}``; ``dataset``: ``{"uri",
-        "eval_split", "train_split"}``; ``config``: the resolved settings."""
+        ``config``: the resolved settings."""
         classes = sorted(classes, key=lambda c: c.index)
         return cls(run_id=run_id, model=model, labels=labels, dataset=dataset, config=config, classes=classes,
                    summary=summarize(classes), notes=list(notes or []))
@@ -141,7 +168,8 @@ class AuditResult:
                                   "mosaics": [MosaicResult(**m) for m in c["mosaics"]],
                                   "per_image": PerImageResult.from_dict(c["per_image"]) if c.get("per_image") else None})
                    for c in doc["classes"]]
-        return cls(**{**doc, "classes": classes})
+        return cls(**{**doc, "model": AuditedModel(**doc["model"]), "labels": LabelList(**doc["labels"]),
+                      "dataset": AuditedData(**doc["dataset"]), "classes": classes})
 
     def to_json(self) -> str:
         """The audit document; never contains NaN."""

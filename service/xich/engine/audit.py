@@ -34,8 +34,8 @@ from ..method.mosaic import MosaicPlan, assemble_mosaics, image_sets, plan_mosai
 from ..method.per_image import class_softmax, dominance_correlations
 from ..method.significance import confidence_intervals, p_value_matrices, set_means, significant_pairs
 from .models import build_model, fixed_input_size, head_name, load_weights, read_checkpoint
-from ..result import (AuditResult, ClassResult, ClusterResult, Explainer, ImageScore, MosaicResult,
-                      PerImageResult)
+from ..result import (AuditedData, AuditedModel, AuditResult, ClassResult, ClusterResult, Explainer, ImageScore,
+                      LabelList, MosaicResult, PerImageResult)
 from ..settings import IMAGE_MAX_SIDE_FACTOR
 from .config import AuditConfig, parse_normalize
 from .runtime import PreparedModel
@@ -214,15 +214,15 @@ def audit_classes(opened: OpenedAudit, names: list[str] | None = None) -> Iterat
         yield images, audit_class(opened, images)
 
 
-def assemble_result(opened: OpenedAudit, classes: list[ClassResult], run_id: str, model: dict | None = None,
+def assemble_result(opened: OpenedAudit, classes: list[ClassResult], run_id: str, model: AuditedModel | None = None,
                     notes: list[str] | None = None) -> AuditResult:
     """Last stage: the audit document of ``classes`` (in model output order), with its summary."""
     config = opened.config
     return AuditResult.assemble(
-        run_id, model=model or {"spec": config.model, "weights": config.weights_uri or config.weights},
-        labels={"source": opened.labels.source, "names": list(opened.labels.names)},
-        dataset={"uri": config.data_uri or config.data, "eval_split": config.eval_split,
-                 "train_split": config.train_split if opened.train_split is not None else None},
+        run_id, model=model or AuditedModel(config.model, config.weights_uri or config.weights),
+        labels=LabelList(opened.labels.source, list(opened.labels.names)),
+        dataset=AuditedData(config.data_uri or config.data, config.eval_split,
+                            config.train_split if opened.train_split is not None else None),
         config=opened.resolved_config(), classes=classes, notes=notes)
 
 

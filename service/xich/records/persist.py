@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 from .db import (AuditRequest, AuditRun, ClassHeartbeat, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
                  PerImageScore, RunClass, RunCluster, RunRankShare, utcnow)
 from ..errors import XichError
-from ..result import AuditResult, ClassResult, ClusterResult, ImageScore, MosaicResult, PerImageResult
+from ..result import (AuditedData, AuditedModel, AuditResult, ClassResult, ClusterResult, ImageScore, LabelList,
+                      MosaicResult, PerImageResult)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -568,10 +569,9 @@ def load_audit(*, session: Session, run_id: str) -> AuditResult:
     ds = session.get(Dataset, run.dataset_id)
     classes = load_classes(session=session, run_id=run_id)
     return AuditResult.assemble(
-        run.id, model={"spec": mv.spec, "weights": mv.weights_uri},
-        labels={"source": mv.labels_source, "names": list(mv.labels or [])},
-        dataset={"uri": ds.uri, "eval_split": run.eval_split, "train_split": run.train_split},
-        config=dict(run.resolved_config or {}), classes=classes)
+        run.id, model=AuditedModel(mv.spec, mv.weights_uri), labels=LabelList(mv.labels_source, list(mv.labels or [])),
+        dataset=AuditedData(ds.uri, run.eval_split, run.train_split), config=dict(run.resolved_config or {}),
+        classes=classes)
 
 
 def _baseline_names() -> tuple[str, ...]:

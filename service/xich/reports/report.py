@@ -199,10 +199,10 @@ def write_report(result: AuditResult, out_dir: str | Path, examples: dict[str, l
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     examples = examples or {}
-    title = f"XICH audit of {model or result.model['spec']}" + (f" {version}" if version else "")
+    title = f"XICH audit of {model or result.model.spec}" + (f" {version}" if version else "")
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p>run <code>{html.escape(result.run_id)}</code></p>",
-             f"<p>model <code>{html.escape(result.model['spec'])}</code> weights "
-             f"<code>{html.escape(str(result.model['weights']))}</code>; data <code>{html.escape(result.dataset['uri'])}</code>; "
+             f"<p>model <code>{html.escape(result.model.spec)}</code> weights "
+             f"<code>{html.escape(str(result.model.weights))}</code>; data <code>{html.escape(result.dataset.uri)}</code>; "
              + ", ".join(f"{k}={html.escape(str(v))}" for k, v in result.config.items()) + "</p>",
              _labels_and_notes(result), extra_html]
     if any(c.clusters and c.clusters[0].train_share is not None for c in result.classes):
@@ -233,8 +233,8 @@ def write_report(result: AuditResult, out_dir: str | Path, examples: dict[str, l
 
 
 def _labels_and_notes(result: AuditResult) -> str:
-    names = result.labels.get("names") or []
-    text = (f"<p>labels: <code>{html.escape(str(result.labels.get('source')))}</code> "
+    names = result.labels.names or []
+    text = (f"<p>labels: <code>{html.escape(str(result.labels.source))}</code> "
             f"({len(names)} name{'' if len(names) == 1 else 's'} in output order)</p>")
     if lines := overall_lines(result):  # the summary the console and the Prefect artifact show
         text += "<ul class='summary'>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
@@ -274,7 +274,7 @@ def _per_image_finding(result: AuditResult) -> str:
             "(Spearman 0.91–0.98), contrary to the paper's Fig. 3 claim that they are non-correlated. "
             "The reason is the head: with global average pooling followed by a linear layer, Grad-CAM's "
             "energy and the logit are both built from w·A (the class's weights times the last block's "
-            f"activations). In this run ({html.escape(result.model['spec'])}), Spearman(dominance, logit) "
+            f"activations). In this run ({html.escape(result.model.spec)}), Spearman(dominance, logit) "
             f"is <b class='measured'>{measured}</b>. The claim holds only when the mosaic is rescaled to the "
             "model's input size (<code>--mosaic-size</code> = tile size: mean Spearman 0.45 over the four CIFAR "
             "ResNets, against 0.95 at native tiles), and only in appearance: against the logit of each image as "

@@ -22,8 +22,8 @@ def _interval(ci: list[float] | None) -> str:
 def headline(result: AuditResult, *, model: str | None = None, version: str | None = None) -> str:
     """What was audited, how: the title of every rendering."""
     c = result.config
-    return (f"XICH audit of {model or result.model['spec']}{f' {version}' if version else ''}: run {result.run_id} · "
-            f"model {result.model['spec']} · data {result.dataset['uri']} · layer {c.get('layer')} · method "
+    return (f"XICH audit of {model or result.model.spec}{f' {version}' if version else ''}: run {result.run_id} · "
+            f"model {result.model.spec} · data {result.dataset.uri} · layer {c.get('layer')} · method "
             f"{c.get('method', 'gradcam')} ({c.get('cam')}) · P={c.get('clusters')} J={c.get('mosaics_per_pair')} "
             f"seed={c.get('seed')}")
 
@@ -93,7 +93,7 @@ def print_summary(result: AuditResult, console) -> None:
     from ..method.baselines import BASELINES
 
     console.print(f"[bold]{headline(result)}[/]", highlight=False)
-    console.print(f"labels: {result.labels['source']}", highlight=False)
+    console.print(f"labels: {result.labels.source}", highlight=False)
     for cls in result.classes:
         table = Table(title=f"{cls.name} (model output {cls.index})", title_justify="left")
         baselines = any(cl.baselines for cl in cls.clusters)

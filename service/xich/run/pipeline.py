@@ -176,7 +176,7 @@ class RecordedRun:
         stored = stored_classes(session=self.session, run=self.run)
         with named_lock(self.engine, f"xich:run:{self.run.id}:finish"):  # processes finishing together: one writes
             finish_run(session=self.session, run=self.run, classes=self.opened.classes, resolved_config=result.config,
-                       train_split=result.dataset["train_split"], summary=result.summary,
+                       train_split=result.dataset.train_split, summary=result.summary,
                        timings={"fingerprint_s": self.fingerprint_s, "audit_s": time.perf_counter() - self.started,
                                 **self.opened.timings,  # CAM seconds: the model's (cam_s) and the control's
                                 "resumed_classes": sorted(self.resumed & set(self.opened.classes)),

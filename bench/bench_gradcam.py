@@ -43,7 +43,7 @@ def main() -> None:
     model = build_model(config.model, 10)
     if real:
         load_weights(model, weights)
-    pm = PreparedModel(model, model_spec=config.model, num_classes=10, tile_size=32, device="cpu")
+    pm = PreparedModel(model, model_spec=config.model, num_classes=10, mosaic_size=64, device="cpu")
     if real:
         ds = open_dataset(str(SHARED / "cifar10-jpeg"), "test", None)
         split = ds.splits["test"]

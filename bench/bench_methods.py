@@ -50,7 +50,7 @@ def main() -> int:
     print(f"{len(plan)} mosaics of {args.cls}, ResNet-20, torch threads {torch.get_num_threads()}")
     print(f"{'method':20s} {'path':9s} {'ms/mosaic':>9s} {'max|Δd|':>9s} {'mean|Δd|':>9s} {'excluded':>8s}")
     for method in dict.fromkeys(["gradcam", *args.methods.split(",")]):
-        prepared = PreparedModel(model, model_spec="cifar:resnet20", num_classes=10, tile_size=32, method=method)
+        prepared = PreparedModel(model, model_spec="cifar:resnet20", num_classes=10, mosaic_size=64, method=method)
         mosaics = assemble_mosaics(prepared.normalize(images), plan.images)
         prepared.mosaic_cams(mosaics[:2], CLASSES.index(args.cls))  # tracing (fast path) and warm-up, not timed
         t0 = time.perf_counter()

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -231,8 +231,8 @@ def run(data: Path, plan: Plan, clock: Clock) -> dict:
                     logits = first.embed(im.eval_images, opened[plan.scales[0]].config.batch_size)[1]
                     tiles = first.normalize(im.eval_images)
                     for s in plan.scales:
-                        pi = per_image_result(with_settings(opened[s], per_image=plan.fig3_images,
-                                                            mosaics_per_pair=plan.fig3_j), im, tiles, logits)
+                        pi = asdict(per_image_result(with_settings(opened[s], per_image=plan.fig3_images,
+                                                                   mosaics_per_pair=plan.fig3_j), im, tiles, logits))
                         pi["spearman_logit_shown"] = shown_logit_rho(opened[s], im, tiles, pi)
                         fig3.setdefault(model, {}).setdefault(s, {})[name] = pi
                 say(clock, f"{model} {name}: per-image spearman(score, logit) " + ", ".join(

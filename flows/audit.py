@@ -8,8 +8,9 @@
 
 I/O tasks retry with exponential backoff, and only on errors a later try can fix (a server that did
 not answer, a dropped connection); computation never retries. Every task works in its process's context
-(``xich.run.context.current_context``: settings from ``XICH_*``, one engine, the database migrated once);
-``XICH_AUDIT_DEPLOYMENT`` names the deployment that runs shards and new versions.
+(``xich.run.context.current_context``: settings from ``XICH_*``, one engine, the database migrated once) and
+takes ids and plain data: ``open-run`` holds the recorded run open there and returns its run id, by which the
+later tasks find it. ``XICH_AUDIT_DEPLOYMENT`` names the deployment that runs shards and new versions.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from xich.engine.audit import ClassImages
 from xich.boundary import escape
 from xich.errors import Unavailable
 from xich.records.mlflow_registry import write_back
-from xich.records.registration import (admit_recorded, audit_config, record_request_failure,
+from xich.records.registration import (RequestedAudit, admit_recorded, record_request_failure,
                                        recorded_registry_metadata, request_plan)
-from xich.reports.report import class_table, summary_markdown
+from xich.reports.report import class_table
+from xich.reports.summary import summary_markdown
 from xich.result import AuditResult, ClassResult
 from xich.run.context import current_context
 from xich.run.deploy import start_run
-from xich.run.pipeline import RecordedRun, open_recorded_run
+from xich.run.pipeline import RecordedRun, held, hold, holding, open_requested_run
 from xich.run.publish import publish_with_report
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -51,8 +53,9 @@ def _transient(task, task_run, state) -> bool:
     return False
 
 
-IO = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_transient,
-          cache_policy=NO_CACHE)
+# tasks take ids and plain data (a run id, a class name, a result), never a live session, so Prefect's default cache
+# policy applies; NO_CACHE only where a task must run every time it is called (said at each)
+IO = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_transient)
 
 
 @task(name="fetch", **IO)
@@ -65,43 +68,42 @@ def fetch(uri: str | None, model: str | None = None, version: str | None = None,
     return ctx.data_path(uri) if dataset else ctx.local_path(uri, model=model, version=version)
 
 
-@task(name="open-run", cache_policy=NO_CACHE)
-def open_run(parameters: dict, data: str | None, weights: str | None) -> RecordedRun:
-    """Prepare the model, record the version, begin (or find) the run."""
-    config, clustering = audit_config(model_spec=parameters["model_spec"], dataset_uri=parameters["dataset_uri"],
-                                      weights_uri=parameters["weights_uri"], settings=parameters["settings"],
-                                      data=data, weights=weights)
-    return open_recorded_run(current_context(), config, model_name=parameters["model"],
-                             model_version=parameters["version"], clustering=clustering,
-                             request={"dataset_uri": parameters["dataset_uri"], "settings": parameters["settings"]})
+@task(name="open-run", cache_policy=NO_CACHE)  # always: it opens the model in this process, which a cached id would not
+def open_run(parameters: dict, data: str | None, weights: str | None) -> str:
+    """Prepare the model, record the version, begin (or find) the run; held open in the process's context (its
+    run id is what the next tasks get)."""
+    ctx = current_context()
+    return hold(ctx, open_requested_run(ctx, RequestedAudit.of(parameters), data=data, weights=weights))
 
 
 @task(name="load-class", task_run_name="load-{name}", **IO)
-def load_class(rec: RecordedRun, name: str) -> ClassImages:
-    return rec.opened.load(name)
+def load_class(run_id: str, name: str) -> ClassImages:
+    return held(current_context(), run_id).opened.load(name)
 
 
+# NO_CACHE: its input is the class's pixels, which a cache key would hash in full, for nothing (never retried)
 @task(name="compute-class", task_run_name="compute-{images.name}", cache_policy=NO_CACHE)
-def compute_class(rec: RecordedRun, images: ClassImages) -> ClassResult:
-    return rec.compute(images)
+def compute_class(run_id: str, images: ClassImages) -> ClassResult:
+    return held(current_context(), run_id).compute(images)
 
 
 @task(name="store-class", task_run_name="store-{cls.name}", **IO)
-def store_class(rec: RecordedRun, cls: ClassResult) -> None:
-    rec.store(cls)
+def store_class(run_id: str, cls: ClassResult) -> None:
+    held(current_context(), run_id).store(cls)
 
 
 @task(name="finish-run", **IO)
-def finish_run(rec: RecordedRun) -> AuditResult:
-    return rec.finish()
+def finish_run(run_id: str) -> AuditResult:
+    return held(current_context(), run_id).finish()
 
 
 @task(name="publish-report", **IO)
-def publish_report(rec: RecordedRun, result: AuditResult, model: str, version: str) -> str:
-    return publish_with_report(current_context(), result, rec.opened, model=model, version=version)
+def publish_report(run_id: str, result: AuditResult, model: str, version: str) -> str:
+    ctx = current_context()
+    return publish_with_report(ctx, result, held(ctx, run_id).opened, model=model, version=version)
 
 
-@task(name="artifacts", cache_policy=NO_CACHE)
+@task(name="artifacts", cache_policy=NO_CACHE)  # always: a flow run without its artifacts would show nothing
 def publish_artifacts(result: AuditResult, model: str, version: str, report_uri: str) -> None:
     key = artifact_key(model)
     create_table_artifact(key=f"{key}-classes", table=class_table(result),
@@ -130,7 +132,7 @@ def _audit_classes(rec: RecordedRun, names: list[str], *, wait: bool) -> None:
     for name in names:
         with rec.claim(name, wait=wait) as mine:
             if mine:
-                store_class(rec, compute_class(rec, load_class(rec, name)))
+                store_class(rec.run_id, compute_class(rec.run_id, load_class(rec.run_id, name)))
 
 
 @flow(name="audit-model-version", log_prints=True)
@@ -171,8 +173,9 @@ def _audit_version(parameters: dict, shards: int, shard: int | None, shard_start
     logger = get_run_logger()
     model, version = parameters["model"], parameters["version"]
     admit_recorded(parameters, current_context().settings.hooks_allowed_specs)  # before anything is fetched for it
-    rec = open_run(parameters, fetch(parameters["dataset_uri"], dataset=True), fetch(parameters["weights_uri"], model, version))
-    with rec:  # an error marks the run failed; the run's session is closed in any case
+    run_id = open_run(parameters, fetch(parameters["dataset_uri"], dataset=True),
+                      fetch(parameters["weights_uri"], model, version))
+    with holding(current_context(), run_id) as rec:  # an error marks the run failed; closed and let go in any case
         if rec.complete:
             logger.info("run %s is complete: nothing to compute", rec.run_id)
         else:
@@ -183,8 +186,8 @@ def _audit_version(parameters: dict, shards: int, shard: int | None, shard_start
                 return {"run_id": rec.run_id, "shard": shard, "computed": list(rec.computed)}
             _wait_for(children, shard_start_timeout_s)
             _audit_classes(rec, rec.pending(), wait=True)
-        result = finish_run(rec)
-        report_uri = publish_report(rec, result, model, version)  # a complete run stays complete if this fails
+        result = finish_run(run_id)
+        report_uri = publish_report(run_id, result, model, version)  # a complete run stays complete if this fails
     publish_artifacts(result, model, version, report_uri)
     try:
         if tags := tag_registry_version(model, version, result, report_uri):

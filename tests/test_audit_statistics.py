@@ -10,10 +10,10 @@ import pytest
 import torch
 from sqlalchemy import text
 
-from xich.engine.audit import AuditConfig, run_audit
+from xich.engine.audit import run_audit
 from xich.records.db import make_engine
 from xich.engine.models import build_model
-from builders import recorded
+from builders import recorded, resnet20_config
 
 from test_cli_errors import make_noise_dataset
 
@@ -40,8 +40,7 @@ def test_clusters_of_one_image_repeat_one_set_and_give_p_one(tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "w.pt"
     torch.save(build_model("cifar:resnet20", 2).state_dict(), weights)
-    result = run_audit(AuditConfig(model="cifar:resnet20", data=str(data), weights=str(weights), clusters=3,
-                                   mosaics_per_pair=3, train_split=None, device="cpu"))
+    result = run_audit(resnet20_config(data, weights=str(weights), clusters=3, mosaics_per_pair=3, train_split=None))
     for cls in result.classes:
         assert [c.eval_size for c in cls.clusters] == [1, 1, 1]
         assert all(len({tuple(sorted(m.images)) for m in cls.mosaics if m.pair == [i, j]}) == 1
@@ -58,8 +57,7 @@ def test_six_real_cat_images_in_five_clusters_claim_nothing(tmp_path):
     with tarfile.open(DATA / "test.tar.gz") as tar:
         cats = sorted((m for m in tar if m.isfile() and m.name.startswith("test/cat/")), key=lambda m: m.name)[:6]
         tar.extractall(root, members=cats, filter="data")
-    result = run_audit(AuditConfig(model="cifar:resnet20", data=str(root), weights=str(WEIGHTS), clusters=5,
-                                   train_split=None, device="cpu"))
+    result = run_audit(resnet20_config(root, weights=str(WEIGHTS), clusters=5, train_split=None))
     [cls] = result.classes
     assert sorted(c.eval_size for c in cls.clusters) == [1, 1, 1, 1, 2]
     _assert_no_pair_claims_significance(cls)
@@ -83,8 +81,7 @@ def test_a_class_whose_maps_are_all_zero_has_no_ranks_and_no_place_in_the_summar
     for cls in ("cat", "dog"):  # the test images double as a training split, so train shares exist
         (data / "train" / cls).symlink_to(data / "test" / cls)
     url = f"sqlite:///{tmp_path / 'xich.db'}"
-    config = AuditConfig(model="cifar:resnet20", data=str(data), weights=str(weights), clusters=3, mosaics_per_pair=4,
-                         device="cpu")
+    config = resnet20_config(data, weights=str(weights), clusters=3, mosaics_per_pair=4)
     result = recorded(config, url, model_name="blind", model_version="v1")
     cat, dog = result.classes
     assert cat.name == "cat" and cat.excluded_mosaics == len(cat.mosaics) > 0

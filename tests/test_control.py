@@ -135,8 +135,10 @@ def test_stored_and_read_back_unchanged(cifar_subset, database_url, tmp_path):
 
 
 def test_report_console_and_prefect_table_say_it(audited, tmp_path, capsys):
-    from xich.cli import print_summary
-    from xich.reports.report import class_table, summary_markdown, write_report
+    from rich.console import Console
+
+    from xich.reports.report import class_table, write_report
+    from xich.reports.summary import print_summary, summary_markdown
 
     result, _ = audited
     page = write_report(result, tmp_path).read_text()
@@ -153,7 +155,7 @@ def test_report_console_and_prefect_table_say_it(audited, tmp_path, capsys):
     assert all(r["control hierarchy"].startswith(" > ".join(map(str, c.control["hierarchy"])))
                for r, c in zip(rows, result.classes))
     assert "Mean Kendall tau(score, mean logit)" in summary_markdown(result, model="m", version="1", report_uri=None)
-    print_summary(result)
+    print_summary(result, Console())
     out = capsys.readouterr().out
     assert out.count("control (re-initialised, seed") == len(result.classes)
     assert "kendall tau(score, baseline): mean_logit" in out

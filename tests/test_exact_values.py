@@ -8,9 +8,8 @@ import pytest
 from scipy import stats
 from sqlalchemy import text
 
-from xich.engine.config import AuditConfig
 from xich.records.db import make_engine
-from builders import recorded
+from builders import recorded, resnet20_config
 from xich.result import least_dominant_share
 
 
@@ -18,8 +17,7 @@ from xich.result import least_dominant_share
 def stored(synth_data, tmp_path_factory, one_torch_thread):
     """A recorded audit (per-image mode on 8 images a class) in a database of this module's own."""
     url = f"sqlite:///{tmp_path_factory.mktemp('exact') / 'xich.db'}"
-    config = AuditConfig(model="cifar:resnet20", data=str(synth_data), clusters=3, mosaics_per_pair=3, per_image=8,
-                         device="cpu")
+    config = resnet20_config(synth_data, clusters=3, mosaics_per_pair=3, per_image=8)
     result = recorded(config, url, model_name="shapes", model_version="v1")
     engine = make_engine(url)
     with engine.connect() as conn:

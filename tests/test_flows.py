@@ -181,3 +181,29 @@ def test_a_registry_that_is_down_leaves_the_audit_complete(prefect_server, synth
     assert "audit of tagged 1 complete, but its tags were not written to the registry: model 'tagged' version 1: " \
            "MLflow at http://127.0.0.1:" in caplog.text
     assert "did not answer" in caplog.text
+
+
+def test_the_tasks_take_ids_and_plain_data_and_cache_where_that_is_correct():
+    """No task gets a live RecordedRun (a Session and an Engine); NO_CACHE is left only where a task must always run."""
+    import inspect
+
+    import flows.audit as module
+    from prefect.cache_policies import NO_CACHE
+    from prefect.tasks import Task
+
+    tasks = {t.name: t for t in vars(module).values() if isinstance(t, Task)}
+    assert {"open-run", "load-class", "compute-class", "store-class", "finish-run", "publish-report"} <= set(tasks)
+    for name, t in tasks.items():
+        annotations = [str(p.annotation) for p in inspect.signature(t.fn).parameters.values()]
+        assert not any("RecordedRun" in a or "Session" in a for a in annotations), (name, annotations)
+    assert {name for name, t in tasks.items() if t.cache_policy is NO_CACHE} == {"open-run", "compute-class",
+                                                                                 "artifacts"}
+    assert inspect.signature(tasks["load-class"].fn).parameters["run_id"].annotation == "str"
+
+
+def test_a_run_not_held_here_is_one_clear_error(tmp_path):
+    from xich.errors import XichError
+    from xich.run.pipeline import held
+
+    with pytest.raises(XichError, match="run abc is not open in this process"):
+        held(context_for(f"sqlite:///{tmp_path / 'x.db'}"), "abc")

@@ -16,13 +16,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from xich.engine.config import AuditConfig
 from xich.records.db import AuditRun, ClassHeartbeat, RunClass, make_engine, utcnow
 from xich.records.locks import heartbeat
 from xich.records.persist import beat_class, class_is_stale, request_plan
 from xich.run.pipeline import open_recorded_run
 
-from builders import context_for
+from builders import context_for, resnet20_config
 
 
 def test_a_heartbeat_beats_until_its_block_ends():
@@ -42,8 +41,7 @@ def test_a_heartbeat_beats_until_its_block_ends():
 
 
 def test_the_plan_starts_a_running_run_again_once_its_newest_beat_is_stale(database_url, synth_data):
-    config = AuditConfig(model="cifar:resnet20", data=str(synth_data), clusters=3, mosaics_per_pair=2, device="cpu",
-                         control=False)
+    config = resnet20_config(synth_data, clusters=3, mosaics_per_pair=2, control=False)
     request = {"dataset_uri": str(synth_data), "settings": {"clusters": 3}}
     rec = open_recorded_run(context_for(database_url), config, model_name="shapes", model_version="v1",
                             request=request)

@@ -12,12 +12,11 @@ from scipy import stats
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from xich.engine.audit import AuditConfig
 from xich.records.db import AuditRun, make_engine
 from xich.errors import XichError
 from xich.engine.models import build_model
 from xich.records.persist import freeze_clustering
-from builders import numbers, recorded
+from builders import numbers, recorded, resnet20_config
 
 HISTORY_DOC = Path(__file__).resolve().parents[1] / "docs" / "history.md"
 
@@ -31,8 +30,8 @@ def _weights(path: Path, seed: int) -> str:
 @pytest.fixture
 def two_versions(database_url, synth_data, tmp_path, one_torch_thread):
     def audit(version: str, seed: int):
-        config = AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=_weights(tmp_path / f"{version}.pt", seed),
-                             clusters=3, mosaics_per_pair=4, device="cpu")
+        config = resnet20_config(synth_data, weights=_weights(tmp_path / f"{version}.pt", seed), clusters=3,
+                                 mosaics_per_pair=4)
         return recorded(config, database_url, model_name="shapes", model_version=version)
 
     v1 = audit("v1", 1)
@@ -52,8 +51,7 @@ def _rows(engine, sql: str, **params) -> list:
 def test_rerunning_the_frozen_version_adds_no_row(two_versions, database_url, synth_data, tmp_path):
     engine, v1, _ = two_versions
     before = _rows(engine, "SELECT COUNT(*) FROM run_cluster")
-    config = AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=str(tmp_path / "v1.pt"),
-                         clusters=3, mosaics_per_pair=4, device="cpu")
+    config = resnet20_config(synth_data, weights=str(tmp_path / "v1.pt"), clusters=3, mosaics_per_pair=4)
     again = recorded(config, database_url, model_name="shapes", model_version="v1")
     assert again.run_id == v1.run_id and numbers(again) == numbers(v1)
     assert _rows(engine, "SELECT COUNT(*) FROM run_cluster") == before
@@ -61,8 +59,7 @@ def test_rerunning_the_frozen_version_adds_no_row(two_versions, database_url, sy
 
 
 def test_same_version_with_other_weights_is_refused(two_versions, database_url, synth_data, tmp_path):
-    config = AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=str(tmp_path / "v2.pt"),
-                         clusters=3, mosaics_per_pair=4, device="cpu")
+    config = resnet20_config(synth_data, weights=str(tmp_path / "v2.pt"), clusters=3, mosaics_per_pair=4)
     with pytest.raises(XichError, match="give this model a new --model-version"):
         recorded(config, database_url, model_name="shapes", model_version="v1")
 
@@ -71,8 +68,8 @@ def test_classes_the_reference_lacks_get_their_own_clustering(database_url, synt
     """The first complete audit becomes the reference by itself; a later one asking for classes it lacks is
     complete, those classes clustered in the run (recorded in run_class and the timings), the others on it."""
     def config(**kw):
-        return AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=_weights(tmp_path / f"{kw.pop('v')}.pt", 1),
-                           clusters=2, mosaics_per_pair=2, train_split=None, device="cpu", **kw)
+        return resnet20_config(synth_data, weights=_weights(tmp_path / f"{kw.pop('v')}.pt", 1), clusters=2,
+                               mosaics_per_pair=2, train_split=None, **kw)
 
     first = recorded(config(v="a", classes=("circle",)), database_url, model_name="m",
                            model_version="a")
@@ -170,8 +167,7 @@ def test_history_command(two_versions, capsys, monkeypatch, database_url):
 
 def _arch_audit(database_url, synth_data, arch: str, version: str, **kw):
     """An audit of a seeded, untrained CIFAR ResNet of depth ``arch`` recorded as ``version`` of model 'arch'."""
-    config = AuditConfig(model=f"cifar:{arch}", data=str(synth_data), clusters=3, device="cpu",
-                         **{"mosaics_per_pair": 4, **kw})
+    config = resnet20_config(synth_data, model=f"cifar:{arch}", clusters=3, **{"mosaics_per_pair": 4, **kw})
     return recorded(config, database_url, model_name="arch", model_version=version)
 
 
@@ -200,7 +196,7 @@ def test_history_across_architectures_settings_and_reruns(database_url, synth_da
         again = _arch_audit(database_url, synth_data, "resnet32", "v2", per_image=2,
                             classes=("triangle", "circle", "square"))
         assert again.run_id == v2.run_id and _run_count(engine) == runs
-        assert all(c.per_image is not None and len(c.per_image["images"]) == 2 for c in again.classes)
+        assert all(c.per_image is not None and len(c.per_image.images) == 2 for c in again.classes)
         assert [c.dominance for c in again.classes] == [c.dominance for c in v2.classes]
         assert _rows(engine, "SELECT COUNT(*) FROM per_image_score WHERE run_id = :r", r=v2.run_id)[0][0] == 3 * 2
         assert _arch_audit(database_url, synth_data, "resnet32", "v2", cam="reference").run_id == v2.run_id
@@ -224,8 +220,8 @@ def test_registry_time_orders_versions(database_url, synth_data, one_torch_threa
     from datetime import datetime, timezone
 
     def audit(version: str, when: datetime, arch: str):
-        config = AuditConfig(model=f"cifar:{arch}", data=str(synth_data), clusters=2, mosaics_per_pair=3, device="cpu",
-                             classes=("circle",))
+        config = resnet20_config(synth_data, model=f"cifar:{arch}", clusters=2, mosaics_per_pair=3,
+                                 classes=("circle",))
         return recorded(config, database_url, model_name="ordered", model_version=version,
                               registered_at=when)
 
@@ -249,8 +245,8 @@ def test_same_images_elsewhere_are_the_same_dataset_and_keep_the_frozen_clusteri
     shutil.copytree(synth_data, moved)
 
     def audit(data: Path, version: str):
-        config = AuditConfig(model="cifar:resnet20", data=str(data), clusters=2, mosaics_per_pair=2, device="cpu",
-                             weights=_weights(tmp_path / f"{version}.pt", 1))
+        config = resnet20_config(data, clusters=2, mosaics_per_pair=2,
+                                 weights=_weights(tmp_path / f"{version}.pt", 1))
         return recorded(config, database_url, model_name="moved", model_version=version)
 
     first = audit(synth_data, "a")

@@ -9,11 +9,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from xich.engine.audit import AuditConfig
 from xich.cli import main
 from xich.errors import XichError
 from xich.reports.history_report import write_history_report
-from builders import recorded
+from builders import recorded, resnet20_config
 
 from test_history import two_versions  # noqa: F401  (the shared fixture: v1 and v2 on a frozen clustering)
 
@@ -87,8 +86,7 @@ def test_history_report_from_an_engine(two_versions, tmp_path):
 def test_each_settings_key_is_its_own_section(two_versions, database_url, synth_data, tmp_path):
     engine, v1, _ = two_versions
     for version in ("v1", "v2"):  # the same versions again with J = 2: a second settings key
-        config = AuditConfig(model="cifar:resnet20", data=str(synth_data), weights=str(tmp_path / f"{version}.pt"),
-                             clusters=3, mosaics_per_pair=2, device="cpu")
+        config = resnet20_config(synth_data, weights=str(tmp_path / f"{version}.pt"), clusters=3, mosaics_per_pair=2)
         recorded(config, database_url, model_name="shapes", model_version=version)
     with Session(engine) as session:
         page = write_history_report(session_or_engine=session, model_name="shapes", out_dir=tmp_path / "h")

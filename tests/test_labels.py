@@ -8,7 +8,8 @@ import tarfile
 import pytest
 import torch
 
-from xich.engine.audit import AuditConfig, open_audit, run_audit
+from builders import resnet20_config
+from xich.engine.audit import open_audit, run_audit
 from xich.cli import main
 from xich.errors import XichError
 from xich.engine.labels import CIFAR10, CIFAR100, model_indices, read_labels, resolve_labels
@@ -70,13 +71,12 @@ def test_checkpoint_label_list_sends_grad_cam_to_the_named_output(tmp_path):
     torch.manual_seed(0)
     ckpt = tmp_path / "w.pt"
     torch.save({"state_dict": build_model("cifar:resnet20", 3).state_dict(), "classes": ["dog", "bird", "cat"]}, ckpt)
-    config = AuditConfig(model="cifar:resnet20", data=str(data), weights=str(ckpt), clusters=2, mosaics_per_pair=2,
-                         train_split=None, device="cpu")
+    config = resnet20_config(data, weights=str(ckpt), clusters=2, mosaics_per_pair=2, train_split=None)
     opened = open_audit(config)
     assert opened.indices == {"dog": 0, "cat": 2} and opened.labels.source == "checkpoint"
     result = run_audit(config)
     assert [(c.name, c.index) for c in result.classes] == [("dog", 0), ("cat", 2)]
-    assert result.labels == {"source": "checkpoint", "names": ["dog", "bird", "cat"]}
+    assert result.to_dict()["labels"] == {"source": "checkpoint", "names": ["dog", "bird", "cat"]}
 
 
 def test_cli_refuses_a_class_that_is_not_a_label_and_a_count_that_does_not_fit(tmp_path, capsys):

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from builders import context_for
+from builders import class_result, cluster, context_for
 from xich.errors import XichError
 from xich.records.mlflow_registry import checkpoint_in, resolve_weights, without_credentials, write_back
-from xich.result import ClassResult, ClusterResult, least_dominant_share
+from xich.result import ClassResult, least_dominant_share
 from xich.settings import get_settings
 
 from test_hooks import checkpoint
@@ -53,11 +53,8 @@ def test_credentials_are_dropped_from_uris():
 
 
 def _class(name: str, hierarchy: list[int], shares: list[float | None]) -> ClassResult:
-    clusters = [ClusterResult(id=i, eval_size=10, train_count=None, train_share=s, score=None, rank=None, members=[])
-                for i, s in enumerate(shares)]
-    return ClassResult(index=0, name=name, clusters=clusters, dominance=[], dominance_ci=[], p_values=[],
-                       p_values_holm=[], distinct_sets=[], hierarchy=hierarchy, spearman_score_train_share=None,
-                       excluded_mosaics=0, mosaics=[])
+    return class_result(name, [cluster(i, train_share=s, eval_size=10) for i, s in enumerate(shares)],
+                        hierarchy=hierarchy)
 
 
 def test_least_dominant_share_is_the_mean_over_classes_of_the_last_clusters_training_share():

@@ -321,7 +321,7 @@ def test_torchvision_resnet_at_cifar_tiles_keeps_layer4_and_the_fast_path():
     from xich.engine.runtime import PreparedModel
 
     pm = PreparedModel(build_model("torchvision:resnet18", 10), model_spec="torchvision:resnet18", num_classes=10,
-                       tile_size=32, device="cpu")
+                       mosaic_size=64, device="cpu")
     assert (pm.layer_name, pm.cam) == ("layer4", "fast")
 
 

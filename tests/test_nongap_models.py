@@ -159,7 +159,7 @@ def test_maps_are_the_librarys_own(cifar_subset, spec, side, method):
     """Swin's head is norm → GAP → linear after the ``permute`` the layer search finds, so the fast path serves it
     and must equal pytorch-grad-cam; the other models run through the library itself (with the reshape)."""
     torch.manual_seed(0)
-    prepared = PreparedModel(build_model(spec, 10), model_spec=spec, num_classes=10, tile_size=32,
+    prepared = PreparedModel(build_model(spec, 10), model_spec=spec, num_classes=10,
                              mosaic_size=side, device="cpu", method=method)
     assert prepared.cam == ("fast" if spec == "torchvision:swin_t" and method in FAST_METHODS else "reference")
     mosaics, plan = _real_mosaics(cifar_subset, side, prepared)
@@ -177,7 +177,7 @@ def test_fullgrad_on_a_token_layer_is_one_clear_error():
     from xich.errors import XichError
 
     with pytest.raises(XichError, match="--method fullgrad does not run on the token layer"):
-        PreparedModel(build_model("cifar:vit", 10), model_spec="cifar:vit", num_classes=10, tile_size=32,
+        PreparedModel(build_model("cifar:vit", 10), model_spec="cifar:vit", num_classes=10,
                       mosaic_size=32, device="cpu", method="fullgrad")
 
 
@@ -194,7 +194,7 @@ def test_a_method_the_library_cannot_run_is_one_clear_error_before_the_embedding
     assert "use another --method" in str(info.value)
     assert capfd.readouterr().err == ""
     torch.manual_seed(0)  # where the library can run it, the probe passes
-    PreparedModel(build_model("cifar:resnet20", 10), model_spec="cifar:resnet20", num_classes=10, tile_size=32,
+    PreparedModel(build_model("cifar:resnet20", 10), model_spec="cifar:resnet20", num_classes=10,
                   mosaic_size=64, device="cpu", method="shapleycam")
 
 

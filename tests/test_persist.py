@@ -15,11 +15,11 @@ from alembic import command
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.orm import Session
 
-from xich.engine.audit import AuditConfig, run_audit
+from xich.engine.audit import run_audit
 from xich.errors import XichError
 from xich.records.db import AuditRun, Base, ModelVersion, RunClass, make_engine
 from xich.records.migrate import alembic_config, downgrade, upgrade
-from builders import context_for, numbers, recorded
+from builders import context_for, numbers, recorded, resnet20_config
 from xich.run.pipeline import open_recorded_run
 from xich.result import AuditResult
 
@@ -40,9 +40,8 @@ def _row_counts(url: str) -> dict[str, int]:
         engine.dispose()
 
 
-def _config(data, **kw) -> AuditConfig:
-    return AuditConfig(model="cifar:resnet20", data=str(data), clusters=3, mosaics_per_pair=3, per_image=3,
-                       device="cpu", **kw)
+def _config(data, **kw):
+    return resnet20_config(data, clusters=3, mosaics_per_pair=3, per_image=3, **kw)
 
 
 def test_migrations_up_down_up(database_url):
@@ -77,7 +76,7 @@ def test_rerun_changes_no_row(database_url, synth_data, one_torch_thread, train_
     again = recorded(config, database_url, model_name="shapes", model_version="v1")
     assert _row_counts(database_url) == before
     assert numbers(again) == numbers(first)
-    assert again.dataset["train_split"] == (None if train_split == "missing" else "train")
+    assert again.dataset.train_split == (None if train_split == "missing" else "train")
 
 
 class _Killed(Exception):
@@ -150,8 +149,7 @@ def test_killed_process_resumes_and_completes(database_url, synth_data, tmp_path
         run = s.scalars(select(AuditRun)).one()
         assert run.status == "complete" and len(run.timings["resumed_classes"]) == 2
     engine.dispose()
-    config = AuditConfig(model="cifar:resnet20", data=str(synth_data), clusters=3, mosaics_per_pair=40, device="cpu",
-                         control=False)  # as audited above
+    config = resnet20_config(synth_data, clusters=3, mosaics_per_pair=40, control=False)  # as audited above
     assert json.loads((tmp_path / "audit.json").read_text())["classes"] == run_audit(config).to_dict()["classes"]
 
 

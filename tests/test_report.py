@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xich.engine.audit import AuditConfig, assemble_result, audit_classes, explainer, open_audit
+from builders import audit_result, class_result, cluster, resnet20_config
+from xich.engine.audit import assemble_result, audit_classes, explainer, open_audit
 from xich.reports.report import _dominance_heatmap, collect_examples, example_pairs, write_report
-from xich.result import AuditResult, ClassResult, ClusterResult, MosaicResult, summarize
+from xich.result import AuditResult, ClassResult, ClusterResult, ImageScore, MosaicResult, PerImageResult
 
 
 @pytest.fixture(scope="module")
 def report(synth_data, tmp_path_factory):
     examples = {}
-    config = AuditConfig(model="cifar:resnet20", data=str(synth_data), clusters=3, mosaics_per_pair=3, per_image=4,
-                         device="cpu")
+    config = resnet20_config(synth_data, clusters=3, mosaics_per_pair=3, per_image=4)
     opened = open_audit(config)
     classes = []
     for images, cls in audit_classes(opened):
@@ -33,13 +33,13 @@ def test_per_image_mode_counts_and_correlations(report):
     result, _, _ = report
     for cls in result.classes:
         pi = cls.per_image
-        assert len(pi["images"]) == 4
-        assert pi["mosaics"] == 4 * 3 // 2 * 3  # all pairs of the 4 images, J = 3 each
-        assert len({r["image"] for r in pi["images"]}) == 4
-        assert pi["requested"] == 4
-        assert all(0 <= r["softmax"] <= 1 and (r["score"] is None or 0 <= r["score"] <= 1) for r in pi["images"])
+        assert len(pi.images) == 4
+        assert pi.mosaics == 4 * 3 // 2 * 3  # all pairs of the 4 images, J = 3 each
+        assert len({r.image for r in pi.images}) == 4
+        assert pi.requested == 4
+        assert all(0 <= r.softmax <= 1 and (r.score is None or 0 <= r.score <= 1) for r in pi.images)
         for key in ("pearson_logit", "spearman_logit", "pearson_softmax", "spearman_softmax"):
-            assert pi[key] is None or -1 <= pi[key] <= 1
+            assert getattr(pi, key) is None or -1 <= getattr(pi, key) <= 1
 
 
 def test_one_figure_per_kind(report):
@@ -90,20 +90,18 @@ def test_page_renders_in_headless_chromium(report, headless_chromium):
 # ranked (one pair with a single image set, so no CI) and has per-image scores, "bird" has no evidence.
 
 def _cluster(id: int, rank: int | None, score: float | None, share: float) -> ClusterResult:
-    return ClusterResult(id=id, eval_size=4, train_count=int(share * 100), train_share=share, score=score, rank=rank,
-                         members=[f"img{id}_{k}.png" for k in range(4)])
+    return cluster(id, rank=rank, score=score, train_share=share, train_count=int(share * 100),
+                   members=[f"img{id}_{k}.png" for k in range(4)])
 
 
 def _class(index: int, name: str, clusters: list[ClusterResult], D: list, ci: list, sets: list,
-           per_image: dict | None = None) -> ClassResult:
+           per_image: PerImageResult | None = None) -> ClassResult:
     P = len(clusters)
     p = [[1.0 if i == j or D[i][j] is None else 0.01 for j in range(P)] for i in range(P)]
     mosaics = [MosaicResult(pair=[i, j], images=[f"img{i}_0.png", f"img{j}_0.png", f"img{i}_1.png", f"img{j}_1.png"],
                             clusters=[i, j, i, j], d=D[i][j]) for i in range(P) for j in range(i + 1, P)]
-    hierarchy = [c.id for c in sorted((c for c in clusters if c.rank is not None), key=lambda c: c.rank)]
-    return ClassResult(index=index, name=name, clusters=clusters, dominance=D, dominance_ci=ci, p_values=p,
-                       p_values_holm=p, distinct_sets=sets, hierarchy=hierarchy, spearman_score_train_share=None,
-                       excluded_mosaics=0, mosaics=mosaics, per_image=per_image)
+    return class_result(name, clusters, index=index, dominance=D, dominance_ci=ci, p_values=p, distinct_sets=sets,
+                        mosaics=mosaics, per_image=per_image)
 
 
 @pytest.fixture
@@ -112,10 +110,10 @@ def hand_built() -> AuditResult:
                  D=[[0.5, 0.4, None], [0.6, 0.5, None], [None, None, 0.5]],
                  ci=[[None, [0.3, 0.5], None], [[0.5, 0.7], None, None], [None, None, None]],
                  sets=[[0, 6, 0], [6, 0, 0], [0, 0, 0]])
-    per_image = {"requested": 5, "mosaics": 30, "pearson_logit": 0.88, "spearman_logit": 0.93,
-                 "pearson_softmax": 0.41, "spearman_softmax": 0.52,
-                 "images": [{"image": f"i{k}.png", "score": None if k == 4 else 0.3 + 0.1 * k, "logit": 1.0 + k,
-                             "softmax": 0.2 * k} for k in range(5)]}
+    per_image = PerImageResult(requested=5, mosaics=30, pearson_logit=0.88, spearman_logit=0.93,
+                               pearson_softmax=0.41, spearman_softmax=0.52,
+                               images=[ImageScore(image=f"i{k}.png", score=None if k == 4 else 0.3 + 0.1 * k,
+                                                  logit=1.0 + k, softmax=0.2 * k) for k in range(5)])
     dog = _class(1, "dog", [_cluster(0, 0, 0.7, 0.6), _cluster(1, 2, 0.35, 0.1), _cluster(2, 1, 0.45, 0.3)],
                  D=[[0.5, 0.8, 0.6], [0.2, 0.5, 0.5], [0.4, 0.5, 0.5]],
                  ci=[[None, [0.7, 0.9], None], [[0.1, 0.3], None, [0.4, 0.6]], [None, [0.4, 0.6], None]],
@@ -124,10 +122,9 @@ def hand_built() -> AuditResult:
                   D=[[0.5, None], [None, 0.5]], ci=[[None, None], [None, None]], sets=[[0, 0], [0, 0]])
     bird.notes.append("no evidence: every mosaic's Grad-CAM map is zero, so the class has no hierarchy")
     classes = [cat, dog, bird]
-    return AuditResult(run_id="hand-built", model={"spec": "cifar:resnet20", "weights": None},
-                       labels={"source": "checkpoint 'classes'", "names": ["cat", "dog", "bird"]},
-                       dataset={"uri": "/data/pets"}, config={"clusters": 3}, classes=classes,
-                       summary=summarize(classes), notes=["labels matched to the dataset's folders by name"])
+    return audit_result(classes, labels={"source": "checkpoint 'classes'", "names": ["cat", "dog", "bird"]},
+                        dataset={"uri": "/data/pets"}, config={"clusters": 3},
+                        notes=["labels matched to the dataset's folders by name"])
 
 
 def test_no_evidence_is_shown_not_hidden(hand_built, tmp_path):
@@ -140,7 +137,7 @@ def test_no_evidence_is_shown_not_hidden(hand_built, tmp_path):
     scope = re.search(r"<p class='summary-scope'>(.*?)</p>", text).group(1)
     assert "mean over the 1 class(es)" in scope
     assert "no evidence at all: bird" in scope and "some clusters without evidence: cat" in scope
-    assert "without a hierarchy (no evidence): bird" in text
+    assert "Without a hierarchy (no evidence): bird" in text
     kinds = re.findall(r'data-kind="([a-z-]+)"', text)
     assert kinds.count("matrices") == 3 and kinds.count("training-distribution") == 1 and kinds.count("per-image") == 1
 
@@ -191,3 +188,31 @@ def test_hand_built_page_renders(hand_built, tmp_path, headless_chromium):
     decoded, total, pixels = headless_chromium(page)
     assert decoded == total == 5  # training distribution, three matrices, one per-image figure
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100
+
+
+def test_the_console_the_report_and_the_artifact_render_one_summary(hand_built, tmp_path, capsys):
+    import html
+
+    from rich.console import Console
+
+    from xich.reports.summary import class_lines, overall_lines, print_summary, summary_markdown
+
+    lines = overall_lines(hand_built)
+    assert "Least dominant cluster per class: cat: cluster 0; dog: cluster 1" in lines
+    assert "Without a hierarchy (no evidence): bird" in lines
+    page = write_report(hand_built, tmp_path).read_text()
+    markdown = summary_markdown(hand_built, model="m", version="1", report_uri="s3://b/r.html")
+    print_summary(hand_built, Console(soft_wrap=True, width=200))
+    console = capsys.readouterr().out
+    for line in lines:
+        assert html.escape(line) in page and line in markdown and line in console
+    assert ("per-image (5 images): pearson_logit +0.88  spearman_logit +0.93  pearson_softmax +0.41  spearman_softmax "
+            "+0.52") in class_lines(hand_built.classes[1])
+    assert all(line in console for cls in hand_built.classes for line in class_lines(cls))
+    assert markdown.endswith("Report: [s3://b/r.html](s3://b/r.html)")
+
+
+def test_a_document_reads_back_as_the_same_typed_result(hand_built):
+    again = AuditResult.from_dict(hand_built.to_dict())
+    assert again == hand_built and isinstance(again.classes[1].per_image.images[0], ImageScore)
+    assert again.to_json() == hand_built.to_json()

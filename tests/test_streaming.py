@@ -39,12 +39,11 @@ def test_a_stream_yields_every_image_in_order_in_chunks_of_at_most_chunk(grey):
     assert [int(x[i, 0, 0, 0]) for _, x in chunks for i in range(len(x))] == TRAIN_LEVELS
 
 
-def test_a_stream_leaves_out_images_over_the_size_cap_and_refuses_when_none_is_left(tmp_path, monkeypatch):
-    monkeypatch.setenv("XICH_IMAGE_MAX_SIDE_FACTOR", "2")
+def test_a_stream_leaves_out_images_over_the_size_cap_and_refuses_when_none_is_left(tmp_path):
     (tmp_path / "test" / "a").mkdir(parents=True)
     Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "test" / "a" / "small.png")
     Image.new("RGB", (100, 100), (9, 9, 9)).save(tmp_path / "test" / "a" / "wide.png")  # over 2 × 32 a side
-    split = open_dataset(str(tmp_path), "test", None).splits["test"]
+    split = open_dataset(str(tmp_path), "test", None, max_side_factor=2).splits["test"]
     stream = split.stream(["a/small.png", "a/wide.png", "a/small.png"], 32, chunk=2)
     assert [k for k, _ in stream] == [["a/small.png"], ["a/small.png"]]
     assert "a/wide.png" in split.skipped

@@ -78,3 +78,30 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
+
+
+def check_output_dir(path: str | None, flag: str, shown: str | None = None) -> None:
+    """An output folder exists (or is created) and takes a new file (probed exclusively, never through a link);
+    XichError naming ``flag`` otherwise. Checked before an audit's first forward pass."""
+    if path is None:
+        return
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".xich-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise XichError(f"{flag} {shown or path}: cannot write in {folder} ({exc.strerror or exc}); "
+                        f"check the path and its permissions") from None
+
+
+def check_output_file(path: str | None, flag: str) -> None:
+    """An output file's folder exists (or is created) and takes a file; the file is written later."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise XichError(f"{flag} {path}: is a folder; give a file path")
+    check_target(target, f"{flag} {path}")  # a device (/dev/full), FIFO or symlink there is refused, untouched
+    check_output_dir(str(target.parent), flag, shown=path)

@@ -19,6 +19,7 @@ import os
 import re
 import time
 import urllib.parse
+from datetime import datetime, timezone
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -153,6 +154,34 @@ def parse_json(text: str | bytes, what: str) -> object:
     if _depth(value) > MAX_JSON_DEPTH:
         raise Outside(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+def parse_json_object(text: str | None, what: str) -> dict | None:
+    """A JSON object given on the command line (``--settings``, ``--registry-metadata``); None for None."""
+    if text is None:
+        return None
+    value = parse_json(text, what)
+    if not isinstance(value, dict):
+        raise Outside(f"{what}: pass a JSON object like '{{\"stage\": \"staging\"}}', got {type(value).__name__}")
+    return value
+
+
+def parse_port(text: str, what: str) -> int:
+    """A TCP port number, 1 to 65535."""
+    if not text.isascii() or not text.isdigit() or len(text) > 5 or not 0 < int(text) < 65536:
+        raise Outside(f"{what} {text[:20]!r}: not a port; give a number from 1 to 65535")
+    return int(text)
+
+
+def parse_time(text: str | None, what: str) -> datetime | None:
+    """An ISO 8601 time (UTC when it names no zone); None for None."""
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise Outside(f"{what} {text[:40]!r}: not an ISO 8601 time; write e.g. 2026-11-29T12:00:00Z") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def _depth(value: object) -> int:

@@ -53,7 +53,7 @@ class RareFinding:
 
 def locate_rare(result: AuditResult, truth: dict) -> list[RareFinding]:
     """For each class, the cluster holding most of the rare subgroup's evaluation images."""
-    split = result.dataset["eval_split"]
+    split = result.dataset.eval_split
     findings = []
     for cls in result.classes:
         rare = truth["rare"][cls.name]

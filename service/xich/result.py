@@ -47,6 +47,35 @@ class MosaicResult:
 
 
 @dataclass
+class ImageScore:
+    """One sampled image of per-image mode: its dominance score (None without evidence), class logit and softmax."""
+
+    image: str
+    score: float | None
+    logit: float
+    softmax: float
+
+
+@dataclass
+class PerImageResult:
+    """Per-image mode (Fig. 3, ``--per-image N``): ``requested`` images asked for, those sampled (each its own
+    cluster), the mosaics scored, and the correlations of the images' scores with their logits and softmax values
+    (``method.per_image.dominance_correlations``; None where undefined)."""
+
+    requested: int | None
+    images: list[ImageScore]
+    mosaics: int | None
+    pearson_logit: float | None = None
+    spearman_logit: float | None = None
+    pearson_softmax: float | None = None
+    spearman_softmax: float | None = None
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> PerImageResult:
+        return cls(**{**doc, "images": [ImageScore(**r) for r in doc["images"]]})
+
+
+@dataclass
 class ClassResult:
     """One class: ``index`` is the model's output for it; ``dominance[i][j]`` is None for a pair without
     evidence; ``dominance_ci[i][j]`` is [low, high] (95 %, t-based on distinct image sets) or None;
@@ -69,7 +98,7 @@ class ClassResult:
     excluded_mosaics: int
     mosaics: list[MosaicResult]
     notes: list[str] = field(default_factory=list)
-    per_image: dict | None = None
+    per_image: PerImageResult | None = None
     agreement: dict[str, float | None] | None = None
     control: dict | None = None
 
@@ -81,16 +110,55 @@ class ClassResult:
 
 
 @dataclass
+class AuditedModel:
+    """The run header's model: its spec and where its weights came from (None: initialised, not trained)."""
+
+    spec: str
+    weights: str | None = None
+
+
+@dataclass
+class LabelList:
+    """The run header's labels: the model's class names in output order, and where they came from."""
+
+    source: str | None
+    names: list[str]
+
+
+@dataclass
+class AuditedData:
+    """The run header's dataset: where it came from, the split audited and the training split placed (None: none)."""
+
+    uri: str
+    eval_split: str | None = None
+    train_split: str | None = None
+
+
+@dataclass
 class AuditResult:
+    """One audit: the run header (``run_id``, ``model``, ``labels``, ``dataset``, the resolved ``config``), every
+    class, the across-class ``summary`` and the run's notes. ``to_dict`` is the audit document."""
+
     run_id: str
-    model: dict
-    labels: dict  # {"source", "names"}: the model's label list in output order
-    dataset: dict
+    model: AuditedModel
+    labels: LabelList
+    dataset: AuditedData
     config: dict
     classes: list[ClassResult]
     summary: dict
     notes: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)  # seconds per stage (``engine.audit.stage_timings``), and the run's
+
+    @classmethod
+    def assemble(cls, run_id: str, *, model: AuditedModel, labels: LabelList, dataset: AuditedData, config: dict,
+                 classes: list[ClassResult], notes: list[str] | None = None,
+                 timings: dict | None = None) -> AuditResult:
+        """The one place a result is put together, computed or read back: the classes in model output order and
+        the across-class summary derived from them (:func:`summarize`), so a stored run reads back as computed.
+        ``config``: the resolved settings; ``timings``: seconds per stage."""
+        classes = sorted(classes, key=lambda c: c.index)
+        return cls(run_id=run_id, model=model, labels=labels, dataset=dataset, config=config, classes=classes,
+                   summary=summarize(classes), notes=list(notes or []), timings=dict(timings or {}))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,9 +167,11 @@ class AuditResult:
     def from_dict(cls, doc: dict) -> AuditResult:
         """The inverse of ``to_dict``: an audit document (``--json``, ``audit.json`` in the store) as dataclasses."""
         classes = [ClassResult(**{**c, "clusters": [ClusterResult(**k) for k in c["clusters"]],
-                                  "mosaics": [MosaicResult(**m) for m in c["mosaics"]]})
+                                  "mosaics": [MosaicResult(**m) for m in c["mosaics"]],
+                                  "per_image": PerImageResult.from_dict(c["per_image"]) if c.get("per_image") else None})
                    for c in doc["classes"]]
-        return cls(**{**doc, "classes": classes})
+        return cls(**{**doc, "model": AuditedModel(**doc["model"]), "labels": LabelList(**doc["labels"]),
+                      "dataset": AuditedData(**doc["dataset"]), "classes": classes})
 
     def to_json(self) -> str:
         """The audit document; never contains NaN."""

@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .boundary import check_spec_kinds
 
+# XICH_IMAGE_MAX_SIDE_FACTOR's default: images wider or taller than this many tile sides are not decoded
+IMAGE_MAX_SIDE_FACTOR = 16
+
 MIN_SECRET_CHARS = 16
 DATABASE_SCHEMES = ("sqlite", "postgresql")
 
@@ -122,7 +125,7 @@ class Settings(BaseSettings):
     s3_secure: bool = False
     mlflow_tracking_uri: Annotated[str | None, AfterValidator(_tracking_url)] = None
     hooks_allowed_specs: CommaList = ["cifar:", "torchvision:"]
-    image_max_side_factor: int = Field(default=16, ge=1, le=64)
+    image_max_side_factor: int = Field(default=IMAGE_MAX_SIDE_FACTOR, ge=1, le=64)
     run_stale_s: int = Field(default=600, ge=10, le=86_400)  # a class (or run) without a heartbeat this long is dead
     audit_deployment: str = Field(default="audit-model-version/audit", min_length=3, max_length=300,
                                   pattern=r"^[^/\s]+/[^/\s]+$")

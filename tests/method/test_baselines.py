@@ -48,7 +48,7 @@ def test_baselines_equal_a_hand_computation_on_real_images():
     model = build_model("cifar:resnet20", 10)
     load_weights(model, WEIGHTS)
     images = cifar_test_images(12, ("cat",))["cat"]
-    prepared = PreparedModel(model, model_spec="cifar:resnet20", num_classes=10, tile_size=32)
+    prepared = PreparedModel(model, model_spec="cifar:resnet20", num_classes=10, mosaic_size=64)
     _, logits = prepared.embed(images, batch_size=5)  # the audit's embedding pass (traced, chunked)
 
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

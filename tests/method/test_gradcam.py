@@ -100,7 +100,7 @@ def test_each_method_equals_pytorch_grad_cam(real_mosaics, method):
     from xich.engine.runtime import PreparedModel
 
     model, mosaics, plan = real_mosaics
-    prepared = PreparedModel(model, model_spec="cifar:resnet20", num_classes=10, tile_size=32, method=method)
+    prepared = PreparedModel(model, model_spec="cifar:resnet20", num_classes=10, mosaic_size=64, method=method)
     assert prepared.cam == ("fast" if method in FAST_METHODS else "reference")
     ours = prepared.mosaic_cams(mosaics, 3)
     with torch.enable_grad(), getattr(pytorch_grad_cam, CAM_METHODS[method])(model=model,

@@ -37,8 +37,10 @@ from ..method.mosaic import MosaicPlan, assemble_mosaics, image_sets, plan_mosai
 from ..method.per_image import class_softmax, dominance_correlations
 from ..method.significance import confidence_intervals, p_value_matrices, set_means, significant_pairs
 from .models import build_model, fixed_input_size, head_name, load_weights, read_checkpoint
-from ..result import AuditResult, ClassResult, ClusterResult, Explainer, MosaicResult, summarize
-from .config import AuditConfig, check_config, parse_normalize
+from ..result import (AuditedData, AuditedModel, AuditResult, ClassResult, ClusterResult, Explainer, ImageScore,
+                      LabelList, MosaicResult, PerImageResult)
+from ..settings import IMAGE_MAX_SIDE_FACTOR
+from .config import AuditConfig, parse_normalize
 from .runtime import PreparedModel
 
 log = logging.getLogger(__name__)
@@ -160,12 +162,14 @@ def sample_training(ids: list[str], n: int | None, seed: int, class_index: int) 
     return [ids[k] for k in keep]
 
 
-def open_audit(config: AuditConfig, source: ObjectSource | None = None) -> OpenedAudit:
-    """Stage 0: validate the settings, open the dataset, match its classes to the model's labels, prepare the model.
-
-    ``source``: the object store of an ``s3://`` folder dataset (``Context.data_source``), read class by class."""
-    check_config(config)
-    dataset = open_dataset(config.data, config.eval_split, config.train_split, source)
+def open_audit(config: AuditConfig, source: ObjectSource | None = None, *,
+               max_side_factor: int = IMAGE_MAX_SIDE_FACTOR) -> OpenedAudit:
+    """Stage 0: open the dataset, match its classes to the model's labels, prepare the model (``config`` is valid
+    by construction). The tile and mosaic sizes left to their defaults are resolved here, once.
+    ``source``: the object store of an ``s3://`` folder dataset (``Context.data_source``), read class by class.
+    ``max_side_factor``: the context's XICH_IMAGE_MAX_SIDE_FACTOR (images over it are not decoded)."""
+    dataset = open_dataset(config.data, config.eval_split, config.train_split, source,
+                           max_side_factor=max_side_factor)
     eval_split = dataset.splits[config.eval_split]
     train_split = dataset.splits.get(config.train_split) if config.train_split else None
     selected = _select_classes(dataset, config.classes)
@@ -173,10 +177,10 @@ def open_audit(config: AuditConfig, source: ObjectSource | None = None) -> Opene
     mosaic_size = config.mosaic_size or (tile if fixed_input_size(config.model) else 2 * tile)
     model, labels, indices = load_model(config, dataset.classes)
     indices = dict(sorted(((c, indices[c]) for c in selected), key=lambda kv: kv[1]))
-    prepared = PreparedModel(model, model_spec=config.model, num_classes=len(labels.names), tile_size=tile,
-                             mosaic_size=mosaic_size, device=config.device, normalize=config.normalize,
+    prepared = PreparedModel(model, model_spec=config.model, num_classes=len(labels.names), mosaic_size=mosaic_size,
+                             device=config.device, normalize=config.normalize,
                              layer=config.layer, cam=config.cam, method=config.method, precision=config.precision)
-    control = control_model(config, prepared, len(labels.names), tile, mosaic_size) if config.control else None
+    control = control_model(config, prepared, len(labels.names), mosaic_size) if config.control else None
     seed = control_seed(config.seed) if config.control else None
     return OpenedAudit(config, dataset, eval_split, train_split, labels, indices, prepared, tile, mosaic_size,
                        control, seed)
@@ -188,8 +192,7 @@ def control_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 0xC047]).generate_state(1)[0])
 
 
-def control_model(config: AuditConfig, prepared: PreparedModel, outputs: int, tile_size: int,
-                  mosaic_size: int) -> PreparedModel:
+def control_model(config: AuditConfig, prepared: PreparedModel, outputs: int, mosaic_size: int) -> PreparedModel:
     """The randomized control: the audited architecture with freshly initialised weights (seeded), prepared with
     the same target layer, CAM method and path. A model that scores mosaics this way knows nothing of the data."""
     with torch.random.fork_rng(devices=[]):
@@ -199,8 +202,8 @@ def control_model(config: AuditConfig, prepared: PreparedModel, outputs: int, ti
     if all(k in trained and torch.equal(v.cpu(), trained[k].cpu()) for k, v in fresh.items() if v.is_floating_point()):
         raise XichError(f"--model {config.model!r}: building it again gives the same weights as the audited model, "
                         f"so there is no re-initialised control; audit with --no-control")
-    return PreparedModel(model, model_spec=config.model, num_classes=outputs, tile_size=tile_size,
-                         mosaic_size=mosaic_size, device=str(prepared.device), normalize=config.normalize,
+    return PreparedModel(model, model_spec=config.model, num_classes=outputs, mosaic_size=mosaic_size,
+                         device=str(prepared.device), normalize=config.normalize,
                          layer=prepared.layer_name, cam=prepared.cam, method=config.method,
                          precision=config.precision)
 
@@ -215,9 +218,9 @@ def head_control_model(opened: OpenedAudit) -> PreparedModel:
     dict(model.named_modules())[head].load_state_dict(dict(opened.control.model.named_modules())[head].state_dict())
     config = opened.config
     return PreparedModel(model, model_spec=config.model, num_classes=len(opened.labels.names),
-                         tile_size=opened.tile_size, mosaic_size=opened.mosaic_size, device=str(opened.prepared.device),
+                         mosaic_size=opened.mosaic_size, device=str(opened.prepared.device),
                          normalize=config.normalize, layer=opened.prepared.layer_name, cam=opened.prepared.cam,
-                         method=config.method)
+                         method=config.method, precision=config.precision)
 
 
 def load_model(config: AuditConfig, dataset_classes: list[str]) -> tuple[nn.Module, LabelList, dict[str, int]]:
@@ -252,23 +255,16 @@ def audit_classes(opened: OpenedAudit, names: list[str] | None = None) -> Iterat
         yield images, audit_class(opened, images)
 
 
-def assemble_result(opened: OpenedAudit, classes: list[ClassResult], run_id: str, model: dict | None = None,
+def assemble_result(opened: OpenedAudit, classes: list[ClassResult], run_id: str, model: AuditedModel | None = None,
                     notes: list[str] | None = None) -> AuditResult:
     """Last stage: the audit document of ``classes`` (in model output order), with its summary."""
     config = opened.config
-    classes = sorted(classes, key=lambda c: c.index)
-    return AuditResult(
-        run_id=run_id,
-        model=model or {"spec": config.model, "weights": config.weights_uri or config.weights},
-        labels={"source": opened.labels.source, "names": list(opened.labels.names)},
-        dataset={"uri": config.data_uri or config.data, "eval_split": config.eval_split,
-                 "train_split": config.train_split if opened.train_split is not None else None},
-        config=opened.resolved_config(),
-        classes=classes,
-        summary=summarize(classes),
-        notes=list(notes or []),
-        timings=stage_timings(opened.timings),
-    )
+    return AuditResult.assemble(
+        run_id, model=model or AuditedModel(config.model, config.weights_uri or config.weights),
+        labels=LabelList(opened.labels.source, list(opened.labels.names)),
+        dataset=AuditedData(config.data_uri or config.data, config.eval_split,
+                            config.train_split if opened.train_split is not None else None),
+        config=opened.resolved_config(), classes=classes, notes=notes, timings=stage_timings(opened.timings))
 
 
 STAGES = ("decode_s", "embed_s", "cluster_s", "mosaics_s", "cam_s", "control_s", "rank_s", "train_s")
@@ -503,7 +499,7 @@ def class_result(images: ClassImages, clustering: Clustering, plan: MosaicPlan, 
 
 
 def per_image_result(opened: OpenedAudit, images: ClassImages, tiles: torch.Tensor | None = None,
-                     logits: np.ndarray | None = None) -> dict:
+                     logits: np.ndarray | None = None) -> PerImageResult:
     """Per-image mode (Fig. 3): a sample of images, each its own cluster; both images twice in each mosaic."""
     config = opened.config
     if tiles is None or logits is None:
@@ -521,13 +517,10 @@ def per_image_result(opened: OpenedAudit, images: ClassImages, tiles: torch.Tens
     keep = ~np.isnan(scores)  # an image without evidence has no score to correlate
     logit = logits[sample, class_index]
     prob = class_softmax(logits[sample], class_index)
-    return {
-        "requested": config.per_image,
-        "images": [{"image": eval_ids[k], "score": _none(s), "logit": float(lg), "softmax": float(p)}
-                   for k, s, lg, p in zip(sample, scores, logit, prob)],
-        "mosaics": len(plan),
-        **dominance_correlations(scores[keep], logit[keep], prob[keep]),
-    }
+    return PerImageResult(requested=config.per_image,
+                          images=[ImageScore(image=eval_ids[k], score=_none(s), logit=float(lg), softmax=float(p))
+                                  for k, s, lg, p in zip(sample, scores, logit, prob)],
+                          mosaics=len(plan), **dominance_correlations(scores[keep], logit[keep], prob[keep]))
 
 
 def explain_stored(opened: OpenedAudit, classes: list[ClassResult]):

@@ -1,5 +1,5 @@
-"""What an audit is asked to do: its settings, checked before anything is loaded. Imports no torch, so the
-registry hooks, ``xich register`` and ``xich db`` stay light."""
+"""What an audit is asked to do: its settings, valid by construction (checked before anything is loaded). Imports
+no torch, so the registry hooks, ``xich register`` and ``xich db`` stay light."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def parse_normalize(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 @dataclass(frozen=True)
 class AuditConfig:
+    """An audit's settings; its defaults are the CLI's and a request's. Valid by construction: ``classes`` given as
+    ``"a, b"`` or a list become a tuple, ``train_split=""`` means none, and :func:`check_config` runs once, here.
+    The sizes left to None are resolved from the model and the data when the audit opens (``engine.audit.open_audit``:
+    the tile side, and the mosaic side: 2 × tile, or the tile for models of one input size)."""
+
     model: str
     data: str
     weights: str | None = None
@@ -56,6 +61,16 @@ class AuditConfig:
     data_uri: str | None = None  # where --data / --weights came from (s3://…) when read from a local copy
     weights_uri: str | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.classes, str):  # "" (``--classes ''``): every class
+            object.__setattr__(self, "classes", tuple(c.strip() for c in self.classes.split(",")) if self.classes
+                               else None)
+        elif isinstance(self.classes, list):
+            object.__setattr__(self, "classes", tuple(self.classes))
+        if self.train_split == "":
+            object.__setattr__(self, "train_split", None)  # ``--train-split ''``: no training-distribution table
+        check_config(self)
+
 
 # upper bounds: far above any useful audit, low enough that no request can ask a worker for unbounded work
 MAXIMA = {"clusters": 50, "mosaics_per_pair": 1000, "batch_size": 4096, "seed": 2**32 - 1, "per_image": 10_000,
@@ -70,8 +85,9 @@ TEXTS = ("eval_split", "train_split", "layer", "cam", "normalize", "labels", "de
 def check_config(config: AuditConfig) -> None:
     """Refuse settings that cannot work, with the flag to change: types, lower and upper bounds (MAXIMA).
 
-    The one validator of audit settings: the audit, ``xich register`` and the registry hooks (through
-    ``registration.audit_config``) all call it, so a request that would fail at night fails at registration.
+    The one validator of audit settings, run when an :class:`AuditConfig` is made: by the audit, ``xich register``
+    and the registry hooks (``registration.audit_config``) alike, so a request that would fail at night fails at
+    registration.
     """
     for name in INTEGERS:
         value = getattr(config, name)
@@ -86,7 +102,7 @@ def check_config(config: AuditConfig) -> None:
             raise XichError(f"--{name.replace('_', '-')} must be text of at most {MAX_TEXT} characters without NUL, "
                             f"got {type(value).__name__}")
     if config.classes is not None:
-        if len(config.classes) > MAX_CLASSES or not all(isinstance(c, str) and c and len(c) <= MAX_TEXT
+        if not isinstance(config.classes, tuple) or len(config.classes) > MAX_CLASSES or not all(isinstance(c, str) and c and len(c) <= MAX_TEXT
                                                         and "\x00" not in c for c in config.classes):
             raise XichError(f"--classes must be at most {MAX_CLASSES} class names, each text of 1 to {MAX_TEXT} "
                             f"characters (e.g. [\"cat\", \"dog\"])")

@@ -39,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..atomic import write_atomically
 from ..errors import XichError
+from ..settings import IMAGE_MAX_SIDE_FACTOR
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
@@ -82,12 +83,8 @@ class Split:
         """The image as RGB uint8 (H, W, 3); ImageTooLarge, from its header, when a side exceeds ``max_side``."""
         return self._index[1](image_id, max_side=max_side)
 
-    @cached_property
-    def max_side_factor(self) -> int:
-        """XICH_IMAGE_MAX_SIDE_FACTOR: :meth:`load` skips images wider or taller than this many tile sides."""
-        from ..settings import get_settings
-
-        return get_settings().image_max_side_factor
+    # XICH_IMAGE_MAX_SIDE_FACTOR: :meth:`load` skips images wider or taller than this many tile sides (open_dataset)
+    max_side_factor: int = IMAGE_MAX_SIDE_FACTOR
 
     def load(self, ids: list[str], tile_size: int) -> torch.Tensor:
         """Images as a uint8 tensor (N, 3, T, T), resized (bilinear) to the tile size when needed; images over
@@ -228,8 +225,11 @@ class Dataset:
     splits: dict[str, Split]
 
 
-def open_dataset(uri: str, eval_split: str, train_split: str | None, source: ObjectSource | None = None) -> Dataset:
-    """Open the evaluation split (required) and the training split (optional: None if absent).
+def open_dataset(uri: str, eval_split: str, train_split: str | None, source: ObjectSource | None = None, *,
+                 max_side_factor: int = IMAGE_MAX_SIDE_FACTOR) -> Dataset:
+    """Open the evaluation split (required) and the training split (optional: None if absent); their images wider
+    or taller than ``max_side_factor`` tile sides (XICH_IMAGE_MAX_SIDE_FACTOR, from the caller's context) are not
+    decoded.
 
     ``source``: the object store ``uri`` (``s3://bucket/prefix/``) names, for a folder tree there: its classes
     are listed from the store, and a class's images are listed and fetched only when that class is read.
@@ -250,6 +250,8 @@ def open_dataset(uri: str, eval_split: str, train_split: str | None, source: Obj
     opened = {eval_split: splits[eval_split]}
     if train_split and train_split in splits:
         opened[train_split] = splits[train_split]
+    for split in opened.values():
+        split.max_side_factor = max_side_factor
     classes = sorted(opened[eval_split].images)
     return Dataset(uri, classes, opened)
 

@@ -62,8 +62,8 @@ class PreparedModel:
     the copy is checked against the eager model on a probe and dropped if it disagrees.
     """
 
-    def __init__(self, model: nn.Module, *, model_spec: str, num_classes: int, tile_size: int,
-                 mosaic_size: int | None = None, device: str | None = None, normalize: str = "imagenet",
+    def __init__(self, model: nn.Module, *, model_spec: str, num_classes: int, mosaic_size: int,
+                 device: str | None = None, normalize: str = "imagenet",
                  layer: str = "auto", cam: str = "auto", method: str = "gradcam", precision: str = "fp32"):
         self.device = resolve_device(device)
         set_precision(self.device, precision)
@@ -72,7 +72,7 @@ class PreparedModel:
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         # the probe has the mosaics' size: the Grad-CAM layer must keep a spatial map there
-        side = mosaic_size or 2 * tile_size
+        side = mosaic_size  # resolved once, by engine.audit.open_audit
         probe = self.normalize(torch.zeros(2, 3, side, side, dtype=torch.uint8, device=self.device)
                                + torch.arange(2, device=self.device, dtype=torch.uint8).view(2, 1, 1, 1) * 120)
         probe_logits(self.model, probe, model_spec, num_classes)

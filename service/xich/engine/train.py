@@ -15,6 +15,7 @@ from .config import parse_normalize
 from .datasets import open_dataset
 from .device import resolve_device
 from ..errors import XichError
+from ..settings import IMAGE_MAX_SIDE_FACTOR
 from .models import build_model
 
 
@@ -62,6 +63,7 @@ class TrainConfig:
     device: str | None = None
     augment: str = "hflip"
     oversample: dict[str, float] | None = None
+    max_side_factor: int = IMAGE_MAX_SIDE_FACTOR  # XICH_IMAGE_MAX_SIDE_FACTOR: images over it are not decoded
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -131,7 +133,7 @@ def train(config: TrainConfig, on_epoch: Callable[[int, float, float], None] | N
         raise XichError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {config.augment!r}")
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    ds = open_dataset(config.data, config.eval_split, config.train_split)
+    ds = open_dataset(config.data, config.eval_split, config.train_split, max_side_factor=config.max_side_factor)
     if config.train_split not in ds.splits:
         raise XichError(f"--data {config.data}: no training split {config.train_split!r}")
     if not set(ds.splits[config.train_split].images) & set(ds.classes):

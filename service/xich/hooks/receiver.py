@@ -487,3 +487,26 @@ def create_app(settings: HookSettings, *, start_audit: Callable[[dict], str] | N
                              Route("/hooks/mlflow", receiver.mlflow, methods=["POST"]),
                              Route("/hooks/generic", receiver.generic, methods=["POST"])],
                      lifespan=lifespan)
+
+
+def serve(settings: HookSettings, *, host: str, port: int, say: Callable[[str], None]) -> None:
+    """Run the receiver on ``host:port`` with uvicorn until stopped (``xich serve-hooks``); ``say``: the line
+    naming the hooks that are on and the results database (its password masked)."""
+    import os
+
+    import uvicorn
+
+    from ..settings import masked
+
+    # the receiver answers MLflow within its 30 s timeout: its own MLflow calls retry briefly unless told otherwise
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    app = create_app(settings)
+    logging.getLogger("xich.hooks").setLevel(logging.INFO)
+    hooks = [f"/hooks/mlflow ({'on' if settings.hooks_secret else 'off: XICH_HOOKS_SECRET unset'})",
+             f"/hooks/generic ({'on' if settings.hooks_generic_secret else 'off: XICH_HOOKS_GENERIC_SECRET unset'})"]
+    say(f"xich hooks on http://{host}:{port}: {', '.join(hooks)}; results database {masked(settings.database_url)}")
+    # uvicorn caps connections (503 beyond) and headers; the body-read timeout is the app's (hooks._read_body)
+    uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=settings.hooks_limit_concurrency,
+                timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024)

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 from .db import (AuditRequest, AuditRun, ClassHeartbeat, Cluster, Clustering, ClusterMember, Dataset, Model, ModelVersion, Mosaic, PairDominance,
                  PerImageScore, RunClass, RunCluster, RunRankShare, utcnow)
 from ..errors import XichError
-from ..result import AuditResult, ClassResult, ClusterResult, MosaicResult, summarize
+from ..result import (AuditedData, AuditedModel, AuditResult, ClassResult, ClusterResult, ImageScore, LabelList,
+                      MosaicResult, PerImageResult)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -321,7 +322,7 @@ def store_class(*, session: Session, run: AuditRun, cls: ClassResult, worker: st
 PER_IMAGE_STATS = ("pearson_logit", "spearman_logit", "pearson_softmax", "spearman_softmax")
 
 
-def store_per_image(*, session: Session, run: AuditRun, class_index: int, per_image: dict) -> None:
+def store_per_image(*, session: Session, run: AuditRun, class_index: int, per_image: PerImageResult) -> None:
     """Per-image results (Fig. 3) of a stored class, replacing any stored before. Committed."""
     rc = session.get(RunClass, (run.id, class_index))
     session.execute(PerImageScore.__table__.delete().where(PerImageScore.run_id == run.id,
@@ -330,14 +331,14 @@ def store_per_image(*, session: Session, run: AuditRun, class_index: int, per_im
     session.commit()
 
 
-def _set_per_image(session: Session, rc: RunClass, pi: dict) -> None:
-    rc.per_image_n, rc.per_image_mosaics = pi.get("requested"), pi.get("mosaics")
+def _set_per_image(session: Session, rc: RunClass, pi: PerImageResult) -> None:
+    rc.per_image_n, rc.per_image_mosaics = pi.requested, pi.mosaics
     for k in PER_IMAGE_STATS:
-        setattr(rc, k, pi.get(k))
+        setattr(rc, k, getattr(pi, k))
     session.add_all(
-        PerImageScore(run_id=rc.run_id, class_index=rc.class_index, position=k, image_id=r["image"], score=r["score"],
-                      logit=r["logit"], softmax=r["softmax"])
-        for k, r in enumerate(pi.get("images", [])))
+        PerImageScore(run_id=rc.run_id, class_index=rc.class_index, position=k, image_id=r.image, score=r.score,
+                      logit=r.logit, softmax=r.softmax)
+        for k, r in enumerate(pi.images))
 
 
 def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult, worker: str | None, clustering_id: int) -> None:
@@ -537,12 +538,12 @@ def load_classes(*, session: Session, run_id: str) -> list[ClassResult]:
                                             .order_by(Mosaic.position))]
         per_image = None
         if rc.per_image_mosaics is not None:
-            images = [{"image": s.image_id, "score": s.score, "logit": s.logit, "softmax": s.softmax}
+            images = [ImageScore(image=s.image_id, score=s.score, logit=s.logit, softmax=s.softmax)
                       for s in session.scalars(select(PerImageScore).where(PerImageScore.run_id == run_id,
                                                                            PerImageScore.class_index == rc.class_index)
                                                .order_by(PerImageScore.position))]
-            per_image = {"requested": rc.per_image_n, "images": images, "mosaics": rc.per_image_mosaics,
-                         **{k: getattr(rc, k) for k in PER_IMAGE_STATS}}
+            per_image = PerImageResult(requested=rc.per_image_n, images=images, mosaics=rc.per_image_mosaics,
+                                       **{k: getattr(rc, k) for k in PER_IMAGE_STATS})
         out.append(ClassResult(
             index=rc.class_index, name=rc.class_name, clusters=clusters, dominance=D, dominance_ci=ci, p_values=p,
             p_values_holm=q, distinct_sets=n_sets,
@@ -567,12 +568,10 @@ def load_audit(*, session: Session, run_id: str) -> AuditResult:
     mv = session.get(ModelVersion, run.model_version_id)
     ds = session.get(Dataset, run.dataset_id)
     classes = load_classes(session=session, run_id=run_id)
-    return AuditResult(
-        run_id=run.id, model={"spec": mv.spec, "weights": mv.weights_uri},
-        labels={"source": mv.labels_source, "names": list(mv.labels or [])},
-        dataset={"uri": ds.uri, "eval_split": run.eval_split, "train_split": run.train_split},
-        config=dict(run.resolved_config or {}), classes=classes, summary=summarize(classes),
-        timings={k: v for k, v in (run.timings or {}).items() if isinstance(v, (int, float))})
+    return AuditResult.assemble(
+        run.id, model=AuditedModel(mv.spec, mv.weights_uri), labels=LabelList(mv.labels_source, list(mv.labels or [])),
+        dataset=AuditedData(ds.uri, run.eval_split, run.train_split), config=dict(run.resolved_config or {}),
+        classes=classes, timings={k: v for k, v in (run.timings or {}).items() if isinstance(v, (int, float))})
 
 
 def _baseline_names() -> tuple[str, ...]:

@@ -7,7 +7,7 @@ first step use it.
 from __future__ import annotations
 
 import logging
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ..boundary import check_name, check_spec, escape
-from ..engine.config import AuditConfig, check_config
+from ..engine.config import AuditConfig
 from ..errors import XichError
 from .locks import named_lock
 from . import persist
@@ -29,6 +29,33 @@ DEFAULT_SPECS = ("cifar:", "torchvision:")  # XICH_HOOKS_ALLOWED_SPECS' default
 # the settings an audit request may give: AuditConfig's fields but the model and data (given apart), and the clustering
 REQUEST_SETTINGS = tuple(sorted({f.name for f in fields(AuditConfig)} - {"model", "data", "weights", "data_uri", "weights_uri"}
                                 | {"clustering"}))
+
+
+@dataclass(frozen=True)
+class RequestedAudit:
+    """A registered version's audit request: what :func:`register` records and returns (as :meth:`parameters`, the
+    plain parameters of the ``audit-model-version`` flow), and what the flow, ``xich register --audit`` and the
+    nightly flow read back (:meth:`of`)."""
+
+    model: str
+    version: str
+    model_spec: str
+    weights_uri: str | None
+    dataset_uri: str
+    settings: dict
+
+    @classmethod
+    def of(cls, parameters: dict) -> RequestedAudit:
+        """The request in ``audit_model_version``'s parameters (other keys, such as ``shards``, left aside)."""
+        return cls(**{f.name: parameters[f.name] for f in fields(cls)})
+
+    def parameters(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def audit_config(self, *, data: str | None = None, weights: str | None = None) -> tuple[AuditConfig, str]:
+        """Its AuditConfig (on the local copies ``data`` / ``weights``) and clustering choice (:func:`audit_config`)."""
+        return audit_config(model_spec=self.model_spec, dataset_uri=self.dataset_uri, weights_uri=self.weights_uri,
+                            settings=self.settings, data=data, weights=weights)
 
 
 class Records(Protocol):
@@ -51,16 +78,9 @@ def audit_config(*, model_spec: str, dataset_uri: str, weights_uri: str | None, 
     if unknown:
         raise XichError(f"settings: unknown key(s) {', '.join(unknown)}; use {', '.join(REQUEST_SETTINGS)}")
     options = {k: v for k, v in settings.items() if k != "clustering"}
-    if isinstance(options.get("classes"), str):
-        options["classes"] = [c.strip() for c in options["classes"].split(",")]
-    if options.get("classes") is not None:
-        options["classes"] = tuple(options["classes"])
-    if options.get("train_split") == "":
-        options["train_split"] = None  # as ``--train-split ''``: no training-distribution table
-    try:
+    try:  # checked as it is made (``classes`` as a list or "a, b"; ``train_split: ""``: none)
         config = AuditConfig(model=model_spec, data=data or dataset_uri, weights=weights or weights_uri,
                              data_uri=dataset_uri, weights_uri=weights_uri, **options)
-        check_config(config)
     except TypeError as exc:
         raise XichError(f"settings: {exc}") from None
     clustering = settings.get("clustering", "auto")
@@ -99,8 +119,7 @@ def register(*, records: Records, model: str, version: str, model_spec: str, wei
                          weights_sha256=file_sha256(weights_path) if weights_path and hash_weights else None,
                          dataset_uri=dataset_uri, settings=settings, registry_metadata=registry_metadata,
                          registered_at=registered_at or registry_time(registry_metadata))
-    return {"model": model, "version": version, "model_spec": model_spec, "weights_uri": weights_uri,
-            "dataset_uri": dataset_uri, "settings": settings}
+    return RequestedAudit(model, version, model_spec, weights_uri, dataset_uri, settings).parameters()
 
 
 def unaudited(*, engine: Engine, model: str | None = None,
@@ -120,9 +139,9 @@ def unaudited(*, engine: Engine, model: str | None = None,
 
 def admit_recorded(parameters: dict, allowed_specs: list[str] | tuple[str, ...]) -> None:
     """The checks of :func:`register` on a recorded request (``audit_model_version``'s parameters); XichError."""
-    check_spec(parameters["model_spec"], list(allowed_specs))
-    audit_config(model_spec=parameters["model_spec"], dataset_uri=parameters["dataset_uri"],
-                 weights_uri=parameters["weights_uri"], settings=parameters["settings"])
+    request = RequestedAudit.of(parameters)
+    check_spec(request.model_spec, list(allowed_specs))
+    request.audit_config()
 
 
 def request_plan(*, engine: Engine, model: str | None = None,
@@ -148,9 +167,9 @@ def record_request_failure(*, engine: Engine, parameters: dict, error: str) -> d
     """Record a failed audit on its registered request (``persist.record_request_failure``); returns its failures
     in a row and next try, or None when the audit was not registered."""
     with Session(engine) as session:
-        request = persist.record_request_failure(session=session, model_name=parameters["model"],
-                                                 version=parameters["version"], dataset_uri=parameters["dataset_uri"],
-                                                 settings=parameters["settings"], error=error)
+        asked = RequestedAudit.of(parameters)
+        request = persist.record_request_failure(session=session, model_name=asked.model, version=asked.version,
+                                                 dataset_uri=asked.dataset_uri, settings=asked.settings, error=error)
         return None if request is None else {"failures": request.failures, "next_try_at": request.next_try_at}
 
 

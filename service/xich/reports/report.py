@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from ..method.baselines import order_differences  # noqa: E402
 from ..result import AuditResult, ClassResult, Explainer  # noqa: E402
+from .summary import overall_lines  # noqa: E402
 
 
 @dataclass
@@ -174,11 +175,11 @@ def plot_training_distribution(result: AuditResult, path: Path) -> None:
 def plot_per_image(cls: ClassResult, path: Path) -> None:
     """Fig. 3: per-image dominance score against class logit and softmax probability (images with a score)."""
     pi = cls.per_image
-    scored = [r for r in pi["images"] if r["score"] is not None]
+    scored = [r for r in pi.images if r.score is not None]
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
     for ax, key in zip(axes, ("logit", "softmax")):
-        ax.scatter([r[key] for r in scored], [r["score"] for r in scored], s=14)
-        rho = pi[f"spearman_{key}"]
+        ax.scatter([getattr(r, key) for r in scored], [r.score for r in scored], s=14)
+        rho = getattr(pi, f"spearman_{key}")
         ax.set_title(f"{cls.name}: dominance vs {key} (Spearman {_signed(rho)})", fontsize=9)
         ax.set_xlabel(key)
         ax.set_ylabel("per-image dominance score")
@@ -198,10 +199,10 @@ def write_report(result: AuditResult, out_dir: str | Path, examples: dict[str, l
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     examples = examples or {}
-    title = f"XICH audit of {model or result.model['spec']}" + (f" {version}" if version else "")
+    title = f"XICH audit of {model or result.model.spec}" + (f" {version}" if version else "")
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p>run <code>{html.escape(result.run_id)}</code></p>",
-             f"<p>model <code>{html.escape(result.model['spec'])}</code> weights "
-             f"<code>{html.escape(str(result.model['weights']))}</code>; data <code>{html.escape(result.dataset['uri'])}</code>; "
+             f"<p>model <code>{html.escape(result.model.spec)}</code> weights "
+             f"<code>{html.escape(str(result.model.weights))}</code>; data <code>{html.escape(result.dataset.uri)}</code>; "
              + ", ".join(f"{k}={html.escape(str(v))}" for k, v in result.config.items()) + "</p>",
              _labels_and_notes(result), extra_html]
     if any(c.clusters and c.clusters[0].train_share is not None for c in result.classes):
@@ -232,13 +233,11 @@ def write_report(result: AuditResult, out_dir: str | Path, examples: dict[str, l
 
 
 def _labels_and_notes(result: AuditResult) -> str:
-    names = result.labels.get("names") or []
-    text = (f"<p>labels: <code>{html.escape(str(result.labels.get('source')))}</code> "
+    names = result.labels.names or []
+    text = (f"<p>labels: <code>{html.escape(str(result.labels.source))}</code> "
             f"({len(names)} name{'' if len(names) == 1 else 's'} in output order)</p>")
-    missing = result.summary.get("classes_without_evidence") or []
-    if missing:
-        text += ("<p class='note'>without a hierarchy (no evidence): "
-                 + html.escape(", ".join(missing)) + "</p>")
+    if lines := overall_lines(result):  # the summary the console and the Prefect artifact show
+        text += "<ul class='summary'>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
     if result.notes:
         text += "<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in result.notes) + "</ul>"
     return text
@@ -261,8 +260,8 @@ def _left_out_of_summary(result: AuditResult) -> str:
 
 def _per_image_finding(result: AuditResult) -> str:
     """The fixed statement of what per-image mode shows, with this run's measured value."""
-    rhos = sorted(c.per_image["spearman_logit"] for c in result.classes
-                  if c.per_image and c.per_image["spearman_logit"] is not None)
+    rhos = sorted(c.per_image.spearman_logit for c in result.classes
+                  if c.per_image and c.per_image.spearman_logit is not None)
     if not rhos:
         measured = "undefined in every class (fewer than 3 images with a score, or constant values)"
     elif len(rhos) == 1:
@@ -275,7 +274,7 @@ def _per_image_finding(result: AuditResult) -> str:
             "(Spearman 0.91–0.98), contrary to the paper's Fig. 3 claim that they are non-correlated. "
             "The reason is the head: with global average pooling followed by a linear layer, Grad-CAM's "
             "energy and the logit are both built from w·A (the class's weights times the last block's "
-            f"activations). In this run ({html.escape(result.model['spec'])}), Spearman(dominance, logit) "
+            f"activations). In this run ({html.escape(result.model.spec)}), Spearman(dominance, logit) "
             f"is <b class='measured'>{measured}</b>. The claim holds only when the mosaic is rescaled to the "
             "model's input size (<code>--mosaic-size</code> = tile size: mean Spearman 0.45 over the four CIFAR "
             "ResNets, against 0.95 at native tiles), and only in appearance: against the logit of each image as "
@@ -343,13 +342,13 @@ def _baselines_and_control_finding(result: AuditResult) -> str:
 
 def _correlation_table(cls: ClassResult) -> str:
     pi = cls.per_image
-    scored = sum(r["score"] is not None for r in pi["images"])
-    rows = "".join(f"<tr><th>{name}</th>" + "".join(f"<td>{_signed(pi[f'{kind}_{key}'])}</td>"
+    scored = sum(r.score is not None for r in pi.images)
+    rows = "".join(f"<tr><th>{name}</th>" + "".join(f"<td>{_signed(getattr(pi, f'{kind}_{key}'))}</td>"
                                                      for key in ("logit", "softmax")) + "</tr>"
                    for name, kind in (("Pearson", "pearson"), ("Spearman", "spearman")))
     return (f"<div><table class='correlations'><tr><th></th><th>logit</th><th>softmax</th></tr>{rows}</table>"
-            f"<p>{len(pi['images'])} image(s) of {pi.get('requested', len(pi['images']))} requested, "
-            f"{scored} with a score; {pi['mosaics']} mosaics</p></div>")
+            f"<p>{len(pi.images)} image(s) of {pi.requested} requested, "
+            f"{scored} with a score; {pi.mosaics} mosaics</p></div>")
 
 
 BASELINE_HEADINGS = {"mean_logit": "mean logit", "mean_softmax": "mean softmax", "accuracy": "accuracy",
@@ -456,33 +455,3 @@ def _share(x: float | None, se: float | None = None) -> str:
 def _se(se: float | None) -> str:
     """`` ± SE`` of a sampled training share (--train-per-class); nothing where every training image was placed."""
     return f" ± {se:.3f}" if se else ""
-
-
-def summary_markdown(result: AuditResult, *, model: str, version: str, report_uri: str | None) -> str:
-    """A short markdown summary of one audit (the Prefect artifact), linking the report in the object store."""
-    s = result.summary
-    lines = [f"# XICH audit of {model} {version}", "",
-             f"run `{result.run_id}` · data `{result.dataset['uri']}` · P={result.config.get('clusters')} "
-             f"J={result.config.get('mosaics_per_pair')} seed={result.config.get('seed')} "
-             f"method={result.config.get('method', 'gradcam')}", ""]
-    if s["train_share_by_rank"]:
-        lines.append("Mean training share by dominance rank (0 = most dominant), over "
-                     f"{s['classes_ranked']} class(es): "
-                     + ", ".join(f"{r}: {v:.3f}" for r, v in enumerate(s["train_share_by_rank"])))
-    if s["mean_spearman"] is not None:
-        lines.append(f"\nMean Spearman(score, training share): {s['mean_spearman']:+.3f}")
-    lowest = [f"{c.name}: cluster {c.hierarchy[-1]}" for c in result.classes if len(c.hierarchy) > 1]
-    if lowest:
-        lines.append("\nLeast dominant cluster per class: " + "; ".join(lowest))
-    if s["classes_without_evidence"]:
-        lines.append(f"\nWithout a hierarchy (no evidence): {', '.join(s['classes_without_evidence'])}")
-    if s.get("mean_tau_mean_logit") is not None:
-        unlike = s.get("classes_unlike_mean_logit") or []
-        lines.append(f"\nMean Kendall tau(score, mean logit): {s['mean_tau_mean_logit']:+.2f}; hierarchy differs from "
-                     f"the mean-logit order in: {', '.join(unlike) or 'none'}")
-    if s.get("classes_image_statistics"):
-        lines.append(f"\nRandomized control as significant (image statistics, not the model): "
-                     f"{', '.join(s['classes_image_statistics'])}")
-    if report_uri:
-        lines.append(f"\nReport: [{report_uri}]({report_uri})")
-    return "\n".join(lines)

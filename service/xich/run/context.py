@@ -41,6 +41,7 @@ class Context:
     settings: Settings
     start_audit: Callable[[dict], str]
     migrate_first: bool = True
+    runs: dict = field(default_factory=dict, repr=False)  # recorded runs open in this process, by run id (flow tasks)
     _engine: Engine | None = field(default=None, repr=False)
     _store: object = field(default=None, repr=False)
     _sources: dict = field(default_factory=dict, repr=False)  # data_source's stores, by dataset URI

@@ -3,10 +3,11 @@
 ``with open_recorded_run(ctx, config, ...) as rec:`` opens the audit and begins (or finds) its run in the
 context's results database; inside, the caller computes and stores the pending classes, one at a time, and
 finishes the run; an error marks the run failed, and the run's session is always closed. ``recorded_audit``
-is that sequence without anything between. A rerun of the same
-(model version, dataset, settings, clustering) finds the stored run: complete → nothing is recomputed;
-failed or killed → only the classes not yet stored are audited. Persistence (``persist.py``) only
-reads and writes rows; it never runs an audit.
+is that sequence without anything between; ``open_requested_run`` opens it for a registered request. Steps that
+pass plain data (Prefect tasks) give the run id: ``hold`` keeps the run open in the process's context, ``held``
+finds it, ``holding`` lets it go. A rerun of the same (model version, dataset, settings, clustering) finds the
+stored run: complete → nothing is recomputed; failed or killed → only the classes not yet stored are audited.
+Persistence (``persist.py``) only reads and writes rows; it never runs an audit.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session
 from .context import Context
 
 from ..engine.audit import ClassImages, OpenedAudit, assemble_result, audit_class, open_audit, per_image_result
-from ..engine.config import AuditConfig, check_config
+from ..engine.config import AuditConfig
 from ..engine.datasets import content_fingerprint
 from ..records.db import AuditRun, Clustering, Model, ModelVersion, RunClass
 from ..errors import XichError
@@ -36,7 +37,7 @@ from ..records.persist import (attach_request, beat_class, begin_run, class_is_s
                                finish_run, frozen_membership, get_or_create_dataset, get_or_create_model_version,
                                load_audit, load_classes, own_clustering,
                       promote_first_reference, reference_clustering, stored_classes, store_class, store_per_image)
-from ..records.registration import registry_time
+from ..records.registration import RequestedAudit, registry_time
 from ..result import AuditResult, ClassResult
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ class RecordedRun:
         stored = stored_classes(session=self.session, run=self.run)
         with named_lock(self.engine, f"xich:run:{self.run.id}:finish"):  # processes finishing together: one writes
             finish_run(session=self.session, run=self.run, classes=self.opened.classes, resolved_config=result.config,
-                       train_split=result.dataset["train_split"], summary=result.summary,
+                       train_split=result.dataset.train_split, summary=result.summary,
                        timings={**result.timings,  # seconds: the fingerprint, the audit, each stage in this process
                                 "resumed_classes": sorted(self.resumed & set(self.opened.classes)),
                                 # by this process and every shard that worked on the run meanwhile
@@ -192,6 +193,13 @@ class RecordedRun:
                     result.notes.append(f"clustering: this run's clustering {made.key} became the model's reference "
                                         f"on this dataset (P={made.clusters}); later versions are audited on it")
         return result
+
+    def audit_all(self) -> AuditResult:
+        """Compute and store every pending class (none when complete), then :meth:`finish`."""
+        if not self.complete:
+            for _ in self.audit_pending():
+                pass
+        return self.finish()
 
     def fail(self, exc: BaseException) -> None:
         """Mark the run failed with the error (unless another process completed it meanwhile)."""
@@ -235,14 +243,13 @@ def open_recorded_run(ctx: Context, config: AuditConfig, *, model_name: str | No
     ``persist.register_version``); the run is linked to it. Classes are claimed with the context's
     XICH_RUN_STALE_S (``RecordedRun.claim``).
     """
-    check_config(config)
     weights_sha = file_sha256(config.weights) if config.weights and Path(config.weights).is_file() else None
     if config.weights and weights_sha is None:
         raise XichError(f"--weights {config.weights}: no such file")
     engine, cache_dir = ctx.engine, ctx.settings.cache_dir  # (migrated on first use) before the first forward pass
     session = ctx.session(expire_on_commit=False)
     try:
-        opened = open_audit(config, ctx.data_source(config.data))
+        opened = open_audit(config, ctx.data_source(config.data), max_side_factor=ctx.settings.image_max_side_factor)
         t0 = time.perf_counter()
         splits = [opened.eval_split] + ([opened.train_split] if opened.train_split is not None else [])
         fingerprint, n_images = content_fingerprint(splits, Path(cache_dir) if cache_dir else None)
@@ -278,16 +285,49 @@ def open_recorded_run(ctx: Context, config: AuditConfig, *, model_name: str | No
         raise
 
 
+def open_requested_run(ctx: Context, request: RequestedAudit, *, data: str | None, weights: str | None
+                       ) -> RecordedRun:
+    """:func:`open_recorded_run` for a registered audit request (on the local copies ``data`` / ``weights`` of its
+    sources), linked to the request: the step the flow and ``xich register --audit`` share."""
+    config, clustering = request.audit_config(data=data, weights=weights)
+    return open_recorded_run(ctx, config, model_name=request.model, model_version=request.version,
+                             clustering=clustering,
+                             request={"dataset_uri": request.dataset_uri, "settings": request.settings})
+
+
+def hold(ctx: Context, rec: RecordedRun) -> str:
+    """Keep ``rec`` open in the process's context, so that steps given only its run id (Prefect tasks, which pass
+    plain data) find it with :func:`held`; returns the run id. Let go by :func:`holding`."""
+    ctx.runs[rec.run_id] = rec
+    return rec.run_id
+
+
+def held(ctx: Context, run_id: str) -> RecordedRun:
+    """The recorded run ``run_id`` this process holds open (:func:`hold`)."""
+    try:
+        return ctx.runs[run_id]
+    except KeyError:
+        raise XichError(f"run {run_id} is not open in this process; open it first (open_recorded_run)") from None
+
+
+@contextmanager
+def holding(ctx: Context, run_id: str) -> Iterator[RecordedRun]:
+    """The held run in ``with``: an error inside marks it failed; it is closed and let go in any case."""
+    rec = held(ctx, run_id)
+    try:
+        with rec:
+            yield rec
+    finally:
+        ctx.runs.pop(run_id, None)
+
+
 def recorded_audit(ctx: Context, config: AuditConfig, **options) -> AuditResult:
     """Run (or finish, or just read back) the audit of ``config``, stored in the context's results database.
 
     ``options``: those of ``open_recorded_run``. A failure marks the run ``failed`` with the error.
     """
     with open_recorded_run(ctx, config, **options) as rec:
-        if not rec.complete:
-            for _ in rec.audit_pending():
-                pass
-        return rec.finish()
+        return rec.audit_all()
 
 
 def _clustering_note(requested: str, frozen: Clustering | None, model_name: str) -> str:
@@ -329,25 +369,16 @@ def audit_registered(ctx: Context, parameters: dict) -> dict:
     a failure is recorded on the request (it backs off before the nightly flow tries again) and raised.
     """
     from ..records.mlflow_registry import write_back
-    from ..records.registration import (admit_recorded, audit_config, record_request_failure,
-                                        recorded_registry_metadata)
+    from ..records.registration import admit_recorded, record_request_failure, recorded_registry_metadata
     from .publish import publish_with_report
 
-    model, version = parameters["model"], parameters["version"]
+    request = RequestedAudit.of(parameters)
+    model, version = request.model, request.version
     try:
         admit_recorded(parameters, ctx.settings.hooks_allowed_specs)
-        config, clustering = audit_config(
-            model_spec=parameters["model_spec"], dataset_uri=parameters["dataset_uri"],
-            weights_uri=parameters["weights_uri"], settings=parameters["settings"],
-            data=ctx.data_path(parameters["dataset_uri"]),
-            weights=ctx.local_path(parameters["weights_uri"], model=model, version=version))
-        with open_recorded_run(ctx, config, model_name=model, model_version=version, clustering=clustering,
-                               request={"dataset_uri": parameters["dataset_uri"],
-                                        "settings": parameters["settings"]}) as rec:
-            if not rec.complete:
-                for _ in rec.audit_pending():
-                    pass
-            result = rec.finish()
+        with open_requested_run(ctx, request, data=ctx.data_path(request.dataset_uri),
+                                weights=ctx.local_path(request.weights_uri, model=model, version=version)) as rec:
+            result = rec.audit_all()
             report = publish_with_report(ctx, result, rec.opened, model=model, version=version)
     except Exception as exc:
         record_request_failure(engine=ctx.engine, parameters=parameters, error=f"{type(exc).__name__}: {exc}")

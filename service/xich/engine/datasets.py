@@ -101,8 +101,7 @@ class Split:
         kept, arrays = self._read_tiles(ids, tile_size)
         if ids and not kept:
             raise self._none_kept(len(ids), tile_size)
-        out = np.stack(arrays) if arrays else np.empty((0, tile_size, tile_size, 3), dtype=np.uint8)
-        return kept, torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        return kept, _tiles_tensor(arrays, tile_size)
 
     def stream(self, ids: list[str], tile_size: int, chunk: int) -> ImageStream:
         """The images of ``ids`` as chunks of at most ``chunk`` tiles, decoded when iterated (see :class:`ImageStream`)."""
@@ -183,9 +182,9 @@ class ImageStream:
     def _decode(self, start: int) -> tuple[list[str], torch.Tensor]:
         began = time.perf_counter()
         kept, arrays = self.split._read_tiles(self.ids[start:start + self.chunk], self.tile_size)
-        out = np.stack(arrays) if arrays else np.empty((0, self.tile_size, self.tile_size, 3), dtype=np.uint8)
+        tiles = _tiles_tensor(arrays, self.tile_size)
         self.decode_s += time.perf_counter() - began
-        return kept, torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        return kept, tiles
 
     def __iter__(self) -> Iterator[tuple[list[str], torch.Tensor]]:
         self.kept = []
@@ -199,6 +198,12 @@ class ImageStream:
                 yield kept, images
         if self.ids and not self.kept:
             raise self.split._none_kept(len(self.ids), self.tile_size)
+
+
+def _tiles_tensor(arrays: list[np.ndarray], tile_size: int) -> torch.Tensor:
+    """(T, T, 3) uint8 tiles as one (n, 3, T, T) tensor; (0, 3, T, T) for none."""
+    out = np.stack(arrays) if arrays else np.empty((0, tile_size, tile_size, 3), dtype=np.uint8)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
 def content_fingerprint(splits: list[Split], cache_dir: Path | None = None) -> tuple[str, int]:

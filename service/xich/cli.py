@@ -203,9 +203,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
             done = audit_here(ctx, config, record=record, report_dir=args.report, progress=progress)
         print_summary(done.result, out)
-        if done.opened.timings:
-            out.print("CAM time: " + ", ".join(f"{'control' if k == 'control_s' else 'model'} {v:.1f} s"
-                                               for k, v in done.opened.timings.items()), highlight=False)
+        if done.result.timings:  # the document's, per stage (the CAM's: cam, the control's: control)
+            out.print("seconds: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in done.result.timings.items()
+                                              if isinstance(v, (int, float))), highlight=False)
         if done.recorded:
             out.print(f"run id: {done.result.run_id}", highlight=False)
         for line in write_outputs(ctx, done, json_path=args.json, report_dir=args.report,

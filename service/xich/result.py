@@ -34,6 +34,7 @@ class ClusterResult:
     members: list[str]
     baselines: dict[str, float | None] | None = None
     train_share_se: float | None = None  # standard error of train_share under --train-per-class (0: every image)
+    representation_ratio: float | None = None  # train share / evaluation share (method.looks); None without training
 
 
 @dataclass
@@ -83,7 +84,12 @@ class ClassResult:
     ``agreement``: Kendall's τ between the clusters' scores and each baseline (None where undefined).
     ``control``: the randomized control (the same mosaics under the architecture re-initialised):
     ``seed``, ``scores``, ``hierarchy``, ``significant_pairs``, ``tau`` (against ``scores``) and
-    ``image_statistics`` (as many significant pairs as the model, or more); None with --no-control."""
+    ``image_statistics`` (as many significant pairs as the model, or more); None with --no-control.
+    ``looks``: the looks the audit flags as under-learned, by the signal it leads with (``engine.audit.looks_section``:
+    ``signal``, ``rule``, ``flagged`` cluster ids most in need first, ``need`` per cluster, and per flagged cluster
+    its numbers, example images and training images); None in documents made before it existed.
+    ``null``: where this class's evidence stands against the null model (the same architecture with random weights
+    audited end to end: ``method.looks.null_comparison``); None with --no-null and in older documents."""
 
     index: int
     name: str
@@ -101,6 +107,8 @@ class ClassResult:
     per_image: PerImageResult | None = None
     agreement: dict[str, float | None] | None = None
     control: dict | None = None
+    looks: dict | None = None
+    null: dict | None = None
 
     def significant_pairs(self, alpha: float = 0.05) -> list[tuple[int, int]]:
         """(i, j) where cluster i dominates j (D > 0.5) with a Holm-adjusted p below ``alpha``."""

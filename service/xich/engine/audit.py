@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -33,6 +33,8 @@ from ..method.clustering import Clustering, assign_clusters, cluster_embeddings,
 from ..method.distribution import score_share_spearman, training_distribution, training_share_se
 from ..method.dominance import dominance_matrix, mosaic_dominance, quadrant_relevance
 from ..method.hierarchy import hierarchy, hierarchy_scores
+from ..method.looks import (RATIO_FLAG, class_evidence, flag_looks, need, null_comparison, oversample_weights,
+                            representation_ratio)
 from ..method.mosaic import MosaicPlan, assemble_mosaics, image_sets, plan_mosaics
 from ..method.per_image import class_softmax, dominance_correlations
 from ..method.significance import confidence_intervals, p_value_matrices, set_means, significant_pairs
@@ -83,6 +85,7 @@ class OpenedAudit:
     control: PreparedModel | None = None  # the same architecture, re-initialised (None: --no-control)
     control_seed: int | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES), summed over classes
+    null: OpenedAudit | None = None  # the null model's audit (null_audit); None with --no-null
 
     def __post_init__(self):
         self._timing_lock = threading.Lock()
@@ -133,19 +136,20 @@ class OpenedAudit:
                 "layer": self.prepared.layer_name, "cam": self.prepared.cam, "method": c.method,
                 "control_seed": self.control_seed, "tile_size": self.tile_size,
                 "mosaic_size": self.mosaic_size, "normalize": c.normalize, "per_image": c.per_image,
-                "train_per_class": c.train_per_class, "precision": c.precision}
+                "train_per_class": c.train_per_class, "precision": c.precision, "looks": c.looks,
+                "null_seed": null_seed(c.seed) if c.null else None}
 
     def settings(self) -> dict:
         """The settings that change numbers: what identifies a run besides model version, data and clustering.
 
         Architecture and weights belong to the model version, P to the clustering; batch size, device,
         --cam (fast and reference agree), class order and per-image mode change no number of the run;
-        --method and the randomized control do, and so does --train-per-class (named only when set, so the
+        --method, the randomized control, the looks signal and the null model do, and so does --train-per-class (named only when set, so the
         keys of runs that place every training image are what they were).
         """
         mean, std = parse_normalize(self.config.normalize)
         return {"mosaics_per_pair": self.config.mosaics_per_pair, "method": self.config.method,
-                "control": self.config.control,
+                "control": self.config.control, "looks": self.config.looks, "null": self.config.null,
                 "seed": self.config.seed, "tile_size": self.tile_size, "mosaic_size": self.mosaic_size,
                 "normalize": [list(mean), list(std)], "layer": self.prepared.layer_name,
                 "classes": sorted(self.indices),
@@ -182,8 +186,52 @@ def open_audit(config: AuditConfig, source: ObjectSource | None = None, *,
                              layer=config.layer, cam=config.cam, method=config.method, precision=config.precision)
     control = control_model(config, prepared, len(labels.names), mosaic_size) if config.control else None
     seed = control_seed(config.seed) if config.control else None
-    return OpenedAudit(config, dataset, eval_split, train_split, labels, indices, prepared, tile, mosaic_size,
-                       control, seed)
+    opened = OpenedAudit(config, dataset, eval_split, train_split, labels, indices, prepared, tile, mosaic_size,
+                         control, seed)
+    opened.null = null_audit(opened) if config.null else None
+    return opened
+
+
+def null_seed(seed: int) -> int:
+    """The seed of the null model's weights: derived from the audit's seed, never the control's or the seed that
+    initialises a model audited without --weights."""
+    return int(np.random.SeedSequence([seed, 0x4E11]).generate_state(1)[0])
+
+
+def null_audit(opened: OpenedAudit) -> OpenedAudit:
+    """The null model's audit: the audited architecture with random weights (seeded by :func:`null_seed`), audited end
+    to end on the same data with the same settings — its own embedding, clustering, mosaics, hierarchy and
+    significance, the same target layer, CAM method and path; no control, no per-image mode, no null of its own.
+    Nothing in it depends on the trained weights, so one null serves every version of a model (``pipeline``
+    stores it as a run and reuses it)."""
+    config = replace(opened.config, weights=None, weights_uri=None, control=False, null=False, per_image=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(null_seed(config.seed))
+        model = build_model(config.model, len(opened.labels.names))
+    prepared = PreparedModel(model, model_spec=config.model, num_classes=len(opened.labels.names),
+                             mosaic_size=opened.mosaic_size, device=str(opened.prepared.device),
+                             normalize=config.normalize, layer=opened.prepared.layer_name, cam=opened.prepared.cam,
+                             method=config.method, precision=config.precision)
+    return OpenedAudit(config, opened.dataset, opened.eval_split, opened.train_split, opened.labels, opened.indices,
+                       prepared, opened.tile_size, opened.mosaic_size)
+
+
+def evidence(cls: ClassResult) -> dict:
+    """``method.looks.class_evidence`` of one class's result (the model's or the null model's)."""
+    nan = float("nan")
+    return class_evidence(
+        significant_pairs=len(cls.significant_pairs()),
+        scores=np.array([nan if c.score is None else c.score for c in cls.clusters]),
+        accuracy=np.array([nan if not c.baselines or c.baselines["accuracy"] is None else c.baselines["accuracy"]
+                           for c in cls.clusters]),
+        eval_sizes=np.array([c.eval_size for c in cls.clusters]),
+        flagged=list(cls.looks["flagged"]) if cls.looks else [], spearman=cls.spearman_score_train_share)
+
+
+def compare_with_null(cls: ClassResult, null_cls: ClassResult) -> dict:
+    """The class's ``null`` section: its evidence against the null model's on the same class
+    (``method.looks.null_comparison``)."""
+    return null_comparison(evidence(cls), evidence(null_cls))
 
 
 def control_seed(seed: int) -> int:
@@ -252,7 +300,11 @@ def audit_classes(opened: OpenedAudit, names: list[str] | None = None) -> Iterat
     """Each class's images and result in turn (all selected classes unless ``names``); the images are
     yielded too so that a sink can render mosaics (``explainer``) while they are loaded."""
     for images in opened.iter_classes(opened.classes if names is None else names):
-        yield images, audit_class(opened, images)
+        cls = audit_class(opened, images)
+        if opened.null is not None:
+            with opened.timed("null_s"):
+                cls.null = compare_with_null(cls, audit_class(opened.null, images))
+        yield images, cls
 
 
 def assemble_result(opened: OpenedAudit, classes: list[ClassResult], run_id: str, model: AuditedModel | None = None,
@@ -267,14 +319,15 @@ def assemble_result(opened: OpenedAudit, classes: list[ClassResult], run_id: str
         config=opened.resolved_config(), classes=classes, notes=notes, timings=stage_timings(opened.timings))
 
 
-STAGES = ("decode_s", "embed_s", "cluster_s", "mosaics_s", "cam_s", "control_s", "rank_s", "train_s")
+STAGES = ("decode_s", "embed_s", "cluster_s", "mosaics_s", "cam_s", "control_s", "rank_s", "train_s", "null_s")
 
 
 def stage_timings(timings: Mapping[str, float]) -> dict[str, float]:
     """The document's ``timings``: seconds per stage in this process, summed over its classes. ``decode_s`` runs in
     background threads, overlapped with the others (the next class, the next training chunk); ``train_s`` is the
     training placement (its embedding, and any wait for its decoding); ``cam_s`` / ``control_s`` the model's and the
-    control's CAM passes, ``mosaics_s`` assembling the mosaics they explain, ``rank_s`` the statistics (eq. 7–8)."""
+    control's CAM passes, ``mosaics_s`` assembling the mosaics they explain, ``rank_s`` the statistics (eq. 7–8),
+    ``null_s`` the null model's classes (its whole audit of the class; nothing when a stored null is read back)."""
     return {k: round(float(timings[k]), 3) for k in STAGES if k in timings}
 
 
@@ -302,13 +355,17 @@ def audit_class(opened: OpenedAudit, images: ClassImages, frozen: Mapping[str, i
     with opened.timed("train_s"):
         placement = (place_training(opened, clustering, images.train_images, embeddings.shape[1])
                      if images.train_images is not None else None)
+    train = None
     if placement is not None:  # a share's standard error: 0 when every training image was placed
-        placement = (*placement, training_share_se(placement[0], images.train_population or sum(placement[0])))
+        counts, shares, train_labels, train_ids = placement
+        train = (train_labels, train_ids)
+        placement = (counts, shares, training_share_se(counts, images.train_population or sum(counts)))
         if images.train_population is not None:
             notes.append(f"training shares from a sample of {int(sum(placement[0]))} of {images.train_population} "
                          f"training images (--train-per-class {config.train_per_class}, seed {config.seed})")
     per_image = per_image_result(opened, images, images.eval_images, logits) if config.per_image else None
-    return class_result(images, clustering, plan, d, stats, placement, notes, per_image, baselines, control)
+    return class_result(images, clustering, plan, d, stats, placement, notes, per_image, baselines, control,
+                        looks_signal=config.looks, train=train)
 
 
 def _scoring_models(opened: OpenedAudit) -> dict[str, PreparedModel]:
@@ -435,23 +492,62 @@ def control_result(opened: OpenedAudit, plan: MosaicPlan, d: np.ndarray, trained
 
 
 def place_training(opened: OpenedAudit, clustering: Clustering, train_images: torch.Tensor | ImageStream,
-                   dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 6 (Fig. 4/5): each training image goes to its nearest cluster centre → (counts, shares) per cluster.
+                   dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str] | None]:
+    """Stage 6 (Fig. 4/5): each training image goes to its nearest cluster centre → (counts, shares) per cluster,
+    and each placed image's cluster with its id (ids: None for a tensor of images, which has none).
 
     A stream is decoded and embedded a chunk at a time; only its embeddings (n, C) are kept."""
+    ids = None
     if isinstance(train_images, ImageStream):
         parts = [embed_class(opened, chunk)[0] for _ids, chunk in train_images if len(chunk)]
         opened.add_time("decode_s", train_images.decode_s)  # decoded in the stream's thread, ahead of the embedding
         train_emb = np.concatenate(parts) if parts else np.zeros((0, dim))
+        ids = list(train_images.kept)
     else:
         train_emb = embed_class(opened, train_images)[0] if len(train_images) else np.zeros((0, dim))
-    return training_distribution(assign_clusters(clustering, train_emb), clustering.n_clusters)
+    labels = assign_clusters(clustering, train_emb)
+    return (*training_distribution(labels, clustering.n_clusters), labels, ids)
+
+
+def looks_section(signal: str, stats: PairStatistics, baselines: dict[str, np.ndarray] | None,
+                  eval_sizes: np.ndarray, ratio: np.ndarray, members: list[list[str]],
+                  train: tuple[np.ndarray, list[str] | None] | None) -> dict | None:
+    """The class's ``looks``: the clusters ``signal`` flags (``method.looks.flag_looks``), most in need first, each
+    with its numbers, up to 6 example images (its first members) and its training images (nearest centre in this
+    model's embedding) with the sampling weight that brings the look to its evaluation share (``xich audit
+    --oversample-out``). None without baselines (no logits)."""
+    if baselines is None:
+        return None
+    kwargs = dict(scores=stats.scores, baselines=baselines, ratio=ratio)
+    flagged = flag_looks(signal, **kwargs, eval_sizes=eval_sizes, p_values_holm=stats.p_holm, dominance=stats.D)
+    weights = oversample_weights(ratio, flagged)
+    looks = []
+    for c in flagged:
+        train_ids = ([i for i, lab in zip(train[1], train[0]) if lab == c]
+                     if train is not None and train[1] is not None else None)
+        looks.append({"id": c, "eval_size": int(eval_sizes[c]), "representation_ratio": _none(ratio[c]),
+                      "accuracy": _none(baselines["accuracy"][c]), "mean_logit": _none(baselines["mean_logit"][c]),
+                      "examples": members[c][:6], "oversample_weight": weights[c], "train_images": train_ids})
+    return {"signal": signal, "rule": LOOK_RULES[signal], "flagged": flagged,
+            "need": [_none(v) for v in need(signal, **kwargs)], "looks": looks}
+
+
+LOOK_RULES = {
+    "least_dominant": "the last cluster of the hierarchy, if another beats it (Holm p < 0.05)",
+    "lowest_mean_logit": "the cluster of lowest mean logit, if its accuracy is below the rest's (Fisher p < 0.05)",
+    "lowest_accuracy": "the cluster of lowest accuracy, if it is below the rest's (Fisher p < 0.05)",
+    "lowest_margin": "the cluster of lowest mean margin, if its accuracy is below the rest's (Fisher p < 0.05)",
+    "under_represented": f"clusters whose training share is under {RATIO_FLAG} x their evaluation share",
+    "weak_under_represented": (f"clusters whose training share is under {RATIO_FLAG} x their evaluation share and "
+                               f"whose accuracy is below the class's"),
+}
 
 
 def class_result(images: ClassImages, clustering: Clustering, plan: MosaicPlan, d: np.ndarray,
                  stats: PairStatistics, placement: tuple[np.ndarray, np.ndarray] | None, notes: list[str],
                  per_image: dict | None, baselines: dict[str, np.ndarray] | None = None,
-                 control: dict | None = None) -> ClassResult:
+                 control: dict | None = None, looks_signal: str | None = None,
+                 train: tuple[np.ndarray, list[str] | None] | None = None) -> ClassResult:
     """Last per-class stage: the ClassResult of the stages' outputs, with notes on missing evidence."""
     P, labels, eval_ids = clustering.n_clusters, clustering.labels, images.eval_ids
     notes = list(notes)
@@ -467,15 +563,19 @@ def class_result(images: ClassImages, clustering: Clustering, plan: MosaicPlan, 
         notes.append("a single cluster: no pair to compare, so no hierarchy")
     counts, shares, se = (*placement, None)[:3] if placement is not None else (None, None, None)
     ranked = ~np.isnan(stats.scores)
+    eval_sizes = np.bincount(labels, minlength=P)
+    ratio = representation_ratio(counts, eval_sizes)
+    members = [[eval_ids[k] for k in np.flatnonzero(labels == c)] for c in range(P)]
     clusters = [
         ClusterResult(
             id=c, eval_size=int((labels == c).sum()),
             train_count=None if counts is None else int(counts[c]),
             train_share=None if shares is None else float(shares[c]),
             score=_none(stats.scores[c]), rank=None if np.isnan(stats.rank[c]) else int(stats.rank[c]),
-            members=[eval_ids[k] for k in np.flatnonzero(labels == c)],
+            members=members[c],
             baselines=None if baselines is None else {k: _none(v[c]) for k, v in baselines.items()},
             train_share_se=None if se is None or shares is None else _none(se[c]),
+            representation_ratio=_none(ratio[c]),
         )
         for c in range(P)
     ]
@@ -495,6 +595,8 @@ def class_result(images: ClassImages, clustering: Clustering, plan: MosaicPlan, 
                                     if shares is not None else None),
         excluded_mosaics=excluded, mosaics=mosaics, notes=notes, per_image=per_image,
         agreement=None if baselines is None else baseline_agreement(stats.scores, baselines), control=control,
+        looks=(looks_section(looks_signal, stats, baselines, eval_sizes, ratio, members, train)
+               if looks_signal is not None and P > 1 else None),
     )
 
 

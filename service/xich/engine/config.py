@@ -8,6 +8,13 @@ from dataclasses import dataclass
 from ..errors import XichError
 from ..method.cam_methods import CAM_METHODS, FAST_METHODS
 
+# The per-cluster signals an audit can lead with (method.looks.SIGNALS; kept here so that this module loads no numpy)
+# and the one it leads with by default: the signal bench/rare_looks.py found best at finding rare looks (docs/science.md,
+# section 9).
+LOOK_SIGNALS = ("least_dominant", "lowest_mean_logit", "lowest_accuracy", "lowest_margin",
+                "under_represented", "weak_under_represented")
+DEFAULT_LOOKS = "weak_under_represented"
+
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -48,6 +55,8 @@ class AuditConfig:
     cam: str = "auto"
     method: str = "gradcam"  # --method: the attribution map (a key of method.cam_methods.CAM_METHODS)
     control: bool = True  # score the same mosaics under the architecture with re-initialised weights
+    looks: str = DEFAULT_LOOKS  # --looks: the signal that flags the looks the model under-learned (LOOK_SIGNALS)
+    null: bool = True  # audit the null model too (the architecture with random weights, end to end) and compare
     tile_size: int | None = None
     mosaic_size: int | None = None
     normalize: str = "imagenet"
@@ -121,8 +130,11 @@ def check_config(config: AuditConfig) -> None:
     if config.cam == "fast" and config.method not in FAST_METHODS:
         raise XichError(f"--cam fast: --method {config.method} has no fast path (only {', '.join(FAST_METHODS)}); "
                         f"use --cam auto or --cam reference")
-    if not isinstance(config.control, bool):
-        raise XichError(f"control must be true or false, got {str(config.control)[:40]!r}")
+    for name in ("control", "null"):
+        if not isinstance(getattr(config, name), bool):
+            raise XichError(f"{name} must be true or false, got {str(getattr(config, name))[:40]!r}")
+    if not isinstance(config.looks, str) or config.looks not in LOOK_SIGNALS:
+        raise XichError(f"--looks {str(config.looks)[:40]!r}: use one of {', '.join(LOOK_SIGNALS)}")
     for name in ("tile_size", "mosaic_size"):
         value = getattr(config, name)
         if value is not None and value < 8:

@@ -149,3 +149,47 @@ def _most_in_need(values: np.ndarray, clusters: np.ndarray) -> list[int]:
 def _check_signal(signal: str) -> None:
     if signal not in SIGNALS:
         raise ValueError(f"signal {signal!r}: use one of {', '.join(SIGNALS)}")
+
+
+def class_evidence(*, significant_pairs: int, scores: np.ndarray, accuracy: np.ndarray, eval_sizes: np.ndarray,
+                   flagged: list[int], spearman: float | None) -> dict:
+    """What one audit of a class shows, in the numbers compared with the null model's (:func:`null_comparison`).
+
+    ``look``: the first flagged cluster, else the cluster of lowest accuracy (a look must be named to be weighed);
+    ``accuracy_deficit``: the class's accuracy over all its evaluation images minus that look's, with its standard
+    error ``deficit_se`` (the look's binomial error, with one success and one failure added so that 0 % and 100 %
+    have a spread); ``score_spread``: the range of the hierarchy scores.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    accuracy = np.asarray(accuracy, dtype=np.float64)
+    sizes = np.asarray(eval_sizes, dtype=np.float64)
+    scored = scores[~np.isnan(scores)]
+    out = {"significant_pairs": int(significant_pairs),
+           "score_spread": float(np.ptp(scored)) if scored.size > 1 else None,
+           "spearman_score_train_share": spearman, "look": None, "accuracy_deficit": None, "deficit_se": None}
+    known = ~np.isnan(accuracy) & (sizes > 0)
+    if not known.any():
+        return out
+    look = flagged[0] if flagged and known[flagged[0]] else int(np.flatnonzero(known)[np.argmin(accuracy[known])])
+    overall = float((accuracy[known] * sizes[known]).sum() / sizes[known].sum())
+    n, right = sizes[look], accuracy[look] * sizes[look]
+    p = (right + 1.0) / (n + 2.0)
+    out.update(look=look, accuracy_deficit=overall - float(accuracy[look]), deficit_se=float(np.sqrt(p * (1 - p) / n)))
+    return out
+
+
+def null_comparison(model: dict, null: dict) -> dict:
+    """Where a class's evidence stands against the null model's (both from :func:`class_evidence`).
+
+    Returns the null's numbers, the model's under ``model``, and two verdicts:
+    ``above_null`` — the model's flagged look falls short of the class by more than the null's does, by more than
+    twice the combined standard error: (deficit_model − deficit_null) > 2·√(se_model² + se_null²). A network that
+    knows nothing is as weak on every look, so a look it also finds weak says nothing about the trained model.
+    ``pairs_above_null`` — the model has more significant pairs than the null (otherwise a hierarchy's significance
+    is what any network of this architecture gets: with a GAP → linear head the clusters' mean logits always differ).
+    """
+    dm, dn = model.get("accuracy_deficit"), null.get("accuracy_deficit")
+    above = (dm is not None and dn is not None
+             and dm - dn > 2.0 * float(np.hypot(model["deficit_se"], null["deficit_se"])))
+    return {**null, "model": dict(model), "above_null": bool(above),
+            "pairs_above_null": bool(model["significant_pairs"] > null["significant_pairs"])}

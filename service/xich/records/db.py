@@ -217,6 +217,10 @@ class RunClass(Base):
     tau_mean_margin: Mapped[float | None] = mapped_column(Float)
     control_tau: Mapped[float | None] = mapped_column(Float)
     control: Mapped[dict | None] = mapped_column(JSONDoc)  # ClassResult.control; NULL: --no-control
+    looks_signal: Mapped[str | None] = mapped_column(String(32))  # ClassResult.looks: its signal and the section
+    looks: Mapped[dict | None] = mapped_column(JSONDoc)
+    null_model: Mapped[dict | None] = mapped_column(JSONDoc)  # ClassResult.null; NULL: --no-null (or before 0009)
+    above_null: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class _ClassRow:
@@ -250,6 +254,8 @@ class RunCluster(_ClassRow, Base):
     accuracy: Mapped[float | None] = mapped_column(Float)
     mean_margin: Mapped[float | None] = mapped_column(Float)
     control_score: Mapped[float | None] = mapped_column(Float)  # the score under the randomized control
+    representation_ratio: Mapped[float | None] = mapped_column(Float)  # train share / eval share; NULL before 0009
+    flagged_rank: Mapped[int | None] = mapped_column(Integer)  # place among the class's flagged looks; NULL: not flagged
 
 
 class PairDominance(_ClassRow, Base):

@@ -346,6 +346,8 @@ def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult, worker: s
                   excluded_mosaics=cls.excluded_mosaics, spearman_score_train_share=cls.spearman_score_train_share,
                   notes=list(cls.notes), worker=worker, control=cls.control,
                   control_tau=cls.control["tau"] if cls.control else None,
+                  looks_signal=cls.looks["signal"] if cls.looks else None, looks=cls.looks, null_model=cls.null,
+                  above_null=cls.null["above_null"] if cls.null else None,
                   **{f"tau_{b}": (cls.agreement or {}).get(b) for b in _baseline_names()})
     session.add(rc)
     session.flush()
@@ -363,7 +365,10 @@ def _add_class_rows(session: Session, run: AuditRun, cls: ClassResult, worker: s
                                eval_size=c.eval_size, train_count=c.train_count, train_share=c.train_share,
                                train_share_se=c.train_share_se,
                                score=c.score, rank=c.rank, **{b: (c.baselines or {}).get(b) for b in _baseline_names()},
-                               control_score=cls.control["scores"][c.id] if cls.control else None))
+                               control_score=cls.control["scores"][c.id] if cls.control else None,
+                               representation_ratio=c.representation_ratio,
+                               flagged_rank=(cls.looks["flagged"].index(c.id)
+                                             if cls.looks and c.id in cls.looks["flagged"] else None)))
     P = len(cls.clusters)
     counts = {}
     for m in cls.mosaics:
@@ -508,17 +513,20 @@ def frozen_membership(*, session: Session, clustering: Clustering) -> dict[str, 
     return out
 
 
-def load_classes(*, session: Session, run_id: str) -> list[ClassResult]:
-    """The stored classes of a run as result objects, in class order."""
+def load_classes(*, session: Session, run_id: str, names: list[str] | None = None) -> list[ClassResult]:
+    """The stored classes of a run (or those of ``names``) as result objects, in class order."""
     out = []
-    for rc in session.scalars(select(RunClass).where(RunClass.run_id == run_id).order_by(RunClass.class_index)):
+    which = select(RunClass).where(RunClass.run_id == run_id)
+    if names is not None:
+        which = which.where(RunClass.class_name.in_(names))
+    for rc in session.scalars(which.order_by(RunClass.class_index)):
         rows = session.scalars(select(RunCluster).where(RunCluster.run_id == run_id, RunCluster.class_index == rc.class_index)
                                .order_by(RunCluster.cluster_index)).all()
         clusters = [ClusterResult(id=r.cluster_index, eval_size=r.eval_size, train_count=r.train_count,
                                   train_share=r.train_share, train_share_se=r.train_share_se, score=r.score, rank=r.rank,
                                   members=sorted(session.scalars(select(ClusterMember.image_id)
                                                                  .where(ClusterMember.cluster_id == r.cluster_id))),
-                                  baselines=_baselines(r))
+                                  baselines=_baselines(r), representation_ratio=r.representation_ratio)
                     for r in rows]
         P = len(clusters)
         D = [[0.5] * P for _ in range(P)]
@@ -551,7 +559,9 @@ def load_classes(*, session: Session, run_id: str) -> list[ClassResult]:
             spearman_score_train_share=rc.spearman_score_train_share, excluded_mosaics=rc.excluded_mosaics,
             mosaics=mosaics, notes=list(rc.notes), per_image=per_image,
             agreement={b: getattr(rc, f"tau_{b}") for b in _baseline_names()} if any(c.baselines for c in clusters) else None,
-            control=dict(rc.control) if rc.control is not None else None))
+            control=dict(rc.control) if rc.control is not None else None,
+            looks=dict(rc.looks) if rc.looks is not None else None,
+            null=dict(rc.null_model) if rc.null_model is not None else None))
     return out
 
 

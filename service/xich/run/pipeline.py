@@ -27,10 +27,12 @@ from sqlalchemy.orm import Session
 
 from .context import Context
 
-from ..engine.audit import ClassImages, OpenedAudit, assemble_result, audit_class, open_audit, per_image_result
+from ..engine.audit import (ClassImages, OpenedAudit, assemble_result, audit_class, compare_with_null, null_seed,
+                            open_audit, per_image_result)
 from ..engine.config import AuditConfig
 from ..engine.datasets import content_fingerprint
 from ..records.db import AuditRun, Clustering, Model, ModelVersion, RunClass
+from ..records.db import Dataset as DatasetRow
 from ..errors import XichError
 from ..records.locks import heartbeat, named_lock
 from ..records.persist import (attach_request, beat_class, begin_run, class_is_stale, fail_run, file_sha256,
@@ -73,6 +75,7 @@ class RecordedRun:
     started: float = field(default_factory=time.perf_counter)
     computed: list[str] = field(default_factory=list)
     stale_s: float = 600.0  # XICH_RUN_STALE_S: a class whose holder has not beaten this long is taken over
+    null: RecordedRun | None = None  # the null model's run (stored once, shared by every version): None with --no-null
 
     @property
     def run_id(self) -> str:
@@ -127,7 +130,20 @@ class RecordedRun:
         cls = audit_class(self.opened, images, (self.membership or {}).get(images.name))
         if images.name in self.own_classes:
             cls.notes.append("clustered in this run: the reference clustering lacks this class")
+        if self.null is not None:
+            with self.opened.timed("null_s"):
+                cls.null = compare_with_null(cls, self.null.class_for(images))
         return cls
+
+    def class_for(self, images: ClassImages) -> ClassResult:
+        """This run's result for ``images``' class: read back if stored (by any process), else computed on these
+        images and stored (under the class's lock, so that processes sharing the run compute it once)."""
+        with self.claim(images.name, wait=True) as mine:
+            if mine:
+                cls = self.compute(images)
+                self.store(cls)
+                return cls
+        return load_classes(session=self.session, run_id=self.run.id, names=[images.name])[0]
 
     def store(self, cls: ClassResult) -> None:
         """Commit one class's rows (a class already stored is left as it is)."""
@@ -185,6 +201,8 @@ class RecordedRun:
                                 "computed_classes": [c for c in self.opened.classes
                                                      if c in stored and c not in self.resumed],
                                 "computed_here": self.computed, "own_clustering_classes": self.own_classes})
+        if self.null is not None and self.null.run.status != "complete" and not self.null.pending():
+            self.null.finish()  # every class of the null is stored: it is complete, for the next version to read
         if self.clustering == "auto" and self.membership is None:
             with named_lock(self.engine, "xich:register"):
                 if (made := promote_first_reference(session=self.session, run=self.run)) is not None:
@@ -202,11 +220,15 @@ class RecordedRun:
         return self.finish()
 
     def fail(self, exc: BaseException) -> None:
-        """Mark the run failed with the error (unless another process completed it meanwhile)."""
+        """Mark the run failed with the error (unless another process completed it meanwhile), and its null's."""
         fail_run(session=self.session, run=self.run, error=f"{type(exc).__name__}: {exc}")
+        if self.null is not None:
+            self.null.fail(exc)
 
     def close(self) -> None:
         self.session.close()
+        if self.null is not None:
+            self.null.close()
 
     def __enter__(self) -> RecordedRun:
         return self
@@ -279,7 +301,35 @@ def open_recorded_run(ctx: Context, config: AuditConfig, *, model_name: str | No
             rec.own_clustering_id = own_clustering(session=session, run=run, clusters=config.clusters).id
             notes.append(f"clustering: class(es) {', '.join(rec.own_classes)} are not in the reference clustering "
                          f"{frozen.key}: clustered in this run (clustering run:{run.id})")
+        if opened.null is not None and not rec.complete:
+            rec.null = _open_null_run(ctx, opened, ds.id)
+            notes.append(f"null model: run {rec.null.run_id} ({'stored, reused' if rec.null.complete else 'computed'}"
+                         f" — {config.model} with random weights, seed {null_seed(config.seed)}, audited end to end)")
         return rec
+    except BaseException:
+        session.close()
+        raise
+
+
+def _open_null_run(ctx: Context, opened: OpenedAudit, dataset_id: int) -> RecordedRun:
+    """The null model's run on this dataset with these settings: stored once as the run of model
+    ``null:<spec>``, version ``seed-<null seed>-outputs-<K>``, and found again by every version audited the same way
+    (its cache key is (spec, dataset fingerprint, settings key, null seed); the trained weights are no part of it)."""
+    config, null = opened.config, opened.null
+    seed = null_seed(config.seed)
+    settings = {k: v for k, v in opened.settings().items() if k != "control"} | {"null_seed": seed}
+    session = ctx.session(expire_on_commit=False)
+    try:
+        with named_lock(ctx.engine, "xich:register"):
+            mv = get_or_create_model_version(
+                session=session, name=f"null:{config.model}", version=f"seed-{seed}-outputs-{len(opened.labels.names)}",
+                spec=config.model, weights_uri=None, weights_sha256=None, labels=list(opened.labels.names),
+                labels_source="dataset (null model: random weights)", version_flag=None)
+            run = begin_run(session=session, run_id=os.urandom(16).hex(), model_version=mv,
+                            dataset=session.get(DatasetRow, dataset_id), settings=settings,
+                            eval_split=config.eval_split, train_split=config.train_split, clusters=config.clusters)
+        return RecordedRun(null, ctx.engine, session, run, None, [], stored_classes(session=session, run=run), 0.0,
+                           clustering="own", stale_s=ctx.settings.run_stale_s)
     except BaseException:
         session.close()
         raise

@@ -69,4 +69,4 @@ def test_unknown_target_revision(database_url, monkeypatch, capsys):
     assert main(["db", "upgrade", "8888"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith("error: results database: cannot migrate to revision '8888' (Can't locate revision")
-    assert "known revisions: 0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, head and base" in err
+    assert "known revisions: 0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, head and base" in err

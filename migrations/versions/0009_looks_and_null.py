@@ -68,7 +68,7 @@ SELECT runs.model_name AS model_name, b.class_name AS class_name, runs.prev_vers
        runs.version AS to_version, runs.prev_run_id AS from_run_id, runs.run_id AS to_run_id,
        runs.settings_key AS settings_key, c.key AS cluster_key, b.looks_signal AS looks_signal,
        ka.flagged_rank AS flagged_rank_from, kb.flagged_rank AS flagged_rank_to,
-       ka.accuracy AS accuracy_from, kb.accuracy AS accuracy_to, kb.accuracy - ka.accuracy AS accuracy_change,
+       ka.accuracy AS accuracy_from, kb.accuracy AS accuracy_to,
        ka.mean_logit AS mean_logit_from, kb.mean_logit AS mean_logit_to,
        ka.representation_ratio AS representation_ratio_from, kb.representation_ratio AS representation_ratio_to,
        ka.rank AS rank_from, kb.rank AS rank_to, a.above_null AS above_null_from, b.above_null AS above_null_to

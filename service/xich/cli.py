@@ -24,7 +24,7 @@ out = Console(soft_wrap=True)
 def _audit_parser(sub: argparse._SubParsersAction) -> None:
     from dataclasses import fields
 
-    from .engine.config import AuditConfig
+    from .engine.config import DEFAULT_LOOKS, LOOK_SIGNALS, AuditConfig
 
     p = sub.add_parser("audit", help="cluster each class, measure Grad-CAM dominance on mosaics, rank clusters")
     p.add_argument("--model", required=True, help="cifar:resnet20|32|44|56, torchvision:<arch>, python:<module>:<callable>")
@@ -43,6 +43,15 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
                    + ", ".join(CAM_METHODS) + f" (default {AuditConfig.method})")
     p.add_argument("--no-control", dest="control", action="store_false",
                    help="skip the randomized control (the same mosaics under the architecture re-initialised)")
+    p.add_argument("--looks", choices=LOOK_SIGNALS,
+                   help=f"the signal that flags the looks the model under-learned (default {DEFAULT_LOOKS}: "
+                        f"under-represented in training and weaker than the class; docs/science.md, section 9)")
+    p.add_argument("--no-null", dest="null", action="store_false",
+                   help="skip the null model (the architecture with random weights audited end to end, stored once "
+                        "and reused by every version)")
+    p.add_argument("--oversample-out", metavar="FILE",
+                   help="write the flagged looks' training images with their sampling weights here, for "
+                        "`xich train --oversample FILE`")
     p.add_argument("--tile-size", type=int, help="image side in a mosaic (default 32 for cifar:, 224 for torchvision:)")
     p.add_argument("--mosaic-size", type=int, help="mosaic side (default 2 × tile size)")
     p.add_argument("--normalize", help="imagenet, cifar, none or m1,m2,m3/s1,s2,s3")
@@ -192,7 +201,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     config = AuditConfig(**{f.name: getattr(args, f.name) for f in fields(AuditConfig) if f.name in vars(args)})
     with context() as ctx:  # the database: migrated when first used, after the destinations' checks
         config = prepare_audit(ctx, config, recorded=record is not None, json_path=args.json, report_dir=args.report,
-                               create_bucket=args.create_bucket)
+                               create_bucket=args.create_bucket, oversample_path=args.oversample_out)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err, transient=True) as bar:
             task = bar.add_task("loading model and data", total=None)
@@ -209,7 +218,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if done.recorded:
             out.print(f"run id: {done.result.run_id}", highlight=False)
         for line in write_outputs(ctx, done, json_path=args.json, report_dir=args.report,
-                                  model=args.model_name or args.model, version=args.model_version):
+                                  model=args.model_name or args.model, version=args.model_version,
+                                  oversample_path=args.oversample_out):
             out.print(line, highlight=False)
     return 0
 

@@ -171,6 +171,12 @@ class AuditResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def oversample(self) -> dict[str, float]:
+        """The oversample file of this audit (``xich train --oversample``): each training image of a flagged look
+        (placed in it by nearest centre) → the look's sampling weight; images of no flagged look are left out."""
+        return {image: look["oversample_weight"] for cls in self.classes if cls.looks
+                for look in cls.looks["looks"] for image in look["train_images"] or ()}
+
     @classmethod
     def from_dict(cls, doc: dict) -> AuditResult:
         """The inverse of ``to_dict``: an audit document (``--json``, ``audit.json`` in the store) as dataclasses."""

@@ -28,13 +28,39 @@ def headline(result: AuditResult, *, model: str | None = None, version: str | No
             f"seed={c.get('seed')}")
 
 
+def looks_lines(cls: ClassResult) -> list[str]:
+    """The headline of a class: the looks the model under-learned (``cls.looks``, by the signal the audit leads
+    with), then where the class stands against the null model (``cls.null``)."""
+    lines = []
+    if cls.looks:
+        flagged = "; ".join(
+            f"cluster {k['id']} (eval {k['eval_size']}, representation ratio {_f(k['representation_ratio'], '.2f')}, "
+            f"accuracy {_f(k['accuracy'], '.2f')}, mean logit {_f(k['mean_logit'], '.2f')}, "
+            f"{len(k['train_images'] or ())} training images to oversample x{k['oversample_weight']:g})"
+            for k in cls.looks["looks"])
+        lines.append(f"looks under-learned ({cls.looks['signal']}): {flagged or 'none flagged'}")
+    if cls.null:
+        n, m = cls.null, cls.null["model"]
+        lines.append(f"null model (random weights): accuracy deficit of the weakest look {_f(m['accuracy_deficit'], '.2f')}"
+                     f" against the null's {_f(n['accuracy_deficit'], '.2f')} -> "
+                     + ("above the null" if n["above_null"] else "no better than the null: this class's findings "
+                        "say nothing a network that knows nothing would not")
+                     + f"; significant pairs {m['significant_pairs']} against the null's {n['significant_pairs']}"
+                     + ("" if n["pairs_above_null"] else " (the null reaches them: not evidence)"))
+    return lines
+
+
 def class_lines(cls: ClassResult) -> list[str]:
-    """One class's findings: its hierarchy, the significant pairs, agreement with the baselines, the control, the
-    per-image correlations and its notes."""
-    lines = ["hierarchy: " + (" > ".join(map(str, cls.hierarchy)) or "none (no evidence)")
+    """One class's findings: the looks it flags and its place against the null model (the headline), then the
+    paper's view — its hierarchy, the significant pairs (counted only where they stand above the null model's),
+    agreement with the baselines, the control, the per-image correlations — and its notes."""
+    pairs_count = cls.null is None or cls.null["pairs_above_null"]
+    lines = [*looks_lines(cls),
+             "hierarchy (the paper's view): " + (" > ".join(map(str, cls.hierarchy)) or "none (no evidence)")
              + ("" if cls.spearman_score_train_share is None
                 else f"   spearman(score, train share) = {cls.spearman_score_train_share:+.2f}"),
-             "significant (Holm p < 0.05): " + (", ".join(
+             ("significant (Holm p < 0.05): " if pairs_count else
+              "significant (Holm p < 0.05), no more than the null model's: ") + (", ".join(
                  f"{i}>{j} (D={cls.dominance[i][j]:.2f}{_interval(cls.dominance_ci[i][j])}, "
                  f"p={cls.p_values_holm[i][j]:.1e}, {cls.distinct_sets[i][j]} image sets)"
                  for i, j in cls.significant_pairs()) or "none")]
@@ -58,6 +84,17 @@ def overall_lines(result: AuditResult) -> list[str]:
     """Across classes (``result.summary``): the training share by rank, the correlations, the classes that stand
     out. The run's own notes are not among them (each rendering lists them)."""
     s, lines = result.summary, []
+    looked = [c for c in result.classes if c.looks]
+    if looked:
+        lines.append(f"Looks under-learned ({looked[0].looks['signal']}): " + ("; ".join(
+            f"{c.name}: cluster(s) {', '.join(map(str, c.looks['flagged']))}" for c in looked if c.looks["flagged"])
+            or "none flagged"))
+    nulled = [c for c in result.classes if c.null]
+    if nulled:
+        above = [c.name for c in nulled if c.null["above_null"]]
+        lines.append(f"Above the null model (random weights, audited the same way): {len(above)} of {len(nulled)} "
+                     f"class(es)" + (f" ({', '.join(above)})" if above else "") + "; significant pairs no more than "
+                     f"the null's in {sum(not c.null['pairs_above_null'] for c in nulled)} class(es)")
     if s["train_share_by_rank"]:
         lines.append(f"Mean training share by dominance rank (0 = most dominant), over {s['classes_ranked']} fully "
                      f"ranked class(es): " + ", ".join(f"{r}: {v:.3f}" for r, v in enumerate(s["train_share_by_rank"])))
@@ -97,13 +134,16 @@ def print_summary(result: AuditResult, console) -> None:
     for cls in result.classes:
         table = Table(title=f"{cls.name} (model output {cls.index})", title_justify="left")
         baselines = any(cl.baselines for cl in cls.clusters)
-        for col in ("rank", "cluster", "score", "eval size", "train count", "train share",
+        flagged = cls.looks["flagged"] if cls.looks else []
+        for col in ("rank", "cluster", "flag", "score", "eval size", "train count", "train share", "ratio",
                     *(("mean logit", "softmax", "accuracy", "margin") if baselines else ()),
                     *(("control score",) if cls.control else ())):
             table.add_column(col, justify="right")
         for cl in sorted(cls.clusters, key=lambda x: (x.rank is None, x.rank, x.id)):
-            table.add_row(_f(cl.rank, "d"), str(cl.id), _f(cl.score), str(cl.eval_size), _f(cl.train_count, "d"),
+            table.add_row(_f(cl.rank, "d"), str(cl.id), str(flagged.index(cl.id) + 1) if cl.id in flagged else "",
+                          _f(cl.score), str(cl.eval_size), _f(cl.train_count, "d"),
                           _f(cl.train_share) + (f" ± {cl.train_share_se:.3f}" if cl.train_share_se else ""),
+                          _f(cl.representation_ratio, ".2f"),
                           *((_f(cl.baselines[b]) for b in BASELINES) if baselines else ()),
                           *((_f(cls.control["scores"][cl.id]),) if cls.control else ()))
         console.print(table)

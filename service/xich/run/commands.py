@@ -12,6 +12,8 @@ calls one of these and maps errors.
 
 from __future__ import annotations
 
+import json
+
 import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,11 +41,14 @@ class LocalAudit:
 
 
 def prepare_audit(ctx: Context, config: AuditConfig, *, recorded: bool, json_path: str | None = None,
-                  report_dir: str | None = None, create_bucket: bool = False) -> AuditConfig:
-    """Check every destination (``json_path``, ``report_dir``, with ``recorded`` the results store) and fetch the
+                  report_dir: str | None = None, create_bucket: bool = False,
+                  oversample_path: str | None = None) -> AuditConfig:
+    """Check every destination (``json_path``, ``oversample_path``, ``report_dir``, with ``recorded`` the results
+    store) and fetch the
     sources (``config``'s ``data``/``weights`` may be URIs: ``ctx.data_path``/``ctx.local_path``; an S3 folder
     dataset stays a URI, read class by class), before the first forward pass; returns the config on the copies."""
     check_output_file(json_path, "--json")
+    check_output_file(oversample_path, "--oversample-out")
     check_output_dir(report_dir, "--report")
     if recorded:
         from ..records.store import open_store
@@ -89,13 +94,22 @@ def audit_here(ctx: Context, config: AuditConfig, *, record: dict | None, report
 
 
 def write_outputs(ctx: Context, done: LocalAudit, *, json_path: str | None = None, report_dir: str | None = None,
-                  model: str | None = None, version: str | None = None) -> Iterator[str]:
-    """Write the audit document and the report (mosaics of classes read back rendered from their manifests), and
-    publish both to the store when the run was recorded; yields a line for each thing written."""
+                  model: str | None = None, version: str | None = None,
+                  oversample_path: str | None = None) -> Iterator[str]:
+    """Write the audit document, the oversample file of the flagged looks and the report (mosaics of classes read
+    back rendered from their manifests), and publish them to the store when the run was recorded; yields a line
+    for each thing written."""
     result = done.result
     if json_path:
         result.write_json(json_path)
         yield f"wrote {json_path}"
+    if oversample_path:
+        from ..atomic import write_atomically
+
+        weights = result.oversample()
+        write_atomically(oversample_path, json.dumps(weights, indent=1, sort_keys=True), what=oversample_path)
+        yield (f"wrote {oversample_path}: {len(weights)} training image(s) of the flagged looks, for "
+               f"`xich train --oversample {oversample_path}`")
     if report_dir:
         from ..engine.audit import explain_stored
         from ..reports.report import collect_examples, write_report

@@ -6,6 +6,8 @@ first (mosaics rendered again from the stored manifests, never recomputed). The 
 
 from __future__ import annotations
 
+import json
+
 import tempfile
 from pathlib import Path
 
@@ -15,10 +17,12 @@ from .context import Context
 
 
 def publish_run(ctx: Context, result: AuditResult, *, report_dir: str | Path | None = None) -> list[str]:
-    """Put the audit document (and the files of ``report_dir``) in the results store; returns their keys."""
+    """Put the audit document, its oversample file (``xich train --oversample``: the flagged looks' training images)
+    and the files of ``report_dir`` in the results store; returns their keys."""
     prefix = f"runs/{result.run_id}"
     ctx.store.put_bytes(f"{prefix}/audit.json", result.to_json().encode())
-    keys = [f"{prefix}/audit.json"]
+    ctx.store.put_bytes(f"{prefix}/oversample.json", json.dumps(result.oversample(), indent=1, sort_keys=True).encode())
+    keys = [f"{prefix}/audit.json", f"{prefix}/oversample.json"]
     if report_dir is not None:
         for path in sorted(p for p in Path(report_dir).rglob("*") if p.is_file()):
             keys.append(f"{prefix}/report/{path.relative_to(report_dir).as_posix()}")

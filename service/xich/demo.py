@@ -1,11 +1,11 @@
 """`xich demo`: what the service is for, on one machine with nothing but the embedded database.
 
-Planted-bias data → v1 trained with the paper's recipe → audited (Prefect flow, ephemeral mode) →
-its report shows the rare look's cluster losing → v2 retrained with that look oversampled (the fix a
-team would make) → audited on v1's clustering (the model's reference, made by its first audit) → the
-history shows the cluster moving up.
-The known answer: each class has one look that is rare in training; the paper predicts that the
-cluster holding it is among the least dominant.
+Planted-bias data → v1 trained with the paper's recipe → audited (the audit-model-version flow's sequence) →
+its audit flags the looks v1 under-learned and writes their training images as an oversample file → v2 trained
+from that file (the product path: detect → fix → verify) → audited on v1's clustering (the model's reference, made
+by its first audit) → the history shows the look's change in the headline signal, and the paper's dominance view.
+The known answer: each class has one look that is rare in training (``ground_truth.json``); the audit never reads
+it, the demo only checks the audit's flags against it.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .result import AuditResult
-from .engine.synth import SynthSpec, balancing_factor, oversampling_weights, write_synth
-from .engine.train import TrainConfig, train
+from .engine.synth import SynthSpec, write_synth
+from .engine.train import TrainConfig, read_oversample, train
 
 MODEL = "cifar:resnet20"
 # A look is a hatching orientation: train with an augmentation that keeps every orientation what it is
@@ -44,6 +44,9 @@ class RareFinding:
     train_share: float | None
     score: float | None
     losses: int = 0  # clusters that dominate it significantly (D > 0.5, Holm p < 0.05)
+    flagged: bool = False  # the audit's looks section flags this cluster (the headline signal)
+    accuracy: float | None = None  # the cluster's accuracy (its images classified as the class)
+    representation_ratio: float | None = None
 
     @property
     def found(self) -> bool:
@@ -61,7 +64,10 @@ def locate_rare(result: AuditResult, truth: dict) -> list[RareFinding]:
         best = max(range(len(counts)), key=lambda c: (counts[c], -c))
         c = cls.clusters[best]
         findings.append(RareFinding(cls.name, rare, best, counts[best], sum(counts), c.rank, len(cls.clusters),
-                                    c.train_share, c.score, sum(j == best for _i, j in cls.significant_pairs())))
+                                    c.train_share, c.score, sum(j == best for _i, j in cls.significant_pairs()),
+                                    flagged=bool(cls.looks) and best in cls.looks["flagged"],
+                                    accuracy=(c.baselines or {}).get("accuracy"),
+                                    representation_ratio=c.representation_ratio))
     return findings
 
 
@@ -104,12 +110,13 @@ def _versions(ctx, out: Path, spec: SynthSpec, seed: int, epochs: int, say, augm
         f"({spec.rare_fraction:.0%} of training) -> {out / 'data'}")
     truth = write_synth(out / "data", spec)
     settings = {"clusters": spec.subgroups, "seed": seed, "per_image": 12}
-    factor = balancing_factor(spec)
-    results = {}
-    for step, version, oversample in ((2, "v1", None), (4, "v2", oversampling_weights(truth, factor))):
-        how = "as before" if oversample is None else f"with the rare look oversampled x{factor:.1f}"
+    results, oversample, oversample_file = {}, None, out / "v1-oversample.json"
+    for step, version in ((2, "v1"), (4, "v2")):
+        how = ("" if oversample is None else
+               f" from v1's oversample file ({len(oversample)} training images of the flagged looks, weights "
+               f"{min(oversample.values()):g}-{max(oversample.values()):g})")
         say(f"{step}/6 training {version}: {MODEL}, {epochs} epochs (AdamW, label smoothing, warm-up + cosine; "
-            f"augmentation {augment}) {how}")
+            f"augmentation {augment}){how}")
         weights = out / f"{version}.pt"
         with _torch_threads(TRAIN_THREADS):
             train(TrainConfig(data=str(out / "data"), model=MODEL, out=str(weights), epochs=epochs, seed=seed,
@@ -117,7 +124,7 @@ def _versions(ctx, out: Path, spec: SynthSpec, seed: int, epochs: int, say, augm
                   on_epoch=lambda e, loss, acc: say(f"    epoch {e}: loss {loss:.3f}  eval accuracy {acc:.3f}"))
         clustering = "own" if version == "v1" else "auto (v1's, the model's reference clustering)"
         say(f"{step + 1}/6 audit of {version} (the audit-model-version flow's sequence, in this process): "
-            f"P={spec.subgroups}, J=25, 12 images per class in per-image mode, clustering {clustering}")
+            f"P={spec.subgroups}, J=25, 12 images per class in per-image mode, clustering {clustering}, null model")
         done = audit_registered(ctx, {"model": DEMO_MODEL, "version": version, "model_spec": MODEL,
                                       "weights_uri": str(weights), "dataset_uri": str(out / "data"),
                                       "settings": settings})
@@ -125,31 +132,55 @@ def _versions(ctx, out: Path, spec: SynthSpec, seed: int, epochs: int, say, augm
         findings = locate_rare(result, truth)
         results[version] = (result, findings, done["report"])
         for f, cls in zip(findings, result.classes):
-            say(f"    {f.class_name:9s} hierarchy {' > '.join(map(str, cls.hierarchy))}   rare look {f.rare_subgroup}: "
-                f"{f.rare_in_cluster}/{f.rare_total} of its test images in cluster {f.cluster}, "
-                f"rank {f.rank} of {f.n_clusters}, train share {_num(f.train_share)}")
+            say(f"    {f.class_name:9s} flagged {cls.looks['flagged'] if cls.looks else '-'}   rare look "
+                f"{f.rare_subgroup}: {f.rare_in_cluster}/{f.rare_total} of its test images in cluster {f.cluster} "
+                f"(accuracy {_num(f.accuracy)}, representation ratio {_num(f.representation_ratio)}; dominance rank "
+                f"{f.rank} of {f.n_clusters}); {'above' if cls.null and cls.null['above_null'] else 'not above'} "
+                f"the null model")
         if version == "v1":  # its first complete audit: v1's clustering is the reference, with no command
-            say(f"    v1's clustering is the model's reference: v2 is audited on the same clusters; "
-                f"report {done['report']}")
+            oversample_file.write_bytes(ctx.store.get_bytes(f"runs/{result.run_id}/oversample.json"))
+            oversample = read_oversample(oversample_file)
+            say(f"    v1's audit wrote {oversample_file.name} ({len(oversample)} training images of its flagged looks; "
+                f"`xich train --oversample` takes it); v1's clustering is the model's reference: v2 is audited on "
+                f"the same clusters; report {done['report']}")
     v1, v2 = results["v1"][1], results["v2"][1]
+    flagged = sum(f.flagged for f in v1)
+    better = sum(a.accuracy is not None and b.accuracy is not None and b.accuracy > a.accuracy for a, b in zip(v1, v2))
     moved = sum(b.rank is not None and a.rank is not None and b.rank < a.rank for a, b in zip(v1, v2))
     found = sum(f.found for f in v1)
-    lines = [f"v1: the rare look's cluster is least or second-least dominant in {found} of {len(v1)} classes",
-             f"v2 (rare look oversampled x{factor:.1f}): that cluster moved up in {moved} of {len(v2)} classes"]
+    lines = [f"v1: the audit flagged the rare look's cluster in {flagged} of {len(v1)} classes "
+             f"({results['v1'][0].classes[0].looks['signal'] if results['v1'][0].classes[0].looks else '-'})",
+             f"v2 (trained from v1's oversample file): the rare look's accuracy rose in {better} of {len(v2)} classes "
+             f"(mean {_mean(a.accuracy for a in v1)} -> {_mean(b.accuracy for b in v2)}); still flagged in "
+             f"{sum(f.flagged for f in v2)}",
+             f"the paper's view: the rare look's cluster least or second-least dominant in {found} of {len(v1)} classes "
+             f"in v1; moved up in {moved} of {len(v2)} in v2"]
     losses = (sum(f.losses for f in v1), sum(f.losses for f in v2))
     lines.append(f"significant losses of those clusters (Holm p < 0.05): {losses[0]} in v1 -> {losses[1]} in v2")
-    say("6/6 history of the rare looks' clusters (rank 0 = most dominant; losses: clusters that beat it significantly):")
+    say("6/6 history of the rare looks' clusters (accuracy and representation ratio: the headline signal's numbers; "
+        "rank 0 = most dominant; losses: clusters that beat it significantly):")
     for a, b in zip(v1, v2):
-        say(f"    {a.class_name:9s} cluster {a.cluster}: rank {a.rank} -> {b.rank}, score {_num(a.score)} -> "
-            f"{_num(b.score)}, losses {a.losses} -> {b.losses}, train share {_num(a.train_share)} -> {_num(b.train_share)}")
+        say(f"    {a.class_name:9s} cluster {a.cluster}: flagged {_yes(a.flagged)} -> {_yes(b.flagged)}, accuracy "
+            f"{_num(a.accuracy)} -> {_num(b.accuracy)}, ratio {_num(a.representation_ratio)} -> "
+            f"{_num(b.representation_ratio)}, rank {a.rank} -> {b.rank}, losses {a.losses} -> {b.losses}")
     page = _write_pages(ctx, out, results, lines)
     for line in lines:
         say(line)
     say(f"report: {page}")
     (out / "demo.json").write_text(json.dumps({
-        "found_v1": found, "moved_up_v2": moved, "classes": len(v1), "oversampling_factor": factor,
+        "flagged_v1": flagged, "accuracy_up_v2": better, "found_v1": found, "moved_up_v2": moved,
+        "classes": len(v1), "oversample_images": len(oversample),
         "findings": {v: [f.__dict__ for f in results[v][1]] for v in results}}, indent=1))
     return {v: results[v][:2] for v in results}
+
+
+def _mean(values) -> str:
+    values = [v for v in values if v is not None]
+    return _num(sum(values) / len(values) if values else None)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 DEMO_MODEL = "demo-shapes"

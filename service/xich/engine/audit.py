@@ -85,7 +85,8 @@ class OpenedAudit:
     control: PreparedModel | None = None  # the same architecture, re-initialised (None: --no-control)
     control_seed: int | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES), summed over classes
-    null: OpenedAudit | None = None  # the null model's audit (null_audit); None with --no-null
+    null: OpenedAudit | None = None  # the null model's audit (null_audit); None with --no-null or without one
+    notes: list[str] = field(default_factory=list)  # what the document's notes must say of how the audit opened
 
     def __post_init__(self):
         self._timing_lock = threading.Lock()
@@ -137,7 +138,7 @@ class OpenedAudit:
                 "control_seed": self.control_seed, "tile_size": self.tile_size,
                 "mosaic_size": self.mosaic_size, "normalize": c.normalize, "per_image": c.per_image,
                 "train_per_class": c.train_per_class, "precision": c.precision, "looks": c.looks,
-                "null_seed": null_seed(c.seed) if c.null else None}
+                "null_seed": null_seed(c.seed) if self.null is not None else None}
 
     def settings(self) -> dict:
         """The settings that change numbers: what identifies a run besides model version, data and clustering.
@@ -189,6 +190,9 @@ def open_audit(config: AuditConfig, source: ObjectSource | None = None, *,
     opened = OpenedAudit(config, dataset, eval_split, train_split, labels, indices, prepared, tile, mosaic_size,
                          control, seed)
     opened.null = null_audit(opened) if config.null else None
+    if config.null and opened.null is None:
+        opened.notes.append(f"no null model: {config.model} builds the same weights whatever the seed, so there is no "
+                            f"network with random weights to compare with")
     return opened
 
 
@@ -198,16 +202,22 @@ def null_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 0x4E11]).generate_state(1)[0])
 
 
-def null_audit(opened: OpenedAudit) -> OpenedAudit:
+def null_audit(opened: OpenedAudit) -> OpenedAudit | None:
     """The null model's audit: the audited architecture with random weights (seeded by :func:`null_seed`), audited end
     to end on the same data with the same settings — its own embedding, clustering, mosaics, hierarchy and
     significance, the same target layer, CAM method and path; no control, no per-image mode, no null of its own.
     Nothing in it depends on the trained weights, so one null serves every version of a model (``pipeline``
-    stores it as a run and reuses it)."""
+    stores it as a run and reuses it). None for an architecture whose constructor sets fixed weights (two seeds,
+    the same weights): it has no random null."""
     config = replace(opened.config, weights=None, weights_uri=None, control=False, null=False, per_image=0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(null_seed(config.seed))
-        model = build_model(config.model, len(opened.labels.names))
+    models = []
+    for seed in (null_seed(config.seed), null_seed(config.seed) + 1):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            models.append(build_model(config.model, len(opened.labels.names)))
+    model, other = models
+    if all(torch.equal(v, other.state_dict()[k]) for k, v in model.state_dict().items() if v.is_floating_point()):
+        return None
     prepared = PreparedModel(model, model_spec=config.model, num_classes=len(opened.labels.names),
                              mosaic_size=opened.mosaic_size, device=str(opened.prepared.device),
                              normalize=config.normalize, layer=opened.prepared.layer_name, cam=opened.prepared.cam,
@@ -311,6 +321,7 @@ def assemble_result(opened: OpenedAudit, classes: list[ClassResult], run_id: str
                     notes: list[str] | None = None) -> AuditResult:
     """Last stage: the audit document of ``classes`` (in model output order), with its summary."""
     config = opened.config
+    notes = [*opened.notes, *(notes or [])]
     return AuditResult.assemble(
         run_id, model=model or AuditedModel(config.model, config.weights_uri or config.weights),
         labels=LabelList(opened.labels.source, list(opened.labels.names)),

@@ -12,7 +12,15 @@ Each variant runs in a fresh process (its own peak RSS, read from VmHWM), one af
 - ``literal``: the literal batched pytorch-grad-cam pipeline — ``reference``, with the model run as written
   (eager PyTorch, its feature map taken by a forward hook) instead of XICH's traced and frozen copy
   (``PreparedModel._trace``, which folds batch norm into the convolutions): the paper's steps with the library;
-- ``fingerprint``: ``fast`` preceded by ``content_fingerprint`` of both splits, as ``open_recorded_run`` does.
+- ``fingerprint``: ``fast`` preceded by ``content_fingerprint`` of both splits, as ``open_recorded_run`` does;
+- ``recorded``: a recorded audit (``pipeline.recorded_audit``, a fresh SQLite database) with the randomized control and
+  no null model: the default audit before the null model existed;
+- ``null``: recorded audits with the null model on (the default now), in one fresh SQLite database: version 1, which
+  computes the null and stores it, then version 2 (the same checkpoint with one weight nudged), which reads it back
+  — the cost the first time and the cost of every later version (``recorded`` vs ``null`` v2: the issue's bound).
+
+``fast``, ``reference``, ``literal`` and ``fingerprint`` run with ``--no-null`` (the null model doubles an
+unrecorded audit: each computes its own).
 
 Each also times the label matching alone (``resolve_labels`` + ``model_indices``). ``--classes N`` audits the first N
 classes only (to shrink the run). Needs ../shared/data.
@@ -55,8 +63,10 @@ def child(variant: str, classes: int | None) -> dict:
         from xich.engine.runtime import PreparedModel
 
         PreparedModel._trace = lambda self, probe: self._tap  # the eager model, as written
+    if variant in ("recorded", "null"):
+        return child_recorded(variant, classes)
     t0 = time.perf_counter()
-    config = AuditConfig(model="cifar:resnet20", weights=str(WEIGHTS), data=str(DATA),
+    config = AuditConfig(model="cifar:resnet20", weights=str(WEIGHTS), data=str(DATA), null=False,
                          cam="reference" if variant in ("reference", "literal") else "auto")
     opened = open_audit(config)
     open_s = time.perf_counter() - t0
@@ -88,6 +98,46 @@ def child(variant: str, classes: int | None) -> dict:
                train_share_by_rank=[round(v, 4) for v in result.summary["train_share_by_rank"]],
                dominance=[c.dominance for c in result.classes])
     return out
+
+
+def child_recorded(variant: str, classes: int | None) -> dict:
+    """Recorded audits in a fresh SQLite database and store: ``recorded`` one (control on, no null); ``null`` two
+    versions with the null model on, the first computing and storing it, the second reading it back."""
+    import tempfile
+
+    import torch
+
+    from xich.engine.audit import AuditConfig
+    from xich.engine.models import read_checkpoint
+    from xich.run.context import context
+    from xich.run.pipeline import recorded_audit
+    from xich.settings import Settings
+
+    with tempfile.TemporaryDirectory(prefix="xich-bench-") as tmp:
+        sd, _ = read_checkpoint(str(WEIGHTS))
+        nudged = {k: v.clone() for k, v in sd.items()}
+        nudged["linear.bias"][0] += 1e-6  # another version: other weights, the same architecture
+        torch.save(nudged, Path(tmp) / "v2.pt")
+        names = None
+        runs = []
+        with context(Settings(database_url=f"sqlite:///{tmp}/x.db", store_url=f"{tmp}/store")) as ctx:
+            for version, weights in (("v1", str(WEIGHTS)), ("v2", f"{tmp}/v2.pt"))[:1 if variant == "recorded" else 2]:
+                if classes and names is None:
+                    from xich.engine.datasets import open_dataset
+
+                    names = tuple(open_dataset(str(DATA), "test", "train").classes[:classes])
+                config = AuditConfig(model="cifar:resnet20", weights=weights, data=str(DATA), null=variant == "null",
+                                     classes=names)
+                t0 = time.perf_counter()
+                result = recorded_audit(ctx, config, model_name="bench", model_version=version)
+                runs.append({"version": version, "wall_s": time.perf_counter() - t0, "timings": result.timings,
+                             "notes": [n for n in result.notes if n.startswith("null model")],
+                             "above_null": [c.name for c in result.classes if c.null and c.null["above_null"]]})
+    last = runs[-1]
+    return {"variant": variant, "wall_s": last["wall_s"], "peak_rss_mib": peak_rss_mib(), "runs": runs,
+            "timings": last["timings"], "classes": classes or 10, "mosaics": None, "cam": "auto", "open_s": 0.0,
+            "label_matching_s": 0.0, "class_end_s": [], "rss_after_import_mib": {"torch": 0.0, "xich": 0.0},
+            "rss_after_open_mib": 0.0}
 
 
 def main() -> int:
@@ -133,6 +183,13 @@ def main() -> int:
                     for a, b in zip(ra, rb) if a is not None and b is not None), default=float("nan"))
         print(f"full audit, {other} / fast: wall {ref['wall_s'] / fast['wall_s']:.2f}x, CAM passes (model + "
               f"control) {cam(ref) / cam(fast):.2f}x; max |D_fast - D_{other}| {diff:.1e}")
+    if "recorded" in runs and "null" in runs:
+        rec, null = runs["recorded"], runs["null"]
+        first, cached = null["runs"]
+        print(f"null model: the first version (computing and storing it) {first['wall_s']:.1f} s, the next version "
+              f"(reading it back) {cached['wall_s']:.1f} s, against {rec['wall_s']:.1f} s for the recorded audit with "
+              f"its control and no null: {cached['wall_s'] / rec['wall_s']:.2f}x (first time "
+              f"{first['wall_s'] / rec['wall_s']:.2f}x); classes above the null: {', '.join(cached['above_null']) or 'none'}")
     if "fast" in runs and "fingerprint" in runs:
         fast, fp = runs["fast"], runs["fingerprint"]
         print(f"the fingerprint adds: {fp['fingerprint_s']:.1f} s, peak RSS {fp['peak_rss_mib'] - fast['peak_rss_mib']:+.0f}"

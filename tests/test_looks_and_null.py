@@ -20,7 +20,7 @@ from xich.engine.models import build_model
 from xich.engine.train import read_oversample, sampling_weights
 from xich.records.db import make_engine
 from xich.records.persist import load_audit
-from xich.reports.report import write_report
+from xich.reports.report import class_table, write_report
 from xich.reports.summary import summary_markdown
 from xich.result import AuditResult
 
@@ -142,6 +142,9 @@ def test_looks_and_null_through_every_sink(synth_data, tmp_path):
     assert page.count("<p class='looks'><b>Looks under-learned</b>") == len(result.classes)
     assert page.count("<p class='null'>Against the null model") == len(result.classes)
     assert page.index("<p class='looks'>") < page.index("The paper's view: dominance")
+    for row, cls in zip(class_table(result), result.classes):  # the Prefect table artifact
+        assert row["looks under-learned"].startswith("lowest_accuracy: ")
+        assert row["against the null model"].startswith("above" if cls.null["above_null"] else "no better")
     markdown = summary_markdown(result, model="m", version="v1", report_uri=None)
     assert "Looks under-learned (lowest_accuracy)" in markdown and "Above the null model" in markdown
     above = sum(c.null["above_null"] for c in result.classes)

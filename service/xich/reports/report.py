@@ -482,17 +482,27 @@ window.addEventListener("load", function () {
 
 
 def class_table(result: AuditResult) -> list[dict]:
-    """One row per class for a dashboard table (the Prefect artifact): hierarchy, scores, train shares,
-    significant pairs."""
+    """One row per class for a dashboard table (the Prefect artifact): the flagged looks and the class's place against
+    the null model first, then the paper's view — hierarchy, scores, train shares, significant pairs."""
     rows = []
     for cls in result.classes:
         ranked = _ranked(cls)
+        looks = cls.looks or {}
         rows.append({
             "class": cls.name,
+            "looks under-learned": (f"{looks['signal']}: " + (", ".join(
+                f"{k['id']} (ratio {_number(k['representation_ratio'])}, accuracy {_number(k['accuracy'])})"
+                for k in looks["looks"]) or "none")) if looks else "-",
+            "against the null model": ("-" if cls.null is None else
+                                       ("above" if cls.null["above_null"] else "no better")
+                                       + f" (deficit {_number(cls.null['model']['accuracy_deficit'])} vs "
+                                         f"{_number(cls.null['accuracy_deficit'])})"),
             "hierarchy": " > ".join(map(str, cls.hierarchy)) or "none (no evidence)",
             "scores": " ".join(f"{c.id}:{c.score:.2f}" for c in ranked),
             "train shares": " ".join(f"{c.id}:{_share(c.train_share, c.train_share_se)}" for c in ranked),
-            "significant (Holm p < 0.05)": ", ".join(f"{i}>{j}" for i, j in cls.significant_pairs()) or "none",
+            "significant (Holm p < 0.05)": (", ".join(f"{i}>{j}" for i, j in cls.significant_pairs()) or "none")
+                                           + ("" if cls.null is None or cls.null["pairs_above_null"]
+                                              else " (no more than the null's)"),
             "spearman(score, train share)": _signed(cls.spearman_score_train_share),
             "tau(score, mean logit)": _signed((cls.agreement or {}).get("mean_logit")),
             "control hierarchy": _control_cell(cls.control),

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from .context import Context
@@ -202,8 +203,9 @@ class RecordedRun:
         return self.finish()
 
     def fail(self, exc: BaseException) -> None:
-        """Mark the run failed with the error (unless another process completed it meanwhile)."""
-        fail_run(session=self.session, run=self.run, error=f"{type(exc).__name__}: {exc}")
+        """Mark the run failed with the error (unless another process completed it meanwhile): one line, without
+        the SQL statement and parameters a database error carries."""
+        fail_run(session=self.session, run=self.run, error=failure_line(exc))
 
     def close(self) -> None:
         self.session.close()
@@ -214,7 +216,12 @@ class RecordedRun:
     def __exit__(self, kind, exc, traceback) -> None:
         try:
             if exc is not None:
-                self.fail(exc)
+                try:
+                    self.fail(exc)
+                except SQLAlchemyError as why:  # the database is gone or refuses writes: the first error is raised
+                    log.warning("run %s could not be marked failed (%s); it stays %s, and the nightly flow starts it "
+                                "again once its heartbeat is XICH_RUN_STALE_S old", self.run_id,
+                                failure_line(why), self.run.status)
         finally:
             self.close()
 
@@ -226,6 +233,14 @@ class RecordedRun:
                     images = self.opened.load(name)
                     store_per_image(session=self.session, run=self.run, class_index=images.index,
                                     per_image=per_image_result(self.opened, images))
+
+
+def failure_line(exc: BaseException) -> str:
+    """``Type: message`` of an error; of a database error, the driver's first line, without the SQL statement,
+    parameters and documentation link SQLAlchemy appends on lines of their own."""
+    if not isinstance(exc, DBAPIError) or exc.orig is None:
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc.orig).__name__}: {' '.join((str(exc.orig).splitlines() or [''])[0].split())}"[:2000]
 
 
 def open_recorded_run(ctx: Context, config: AuditConfig, *, model_name: str | None = None,

@@ -1,7 +1,8 @@
 """Faults tried for real on the audit's run sequence: a worker SIGKILLed in the middle of a class, the results
-database stopped under a running audit, and the database refusing writes. Each worker is a real ``xich audit``
-process on the synthetic dataset; the killed or failed run is then resumed by another worker, and the stored
-numbers are compared with those of an uninterrupted run (docs/reliability.md, docs/security.md "Faults tried").
+database stopped under a running audit, and the database refusing writes. The worker that meets the fault is a real
+``xich audit`` process on the synthetic dataset; the run is then resumed by another worker (this process, through
+the same run sequence: no second interpreter to start), and the stored numbers are compared with those of an
+uninterrupted run (docs/reliability.md, docs/security.md "Faults tried").
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from xich.records.db import AuditRun, ClassHeartbeat, RunClass, make_engine
 from xich.records.persist import load_audit
 
 import pg_private
+from builders import recorded, resnet20_config
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -78,14 +80,18 @@ def wait_mid_class(worker: subprocess.Popen, url: str, k: int = 1, timeout: floa
     raise AssertionError("the worker never reached the middle of a class")
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(synth_data, tmp_path_factory) -> dict:
-    """What one worker that is never interrupted stores."""
-    tmp = tmp_path_factory.mktemp("uninterrupted")
-    url = f"sqlite:///{tmp / 'xich.db'}"
-    done = subprocess.run(argv(synth_data), env=env_for(url, tmp), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+def resume(synth_data: Path, url: str) -> dict:
+    """Another worker (in this process) audits the same version with the settings of :func:`argv`: it finds the
+    run by its settings and computes what is not stored; what is then stored."""
+    config = resnet20_config(synth_data, clusters=3, mosaics_per_pair=40, control=False)
+    recorded(config, url, model_name="shapes", model_version="v1")
     return stored(url)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synth_data, tmp_path_factory, one_torch_thread) -> dict:
+    """What one worker that is never interrupted stores."""
+    return resume(synth_data, f"sqlite:///{tmp_path_factory.mktemp('uninterrupted') / 'xich.db'}")
 
 
 def test_a_worker_killed_mid_class_is_resumed_by_another(results_db, synth_data, uninterrupted, tmp_path):
@@ -103,9 +109,7 @@ def test_a_worker_killed_mid_class_is_resumed_by_another(results_db, synth_data,
             a.wait()
     killed = stored(results_db)
     assert killed["status"] == "running" and killed["classes"] == done and len(done) < 3
-    b = subprocess.run(argv(synth_data), env=env, capture_output=True, text=True, timeout=300)
-    assert b.returncode == 0, b.stderr[-2000:]
-    after = stored(results_db)
+    after = resume(synth_data, results_db)
     assert after["status"] == "complete" and after["classes"] == CLASSES  # each class once
     assert after["timings"]["resumed_classes"] == done  # not recomputed
     assert after["timings"]["computed_here"] == [c for c in CLASSES if c not in done]  # the killed one's included
@@ -166,9 +170,33 @@ def test_the_database_going_away_mid_class(own_postgres, synth_data, uninterrupt
     left = stored(url)
     assert left["status"] == "failed" and left["classes"] == done_b
     assert left["error"] == "AdminShutdown: terminating connection due to administrator command"  # the first error
-    c = subprocess.run(argv(synth_data), env=env, capture_output=True, text=True, timeout=300)
-    assert c.returncode == 0, c.stderr[-2000:]
-    after = stored(url)
+    after = resume(synth_data, url)
     assert after["status"] == "complete" and after["classes"] == CLASSES
     assert after["timings"]["resumed_classes"] == done_b
+    assert after["numbers"] == uninterrupted["numbers"]
+
+
+def test_the_database_refusing_writes_mid_class(own_postgres, synth_data, uninterrupted, tmp_path):
+    """The server turns read-only (``default_transaction_read_only``, reloaded into every session) while a class is
+    computed: the worker ends with one ``error:`` line, the class is not stored, the run is not complete. Writable
+    again, another worker resumes the run to the numbers of an uninterrupted run."""
+    import psycopg
+
+    server = own_postgres
+    url, env = server.url, env_for(server.url, tmp_path)
+
+    def read_only(on: bool) -> None:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute(f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}")
+            conn.execute("SELECT pg_reload_conf()")
+
+    a, done = run_until_fault(synth_data, env, url, lambda: read_only(True))
+    [line] = error_lines(a.stderr)
+    assert a.returncode == 2 and "cannot execute INSERT in a read-only transaction" in line
+    left = stored(url)  # the reload reaches the worker's sessions a moment later: it may store one more class
+    assert left["status"] == "running" and set(done) <= set(left["classes"]) and len(left["classes"]) < 3
+    read_only(False)
+    after = resume(synth_data, url)
+    assert after["status"] == "complete" and after["classes"] == CLASSES
+    assert after["timings"]["resumed_classes"] == left["classes"]
     assert after["numbers"] == uninterrupted["numbers"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -219,9 +220,10 @@ class RecordedRun:
                 try:
                     self.fail(exc)
                 except SQLAlchemyError as why:  # the database is gone or refuses writes: the first error is raised
-                    log.warning("run %s could not be marked failed (%s); it stays %s, and the nightly flow starts it "
-                                "again once its heartbeat is XICH_RUN_STALE_S old", self.run_id,
-                                failure_line(why), self.run.status)
+                    self.session.rollback()
+                    log.warning("run %s could not be marked failed (%s); it stays unfinished, and the nightly flow "
+                                "starts it again once its heartbeat is XICH_RUN_STALE_S old",
+                                inspect(self.run).identity[0], failure_line(why))  # no load from the database
         finally:
             self.close()
 

@@ -526,14 +526,96 @@ def serve(settings: HookSettings, *, host: str, port: int, say: Callable[[str], 
     uvicorn.Server(server_config(app, settings, host=host, port=port)).run()
 
 
+HEADERS_TIMEOUT_S = 5.0  # a request's headers must all arrive within this long of the connection (or the last answer)
+MAX_CONNECTIONS = 1024  # open connections; one beyond is closed at once
+
+
 def server_config(app: Starlette, settings: HookSettings, *, host: str, port: int, log_level: str = "info"):
     """uvicorn's settings for the receiver (``serve``; the tests serve the app with the same ones).
 
-    uvicorn caps connections (503 beyond XICH_HOOKS_LIMIT_CONCURRENCY) and a request's incomplete headers (16 KiB);
-    the body-read timeout is the app's (``_read_body``).
+    A flood of slow or idle connections (tests/test_flood.py) must not starve /health and the deliveries: uvicorn
+    has no deadline for a request's headers, and its ``limit_concurrency`` counts idle connections with requests,
+    so 200 connections that never finish their headers made it answer 503 to everything, for as long as they
+    stayed. Here instead: a connection is closed when its headers take longer than HEADERS_TIMEOUT_S; at most
+    MAX_CONNECTIONS are open; at most XICH_HOOKS_LIMIT_CONCURRENCY requests are in flight (503 beyond, /health
+    aside: it reads no body), which bounds the bodies held in memory; headers are capped at MAX_HEADER_BYTES; the body-read
+    timeout is the app's (``_read_body``).
     """
     import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                          limit_concurrency=settings.hooks_limit_concurrency, timeout_keep_alive=5,
-                          h11_max_incomplete_event_size=16 * 1024)
+    class Deadlines(H11Protocol):
+        """uvicorn's h11 protocol with a deadline for each request's headers and a cap on open connections."""
+
+        headers_due: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > MAX_CONNECTIONS:
+                transport.close()
+                return
+            self._arm()
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not before:  # a request's headers are in
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            self._arm()  # before: a pipelined request that follows (handled inside) disarms it
+            super().on_response_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self.headers_due = self.loop.call_later(HEADERS_TIMEOUT_S, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self.headers_due is not None:
+                self.headers_due.cancel()
+                self.headers_due = None
+
+        def _headers_late(self) -> None:
+            self.headers_due = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return uvicorn.Config(_in_flight_at_most(app, settings.hooks_limit_concurrency), host=host, port=port,
+                          log_level=log_level, http=Deadlines, limit_concurrency=None, timeout_keep_alive=5,
+                          h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+
+
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def _in_flight_at_most(app, limit: int):
+    """``app`` answering 503 to a request beyond ``limit`` in flight (GET /health aside), before reading its body,
+    and 431 to headers over MAX_HEADER_BYTES (h11's cap holds for headers still arriving; a larger block that
+    arrives in one read of the socket passes it)."""
+    in_flight = 0
+
+    async def bounded(scope, receive, send) -> None:
+        nonlocal in_flight
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            await JSONResponse({"error": f"headers over {MAX_HEADER_BYTES} bytes"}, status_code=431,
+                               headers={"Connection": "close"})(scope, receive, send)
+            return
+        if scope["type"] != "http" or scope["path"] == "/health":
+            await app(scope, receive, send)
+            return
+        if in_flight >= limit:
+            busy = JSONResponse({"error": f"more than {limit} requests at once (XICH_HOOKS_LIMIT_CONCURRENCY); "
+                                          f"send it again later"}, status_code=503, headers={"Connection": "close"})
+            await busy(scope, receive, send)
+            return
+        in_flight += 1
+        try:
+            await app(scope, receive, send)
+        finally:
+            in_flight -= 1
+
+    return bounded

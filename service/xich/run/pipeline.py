@@ -238,11 +238,11 @@ class RecordedRun:
 
 
 def failure_line(exc: BaseException) -> str:
-    """``Type: message`` of an error; of a database error, the driver's first line, without the SQL statement,
-    parameters and documentation link SQLAlchemy appends on lines of their own."""
-    if not isinstance(exc, DBAPIError) or exc.orig is None:
+    """``Type: message`` of an error; of a database error, its first line (the driver's error and message),
+    without the SQL statement, parameters and documentation link SQLAlchemy appends on lines of their own."""
+    if not isinstance(exc, DBAPIError):
         return f"{type(exc).__name__}: {exc}"
-    return f"{type(exc.orig).__name__}: {' '.join((str(exc.orig).splitlines() or [''])[0].split())}"[:2000]
+    return f"{type(exc).__name__}: {' '.join((str(exc).splitlines() or [''])[0].split())}"[:2000]
 
 
 def open_recorded_run(ctx: Context, config: AuditConfig, *, model_name: str | None = None,

@@ -43,10 +43,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import anyio
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -133,6 +134,9 @@ class Answer:
     flow_run_id: str | None = None
 
 
+ACTING_AT_ONCE = 4  # deliveries acting at once: 4 x 3 connections fit the engine's pool of 5 + 10 (HookReceiver._acting)
+
+
 class HookReceiver:
     """The hooks' state (the context: settings, database engine, deployer; the mapping) and their handlers.
 
@@ -152,9 +156,20 @@ class HookReceiver:
         self.mapping_source = f"the mapping file {settings.hooks_config}" if settings.hooks_config else \
             "the mapping (XICH_HOOKS_CONFIG is not set)"
         self.start_audit = ctx.start_audit
+        self.acting: anyio.CapacityLimiter | None = None
 
     def close(self) -> None:
         self.ctx.close()
+
+    def _acting(self) -> anyio.CapacityLimiter:
+        """At most ACTING_AT_ONCE deliveries act at once; the others wait here, holding no database connection.
+
+        Each acting delivery holds up to three connections of the engine's pool (its claim, the registration's
+        session and its lock): unbounded, 24 deliveries at once held all 15 (5 + 10 overflow) while waiting for
+        more, and every one failed after the pool's 30 s (tests/test_registration_race.py)."""
+        if self.acting is None:  # made in the event loop that serves the deliveries
+            self.acting = anyio.CapacityLimiter(ACTING_AT_ONCE)
+        return self.acting
 
     # --- HTTP --------------------------------------------------------------------------------------
 
@@ -178,7 +193,8 @@ class HookReceiver:
             body = await _read_body(request, self.settings.hooks_max_body_bytes, self.settings.hooks_body_timeout_s)
             delivery_id, timestamp = self._authenticate(hook, request, body, secret.get_secret_value())
             announcement = parse(_json(body))
-            answer = await run_in_threadpool(self._act, hook, delivery_id, announcement)
+            answer = await anyio.to_thread.run_sync(self._act, hook, delivery_id, announcement,
+                                                    limiter=self._acting())
         except Refused as refused:
             return self._refusal(hook, delivery_id, refused)
         log.info("%s delivery %s: %s %s %s -> %d %s: %s", hook.source, escape(delivery_id), escape(announcement.event),
@@ -251,7 +267,7 @@ class HookReceiver:
                 settle_delivery(session=session, delivery=delivery, outcome=answer.outcome, reason=answer.reason,
                                 flow_run_id=answer.flow_run_id)
                 return answer
-        except (Unavailable, OSError, OperationalError, InterfaceError) as exc:
+        except (Unavailable, OSError, OperationalError, InterfaceError, PoolTimeout) as exc:
             reason = _db_reason(exc) if isinstance(exc, DBAPIError) else " ".join(without_credentials(str(exc)).split())[:500]
             log.warning("%s delivery %s: %s; not remembered, so a retry acts on it", hook.source, escape(delivery_id),
                         escape(reason, 500))
@@ -507,6 +523,99 @@ def serve(settings: HookSettings, *, host: str, port: int, say: Callable[[str], 
     hooks = [f"/hooks/mlflow ({'on' if settings.hooks_secret else 'off: XICH_HOOKS_SECRET unset'})",
              f"/hooks/generic ({'on' if settings.hooks_generic_secret else 'off: XICH_HOOKS_GENERIC_SECRET unset'})"]
     say(f"xich hooks on http://{host}:{port}: {', '.join(hooks)}; results database {masked(settings.database_url)}")
-    # uvicorn caps connections (503 beyond) and headers; the body-read timeout is the app's (hooks._read_body)
-    uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=settings.hooks_limit_concurrency,
-                timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024)
+    uvicorn.Server(server_config(app, settings, host=host, port=port)).run()
+
+
+HEADERS_TIMEOUT_S = 5.0  # a request's headers must all arrive within this long of the connection (or the last answer)
+MAX_CONNECTIONS = 1024  # open connections; one beyond is closed at once
+
+
+def server_config(app: Starlette, settings: HookSettings, *, host: str, port: int, log_level: str = "info"):
+    """uvicorn's settings for the receiver (``serve``; the tests serve the app with the same ones).
+
+    A flood of slow or idle connections (tests/test_flood.py) must not starve /health and the deliveries: uvicorn
+    has no deadline for a request's headers, and its ``limit_concurrency`` counts idle connections with requests,
+    so 200 connections that never finish their headers made it answer 503 to everything, for as long as they
+    stayed. Here instead: a connection is closed when its headers take longer than HEADERS_TIMEOUT_S; at most
+    MAX_CONNECTIONS are open; at most XICH_HOOKS_LIMIT_CONCURRENCY requests are in flight (503 beyond, /health
+    aside: it reads no body), which bounds the bodies held in memory; headers are capped at MAX_HEADER_BYTES; the body-read
+    timeout is the app's (``_read_body``).
+    """
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Deadlines(H11Protocol):
+        """uvicorn's h11 protocol with a deadline for each request's headers and a cap on open connections."""
+
+        headers_due: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > MAX_CONNECTIONS:
+                transport.close()
+                return
+            self._arm()
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not before:  # a request's headers are in
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            self._arm()  # before: a pipelined request that follows (handled inside) disarms it
+            super().on_response_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self.headers_due = self.loop.call_later(HEADERS_TIMEOUT_S, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self.headers_due is not None:
+                self.headers_due.cancel()
+                self.headers_due = None
+
+        def _headers_late(self) -> None:
+            self.headers_due = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return uvicorn.Config(_in_flight_at_most(app, settings.hooks_limit_concurrency), host=host, port=port,
+                          log_level=log_level, http=Deadlines, limit_concurrency=None, timeout_keep_alive=5,
+                          h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+
+
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def _in_flight_at_most(app, limit: int):
+    """``app`` answering 503 to a request beyond ``limit`` in flight (GET /health aside), before reading its body,
+    and 431 to headers over MAX_HEADER_BYTES (h11's cap holds for headers still arriving; a larger block that
+    arrives in one read of the socket passes it)."""
+    in_flight = 0
+
+    async def bounded(scope, receive, send) -> None:
+        nonlocal in_flight
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            await JSONResponse({"error": f"headers over {MAX_HEADER_BYTES} bytes"}, status_code=431,
+                               headers={"Connection": "close"})(scope, receive, send)
+            return
+        if scope["type"] != "http" or scope["path"] == "/health":
+            await app(scope, receive, send)
+            return
+        if in_flight >= limit:
+            busy = JSONResponse({"error": f"more than {limit} requests at once (XICH_HOOKS_LIMIT_CONCURRENCY); "
+                                          f"send it again later"}, status_code=503, headers={"Connection": "close"})
+            await busy(scope, receive, send)
+            return
+        in_flight += 1
+        try:
+            await app(scope, receive, send)
+        finally:
+            in_flight -= 1
+
+    return bounded

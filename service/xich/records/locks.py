@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,7 @@ def named_lock(engine: Engine, name: str, *, wait: bool = True, stale: Callable[
                 yield got
             finally:
                 if got:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
+                    _unlock(conn, key, name)
         return
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
@@ -80,6 +80,19 @@ def named_lock(engine: Engine, name: str, *, wait: bool = True, stale: Callable[
                 fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _unlock(conn, key: int, name: str) -> None:
+    """Release an advisory lock. A session that the server ended (a restart, an administrator) holds no lock any
+    more: its error is logged, not raised, so that it never hides the error that is unwinding the ``with`` block."""
+    try:
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        conn.commit()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated and not isinstance(exc, OperationalError):
+            raise
+        log.warning("lock %s: its database session ended (%s); the server released the lock with it", name,
+                    str(exc.orig or exc).splitlines()[0] if str(exc.orig or exc) else type(exc).__name__)
 
 
 def _take_when_stale(conn, key: int, name: str, stale: Callable[[], bool], poll_s: float) -> bool:

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from .context import Context
@@ -220,8 +222,9 @@ class RecordedRun:
         return self.finish()
 
     def fail(self, exc: BaseException) -> None:
-        """Mark the run failed with the error (unless another process completed it meanwhile), and its null's."""
-        fail_run(session=self.session, run=self.run, error=f"{type(exc).__name__}: {exc}")
+        """Mark the run failed with the error (unless another process completed it meanwhile), and its null's: one
+        line, without the SQL statement and parameters a database error carries."""
+        fail_run(session=self.session, run=self.run, error=failure_line(exc))
         if self.null is not None:
             self.null.fail(exc)
 
@@ -236,7 +239,13 @@ class RecordedRun:
     def __exit__(self, kind, exc, traceback) -> None:
         try:
             if exc is not None:
-                self.fail(exc)
+                try:
+                    self.fail(exc)
+                except SQLAlchemyError as why:  # the database is gone or refuses writes: the first error is raised
+                    self.session.rollback()
+                    log.warning("run %s could not be marked failed (%s); it stays unfinished, and the nightly flow "
+                                "starts it again once its heartbeat is XICH_RUN_STALE_S old",
+                                inspect(self.run).identity[0], failure_line(why))  # no load from the database
         finally:
             self.close()
 
@@ -248,6 +257,14 @@ class RecordedRun:
                     images = self.opened.load(name)
                     store_per_image(session=self.session, run=self.run, class_index=images.index,
                                     per_image=per_image_result(self.opened, images))
+
+
+def failure_line(exc: BaseException) -> str:
+    """``Type: message`` of an error; of a database error, its first line (the driver's error and message),
+    without the SQL statement, parameters and documentation link SQLAlchemy appends on lines of their own."""
+    if not isinstance(exc, DBAPIError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {' '.join((str(exc).splitlines() or [''])[0].split())}"[:2000]
 
 
 def open_recorded_run(ctx: Context, config: AuditConfig, *, model_name: str | None = None,

@@ -166,6 +166,9 @@ def _python_model(spec: str, rest: str, num_classes: int) -> nn.Module:
     if not callable(fn):
         raise XichError(f"--model {spec!r}: {module_name}.{attr} is a {type(fn).__name__}, not a callable that "
                         f"returns a torch.nn.Module")
+    if getattr(fn, "__module__", None) != module_name:  # an allowed module's imports are not its models
+        raise XichError(f"--model {spec!r}: {attr} is not defined in {module_name} (it comes from "
+                        f"{getattr(fn, '__module__', None) or 'elsewhere'}); name a callable defined in the module itself")
     model = _call_factory(fn, spec, attr, num_classes)
     if not isinstance(model, nn.Module):
         raise XichError(f"--model {spec!r}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")

@@ -47,7 +47,7 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
     recorded version (None: the caller is no command line, e.g. a registry hook).
 
     ``registered_at``: the registry's creation time of the version, which orders versions in the
-    history views (else the time the version was first recorded).
+    history views (else the time the version was first recorded); set once, never moved by a later registration.
 
     ``weights_sha256`` None with a ``weights_uri``: weights not hashed yet (the hooks receiver answers before a
     multi-GB checkpoint could be hashed); the first caller that gives the hash for the same spec and URI records it,
@@ -86,7 +86,7 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
         mv.labels, mv.labels_source = labels, labels_source
     if registry_metadata is not None and registry_metadata != mv.registry_metadata:
         mv.registry_metadata = registry_metadata
-    if registered_at is not None:
+    if registered_at is not None and mv.registered_at is None:  # set once: a later announcement cannot move it
         mv.registered_at = registered_at
     return mv
 
@@ -406,6 +406,17 @@ def finish_run(*, session: Session, run: AuditRun, classes: list[str], resolved_
     run.mean_spearman, run.resolved_config = summary["mean_spearman"], resolved_config
     run.status, run.finished_at = "complete", utcnow()
     run.timings = {**(run.timings or {}), **timings}
+    session.commit()
+
+
+def unpublish_run(*, session: Session, run_id: str, error: str) -> None:
+    """A complete run whose document or report could not be published: ``failed`` with ``error``, so that no run
+    is complete with nothing in the store; the next audit with its settings finds every class stored, marks it
+    complete again and publishes (the nightly flow retries it like any failed run). Committed."""
+    session.rollback()
+    run = session.get(AuditRun, run_id)
+    if run is not None and run.status == "complete":
+        run.status, run.error = "failed", error
     session.commit()
 
 

@@ -7,11 +7,33 @@ first (mosaics rendered again from the stored manifests, never recomputed). The 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..engine.audit import OpenedAudit, explain_stored
+from ..errors import XichError
 from ..result import AuditResult
 from .context import Context
+
+
+@contextmanager
+def publishing(ctx: Context, run_id: str) -> Iterator[None]:
+    """Around writing and publishing a complete run's report and document: on any failure the run is marked
+    ``failed`` (``persist.unpublish_run``) — never complete with an empty store — and the failure is one XichError
+    that says the next audit publishes it."""
+    try:
+        yield
+    except Exception as exc:
+        from sqlalchemy.orm import Session
+
+        from ..records.persist import unpublish_run
+
+        cause = str(exc) if isinstance(exc, XichError) else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        with Session(ctx.engine) as session:
+            unpublish_run(session=session, run_id=run_id, error=f"not published: {cause}")
+        raise XichError(f"run {run_id} is computed and stored, but its report or document could not be published "
+                        f"({cause}); the run is marked failed: run the same audit again to publish it") from None
 
 
 def publish_run(ctx: Context, result: AuditResult, *, report_dir: str | Path | None = None) -> list[str]:
@@ -39,7 +61,7 @@ def publish_with_report(ctx: Context, result: AuditResult, opened: OpenedAudit, 
     document; returns the report page's URI in the store."""
     from ..reports.report import collect_examples, write_report
 
-    with tempfile.TemporaryDirectory(prefix="xich-report-") as tmp:
+    with publishing(ctx, result.run_id), tempfile.TemporaryDirectory(prefix="xich-report-") as tmp:
         examples = {cls.name: collect_examples(cls, explain) for cls, explain in explain_stored(opened, result.classes)}
         write_report(result, tmp, examples, model=model, version=version)
         publish_run(ctx, result, report_dir=tmp)

@@ -409,14 +409,21 @@ def finish_run(*, session: Session, run: AuditRun, classes: list[str], resolved_
     session.commit()
 
 
-def unpublish_run(*, session: Session, run_id: str, error: str) -> None:
-    """A complete run whose document or report could not be published: ``failed`` with ``error``, so that no run
-    is complete with nothing in the store; the next audit with its settings finds every class stored, marks it
-    complete again and publishes (the nightly flow retries it like any failed run). Committed."""
+UNPUBLISHED = "not published: "  # the error of a complete run whose publish failed (mark_published)
+
+
+def mark_published(*, session: Session, run_id: str, error: str | None) -> None:
+    """Whether a complete run's document and report reached the store. ``error`` (the publish failed): a complete
+    run becomes ``failed`` with ``not published: ERROR``, so that no run is complete with nothing in the store; the
+    next audit with its settings finds every class stored, finishes it again and publishes (the nightly flow retries
+    it like any failed run). None (published): a run failed that way alone is complete again (a retried publish).
+    Committed."""
     session.rollback()
     run = session.get(AuditRun, run_id)
-    if run is not None and run.status == "complete":
-        run.status, run.error = "failed", error
+    if run is not None and error is not None and run.status == "complete":
+        run.status, run.error = "failed", UNPUBLISHED + error
+    elif run is not None and error is None and run.status == "failed" and (run.error or "").startswith(UNPUBLISHED):
+        run.status, run.error = "complete", None
     session.commit()
 
 

@@ -12,28 +12,33 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..engine.audit import OpenedAudit, explain_stored
-from ..errors import XichError
+from ..errors import Unavailable, XichError
 from ..result import AuditResult
 from .context import Context
 
 
 @contextmanager
 def publishing(ctx: Context, run_id: str) -> Iterator[None]:
-    """Around writing and publishing a complete run's report and document: on any failure the run is marked
-    ``failed`` (``persist.unpublish_run``) — never complete with an empty store — and the failure is one XichError
-    that says the next audit publishes it."""
+    """Around writing and publishing a complete run's report and document: on a failure the run is marked ``failed``
+    (``persist.mark_published``) — never complete with an empty store — and the failure is one XichError that says
+    the next audit publishes it (Unavailable, a store that may answer a retry, is raised as it is); on success a run
+    failed so before (a retried publish) is complete again."""
+    from sqlalchemy.orm import Session
+
+    from ..records.persist import mark_published
+
     try:
         yield
     except Exception as exc:
-        from sqlalchemy.orm import Session
-
-        from ..records.persist import unpublish_run
-
         cause = str(exc) if isinstance(exc, XichError) else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         with Session(ctx.engine) as session:
-            unpublish_run(session=session, run_id=run_id, error=f"not published: {cause}")
+            mark_published(session=session, run_id=run_id, error=cause)
+        if isinstance(exc, Unavailable):
+            raise
         raise XichError(f"run {run_id} is computed and stored, but its report or document could not be published "
                         f"({cause}); the run is marked failed: run the same audit again to publish it") from None
+    with Session(ctx.engine) as session:
+        mark_published(session=session, run_id=run_id, error=None)
 
 
 def publish_run(ctx: Context, result: AuditResult, *, report_dir: str | Path | None = None) -> list[str]:

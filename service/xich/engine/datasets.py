@@ -10,6 +10,9 @@ Layouts accepted by :func:`open_dataset`:
 - ``cifar10:DIR`` / ``cifar100:DIR``: torchvision's CIFAR python format (DIR or its
   ``cifar-10-batches-py`` / ``cifar-100-python`` folder). Image ids are ``index:<n>``.
 
+A tarball is read once, under caps checked from each member's header (:class:`ArchiveCaps`; sparse members, links
+and devices refused), keeping in memory only the images of the splits and classes the audit asks for.
+
 Image ids are paths relative to the split (``cat/0007.jpg``). Class indices follow the sorted class
 names of the evaluation split (ImageFolder's order).
 """

@@ -3,7 +3,8 @@
 Specs: ``cifar:resnet20|32|44|56`` (He et al. 2016 §4.2, option-A shortcuts), their trunks with a head that
 is not GAP → linear (``cifar:resnet20-flat``: Flatten → Linear, ``cifar:resnet20-mlp``: Flatten → Linear → ReLU →
 Linear), ``cifar:vit`` (a small patch-4 vision transformer for 32×32 inputs, torchvision's own class),
-``torchvision:<arch>`` (random init, ``weights=None``; classes from the dataset) and ``python:<module>:<callable>``.
+``torchvision:<arch>`` (random init, ``weights=None``; classes from the dataset) and ``python:<module>:<callable>``
+(a callable defined in that module, not one it imported).
 
 Where the target layer outputs tokens (B, N, D) rather than a map (B, C, H, W), :func:`map_transform` gives
 the reshape that pytorch-grad-cam applies to its activations and gradients (its ``reshape_transform``).

@@ -398,6 +398,18 @@ def test_names_in_figures_are_text_and_a_failed_publish_leaves_no_complete_run(m
     assert run.status == "complete"
     assert (store / "runs" / run.id / "audit.json").is_file()
     assert (store / "runs" / run.id / "report" / "index.html").is_file()
+    # a publish retried in the same process (a flow task's retry after Unavailable) completes the run again
+    from xich.records.persist import mark_published
+    from xich.run.context import context
+    from xich.run.publish import publishing
+
+    with context() as ctx:
+        with Session(ctx.engine) as session:
+            mark_published(session=session, run_id=run.id, error="Unavailable: the store did not answer")
+        assert run_row(url).status == "failed"
+        with publishing(ctx, run.id):
+            pass
+    assert run_row(url).status == "complete" and run_row(url).error is None
     capsys.readouterr()
     # the history page draws the class name too; its CSV writes the version as text, not as a formula (#7)
     assert main(["history", "--model", "m", "--report", str(tmp_path / "history")]) == 0, capsys.readouterr().err

@@ -6,7 +6,9 @@ row read back at night, ``xich register``'s flags — becomes an audit request, 
 * a dataset, weights or labels source from outside must lie under a root or bucket prefix the operator allows
   (``XICH_HOOKS_ALLOWED_SOURCES``), after resolving ``file://``, ``..`` and symlinks; a refusal names the rule, never
   what exists there;
-* names, versions and JSON are bounded (length, NUL and line breaks, nesting depth, NaN/Infinity);
+* names, versions and JSON are bounded (length, NUL and line breaks, nesting depth, NaN/Infinity, numbers that
+  overflow to infinity, integers of more than MAX_INT_DIGITS digits);
+* a setting that becomes one folder of a path (a split, a class) is one plain name (:func:`check_path_name`);
 * strings from outside are escaped before they reach a log line.
 
 Settings are checked by ``registration.audit_config`` (``config.check_config``), the validator the audit itself uses.
@@ -15,6 +17,7 @@ Settings are checked by ``registration.audit_config`` (``config.check_config``),
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -27,6 +30,7 @@ from .errors import XichError
 
 MAX_NAME = 255  # model names and versions (the columns of model, model_version and hook_delivery)
 MAX_JSON_DEPTH = 16
+MAX_INT_DIGITS = 4300  # Python's own default limit for int(str): a longer integer raises ValueError in json.loads
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")  # read through the operator's MLflow server
 DATASET_KINDS = ("cifar10:", "cifar100:")  # a dataset URI may name CIFAR's pickled batches: cifar10:DIR
 # a walk of a source (a checkpoint folder): at most this many entries, this deep, this long
@@ -68,6 +72,34 @@ def check_name(value: object, what: str) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_NAME or not value.isprintable():
         raise Outside(f"{what}: give 1 to {MAX_NAME} printable characters (no NUL, no line breaks)")
     return value
+
+
+PATH_SETTINGS = ("eval_split", "train_split")  # settings that become a folder (or <name>.tar[.gz]) under the dataset
+
+
+def check_path_name(value: object, what: str) -> str:
+    """``value`` when it can be one folder name under a dataset's root (a split, a class): text without ``/``,
+    ``\\`` or NUL, and not ``.`` or ``..``; Outside otherwise, before anything joins it to a path or lists it."""
+    if isinstance(value, str) and value not in ("", ".", "..") and not any(c in value for c in "/\\\x00"):
+        return value
+    raise Outside(f"{what} {escape(value, 80)!r}: a split or class name is one folder's name; give it without "
+                  f"/, \\ or NUL, and not . or ..")
+
+
+def check_path_settings(settings: object, what: str) -> None:
+    """:func:`check_path_name` on a request's settings that become paths (PATH_SETTINGS and each of ``classes``);
+    other types are left to ``config.check_config``, which runs the same check on the AuditConfig."""
+    if not isinstance(settings, dict):
+        return
+    names = [(f"{what}: {key}", settings[key]) for key in PATH_SETTINGS if isinstance(settings.get(key), str)
+             and settings[key] != ""]  # train_split "": no training split
+    classes = settings.get("classes")
+    if isinstance(classes, str) and classes:
+        classes = [c.strip() for c in classes.split(",")]
+    if isinstance(classes, list):
+        names += [(f"{what}: classes", c) for c in classes if isinstance(c, str)]
+    for where, name in names:
+        check_path_name(name, where)
 
 
 def check_source(uri: str, allowed: list[str], what: str) -> str:
@@ -139,18 +171,33 @@ def check_sources(fields: dict[str, str | None], allowed: list[str]) -> None:
 
 
 def parse_json(text: str | bytes, what: str) -> object:
-    """JSON from outside: NaN and Infinity refused, nesting at most MAX_JSON_DEPTH deep; Outside otherwise."""
+    """JSON from outside: NaN and Infinity refused, and so are numbers that overflow to infinity (``1e999``) and
+    integers longer than MAX_INT_DIGITS digits; nesting at most MAX_JSON_DEPTH deep; Outside otherwise."""
     def no_constant(name: str) -> object:
         raise Outside(f"{what}: {name} is not a JSON number; give a finite number")
 
+    def finite(token: str) -> float:
+        value = float(token)
+        if not math.isfinite(value):
+            raise Outside(f"{what}: the number {escape(token, 40)} is beyond a 64-bit float; give a finite number")
+        return value
+
+    def bounded_int(token: str) -> int:
+        if len(token.lstrip("-")) > MAX_INT_DIGITS:
+            raise Outside(f"{what}: an integer of {len(token.lstrip('-'))} digits (more than {MAX_INT_DIGITS}); "
+                          f"give a smaller number")
+        return int(token)
+
     try:
-        value = json.loads(text, parse_constant=no_constant)
+        value = json.loads(text, parse_constant=no_constant, parse_float=finite, parse_int=bounded_int)
     except RecursionError:
         raise Outside(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels") from None
     except UnicodeDecodeError:
         raise Outside(f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise Outside(f"{what} is not JSON ({exc.msg} at character {exc.pos})") from None
+    except ValueError as exc:  # whatever else the parser raises on a number (Python's int-digit limit)
+        raise Outside(f"{what}: a number JSON cannot hold here ({escape(exc, 120)}); give a smaller number") from None
     if _depth(value) > MAX_JSON_DEPTH:
         raise Outside(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels")
     return value

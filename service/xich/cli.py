@@ -282,7 +282,7 @@ def cmd_clustering(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     import csv
 
-    from .records.history import HISTORY_COLUMNS, history_table
+    from .records.history import HISTORY_COLUMNS, csv_row, history_table
     from .run.commands import history
     from .run.context import context
 
@@ -291,7 +291,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(HISTORY_COLUMNS)
-        writer.writerows(rows)
+        writer.writerows(csv_row(r) for r in rows)
         if page is not None:
             err.print(f"wrote {page}", highlight=False)  # standard output stays CSV
         return 0

@@ -19,6 +19,10 @@ from .boundary import check_spec_kinds
 
 # XICH_IMAGE_MAX_SIDE_FACTOR's default: images wider or taller than this many tile sides are not decoded
 IMAGE_MAX_SIDE_FACTOR = 16
+# XICH_ARCHIVE_MEMBER_MAX_BYTES / XICH_ARCHIVE_MAX_BYTES' defaults: a tarball dataset's members, each and in all
+# (declared sizes, from the headers, before anything is read: engine/datasets.ArchiveCaps)
+ARCHIVE_MEMBER_MAX_BYTES = 64 << 20
+ARCHIVE_MAX_BYTES = 4 << 30
 
 MIN_SECRET_CHARS = 16
 DATABASE_SCHEMES = ("sqlite", "postgresql")
@@ -107,6 +111,8 @@ class Settings(BaseSettings):
     ``XICH_HOOKS_ALLOWED_SPECS``: the model spec kinds an audit request may name (comma-separated prefixes; the
     nightly flow and ``xich register`` check them too, see docs/security.md). ``XICH_IMAGE_MAX_SIDE_FACTOR``: an
     image wider or taller than this many tile sides is skipped, from its header, before it is decoded.
+    ``XICH_ARCHIVE_MEMBER_MAX_BYTES`` / ``XICH_ARCHIVE_MAX_BYTES``: a tarball dataset whose member, or whose members
+    in all, declare more bytes than this is refused from the headers, before they are read.
     ``XICH_RUN_STALE_S``: a class whose heartbeat is older than this is taken over by a waiting shard, and a
     ``running`` run whose newest heartbeat is that old is started again by the nightly flow (processes beat every fifth of it).
 
@@ -126,6 +132,8 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: Annotated[str | None, AfterValidator(_tracking_url)] = None
     hooks_allowed_specs: CommaList = ["cifar:", "torchvision:"]
     image_max_side_factor: int = Field(default=IMAGE_MAX_SIDE_FACTOR, ge=1, le=64)
+    archive_member_max_bytes: int = Field(default=ARCHIVE_MEMBER_MAX_BYTES, ge=1 << 20, le=4 << 30)
+    archive_max_bytes: int = Field(default=ARCHIVE_MAX_BYTES, ge=1 << 20, le=1 << 40)
     run_stale_s: int = Field(default=600, ge=10, le=86_400)  # a class (or run) without a heartbeat this long is dead
     audit_deployment: str = Field(default="audit-model-version/audit", min_length=3, max_length=300,
                                   pattern=r"^[^/\s]+/[^/\s]+$")
@@ -133,6 +141,13 @@ class Settings(BaseSettings):
 
     _split_specs = field_validator("hooks_allowed_specs", mode="before")(_comma_separated)
     _check_specs = field_validator("hooks_allowed_specs", mode="after")(check_spec_kinds)
+
+    def data_limits(self) -> dict:
+        """Keyword arguments of ``engine.audit.open_audit`` (and ``datasets.open_dataset``): what reading a dataset
+        may cost."""
+        return {"max_side_factor": self.image_max_side_factor,
+                "archive_member_max_bytes": self.archive_member_max_bytes,
+                "archive_max_bytes": self.archive_max_bytes}
 
     def s3_options(self) -> dict:
         """Keyword arguments of ``store.open_store`` and ``store.fetch_uri``."""

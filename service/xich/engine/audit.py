@@ -168,13 +168,14 @@ def sample_training(ids: list[str], n: int | None, seed: int, class_index: int) 
 
 
 def open_audit(config: AuditConfig, source: ObjectSource | None = None, *,
-               max_side_factor: int = IMAGE_MAX_SIDE_FACTOR) -> OpenedAudit:
+               max_side_factor: int = IMAGE_MAX_SIDE_FACTOR, **archive_caps: int) -> OpenedAudit:
     """Stage 0: open the dataset, match its classes to the model's labels, prepare the model (``config`` is valid
     by construction). The tile and mosaic sizes left to their defaults are resolved here, once.
     ``source``: the object store of an ``s3://`` folder dataset (``Context.data_source``), read class by class.
-    ``max_side_factor``: the context's XICH_IMAGE_MAX_SIDE_FACTOR (images over it are not decoded)."""
+    ``max_side_factor``: the context's XICH_IMAGE_MAX_SIDE_FACTOR (images over it are not decoded);
+    ``archive_caps``: its ``archive_member_max_bytes`` and ``archive_max_bytes`` (``Settings.data_limits``)."""
     dataset = open_dataset(config.data, config.eval_split, config.train_split, source,
-                           max_side_factor=max_side_factor)
+                           max_side_factor=max_side_factor, classes=config.classes, **archive_caps)
     eval_split = dataset.splits[config.eval_split]
     train_split = dataset.splits.get(config.train_split) if config.train_split else None
     selected = _select_classes(dataset, config.classes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..boundary import check_path_name
 from ..errors import XichError
 from ..method.cam_methods import CAM_METHODS, FAST_METHODS
 
@@ -115,6 +116,12 @@ def check_config(config: AuditConfig) -> None:
                                                         and "\x00" not in c for c in config.classes):
             raise XichError(f"--classes must be at most {MAX_CLASSES} class names, each text of 1 to {MAX_TEXT} "
                             f"characters (e.g. [\"cat\", \"dog\"])")
+    # a split or class name is joined to the dataset's root: never a path of its own (docs/security.md)
+    for name in ("eval_split", "train_split"):
+        if getattr(config, name) is not None:
+            check_path_name(getattr(config, name), f"--{name.replace('_', '-')}")
+    for cls in config.classes or ():
+        check_path_name(cls, "--classes")
     for name in ("clusters", "mosaics_per_pair", "batch_size", "train_per_class"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise XichError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")

@@ -10,6 +10,9 @@ Layouts accepted by :func:`open_dataset`:
 - ``cifar10:DIR`` / ``cifar100:DIR``: torchvision's CIFAR python format (DIR or its
   ``cifar-10-batches-py`` / ``cifar-100-python`` folder). Image ids are ``index:<n>``.
 
+A tarball is read once, under caps checked from each member's header (:class:`ArchiveCaps`; sparse members, links
+and devices refused), keeping in memory only the images of the splits and classes the audit asks for.
+
 Image ids are paths relative to the split (``cat/0007.jpg``). Class indices follow the sorted class
 names of the evaluation split (ImageFolder's order).
 """
@@ -38,8 +41,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..atomic import write_atomically
+from ..boundary import escape
 from ..errors import XichError
-from ..settings import IMAGE_MAX_SIDE_FACTOR
+from ..settings import ARCHIVE_MAX_BYTES, ARCHIVE_MEMBER_MAX_BYTES, IMAGE_MAX_SIDE_FACTOR
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
@@ -65,8 +69,9 @@ class Split:
 
     def __init__(self, name: str, where: str, index: Callable[[], Index], root: Path | None = None,
                  manifest: Callable[[], Iterator[tuple[str, str]]] | None = None,
-                 prefetch: Callable[[list[str]], None] | None = None):
+                 prefetch: Callable[[list[str]], None] | None = None, digests: dict[str, str] | None = None):
         self.name, self.where, self._index_fn, self.root = name, where, index, root
+        self.digests = digests  # image id → sha256, computed as an archive was read (its images are not all kept)
         self.manifest = manifest  # (image id, identity) in id order without reading images (object-store folders)
         self.prefetch = prefetch  # fetch these images' objects at once, before they are read one by one
         self.skipped: dict[str, str] = {}  # image id → why load_kept left it out
@@ -133,11 +138,13 @@ class Split:
     def content_hashes(self, cache_dir: Path | None = None) -> dict[str, str]:
         """sha256 of every image's bytes, by image id.
 
-        Archives and CIFAR batches are already in memory. A folder's hashes are kept in
+        Archives were hashed as they were read; CIFAR batches are in memory. A folder's hashes are kept in
         ``cache_dir`` by (path, size, mtime), so a later audit of the same folder reads no image twice.
         """
         raw = self._index[2]
         ids = [i for ids in self.images.values() for i in ids]
+        if self.digests is not None:
+            return {i: self.digests[i] for i in ids}
         if self.root is None or cache_dir is None:
             return {i: hashlib.sha256(raw(i)).hexdigest() for i in ids}
         cache_file = Path(cache_dir) / "hashes" / (hashlib.sha256(str(self.root.resolve()).encode()).hexdigest() + ".json")
@@ -231,24 +238,30 @@ class Dataset:
 
 
 def open_dataset(uri: str, eval_split: str, train_split: str | None, source: ObjectSource | None = None, *,
-                 max_side_factor: int = IMAGE_MAX_SIDE_FACTOR) -> Dataset:
+                 max_side_factor: int = IMAGE_MAX_SIDE_FACTOR, classes: tuple[str, ...] | None = None,
+                 archive_member_max_bytes: int = ARCHIVE_MEMBER_MAX_BYTES,
+                 archive_max_bytes: int = ARCHIVE_MAX_BYTES) -> Dataset:
     """Open the evaluation split (required) and the training split (optional: None if absent); their images wider
     or taller than ``max_side_factor`` tile sides (XICH_IMAGE_MAX_SIDE_FACTOR, from the caller's context) are not
     decoded.
+
+    A tarball is read under ``archive_member_max_bytes`` and ``archive_max_bytes`` (:class:`ArchiveCaps`), its
+    other splits skipped unread, and only the images of ``classes`` (the audit's ``--classes``; None: all) kept.
 
     ``source``: the object store ``uri`` (``s3://bucket/prefix/``) names, for a folder tree there: its classes
     are listed from the store, and a class's images are listed and fetched only when that class is read.
     """
     kind, sep, rest = uri.partition(":")
+    caps, wanted_classes = ArchiveCaps(archive_member_max_bytes, archive_max_bytes), set(classes) if classes else None
     if uri.startswith("s3://"):
         if source is None:
             raise XichError(f"--data {uri}: an S3 folder dataset needs its store (XICH_S3_ENDPOINT and credentials); "
                             f"audit it through xich audit or the flows, or download it first")
-        splits = _object_splits(source, uri, {eval_split, train_split} - {None})
+        splits = _object_splits(source, uri, {eval_split, train_split} - {None}, caps, wanted_classes)
     elif sep and kind in ("cifar10", "cifar100"):
         splits = _cifar_splits(kind, Path(rest), uri)
     else:
-        splits = _folder_splits(Path(uri), uri, {eval_split, train_split} - {None})
+        splits = _folder_splits(Path(uri), uri, {eval_split, train_split} - {None}, caps, wanted_classes)
     if eval_split not in splits:
         raise XichError(f"--data {uri}: no evaluation split {eval_split!r} (found: {', '.join(sorted(splits)) or 'none'}); "
                         f"set --eval-split")
@@ -355,42 +368,110 @@ def _folder_index(root: Path):
     return _check_classes(images, str(root)), read, raw
 
 
-def _archive_splits(path: Path, uri: str, wanted: set[str]) -> dict[str, Split]:
-    """The ``wanted`` splits inside a tarball, read into memory once (compressed images are small).
+@dataclass(frozen=True)
+class ArchiveCaps:
+    """What a tarball may make a worker read (XICH_ARCHIVE_MEMBER_MAX_BYTES, XICH_ARCHIVE_MAX_BYTES): every
+    member's declared size, and the sum of all of them (what the archive expands to: the decompression work and the
+    memory that holds the images read), checked from each header before its data is read or skipped."""
 
-    Members are ``<split>/<class>/<image...>``, possibly under one top folder; anything else is ignored.
+    member_bytes: int = ARCHIVE_MEMBER_MAX_BYTES
+    total_bytes: int = ARCHIVE_MAX_BYTES
+
+
+def _archive_member(info: tarfile.TarInfo, total: int, caps: ArchiveCaps, where: str) -> None:
+    """Refuse a member from its header (XichError naming the archive and the cap), before its data is touched: a
+    size over a cap (a gzip bomb expands into its members' declared sizes), a sparse member (a few KB on disk
+    that read as GBs of zeros), or anything but a regular file or a folder (links, devices, FIFOs)."""
+    name = escape(info.name, 120)
+    if info.size > caps.member_bytes:
+        raise XichError(f"{where}: member {name} declares {info.size} bytes, over the cap of {caps.member_bytes} bytes "
+                        f"a member (XICH_ARCHIVE_MEMBER_MAX_BYTES); nothing more is read: remove the member or raise "
+                        f"the cap")
+    if total > caps.total_bytes:
+        raise XichError(f"{where}: its members declare more than {caps.total_bytes} bytes in all (XICH_ARCHIVE_MAX_BYTES, "
+                        f"reached at member {name}); nothing more is read: split the archive or raise the cap")
+    if info.issparse():
+        raise XichError(f"{where}: member {name} is a sparse file ({info.size} bytes of mostly holes); an archive "
+                        f"dataset holds regular files only: archive it without --sparse")
+    if not (info.isreg() or info.isdir()):
+        kind = ("a symbolic link" if info.issym() else "a hard link" if info.islnk() else "a device" if info.isdev()
+                else "not a regular file")
+        raise XichError(f"{where}: member {name} is {kind}; an archive dataset holds regular files and folders only")
+
+
+def _archive_place(name: str, wanted: set[str]) -> tuple[str, str, str] | None:
+    """(split, its prefix in the archive, class) of an image member of a ``wanted`` split; None for anything else."""
+    p = name.split("/")
+    skip = 0 if p[0] in wanted else 1 if len(p) > 1 and p[1] in wanted else None
+    if skip is None or len(p) < skip + 3 or p[skip + 1].startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+        return None
+    return p[skip], "/".join(p[: skip + 1]), p[skip + 1]
+
+
+def _archive_splits(path: Path, uri: str, wanted: set[str], caps: ArchiveCaps = ArchiveCaps(),
+                    classes: set[str] | None = None) -> dict[str, Split]:
+    """The ``wanted`` splits inside a tarball, read in one pass under ``caps`` (:func:`_archive_member`).
+
+    Members are ``<split>/<class>/<image...>``, possibly under one top folder; anything else is skipped unread
+    (though its header counts against the caps). The images of ``classes`` (None: every class) are kept in memory;
+    the others of a wanted split are only hashed, for the dataset's fingerprint, and read again if asked for.
     """
     members: dict[str, bytes] = {}
+    digests: dict[str, str] = {}
+    by_split: dict[str, dict[str, list[str]]] = {}
+    prefixes: dict[str, str] = {}
+    where, total = f"--data {uri}: archive {path}", 0
     try:
         with tarfile.open(path, "r:*") as tar:
             for info in tar:
-                if info.isfile() and Path(info.name).suffix.lower() in IMAGE_SUFFIXES:
-                    members[info.name.lstrip("./")] = tar.extractfile(info).read()
+                total += info.size
+                _archive_member(info, total, caps, where)
+                name = info.name.lstrip("./")
+                place = _archive_place(name, wanted) if info.isreg() else None
+                if place is None:
+                    continue
+                split, prefix, cls = place
+                if classes is None or cls in classes:
+                    members[name] = tar.extractfile(info).read()
+                    digests[name] = hashlib.sha256(members[name]).hexdigest()
+                else:  # hashed in chunks, for the fingerprint, and let go
+                    digests[name] = hashlib.file_digest(tar.extractfile(info), "sha256").hexdigest()
+                prefixes.setdefault(split, prefix)
+                by_split.setdefault(split, {}).setdefault(cls, []).append(name.removeprefix(prefix + "/"))
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise XichError(f"--data {uri}: cannot read archive {path} ({exc})") from None
-    by_split: dict[str, dict[str, list[str]]] = {}
-    prefixes: dict[str, str] = {}
-    for name in members:
-        p = name.split("/")
-        skip = 0 if p[0] in wanted else 1 if len(p) > 1 and p[1] in wanted else None
-        if skip is None or len(p) < skip + 3 or p[skip + 1].startswith("."):
-            continue
-        split = p[skip]
-        prefixes.setdefault(split, "/".join(p[: skip + 1]))
-        by_split.setdefault(split, {}).setdefault(p[skip + 1], []).append("/".join(p[skip + 1:]))
     splits = {}
     for split, images in by_split.items():
         prefix = prefixes[split]
 
-        def read(image_id: str, prefix: str = prefix, max_side: int | None = None) -> np.ndarray:
-            return _decode(members[f"{prefix}/{image_id}"], f"{path}!{prefix}/{image_id}", max_side)
-
         def raw(image_id: str, prefix: str = prefix) -> bytes:
-            return members[f"{prefix}/{image_id}"]
+            name = f"{prefix}/{image_id}"
+            return members[name] if name in members else _read_member(path, name, uri, caps)
+
+        def read(image_id: str, prefix: str = prefix, max_side: int | None = None) -> np.ndarray:
+            return _decode(raw(image_id, prefix), f"{path}!{prefix}/{image_id}", max_side)
 
         index = (_check_classes(images, f"{path}!{prefix}"), read, raw)
-        splits[split] = Split(split, f"{path}!{prefix}", lambda index=index: index)
+        splits[split] = Split(split, f"{path}!{prefix}", lambda index=index: index,
+                              digests={i.removeprefix(prefix + "/"): d for i, d in digests.items()
+                                       if i.startswith(prefix + "/")})
     return splits
+
+
+def _read_member(path: Path, name: str, uri: str, caps: ArchiveCaps) -> bytes:
+    """One member of an archive not kept in memory (a class the audit did not ask for), found by a pass under the
+    same caps."""
+    where, total = f"--data {uri}: archive {path}", 0
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for info in tar:
+                total += info.size
+                _archive_member(info, total, caps, where)
+                if info.isreg() and info.name.lstrip("./") == name:
+                    return tar.extractfile(info).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise XichError(f"--data {uri}: cannot read archive {path} ({exc})") from None
+    raise XichError(f"{where}: member {escape(name, 120)} is gone; the archive changed during the audit")
 
 
 class ObjectSource(Protocol):
@@ -461,7 +542,8 @@ def _is_image_key(key: str) -> bool:
     return len(parts) >= 3 and not parts[1].startswith(".") and Path(key).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _object_splits(source: ObjectSource, uri: str, wanted: set[str]) -> dict[str, Split]:
+def _object_splits(source: ObjectSource, uri: str, wanted: set[str], caps: ArchiveCaps = ArchiveCaps(),
+                   classes: set[str] | None = None) -> dict[str, Split]:
     """The ``wanted`` splits of a folder tree in an object store, as :func:`_folder_splits` finds them in a folder:
     ``<split>/<class>/<image>`` objects, listed and fetched one class at a time when the class is read (by the shard
     that audits it); else a ``<split>.tar[.gz]`` object, fetched whole when the split is first read."""
@@ -476,7 +558,7 @@ def _object_splits(source: ObjectSource, uri: str, wanted: set[str]) -> dict[str
     for split, (key, etag, size) in archives.items():
         if split in wanted and split not in folders:
             splits[split] = _lazy_archive_split(lambda key=key, etag=etag, size=size: source.fetch_listed(key, etag, size),
-                                                where + key, split, uri)
+                                                where + key, split, uri, caps, classes)
     for name in folders:
         if name not in wanted:
             continue
@@ -513,34 +595,39 @@ def _is_archive(p: Path) -> bool:
     return p.name.endswith((".tar", ".tar.gz", ".tgz"))
 
 
-def _folder_splits(root: Path, uri: str, wanted: set[str]) -> dict[str, Split]:
+def _folder_splits(root: Path, uri: str, wanted: set[str], caps: ArchiveCaps = ArchiveCaps(),
+                   classes: set[str] | None = None) -> dict[str, Split]:
     if not root.exists():
         raise XichError(f"--data {uri}: no such file or folder")
     if root.is_file():
         if not _is_archive(root):
             raise XichError(f"--data {uri}: not a folder nor a .tar/.tar.gz archive")
-        return _archive_splits(root, uri, wanted)
+        return _archive_splits(root, uri, wanted, caps, classes)
     splits = {p.name: _folder_split(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
     for p in sorted(root.iterdir()):
         if p.is_file() and _is_archive(p):
             name = p.name.removesuffix(".gz").removesuffix(".tgz").removesuffix(".tar")
             if name not in splits:
-                splits[name] = _lazy_archive_split(lambda p=p: p, str(p), name, uri)
+                splits[name] = _lazy_archive_split(lambda p=p: p, str(p), name, uri, caps, classes)
     return splits
 
 
-def _lazy_archive_split(path: Callable[[], Path], where: str, name: str, uri: str) -> Split:
+def _lazy_archive_split(path: Callable[[], Path], where: str, name: str, uri: str, caps: ArchiveCaps,
+                        classes: set[str] | None) -> Split:
     """A ``<split>.tar[.gz]`` beside the split folders, read (``path()``: fetched, for an object) only if the audit
     asks for that split."""
+    split = Split(name, where, lambda: None)
 
     def index():
         local = path()
-        splits = _archive_splits(local, uri, {name})
+        splits = _archive_splits(local, uri, {name}, caps, classes)
         if name not in splits:
             raise XichError(f"--data {uri}: archive {where} holds no {name}/<class>/<image> files")
+        split.digests = splits[name].digests
         return splits[name]._index
 
-    return Split(name, where, index)
+    split._index_fn = index
+    return split
 
 
 def _cifar_splits(kind: str, root: Path, uri: str) -> dict[str, Split]:

@@ -3,7 +3,8 @@
 Specs: ``cifar:resnet20|32|44|56`` (He et al. 2016 §4.2, option-A shortcuts), their trunks with a head that
 is not GAP → linear (``cifar:resnet20-flat``: Flatten → Linear, ``cifar:resnet20-mlp``: Flatten → Linear → ReLU →
 Linear), ``cifar:vit`` (a small patch-4 vision transformer for 32×32 inputs, torchvision's own class),
-``torchvision:<arch>`` (random init, ``weights=None``; classes from the dataset) and ``python:<module>:<callable>``.
+``torchvision:<arch>`` (random init, ``weights=None``; classes from the dataset) and ``python:<module>:<callable>``
+(a callable defined in that module, not one it imported).
 
 Where the target layer outputs tokens (B, N, D) rather than a map (B, C, H, W), :func:`map_transform` gives
 the reshape that pytorch-grad-cam applies to its activations and gradients (its ``reshape_transform``).
@@ -166,6 +167,9 @@ def _python_model(spec: str, rest: str, num_classes: int) -> nn.Module:
     if not callable(fn):
         raise XichError(f"--model {spec!r}: {module_name}.{attr} is a {type(fn).__name__}, not a callable that "
                         f"returns a torch.nn.Module")
+    if getattr(fn, "__module__", None) != module_name:  # an allowed module's imports are not its models
+        raise XichError(f"--model {spec!r}: {attr} is not defined in {module_name} (it comes from "
+                        f"{getattr(fn, '__module__', None) or 'elsewhere'}); name a callable defined in the module itself")
     model = _call_factory(fn, spec, attr, num_classes)
     if not isinstance(model, nn.Module):
         raise XichError(f"--model {spec!r}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")

@@ -7,7 +7,8 @@
 
 A POST is checked in this order; the first failure answers a 4xx with its reason and leaves no row behind:
 body size (413) and read time (408), delivery id and timestamp headers (400), signature (401), the timestamp's
-window (400), the JSON and its fields (400: NaN, nesting, names and versions bounded), a delivery id received
+window (400), the JSON and its fields (400: NaN, infinities, integers past Python's digit limit, nesting, names and
+versions bounded, split and class names that are not one folder's name), a delivery id received
 before (409; unless its claim stayed ``processing`` longer than XICH_HOOKS_CLAIM_STALE_S: a receiver killed
 mid-delivery, whose retry then takes the claim over). Both hooks sign as MLflow does (see
 :func:`sign`), each with its own secret and headers; a hook whose secret is unset answers 503.
@@ -21,6 +22,8 @@ its weights read from its source (hashed later, by the worker that audits them),
     200 audited      recorded before, its audit complete or running: nothing started
     200 ignored      an event or alias that starts no audit
     200 unmapped     the version maps to no audit (the reason says why)
+    409 conflict     the version was recorded by the other hook (MLflow or generic): one origin per version;
+                     nothing is remembered
     422 refused      authentic, but it cannot be audited as it stands (the reason says why): a spec kind or a
                      source outside the trust boundary (``boundary``, docs/security.md), bad settings, values
                      the database refuses; remembered, so a retry is answered 409
@@ -52,12 +55,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ..boundary import Outside, check_name, check_sources, check_spec, escape, parse_json
+from ..boundary import Outside, check_name, check_path_settings, check_sources, check_spec, escape, parse_json
 from ..records.deliveries import claim_delivery, forget_delivery, received_delivery, settle_delivery
 from ..errors import Unavailable, XichError
 from .mapping import NotMapped, read_mapping, resolve, tag_overrides
 from ..records.mlflow_registry import resolve_weights, version_facts, without_credentials
-from ..records.registration import REQUEST_SETTINGS, audit_status, register, registry_time
+from ..records.registration import REQUEST_SETTINGS, OriginConflict, audit_status, register, registry_time
 from ..run.context import Context, open_context
 from ..settings import HookSettings
 
@@ -254,6 +257,9 @@ class HookReceiver:
                                        f"{before.outcome if before else '?'}): nothing done again")
                 try:
                     answer = self._answer(announcement)
+                except OriginConflict as exc:  # another hook's version: refused, and nothing of it remembered
+                    _forget(session, delivery)
+                    raise Refused(409, str(exc)) from None
                 except DBAPIError as exc:
                     if _outage(exc):
                         _forget(session, delivery)
@@ -284,7 +290,7 @@ class HookReceiver:
             return self._register_and_start(announcement)
         except NotMapped as exc:
             return Answer(200, "unmapped", str(exc))
-        except Unavailable:
+        except (Unavailable, OriginConflict):
             raise
         except XichError as exc:
             return Answer(422, "refused", str(exc))
@@ -415,6 +421,12 @@ def parse_mlflow(doc: object) -> Announcement:
         tags = _field(data, "tags", (dict,), where, required=False) or {}
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
             raise Refused(400, f"{where}: 'tags' must map strings to strings")
+        if "xich.settings" in tags:
+            try:
+                tag_settings = parse_json(tags["xich.settings"], "tag xich.settings")
+            except Outside:
+                tag_settings = None  # refused as a whole when the version is resolved (422, with the mapping's words)
+            _path_settings(tag_settings, "tag xich.settings")
         # MLflow sends the event as the version is created: its time is the version's registry time
         return Announcement(event, name, version, source=source, run_id=run_id, tags=tags,
                             registered_at=sent_at if sent_at.tzinfo else sent_at.replace(tzinfo=timezone.utc))
@@ -438,6 +450,7 @@ def parse_generic(doc: object) -> Announcement:
     unknown = sorted(set(values["settings"] or {}) - set(REQUEST_SETTINGS))
     if unknown:
         raise Refused(400, f"settings: unknown key(s) {escape(', '.join(unknown), 200)}; use {', '.join(REQUEST_SETTINGS)}")
+    _path_settings(values["settings"], "settings")
     registered_at = None
     if values["created_at"] is not None:
         try:
@@ -456,6 +469,15 @@ def parse_generic(doc: object) -> Announcement:
     return Announcement(GENERIC_EVENT, values["model"], version, source=values["weights_uri"],
                         overrides={k: v for k, v in overrides.items() if v is not None},
                         metadata=_generic_metadata(values["metadata"]), registered_at=registered_at)
+
+
+def _path_settings(settings: object, where: str) -> None:
+    """Refused (400) before anything is claimed or read: a split or class name that would leave the dataset's
+    root (``"eval_split": "../../etc"``) — nothing is listed or stored for it (docs/security.md)."""
+    try:
+        check_path_settings(settings, where)
+    except Outside as exc:
+        raise Refused(400, str(exc)) from None
 
 
 def _generic_metadata(sent: dict | None) -> dict:

@@ -55,3 +55,12 @@ def history_table(rows: list, *, wide: bool) -> tuple[list[tuple[str, bool]], li
         cells.append(["-" if values[c] is None else f"{values[c]:.3f}" if isinstance(values[c], float)
                       else str(values[c]) for c in columns])
     return headings, cells
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a text cell starting so as a formula
+
+
+def csv_row(row) -> list:
+    """A history row for ``xich history --csv``: a text cell (a model version, a class name: outside input) that
+    starts like a formula gets a leading ``'``, which spreadsheets show as text; numbers stay numbers (-0.5 too)."""
+    return [f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v for v in row]

@@ -47,7 +47,7 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
     recorded version (None: the caller is no command line, e.g. a registry hook).
 
     ``registered_at``: the registry's creation time of the version, which orders versions in the
-    history views (else the time the version was first recorded).
+    history views (else the time the version was first recorded); set once, never moved by a later registration.
 
     ``weights_sha256`` None with a ``weights_uri``: weights not hashed yet (the hooks receiver answers before a
     multi-GB checkpoint could be hashed); the first caller that gives the hash for the same spec and URI records it,
@@ -86,7 +86,7 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
         mv.labels, mv.labels_source = labels, labels_source
     if registry_metadata is not None and registry_metadata != mv.registry_metadata:
         mv.registry_metadata = registry_metadata
-    if registered_at is not None:
+    if registered_at is not None and mv.registered_at is None:  # set once: a later announcement cannot move it
         mv.registered_at = registered_at
     return mv
 
@@ -411,6 +411,24 @@ def finish_run(*, session: Session, run: AuditRun, classes: list[str], resolved_
     run.mean_spearman, run.resolved_config = summary["mean_spearman"], resolved_config
     run.status, run.finished_at = "complete", utcnow()
     run.timings = {**(run.timings or {}), **timings}
+    session.commit()
+
+
+UNPUBLISHED = "not published: "  # the error of a complete run whose publish failed (mark_published)
+
+
+def mark_published(*, session: Session, run_id: str, error: str | None) -> None:
+    """Whether a complete run's document and report reached the store. ``error`` (the publish failed): a complete
+    run becomes ``failed`` with ``not published: ERROR``, so that no run is complete with nothing in the store; the
+    next audit with its settings finds every class stored, finishes it again and publishes (the nightly flow retries
+    it like any failed run). None (published): a run failed that way alone is complete again (a retried publish).
+    Committed."""
+    session.rollback()
+    run = session.get(AuditRun, run_id)
+    if run is not None and error is not None and run.status == "complete":
+        run.status, run.error = "failed", UNPUBLISHED + error
+    elif run is not None and error is None and run.status == "failed" and (run.error or "").startswith(UNPUBLISHED):
+        run.status, run.error = "complete", None
     session.commit()
 
 

@@ -31,6 +31,35 @@ REQUEST_SETTINGS = tuple(sorted({f.name for f in fields(AuditConfig)} - {"model"
                                 | {"clustering"}))
 
 
+class OriginConflict(XichError):
+    """A version recorded by one registry hook, announced again by the other (a 409 at the receiver)."""
+
+
+HOOK_ORIGINS = {"mlflow": "the MLflow hook", "generic": "the generic hook"}
+
+
+def registry_origin(metadata: dict | None) -> str | None:
+    """Which hook recorded a version's registry metadata: ``mlflow`` (the MLflow hook's ``registry`` key),
+    ``generic`` (the generic hook's ``hook`` key), None for the operator's (``xich register``, ``xich audit``)."""
+    if not metadata:
+        return None
+    if metadata.get("registry") == "mlflow":
+        return "mlflow"
+    return "generic" if metadata.get("hook") == "generic" else None
+
+
+def check_origin(*, session: Session, model: str, version: str, registry_metadata: dict | None) -> None:
+    """One origin per model version: a version the MLflow hook recorded cannot be recorded again by the generic
+    hook, nor the reverse (the generic secret's holder would otherwise rewrite an MLflow version's metadata, which
+    the write-back reads, and its registry time). OriginConflict names both."""
+    recorded = version_metadata(session=session, model_name=model, version=version)
+    was, now = registry_origin(recorded), registry_origin(registry_metadata)
+    if was is not None and now is not None and was != now:
+        raise OriginConflict(f"{escape(model)} {escape(version)} was recorded by {HOOK_ORIGINS[was]}; "
+                             f"{HOOK_ORIGINS[now]} cannot record it again (one origin per model version): "
+                             f"announce it as a new version")
+
+
 @dataclass(frozen=True)
 class RequestedAudit:
     """A registered version's audit request: what :func:`register` records and returns (as :meth:`parameters`, the
@@ -115,6 +144,7 @@ def register(*, records: Records, model: str, version: str, model_spec: str, wei
     preflight(model_spec=model_spec, weights=weights_path, dataset_uri=dataset_uri, settings=settings)
     engine = records.engine
     with Session(engine) as session, named_lock(engine, "xich:register"):
+        check_origin(session=session, model=model, version=version, registry_metadata=registry_metadata)
         register_version(session=session, name=model, version=version, spec=model_spec, weights_uri=weights_uri,
                          weights_sha256=file_sha256(weights_path) if weights_path and hash_weights else None,
                          dataset_uri=dataset_uri, settings=settings, registry_metadata=registry_metadata,

@@ -15,6 +15,9 @@ import matplotlib
 import matplotlib.ticker
 
 matplotlib.use("Agg")
+# class, cluster and version names reach titles and legends (here and in history_report, which imports this module):
+# outside text, never mathtext to interpret (a class folder named a$\nosuchcmd{$b crashed every figure)
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

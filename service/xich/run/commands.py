@@ -17,6 +17,7 @@ import json
 import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def audit_here(ctx: Context, config: AuditConfig, *, record: dict | None, report
             yield cls
 
     if record is None:
-        opened = open_audit(config, ctx.data_source(config.data), max_side_factor=ctx.settings.image_max_side_factor)
+        opened = open_audit(config, ctx.data_source(config.data), **ctx.settings.data_limits())
         result = assemble_result(opened, list(computed(opened, audit_classes(opened), len(opened.classes))),
                                  uuid.uuid4().hex)
         return LocalAudit(result, opened, False, examples)
@@ -110,19 +111,20 @@ def write_outputs(ctx: Context, done: LocalAudit, *, json_path: str | None = Non
         write_atomically(oversample_path, json.dumps(weights, indent=1, sort_keys=True), what=oversample_path)
         yield (f"wrote {oversample_path}: {len(weights)} training image(s) of the flagged looks, for "
                f"`xich train --oversample {oversample_path}`")
-    if report_dir:
-        from ..engine.audit import explain_stored
-        from ..reports.report import collect_examples, write_report
+    from .publish import publish_run, publishing
 
-        stored = [cls for cls in result.classes if cls.name not in done.examples]  # read back, not recomputed
-        for cls, explain in explain_stored(done.opened, stored) if stored else ():
-            done.examples[cls.name] = collect_examples(cls, explain)
-        yield f"wrote {write_report(result, report_dir, done.examples, model=model, version=version)}"
-    if done.recorded:
-        from .publish import publish_run
+    with publishing(ctx, result.run_id) if done.recorded else nullcontext():  # failed: the run is not left complete
+        if report_dir:
+            from ..engine.audit import explain_stored
+            from ..reports.report import collect_examples, write_report
 
-        keys = publish_run(ctx, result, report_dir=report_dir)
-        yield f"stored {len(keys)} file(s) under {ctx.settings.store_url.rstrip('/')}/runs/{result.run_id}/"
+            stored = [cls for cls in result.classes if cls.name not in done.examples]  # read back, not recomputed
+            for cls, explain in explain_stored(done.opened, stored) if stored else ():
+                done.examples[cls.name] = collect_examples(cls, explain)
+            yield f"wrote {write_report(result, report_dir, done.examples, model=model, version=version)}"
+        if done.recorded:
+            keys = publish_run(ctx, result, report_dir=report_dir)
+            yield f"stored {len(keys)} file(s) under {ctx.settings.store_url.rstrip('/')}/runs/{result.run_id}/"
 
 
 def start_registered(ctx: Context, parameters: dict, *, shards: int = 1) -> str:

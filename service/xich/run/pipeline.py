@@ -288,7 +288,7 @@ def open_recorded_run(ctx: Context, config: AuditConfig, *, model_name: str | No
     engine, cache_dir = ctx.engine, ctx.settings.cache_dir  # (migrated on first use) before the first forward pass
     session = ctx.session(expire_on_commit=False)
     try:
-        opened = open_audit(config, ctx.data_source(config.data), max_side_factor=ctx.settings.image_max_side_factor)
+        opened = open_audit(config, ctx.data_source(config.data), **ctx.settings.data_limits())
         t0 = time.perf_counter()
         splits = [opened.eval_split] + ([opened.train_split] if opened.train_split is not None else [])
         fingerprint, n_images = content_fingerprint(splits, Path(cache_dir) if cache_dir else None)

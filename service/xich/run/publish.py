@@ -9,11 +9,38 @@ from __future__ import annotations
 import json
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..engine.audit import OpenedAudit, explain_stored
+from ..errors import Unavailable, XichError
 from ..result import AuditResult
 from .context import Context
+
+
+@contextmanager
+def publishing(ctx: Context, run_id: str) -> Iterator[None]:
+    """Around writing and publishing a complete run's report and document: on a failure the run is marked ``failed``
+    (``persist.mark_published``) — never complete with an empty store — and the failure is one XichError that says
+    the next audit publishes it (Unavailable, a store that may answer a retry, is raised as it is); on success a run
+    failed so before (a retried publish) is complete again."""
+    from sqlalchemy.orm import Session
+
+    from ..records.persist import mark_published
+
+    try:
+        yield
+    except Exception as exc:
+        cause = str(exc) if isinstance(exc, XichError) else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        with Session(ctx.engine) as session:
+            mark_published(session=session, run_id=run_id, error=cause)
+        if isinstance(exc, Unavailable):
+            raise
+        raise XichError(f"run {run_id} is computed and stored, but its report or document could not be published "
+                        f"({cause}); the run is marked failed: run the same audit again to publish it") from None
+    with Session(ctx.engine) as session:
+        mark_published(session=session, run_id=run_id, error=None)
 
 
 def publish_run(ctx: Context, result: AuditResult, *, report_dir: str | Path | None = None) -> list[str]:
@@ -43,7 +70,7 @@ def publish_with_report(ctx: Context, result: AuditResult, opened: OpenedAudit, 
     document; returns the report page's URI in the store."""
     from ..reports.report import collect_examples, write_report
 
-    with tempfile.TemporaryDirectory(prefix="xich-report-") as tmp:
+    with publishing(ctx, result.run_id), tempfile.TemporaryDirectory(prefix="xich-report-") as tmp:
         examples = {cls.name: collect_examples(cls, explain) for cls, explain in explain_stored(opened, result.classes)}
         write_report(result, tmp, examples, model=model, version=version)
         publish_run(ctx, result, report_dir=tmp)

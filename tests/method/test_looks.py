@@ -101,3 +101,41 @@ def test_every_signal_has_a_rule():
         flag_looks(s, scores=np.array([0.6, 0.4]), baselines={k: v[:2] for k, v in BASE.items()},
                    ratio=np.array([1.0, 0.2]), eval_sizes=np.array([10, 10]), p_values_holm=np.ones((2, 2)),
                    dominance=np.full((2, 2), 0.5))
+
+
+def _evidence(pairs, deficit, se):
+    return {"significant_pairs": pairs, "score_spread": 0.2, "spearman_score_train_share": None, "look": 0,
+            "accuracy_deficit": deficit, "deficit_se": se}
+
+
+def test_above_the_null_needs_a_deficit_beyond_twice_the_combined_error():
+    from xich.method.looks import null_comparison
+
+    # 0.30 - 0.05 = 0.25 > 2 * hypot(0.04, 0.03) = 0.10
+    verdict = null_comparison(_evidence(9, 0.30, 0.04), _evidence(3, 0.05, 0.03))
+    assert verdict["above_null"] and verdict["pairs_above_null"]
+    assert verdict["model"]["significant_pairs"] == 9 and verdict["significant_pairs"] == 3
+    # 0.12 - 0.05 = 0.07 < 0.10: not above, whatever the pairs
+    verdict = null_comparison(_evidence(9, 0.12, 0.04), _evidence(3, 0.05, 0.03))
+    assert not verdict["above_null"] and not verdict["pairs_above_null"]
+    # a random network: as weak nowhere as the null, more significant pairs than one null draw — no evidence
+    verdict = null_comparison(_evidence(9, 0.0, 0.005), _evidence(0, 0.0, 0.003))
+    assert not verdict["above_null"] and not verdict["pairs_above_null"]
+    # above by the deficit, but the null reaches the pairs
+    verdict = null_comparison(_evidence(4, 0.30, 0.04), _evidence(4, 0.05, 0.03))
+    assert verdict["above_null"] and not verdict["pairs_above_null"]
+
+
+def test_class_evidence_by_hand():
+    from xich.method.looks import class_evidence
+
+    # accuracy over the class: (0.9*40 + 0.5*40 + 0.8*20) / 100 = 0.72; the flagged look 1 (0.5): deficit 0.22;
+    # its error with one success and one failure added: p = 21/42 = 0.5, sqrt(0.25/40)
+    ev = class_evidence(significant_pairs=2, scores=np.array([0.6, np.nan, 0.4]), accuracy=BASE["accuracy"],
+                        eval_sizes=SIZES, flagged=[1], spearman=0.5)
+    assert ev["look"] == 1 and ev["accuracy_deficit"] == pytest.approx(0.22)
+    assert ev["deficit_se"] == pytest.approx(np.sqrt(0.25 / 40))
+    assert ev["score_spread"] == pytest.approx(0.2) and ev["significant_pairs"] == 2
+    # nothing flagged: the least accurate cluster stands in
+    assert class_evidence(significant_pairs=0, scores=np.zeros(3), accuracy=BASE["accuracy"], eval_sizes=SIZES,
+                          flagged=[], spearman=None)["look"] == 1

@@ -44,8 +44,8 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-control", dest="control", action="store_false",
                    help="skip the randomized control (the same mosaics under the architecture re-initialised)")
     p.add_argument("--looks", choices=LOOK_SIGNALS,
-                   help=f"the signal that flags the looks the model under-learned (default {DEFAULT_LOOKS}: "
-                        f"under-represented in training and weaker than the class; docs/science.md, section 9)")
+                   help=f"the signal that flags the looks the model under-learned (default {DEFAULT_LOOKS}: a "
+                        f"training share under half the evaluation share; docs/science.md, section 9)")
     p.add_argument("--no-null", dest="null", action="store_false",
                    help="skip the null model (the architecture with random weights audited end to end, stored once "
                         "and reused by every version)")

@@ -129,13 +129,10 @@ def test_above_the_null_needs_a_deficit_beyond_twice_the_combined_error():
 def test_class_evidence_by_hand():
     from xich.method.looks import class_evidence
 
-    # accuracy over the class: (0.9*40 + 0.5*40 + 0.8*20) / 100 = 0.72; the flagged look 1 (0.5): deficit 0.22;
-    # its error with one success and one failure added: p = 21/42 = 0.5, sqrt(0.25/40)
+    # accuracy over the class: (0.9*40 + 0.5*40 + 0.8*20) / 100 = 0.72; the weakest look 1 (0.5): deficit 0.22,
+    # whatever is flagged; its error with one success and one failure added: p = 21/42 = 0.5, sqrt(0.25/40)
     ev = class_evidence(significant_pairs=2, scores=np.array([0.6, np.nan, 0.4]), accuracy=BASE["accuracy"],
-                        eval_sizes=SIZES, flagged=[1], spearman=0.5)
-    assert ev["look"] == 1 and ev["accuracy_deficit"] == pytest.approx(0.22)
+                        eval_sizes=SIZES, flagged=[2, 0], spearman=0.5)
+    assert ev["look"] == 1 and ev["accuracy_deficit"] == pytest.approx(0.22) and ev["looks_flagged"] == 2
     assert ev["deficit_se"] == pytest.approx(np.sqrt(0.25 / 40))
     assert ev["score_spread"] == pytest.approx(0.2) and ev["significant_pairs"] == 2
-    # nothing flagged: the least accurate cluster stands in
-    assert class_evidence(significant_pairs=0, scores=np.zeros(3), accuracy=BASE["accuracy"], eval_sizes=SIZES,
-                          flagged=[], spearman=None)["look"] == 1

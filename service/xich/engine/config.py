@@ -10,11 +10,11 @@ from ..errors import XichError
 from ..method.cam_methods import CAM_METHODS, FAST_METHODS
 
 # The per-cluster signals an audit can lead with (method.looks.SIGNALS; kept here so that this module loads no numpy)
-# and the one it leads with by default: the signal bench/rare_looks.py found best at finding rare looks (docs/science.md,
-# section 9).
+# and the one it leads with by default: the one bench/rare_looks.py found best at finding the rare look against ground
+# truth, with the fewest false flags on balanced data (docs/science.md, section 9).
 LOOK_SIGNALS = ("least_dominant", "lowest_mean_logit", "lowest_accuracy", "lowest_margin",
                 "under_represented", "weak_under_represented")
-DEFAULT_LOOKS = "weak_under_represented"
+DEFAULT_LOOKS = "under_represented"
 
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),

@@ -155,10 +155,12 @@ def class_evidence(*, significant_pairs: int, scores: np.ndarray, accuracy: np.n
                    flagged: list[int], spearman: float | None) -> dict:
     """What one audit of a class shows, in the numbers compared with the null model's (:func:`null_comparison`).
 
-    ``look``: the first flagged cluster, else the cluster of lowest accuracy (a look must be named to be weighed);
+    ``look``: the class's weakest look, the cluster of lowest accuracy (a flagged look may be rare yet learnt; the
+    question here is whether the model is weak anywhere beyond what a network that knows nothing shows);
     ``accuracy_deficit``: the class's accuracy over all its evaluation images minus that look's, with its standard
     error ``deficit_se`` (the look's binomial error, with one success and one failure added so that 0 % and 100 %
-    have a spread); ``score_spread``: the range of the hierarchy scores.
+    have a spread); ``looks_flagged``: how many looks the signal flags; ``score_spread``: the range of the
+    hierarchy scores.
     """
     scores = np.asarray(scores, dtype=np.float64)
     accuracy = np.asarray(accuracy, dtype=np.float64)
@@ -166,11 +168,12 @@ def class_evidence(*, significant_pairs: int, scores: np.ndarray, accuracy: np.n
     scored = scores[~np.isnan(scores)]
     out = {"significant_pairs": int(significant_pairs),
            "score_spread": float(np.ptp(scored)) if scored.size > 1 else None,
-           "spearman_score_train_share": spearman, "look": None, "accuracy_deficit": None, "deficit_se": None}
+           "spearman_score_train_share": spearman, "looks_flagged": len(flagged), "look": None,
+           "accuracy_deficit": None, "deficit_se": None}
     known = ~np.isnan(accuracy) & (sizes > 0)
     if not known.any():
         return out
-    look = flagged[0] if flagged and known[flagged[0]] else int(np.flatnonzero(known)[np.argmin(accuracy[known])])
+    look = int(np.flatnonzero(known)[np.argmin(accuracy[known])])
     overall = float((accuracy[known] * sizes[known]).sum() / sizes[known].sum())
     n, right = sizes[look], accuracy[look] * sizes[look]
     p = (right + 1.0) / (n + 2.0)
@@ -182,7 +185,7 @@ def null_comparison(model: dict, null: dict) -> dict:
     """Where a class's evidence stands against the null model's (both from :func:`class_evidence`).
 
     Returns the null's numbers, the model's under ``model``, and two verdicts:
-    ``above_null`` — the model's flagged look falls short of the class by more than the null's does, by more than
+    ``above_null`` — the model's weakest look falls short of the class by more than the null's does, by more than
     twice the combined standard error: (deficit_model − deficit_null) > 2·√(se_model² + se_null²). A network that
     knows nothing is as weak on every look, so a look it also finds weak says nothing about the trained model.
     ``pairs_above_null`` — the class stands above the null and has more significant pairs than it. A hierarchy's

@@ -19,6 +19,8 @@ from .settings import describe_error
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+# the width outside a terminal: wide enough that no table is cut (a cut cell ends in "…", a number in a log too)
+LOG_WIDTH = 1000
 
 
 def _audit_parser(sub: argparse._SubParsersAction) -> None:
@@ -75,7 +77,8 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(**{f.name: f.default for f in fields(AuditConfig) if f.name not in ("model", "data", "weights")})
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``xich`` parser: one subcommand each (the hints' options are checked against these in the tests)."""
     parser = argparse.ArgumentParser(prog="xich", description="XAI-based intra-class hierarchies of image classifiers")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,7 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="xich-demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=8)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for console in (out, err):  # outside a terminal (a log, a pipe): tables at full width, never cut to 80 columns
+        if not console.is_terminal:
+            console.width = LOG_WIDTH
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings would precede our one error line
     commands = {"audit": cmd_audit, "register": cmd_register, "serve-hooks": cmd_serve_hooks, "db": cmd_db,
@@ -153,14 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         err.print("interrupted")
         return 130
     except Exception as exc:
-        if (message := error_line(exc)) is None:
+        if (message := error_line(exc, args.command)) is None:
             raise
         err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         return 2
 
 
-def error_line(exc: Exception) -> str | None:
-    """The one line shown for an error the user can fix; None for a bug (its traceback is shown)."""
+def error_line(exc: Exception, command: str = "audit") -> str | None:
+    """The one line shown for an error of ``command`` the user can fix; None for a bug (its traceback is shown).
+    A hint names only options that ``command`` has."""
     if isinstance(exc, XichError):
         return str(exc)
     if isinstance(exc, ValidationError):  # a setting from the environment (XICH_*): never its value (a secret?)
@@ -169,11 +180,13 @@ def error_line(exc: Exception) -> str | None:
         return f"{exc.filename or ''}: {exc.strerror or exc}; check the path and its permissions"
     if isinstance(exc, SQLAlchemyError):
         return (f"results database (XICH_DATABASE_URL): {str(exc).splitlines()[0]}; check that the server runs and "
-                f"the URL is right, or use --no-db")
+                f"the URL is right" + (", or use --no-db" if command == "audit" else ""))
     torch = sys.modules.get("torch")  # not imported for this: if torch never ran, nothing ran out of device memory
     if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
         first = ". ".join(" ".join(str(exc).split()).split(". ")[:2]).rstrip(".")  # "CUDA out of memory. Tried…"
-        return f"out of memory on the device ({first}); lower --batch-size or use --device cpu"
+        fix = {"audit": "lower --batch-size or use --device cpu", "train": "lower --batch-size or use --device cpu",
+               "register": "lower \"batch_size\" in --settings"}.get(command, "free the device's memory")
+        return f"out of memory on the device ({first}); {fix}"
     return None
 
 

@@ -28,7 +28,7 @@ AUGMENT = "rot180"
 # The trained weights depend on the order of floating-point sums, so on the number of torch threads: measured on
 # 2026-12-01 (seed 0, 2-core machine), v1 trained with 2 threads reproduces the README's run (the rare look's cluster
 # last in 4 of 4 classes, moved up in 4 of 4 in v2), while with 1 thread v1 learnt the rare look (found in 0 of 4).
-# The demo therefore trains with a fixed count on every machine.
+# The demo therefore trains (and audits: the scores' sums too) with a fixed count on every machine.
 TRAIN_THREADS = 2
 
 
@@ -65,6 +65,15 @@ def locate_rare(result: AuditResult, truth: dict) -> list[RareFinding]:
     return findings
 
 
+def training_line(step: int, version: str, epochs: int, augment: str, oversampled: float | None) -> str:
+    """The line that announces a training: on the data as written (each class's rare look rare), or with the rare
+    look oversampled ``oversampled`` times."""
+    how = ("on the data as written (each class's rare look rare)" if oversampled is None
+           else f"with the rare look oversampled x{oversampled:.1f}")
+    return (f"{step}/6 training {version}: {MODEL}, {epochs} epochs (AdamW, label smoothing, warm-up + cosine; "
+            f"augmentation {augment}) {how}")
+
+
 def run_demo(out: str | Path, seed: int = 0, epochs: int = 8, say=print, augment: str = AUGMENT,
              spec: SynthSpec | None = None) -> dict[str, tuple[AuditResult, list[RareFinding]]]:
     """Run the whole demo under ``out`` (its database, store and reports too); ``say`` receives the
@@ -80,8 +89,8 @@ def run_demo(out: str | Path, seed: int = 0, epochs: int = 8, say=print, augment
 
     # the demo's own database, store and cache: a context of its own, the caller's environment untouched
     with context(Settings(database_url=f"sqlite:///{out / 'xich.db'}", store_url=str(out / "store"),
-                          cache_dir=str(out / "cache"))) as ctx:
-        return _versions(ctx, out, spec, seed, epochs, say, augment)
+                          cache_dir=str(out / "cache"))) as ctx, _torch_threads(TRAIN_THREADS):
+        return _versions(ctx, out, spec, seed, epochs, say, augment)  # trained and audited: the same on a machine
 
 
 @contextmanager
@@ -107,14 +116,11 @@ def _versions(ctx, out: Path, spec: SynthSpec, seed: int, epochs: int, say, augm
     factor = balancing_factor(spec)
     results = {}
     for step, version, oversample in ((2, "v1", None), (4, "v2", oversampling_weights(truth, factor))):
-        how = "as before" if oversample is None else f"with the rare look oversampled x{factor:.1f}"
-        say(f"{step}/6 training {version}: {MODEL}, {epochs} epochs (AdamW, label smoothing, warm-up + cosine; "
-            f"augmentation {augment}) {how}")
+        say(training_line(step, version, epochs, augment, None if oversample is None else factor))
         weights = out / f"{version}.pt"
-        with _torch_threads(TRAIN_THREADS):
-            train(TrainConfig(data=str(out / "data"), model=MODEL, out=str(weights), epochs=epochs, seed=seed,
-                              augment=augment, oversample=oversample),
-                  on_epoch=lambda e, loss, acc: say(f"    epoch {e}: loss {loss:.3f}  eval accuracy {acc:.3f}"))
+        train(TrainConfig(data=str(out / "data"), model=MODEL, out=str(weights), epochs=epochs, seed=seed,
+                          augment=augment, oversample=oversample),
+              on_epoch=lambda e, loss, acc: say(f"    epoch {e}: loss {loss:.3f}  eval accuracy {acc:.3f}"))
         clustering = "own" if version == "v1" else "auto (v1's, the model's reference clustering)"
         say(f"{step + 1}/6 audit of {version} (the audit-model-version flow's sequence, in this process): "
             f"P={spec.subgroups}, J=25, 12 images per class in per-image mode, clustering {clustering}")

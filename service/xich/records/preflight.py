@@ -153,7 +153,7 @@ def check_classes(dataset_uri: str, classes: list[str] | str | None, eval_split:
     missing = [c for c in classes if c not in found]
     if missing:
         raise XichError(f"settings: class(es) {', '.join(missing)} are not in split {split!r} of dataset "
-                        f"{dataset_uri}; ask only for classes of that split")
+                        f"{dataset_uri}; ask only for classes of that split (available: {', '.join(sorted(found))})")
 
 
 def _split_classes(root: Path, split: str) -> set[str] | None:

@@ -120,15 +120,13 @@ def start_registered(ctx: Context, parameters: dict, *, shards: int = 1) -> str:
 
         done = audit_registered(ctx, parameters)
         return f"audited: run {done['run_id']}, report {done['report']}"
-    from .deploy import start_run
+    from .deploy import start_run, why_not_started
 
     try:
         run = start_run(settings, {**parameters, "shards": shards})
     except Exception as exc:  # ObjectNotFound, a server that does not answer…
-        raise XichError(f"the version is registered, but its audit did not start: Prefect at "
-                        f"{settings.prefect_api_url} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                        f"deploy the flows (`prefect --no-prompt deploy --all`) or unset PREFECT_API_URL to audit "
-                        f"here; the nightly audit-new-versions flow will also pick it up") from None
+        raise XichError(f"the version is registered, but its audit did not start: {why_not_started(settings, exc)}; "
+                        f"the nightly audit-new-versions flow will also pick it up") from None
     return f"audit started: flow run {run.name} ({run.id}) of deployment {settings.audit_deployment}"
 
 

@@ -29,7 +29,7 @@ def test_history_report_through_the_cli(two_versions, database_url, tmp_path, mo
     out = tmp_path / "history"
     assert main(["history", "--model", "shapes", "--report", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "dominance history of shapes" in printed and f"wrote {out / 'index.html'}" in printed
+    assert "drift of shapes between consecutive versions" in printed and f"wrote {out / 'index.html'}" in printed
     page = out / "index.html"
     text_ = page.read_text()
 

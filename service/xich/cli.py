@@ -113,9 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("history", help="dominance history of a model across its audited versions")
     p.add_argument("--model", required=True, help="model name (as recorded with --model-name)")
     p.add_argument("--class", dest="class_name", help="only this class")
-    p.add_argument("--csv", action="store_true", help="CSV on standard output instead of a table")
-    p.add_argument("--wide", action="store_true", help="every column (run id, cluster key, times); default: a table "
-                                                       "that fits 100 columns")
+    p.add_argument("--rows", action="store_true", help="after the drift, each version's per-cluster rows (a table "
+                                                       "that fits 100 columns)")
+    p.add_argument("--csv", action="store_true", help="the per-cluster rows as CSV on standard output, no drift")
+    p.add_argument("--wide", action="store_true", help="the per-cluster rows with every column (run id, cluster key, "
+                                                       "times)")
     p.add_argument("--report", metavar="DIR", help="write an HTML page of the model's history here")
     p = sub.add_parser("synth", help="write the planted-bias image dataset")
     p.add_argument("--out", required=True)
@@ -283,14 +285,15 @@ def cmd_clustering(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    """The drift between consecutive versions first (what moved, by how much), then the rows on request."""
     import csv
 
-    from .records.history import HISTORY_COLUMNS, history_table
+    from .records.history import HISTORY_COLUMNS, drift_tables, history_table
     from .run.commands import history
     from .run.context import context
 
     with context() as ctx:
-        rows, page = history(ctx, model=args.model, class_name=args.class_name, report_dir=args.report)
+        rows, drift, page = history(ctx, model=args.model, class_name=args.class_name, report_dir=args.report)
     if args.csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(HISTORY_COLUMNS)
@@ -298,20 +301,43 @@ def cmd_history(args: argparse.Namespace) -> int:
         if page is not None:
             err.print(f"wrote {page}", highlight=False)  # standard output stays CSV
         return 0
-    headings, cells = history_table(rows, wide=args.wide)
-    table = Table(title=f"dominance history of {args.model}", title_justify="left")
+    out.print(f"[bold]drift of {args.model} between consecutive versions[/]\n(clusters matched by key on one "
+              f"clustering; rank 0 = most dominant; each signal before→after)", highlight=False)
+    for drifted in drift_tables(drift):
+        out.print(f"\n{drifted.title}", highlight=False)
+        for line in drifted.lines:
+            out.print(line, highlight=False)
+        out.print(_table(drifted.headings, drifted.cells))
+    if not drift:
+        versions = sorted({r.model_version for r in rows})
+        out.print(f"no drift yet: it needs two versions audited on one clustering with the same settings (audited: "
+                  f"{', '.join(versions)}); later versions use the model's reference clustering by default "
+                  f"(`xich clustering show --model {args.model}`)", highlight=False)
+    if args.rows or args.wide or not drift:
+        headings, cells = history_table(rows, wide=args.wide)
+        table = _table(headings, cells, title=f"dominance history of {args.model}")
+        (Console(width=max(out.width, 220)) if args.wide else out).print(table)  # --wide: never cut, however narrow
+        if not args.wide:
+            out.print("run: its first 8 digits; cluster: <run whose clustering it is>/<index>; train: the cluster's\n"
+                      "share of the class's training images; eval: its evaluation images; --wide: every column,\n"
+                      "--csv: as CSV", highlight=False)
+    else:
+        out.print("--rows: each version's per-cluster rows; --report DIR: the history page", highlight=False)
+    if page is not None:
+        out.print(f"wrote {page}", highlight=False)
+    return 0
+
+
+def _table(headings: list[tuple[str, bool]], cells: list[list[str]], title: str | None = None) -> Table:
+    """A rich table of text cells; (heading, right-aligned) per column."""
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for heading, numeric in headings:
         table.add_column(heading, justify="right" if numeric else "left")
     for row in cells:
         table.add_row(*row)
-    (Console(width=max(out.width, 220)) if args.wide else out).print(table)  # --wide: never cut, however narrow
-    if not args.wide:
-        out.print("run: its first 8 digits; cluster: <run whose clustering it is>/<index>; train: the cluster's share "
-                  "of the class's training images; eval: its evaluation images; --wide: every column, --csv: as CSV",
-                  highlight=False)
-    if page is not None:
-        out.print(f"wrote {page}", highlight=False)
-    return 0
+    return table
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

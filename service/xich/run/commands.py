@@ -153,17 +153,18 @@ def train_to(ctx: Context, out: str, *, create_bucket: bool = False, on_epoch=No
 
 
 def history(ctx: Context, *, model: str, class_name: str | None = None, report_dir: str | None = None
-            ) -> tuple[list, object]:
-    """``xich history``: the model's dominance history (``records.history.model_history``) and, with
-    ``report_dir``, the path of its history page; XichError when nothing is recorded (no database file is
-    created for asking)."""
-    from ..records.history import model_history
+            ) -> tuple[list, list, object]:
+    """``xich history``: the model's dominance history (``records.history.model_history``), its drift between
+    consecutive versions (``records.history.version_drift``) and, with ``report_dir``, the path of its history page;
+    XichError when nothing is recorded (no database file is created for asking)."""
+    from ..records.history import model_history, version_drift
     from .context import existing_database
 
     existing_database(ctx.settings)  # before the engine (and the migration) would create the file
     page = None
     with ctx.session() as session:
         rows = model_history(session, model_name=model, class_name=class_name)
+        drift = version_drift(session, model_name=model, class_name=class_name) if rows else []
         if rows and report_dir:
             from ..reports.history_report import write_history_report
             from .publish import report_uri
@@ -175,7 +176,7 @@ def history(ctx: Context, *, model: str, class_name: str | None = None, report_d
         raise XichError(f"--model {model}: no complete audit recorded under that name"
                         + (f" for class {class_name}" if class_name else "")
                         + "; record one with `xich audit --model-name NAME`")
-    return rows, page
+    return rows, drift, page
 
 
 def show_references(ctx: Context, *, model: str) -> list[str]:

@@ -131,9 +131,9 @@ def _versions(ctx, out: Path, spec: SynthSpec, seed: int, epochs: int, say, augm
         findings = locate_rare(result, truth)
         results[version] = (result, findings, done["report"])
         for f, cls in zip(findings, result.classes):
-            say(f"    {f.class_name:9s} hierarchy {' > '.join(map(str, cls.hierarchy))}   rare look {f.rare_subgroup}: "
-                f"{f.rare_in_cluster}/{f.rare_total} of its test images in cluster {f.cluster}, "
-                f"rank {f.rank} of {f.n_clusters}, train share {_num(f.train_share)}")
+            say(f"    {f.class_name:9s} hierarchy {' > '.join(map(str, cls.hierarchy)) or '- (no evidence)'}   rare look "
+                f"{f.rare_subgroup}: {f.rare_in_cluster}/{f.rare_total} of its test images in cluster {f.cluster}, "
+                f"rank {_num(f.rank)} of {f.n_clusters}, train share {_num(f.train_share)}")
         if version == "v1":  # its first complete audit: v1's clustering is the reference, with no command
             say(f"    v1's clustering is the model's reference: v2 is audited on the same clusters; "
                 f"report {done['report']}")
@@ -146,7 +146,7 @@ def _versions(ctx, out: Path, spec: SynthSpec, seed: int, epochs: int, say, augm
     lines.append(f"significant losses of those clusters (Holm p < 0.05): {losses[0]} in v1 -> {losses[1]} in v2")
     say("6/6 history of the rare looks' clusters (rank 0 = most dominant; losses: clusters that beat it significantly):")
     for a, b in zip(v1, v2):
-        say(f"    {a.class_name:9s} cluster {a.cluster}: rank {a.rank} -> {b.rank}, score {_num(a.score)} -> "
+        say(f"    {a.class_name:9s} cluster {a.cluster}: rank {_num(a.rank)} -> {_num(b.rank)}, score {_num(a.score)} -> "
             f"{_num(b.score)}, losses {a.losses} -> {b.losses}, train share {_num(a.train_share)} -> {_num(b.train_share)}")
     page = _write_pages(ctx, out, results, lines)
     for line in lines:
@@ -161,8 +161,9 @@ def _versions(ctx, out: Path, spec: SynthSpec, seed: int, epochs: int, say, augm
 DEMO_MODEL = "demo-shapes"
 
 
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
+def _num(x: float | int | None) -> str:
+    """A number as the demo prints it (a rank whole, a score or share to 3 places); ``-`` where there is none."""
+    return "-" if x is None else str(x) if isinstance(x, int) else f"{x:.3f}"
 
 
 def _stored(ctx, run_id: str) -> AuditResult:
@@ -177,11 +178,16 @@ def _write_pages(ctx, out: Path, results: dict, lines: list[str]) -> Path:
     from .reports.history_report import write_history_report
     from .reports.report import write_page
 
-    history = write_history_report(session_or_engine=ctx.engine, model_name=DEMO_MODEL, out_dir=out / "history")
+    from .run.publish import report_link
+
+    # every link relative: the demo's folder moved, or served over HTTP, keeps them working
+    history = write_history_report(session_or_engine=ctx.engine, model_name=DEMO_MODEL, out_dir=out / "history",
+                                   report_uri=lambda run_id: report_link(ctx, run_id, page_dir=out / "history"))
     parts = ["<h1>XICH demo: v1 → v2</h1>", "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines),
              f"<p><a href='../{history.parent.name}/index.html'>history of {DEMO_MODEL} across versions</a></p>"]
-    for version, (result, findings, report_uri) in results.items():
-        parts.append(f"<h2>{version}: <a href='{html.escape(report_uri)}'>audit report</a> (run {result.run_id})</h2>")
+    for version, (result, findings, _uri) in results.items():
+        href = report_link(ctx, result.run_id, page_dir=out / "report")
+        parts.append(f"<h2>{version}: <a href='{html.escape(href)}'>audit report</a> (run {result.run_id})</h2>")
         found = sum(f.found for f in findings)
         parts.append(_findings_html(findings, f"planted rare look's cluster least or second-least dominant in "
                                               f"{found} of {len(findings)} classes"))

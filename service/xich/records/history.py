@@ -145,6 +145,16 @@ def version_drift(session_or_engine: Session | Engine, *, model_name: str, class
     return sorted(drift, key=lambda d: (d.settings_key, d.clustering_key, d.class_name))
 
 
+def drift_into(session_or_engine: Session | Engine, *, run_id: str) -> list[ClassDrift]:
+    """The drift from the version before run ``run_id``'s to it, per class (empty for a first version, or a run
+    that is not complete)."""
+    found = read_view(session_or_engine, "SELECT model_name FROM dominance_history WHERE run_id = :run LIMIT 1",
+                      {"run": run_id})
+    if not found:
+        return []
+    return [d for d in version_drift(session_or_engine, model_name=found[0].model_name) if d.to_run == run_id]
+
+
 def _natural(index: str) -> tuple[int, str]:
     return (int(index), "") if index.isdigit() else (1 << 30, index)
 
@@ -164,6 +174,7 @@ class DriftTable:
     lines: list[str]
     headings: list[tuple[str, bool]]
     cells: list[list[str]]
+    classes: list[ClassDrift]
 
 
 def drift_tables(drift: list[ClassDrift]) -> list[DriftTable]:
@@ -190,5 +201,7 @@ def drift_tables(drift: list[ClassDrift]) -> list[DriftTable]:
                 move = c.rank_change
                 cells.append([d.class_name, c.index, "" if not move else f"{'up' if move > 0 else 'down'} {abs(move)}",
                               *(_change(c.before[s], c.after[s], fmt) for s, _, fmt in DRIFT_SIGNALS)])
-        tables.append(DriftTable(title, lines, headings, cells))
+        shown = [k for k in range(len(headings)) if any(row[k] for row in cells)]  # no column empty on every row
+        tables.append(DriftTable(title, lines, [headings[k] for k in shown], [[row[k] for k in shown] for row in cells],
+                                 classes))
     return tables

@@ -99,11 +99,14 @@ def write_outputs(ctx: Context, done: LocalAudit, *, json_path: str | None = Non
     if report_dir:
         from ..engine.audit import explain_stored
         from ..reports.report import collect_examples, write_report
+        from .publish import since_previous_html
 
         stored = [cls for cls in result.classes if cls.name not in done.examples]  # read back, not recomputed
         for cls, explain in explain_stored(done.opened, stored) if stored else ():
             done.examples[cls.name] = collect_examples(cls, explain)
-        yield f"wrote {write_report(result, report_dir, done.examples, model=model, version=version)}"
+        # a recorded run's report links the version before it where the store keeps both (runs/<id>/report/)
+        since = since_previous_html(ctx, result) if done.recorded else ""
+        yield f"wrote {write_report(result, report_dir, done.examples, model=model, version=version, extra_html=since)}"
     if done.recorded:
         from .publish import publish_run
 
@@ -167,11 +170,12 @@ def history(ctx: Context, *, model: str, class_name: str | None = None, report_d
         drift = version_drift(session, model_name=model, class_name=class_name) if rows else []
         if rows and report_dir:
             from ..reports.history_report import write_history_report
-            from .publish import report_uri
+            from .publish import report_link
 
             check_output_dir(report_dir, "--report")
             page = write_history_report(session_or_engine=session, model_name=model, out_dir=report_dir,
-                                        class_name=class_name, report_uri=lambda run_id: report_uri(ctx, run_id))
+                                        class_name=class_name,
+                                        report_uri=lambda run_id: report_link(ctx, run_id, page_dir=report_dir))
     if not rows:
         raise XichError(f"--model {model}: no complete audit recorded under that name"
                         + (f" for class {class_name}" if class_name else "")

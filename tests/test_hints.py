@@ -126,6 +126,12 @@ def test_register_lists_the_split_classes(synth_data, tmp_path, capsys, monkeypa
     err = " ".join(capsys.readouterr().err.split())
     assert "class(es) hexagon are not in split 'test'" in err
     assert err.endswith("(available: circle, square, triangle)")
+    # what a hook's sender would be answered with lists nothing of the operator's data
+    from xich.records.preflight import ClassesNotInSplit, check_classes
+
+    with pytest.raises(ClassesNotInSplit) as refused:
+        check_classes(str(synth_data), ["circle", "hexagon"], None)
+    assert "square" not in str(refused.value) and refused.value.available == ["circle", "square", "triangle"]
 
 
 def test_a_version_refusal_says_what_is_missing_not_none(tmp_path):

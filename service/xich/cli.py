@@ -230,6 +230,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    from .records.preflight import ClassesNotInSplit
     from .records.registration import register
     from .run.commands import start_registered
     from .run.context import context
@@ -238,12 +239,15 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.shards < 1:
         raise XichError(f"--shards must be at least 1, got {args.shards}")
     with context() as ctx:
-        parameters = register(records=ctx, model=args.model, version=args.version,
-                              model_spec=args.spec, weights_uri=args.weights, dataset_uri=args.dataset,
-                              settings=audit_settings, local_weights=ctx.local_path(args.weights),
-                              registry_metadata=parse_json_object(args.registry_metadata, "--registry-metadata"),
-                              registered_at=parse_time(args.version_created_at, "--version-created-at"),
-                              allowed_specs=ctx.settings.hooks_allowed_specs)
+        try:
+            parameters = register(records=ctx, model=args.model, version=args.version,
+                                  model_spec=args.spec, weights_uri=args.weights, dataset_uri=args.dataset,
+                                  settings=audit_settings, local_weights=ctx.local_path(args.weights),
+                                  registry_metadata=parse_json_object(args.registry_metadata, "--registry-metadata"),
+                                  registered_at=parse_time(args.version_created_at, "--version-created-at"),
+                                  allowed_specs=ctx.settings.hooks_allowed_specs)
+        except ClassesNotInSplit as exc:  # the operator's own data: listed here, as `xich audit` lists them
+            raise XichError(f"{exc} (available: {', '.join(exc.available)})") from None
         out.print(f"registered {args.model} {args.version}", highlight=False)
         if args.audit:
             out.print(start_registered(ctx, parameters, shards=args.shards), highlight=False)

@@ -157,3 +157,22 @@ def test_the_demo_announces_each_training_by_what_it_trains_on():
     first, second = training_line(2, "v1", 8, "rot180", None), training_line(4, "v2", 8, "rot180", 10.8)
     assert "as before" not in first and first.endswith("on the data as written (each class's rare look rare)")
     assert second.endswith("with the rare look oversampled x10.8")
+
+
+def none_for_missing(tree: ast.AST) -> list[int]:
+    """Lines of ``raise …Error(f"…{x or 'none'}…")``: a refusal that would print "none" for a missing value."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            for inner in ast.walk(node.exc):
+                if (isinstance(inner, ast.BoolOp) and isinstance(inner.op, ast.Or)
+                        and any(isinstance(v, ast.Constant) and v.value == "none" for v in inner.values)):
+                    found.append(node.lineno)
+    return found
+
+
+def test_no_refusal_prints_none_for_a_missing_value():
+    found = {str(path.relative_to(ROOT)): lines for path in sorted(PACKAGE.rglob("*.py"))
+             if (lines := none_for_missing(ast.parse(path.read_text())))}
+    assert found == {}
+    assert none_for_missing(ast.parse("raise XichError(f\"not {spec} and {sha or 'none'}\")")) == [1]

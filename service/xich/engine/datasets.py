@@ -250,7 +250,7 @@ def open_dataset(uri: str, eval_split: str, train_split: str | None, source: Obj
     else:
         splits = _folder_splits(Path(uri), uri, {eval_split, train_split} - {None})
     if eval_split not in splits:
-        raise XichError(f"--data {uri}: no evaluation split {eval_split!r} (found: {', '.join(sorted(splits)) or 'none'}); "
+        raise XichError(f"--data {uri}: no evaluation split {eval_split!r} (found: {', '.join(sorted(splits)) or 'no split folder'}); "
                         f"set --eval-split")
     opened = {eval_split: splits[eval_split]}
     if train_split and train_split in splits:

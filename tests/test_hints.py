@@ -5,7 +5,10 @@ that never say "none" for a missing value (issue 26)."""
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,8 +109,13 @@ def test_a_refused_connection_names_the_server_and_its_fix():
             raise RuntimeError("All connection attempts failed") from refused
         except RuntimeError as exc:
             line = why_not_started(settings, exc)
-    assert line.startswith("no Prefect server is reachable at PREFECT_API_URL=http://127.0.0.1:9/api")
+    assert line.startswith("Prefect at http://127.0.0.1:9/api is not reachable: no server answers at that "
+                           "PREFECT_API_URL (RuntimeError: All connection attempts failed)")
     assert "`prefect server start`" in line and "unset PREFECT_API_URL" in line and "deploy" not in line
+    timed_out = RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+    assert "is not reachable: no server answers" in why_not_started(settings, timed_out)
+    assert why_not_started(settings, ValueError("bad parameters")).startswith(
+        "Prefect at http://127.0.0.1:9/api (ValueError: bad parameters)")
 
 
 def test_a_missing_deployment_names_the_deployments_the_docs_use():
@@ -115,8 +123,24 @@ def test_a_missing_deployment_names_the_deployments_the_docs_use():
 
     line = why_not_started(Settings(prefect_api_url="http://127.0.0.1:4200/api"), ObjectNotFound(http_exc=None))
     assert f"`{DEPLOY_COMMAND}`" in line and "--all" not in line
-    assert "no deployment audit-model-version/audit" in line
+    assert line.startswith("Prefect at http://127.0.0.1:4200/api has no deployment audit-model-version/audit")
     assert DEPLOY_COMMAND in (ROOT / "docs" / "service.md").read_text()  # the command the docs deploy with
+
+
+def test_register_audit_against_a_stopped_server_says_so(synth_data, tmp_path):
+    """`xich register --audit` in its own process (Prefect reads PREFECT_API_URL when it is imported), nothing
+    listening at the URL: the one error line names the unreachable server and both ways out."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "XICH_"))},
+           "PREFECT_API_URL": "http://127.0.0.1:9/api", "PREFECT_HOME": str(tmp_path / "prefect"),
+           "XICH_DATABASE_URL": f"sqlite:///{tmp_path / 'reg.db'}", "XICH_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "xich.cli", "register", "--model", "m", "--version", "1", "--spec",
+                           "cifar:resnet20", "--dataset", str(synth_data), "--audit"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: the version is registered, but its audit did not start: Prefect at "
+                           "http://127.0.0.1:9/api is not reachable: no server answers at that PREFECT_API_URL"), line
+    assert "start it (`prefect server start`" in line and "or unset PREFECT_API_URL" in line and "--all" not in line
 
 
 def test_register_lists_the_split_classes(synth_data, tmp_path, capsys, monkeypatch):

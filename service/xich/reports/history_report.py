@@ -292,7 +292,9 @@ def _evidence_line(section: _Section, cls: str) -> str:
             if (run, cls) in section.evidence:
                 pairs, without = section.evidence[run, cls]
                 counts.append(f"{html.escape(v)}: {without} of {pairs}")
-    return "<p class='evidence'>pairs without evidence: " + (", ".join(counts) or "none recorded") + "</p>"
+    return ("<p class='evidence'>cluster pairs without evidence (no mosaic of the pair gave a dominance: D is "
+            "undefined), per version: " + (", ".join(counts) or "not recorded")
+            + "</p>")
 
 
 def _nan(value: float | None) -> float:

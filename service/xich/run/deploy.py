@@ -43,12 +43,15 @@ def why_not_started(settings: Settings, exc: BaseException) -> str:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
     first = str(exc).splitlines()[0] if str(exc) else ""
+    # refused (httpx's ConnectError over ConnectionRefusedError), or Prefect's own "Timed out while attempting to
+    # connect to … Prefect API server"
     if any(isinstance(e, ConnectionError) or type(e).__name__ in ("ConnectError", "ConnectTimeout")
-           for e in chain):
-        return (f"no Prefect server is reachable at PREFECT_API_URL={url} ({first or type(exc).__name__}); start it "
-                f"(`prefect server start`, docs/service.md) or unset PREFECT_API_URL to audit in this process")
+           or "attempting to connect" in str(e) for e in chain):
+        return (f"Prefect at {url} is not reachable: no server answers at that PREFECT_API_URL "
+                f"({type(exc).__name__}: {first}); start it (`prefect server start`, docs/service.md) or unset "
+                f"PREFECT_API_URL to audit in this process")
     if type(exc).__name__ == "ObjectNotFound":
-        return (f"the Prefect server at {url} has no deployment {settings.audit_deployment}; deploy it "
+        return (f"Prefect at {url} has no deployment {settings.audit_deployment}; deploy it "
                 f"(`{DEPLOY_COMMAND}`, docs/service.md) or unset PREFECT_API_URL to audit in this process")
     return (f"Prefect at {url} ({type(exc).__name__}: {first}); check the server, or unset PREFECT_API_URL to audit "
             f"in this process")

@@ -1,5 +1,7 @@
 """A model's dominance history, read from the SQL views the migrations define (``dominance_history``,
-``hierarchy_drift``, ``pairwise_dominance``); never recomputed. Used by ``xich history`` and the history page."""
+``hierarchy_drift``, ``pairwise_dominance``); never recomputed. Used by ``xich history`` (its rows, and the drift
+between consecutive versions it leads with: :func:`version_drift`, :func:`drift_tables`), the history page and the
+audit report's section on the version before."""
 
 from __future__ import annotations
 

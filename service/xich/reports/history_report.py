@@ -7,6 +7,7 @@ superseded and folded away. Per class: each cluster's rank and score across the 
 registry time, else first record; view ``dominance_history``), the drift between consecutive versions
 on one clustering (view ``hierarchy_drift``), the pairs without evidence (view ``pairwise_dominance``)
 and the training share of the least dominant cluster (Fig. 4/5 of the XICH paper, version by version).
+:func:`since_previous_html` is an audit report's section on the version before it (what changed, and a link).
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
@@ -70,9 +69,47 @@ def test_demo_records_v1_and_v2_on_one_clustering(demo_run):
     assert runs[0][2] == runs[1][2] == frozen[0][0]  # v2 audited on v1's frozen clusters
     page = (demo / "report" / "index.html").read_text()
     assert "../history/index.html" in page and (demo / "history" / "index.html").is_file()
-    for link in re.findall(r"href='(file://[^']+)'", page):  # both versions' reports, in the demo's store
-        assert Path(urlparse(link).path).is_file(), link
-    assert len(re.findall(r"href='file://", page)) == 2
+    assert len(re.findall(r"href='\.\./store/runs/[0-9a-f]+/report/index\.html'", page)) == 2  # both versions'
+
+
+def _links(page: Path) -> list[str]:
+    return re.findall(r"href='([^']+)'", page.read_text())
+
+
+@pytest.fixture(scope="module")
+def moved_demo(demo_run, tmp_path_factory) -> list[Path]:
+    """The demo's pages copied elsewhere (its data and cache left behind): the index, the history page and each
+    version's report in the store."""
+    import shutil
+
+    moved = tmp_path_factory.mktemp("elsewhere") / "demo"
+    shutil.copytree(demo_run[0], moved, ignore=shutil.ignore_patterns("cache", "data"))
+    return [moved / "report" / "index.html", moved / "history" / "index.html",
+            *sorted((moved / "store" / "runs").glob("*/report/index.html"))]
+
+
+def test_the_demo_folder_moved_keeps_every_report_link(moved_demo):
+    """Every link between the demo's pages is relative: moved elsewhere, the index, the history page and each
+    version's report (v2's links v1's) still reach their targets (issue 26)."""
+    assert len(moved_demo) == 4
+    for page in moved_demo:
+        links = _links(page)
+        assert all("://" not in link and not link.startswith("/") for link in links), (page, links)
+        assert all((page.parent / link).resolve().is_file() for link in links), (page, links)
+    history_links = _links(moved_demo[1])
+    assert len([link for link in history_links if link.endswith("/report/index.html")]) == 2
+    reports = {page.parent.parent.name: page for page in moved_demo[2:]}
+    previous = {run: re.findall(r"<a class='previous' href='([^']+)'", page.read_text()) for run, page in reports.items()}
+    [(v2, [link])] = [(run, links) for run, links in previous.items() if links]  # v1 has no version before it
+    [v1] = set(reports) - {v2}
+    assert (reports[v2].parent / link).resolve() == reports[v1].resolve()
+    assert "Since the version before" in reports[v2].read_text()
+
+
+def test_the_moved_demo_pages_render(moved_demo, headless_chromium):
+    for page in moved_demo:
+        decoded, total, _ = headless_chromium(page)
+        assert decoded == total and (total > 0 or page == moved_demo[0]), page  # the index has no figure
 
 
 def test_the_finding_check_fails_on_a_reversed_demo():

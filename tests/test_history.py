@@ -165,6 +165,46 @@ def test_history_command(two_versions, capsys, monkeypatch, database_url):
     assert "no complete audit recorded" in capsys.readouterr().err
 
 
+def test_history_leads_with_the_drift(two_versions, capsys, monkeypatch, database_url):
+    """`xich history --model M` after two versions: the drift first (every cluster of every class, each signal
+    before→after, as the stored results give it), in 100 columns; the per-cluster rows only with --rows."""
+    from xich.cli import main
+
+    engine, v1, v2 = two_versions
+    monkeypatch.setenv("XICH_DATABASE_URL", database_url)
+    assert main(["history", "--model", "shapes"]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert lines[0].startswith("drift of shapes between consecutive versions")
+    assert max(len(line) for line in lines) <= 100
+    assert "dominance history of shapes" not in printed and "--rows:" in lines[-1]
+    assert "…" not in printed
+    [title] = [line for line in lines if line.startswith("v1 → v2")]
+    assert f"runs {v1.run_id[:8]} → {v2.run_id[:8]}" in title and f"clustering {v1.run_id[:8]}" in title
+
+    def change(a, b, fmt):
+        a, b = ("-" if x is None else format(x, fmt) for x in (a, b))
+        return a if a == b else f"{a}→{b}"
+
+    for c1, c2 in zip(v1.classes, v2.classes, strict=True):
+        hierarchy = (f"{c1.name}: hierarchy {' > '.join(map(str, c1.hierarchy)) or 'no evidence'} → "
+                     f"{' > '.join(map(str, c2.hierarchy)) or 'no evidence'}; ")
+        assert any(line.strip().startswith(hierarchy) for line in lines), (hierarchy, printed)
+        for a, b in zip(c1.clusters, c2.clusters, strict=True):
+            move = "" if a.rank is None or b.rank is None or a.rank == b.rank else \
+                f"{'up' if b.rank < a.rank else 'down'} {abs(a.rank - b.rank)}"
+            want = [c1.name, str(a.id), *move.split(), change(a.rank, b.rank, "d"),
+                    change(a.score, b.score, ".3f"), change(a.baselines["mean_logit"], b.baselines["mean_logit"], ".2f"),
+                    change(a.baselines["accuracy"], b.baselines["accuracy"], ".3f"),
+                    change(a.train_share, b.train_share, ".3f")]
+            assert [line.split() for line in lines].count(want) == 1, (want, printed)
+
+    assert main(["history", "--model", "shapes", "--rows"]) == 0
+    with_rows = capsys.readouterr().out
+    assert with_rows.index("v1 → v2") < with_rows.index("dominance history of shapes")
+    assert max(len(line) for line in with_rows.splitlines()) <= 100
+
+
 def _arch_audit(database_url, synth_data, arch: str, version: str, **kw):
     """An audit of a seeded, untrained CIFAR ResNet of depth ``arch`` recorded as ``version`` of model 'arch'."""
     config = resnet20_config(synth_data, model=f"cifar:{arch}", clusters=3, **{"mosaics_per_pair": 4, **kw})

@@ -29,7 +29,7 @@ def test_history_report_through_the_cli(two_versions, database_url, tmp_path, mo
     out = tmp_path / "history"
     assert main(["history", "--model", "shapes", "--report", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "dominance history of shapes" in printed and f"wrote {out / 'index.html'}" in printed
+    assert "drift of shapes between consecutive versions" in printed and f"wrote {out / 'index.html'}" in printed
     page = out / "index.html"
     text_ = page.read_text()
 
@@ -109,3 +109,21 @@ def test_history_report_for_an_unknown_model(database_url, tmp_path, monkeypatch
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "no complete audit recorded" in lines[0]
     assert captured.out == "" and not (tmp_path / "page").exists()
+
+
+def test_report_links_are_relative_to_the_page_where_the_store_is_a_folder(tmp_path):
+    """run.publish.report_link: a local store's report by a relative link (the page and the store moved together
+    keep it), None where no report was stored, the s3:// URI for an S3 store."""
+    from builders import context_for
+    from xich.run.publish import report_link
+
+    store = tmp_path / "site" / "store"
+    (store / "runs" / "abc" / "report").mkdir(parents=True)
+    (store / "runs" / "abc" / "report" / "index.html").write_text("<html></html>")
+    ctx = context_for(f"sqlite:///{tmp_path / 'x.db'}", store_url=str(store))
+    link = report_link(ctx, "abc", page_dir=tmp_path / "site" / "history")
+    assert link == "../store/runs/abc/report/index.html"
+    assert (tmp_path / "site" / "history" / link).resolve().is_file()
+    assert report_link(ctx, "nothing-stored", page_dir=tmp_path / "site" / "history") is None
+    s3 = context_for(f"sqlite:///{tmp_path / 'y.db'}", store_url="s3://bucket/prefix")
+    assert report_link(s3, "abc", page_dir=tmp_path) == "s3://bucket/prefix/runs/abc/report/index.html"

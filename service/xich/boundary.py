@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import XichError
+from .label_sets import BUILTIN_LABEL_SETS
 
 MAX_NAME = 255  # model names and versions (the columns of model, model_version and hook_delivery)
 MAX_JSON_DEPTH = 16
@@ -162,10 +163,8 @@ def _s3_under(uri: str, allowed: list[str]) -> bool:
 
 def check_sources(fields: dict[str, str | None], allowed: list[str]) -> None:
     """:func:`check_source` for each named source that is given (labels: only a file, not a built-in set)."""
-    from .engine.labels import BUILTIN
-
     for what, uri in fields.items():
-        if uri is None or (what.endswith("labels") and uri in BUILTIN):
+        if uri is None or (what.endswith("labels") and uri in BUILTIN_LABEL_SETS):
             continue
         check_source(uri, allowed, what)
 

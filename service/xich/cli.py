@@ -19,6 +19,8 @@ from .settings import describe_error
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+# the width outside a terminal: wide enough that no table is cut (a cut cell ends in "…", a number in a log too)
+LOG_WIDTH = 1000
 
 
 def _audit_parser(sub: argparse._SubParsersAction) -> None:
@@ -84,7 +86,8 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(**{f.name: f.default for f in fields(AuditConfig) if f.name not in ("model", "data", "weights")})
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``xich`` parser: one subcommand each (the hints' options are checked against these in the tests)."""
     parser = argparse.ArgumentParser(prog="xich", description="XAI-based intra-class hierarchies of image classifiers")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("history", help="dominance history of a model across its audited versions")
     p.add_argument("--model", required=True, help="model name (as recorded with --model-name)")
     p.add_argument("--class", dest="class_name", help="only this class")
-    p.add_argument("--csv", action="store_true", help="CSV on standard output instead of a table")
-    p.add_argument("--wide", action="store_true", help="every column (run id, cluster key, times); default: a table "
-                                                       "that fits 100 columns")
+    p.add_argument("--rows", action="store_true", help="after the drift, each version's per-cluster rows (a table "
+                                                       "that fits 100 columns)")
+    p.add_argument("--csv", action="store_true", help="the per-cluster rows as CSV on standard output, no drift")
+    p.add_argument("--wide", action="store_true", help="the per-cluster rows with every column (run id, cluster key, "
+                                                       "times)")
     p.add_argument("--report", metavar="DIR", help="write an HTML page of the model's history here")
     p = sub.add_parser("synth", help="write the planted-bias image dataset")
     p.add_argument("--out", required=True)
@@ -150,7 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="xich-demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=8)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for console in (out, err):  # outside a terminal (a log, a pipe): tables at full width, never cut to 80 columns
+        if not console.is_terminal:
+            console.width = LOG_WIDTH
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings would precede our one error line
     commands = {"audit": cmd_audit, "register": cmd_register, "serve-hooks": cmd_serve_hooks, "db": cmd_db,
@@ -162,14 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         err.print("interrupted")
         return 130
     except Exception as exc:
-        if (message := error_line(exc)) is None:
+        if (message := error_line(exc, args.command)) is None:
             raise
         err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         return 2
 
 
-def error_line(exc: Exception) -> str | None:
-    """The one line shown for an error the user can fix; None for a bug (its traceback is shown)."""
+def error_line(exc: Exception, command: str = "audit") -> str | None:
+    """The one line shown for an error of ``command`` the user can fix; None for a bug (its traceback is shown).
+    A hint names only options that ``command`` has."""
     if isinstance(exc, XichError):
         return str(exc)
     if isinstance(exc, ValidationError):  # a setting from the environment (XICH_*): never its value (a secret?)
@@ -178,11 +191,13 @@ def error_line(exc: Exception) -> str | None:
         return f"{exc.filename or ''}: {exc.strerror or exc}; check the path and its permissions"
     if isinstance(exc, SQLAlchemyError):
         return (f"results database (XICH_DATABASE_URL): {str(exc).splitlines()[0]}; check that the server runs and "
-                f"the URL is right, or use --no-db")
+                f"the URL is right" + (", or use --no-db" if command == "audit" else ""))
     torch = sys.modules.get("torch")  # not imported for this: if torch never ran, nothing ran out of device memory
     if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
         first = ". ".join(" ".join(str(exc).split()).split(". ")[:2]).rstrip(".")  # "CUDA out of memory. Tried…"
-        return f"out of memory on the device ({first}); lower --batch-size or use --device cpu"
+        fix = {"audit": "lower --batch-size or use --device cpu", "train": "lower --batch-size or use --device cpu",
+               "register": "lower \"batch_size\" in --settings"}.get(command, "free the device's memory")
+        return f"out of memory on the device ({first}); {fix}"
     return None
 
 
@@ -225,6 +240,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    from .records.preflight import ClassesNotInSplit
     from .records.registration import register
     from .run.commands import start_registered
     from .run.context import context
@@ -233,12 +249,15 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.shards < 1:
         raise XichError(f"--shards must be at least 1, got {args.shards}")
     with context() as ctx:
-        parameters = register(records=ctx, model=args.model, version=args.version,
-                              model_spec=args.spec, weights_uri=args.weights, dataset_uri=args.dataset,
-                              settings=audit_settings, local_weights=ctx.local_path(args.weights),
-                              registry_metadata=parse_json_object(args.registry_metadata, "--registry-metadata"),
-                              registered_at=parse_time(args.version_created_at, "--version-created-at"),
-                              allowed_specs=ctx.settings.hooks_allowed_specs)
+        try:
+            parameters = register(records=ctx, model=args.model, version=args.version,
+                                  model_spec=args.spec, weights_uri=args.weights, dataset_uri=args.dataset,
+                                  settings=audit_settings, local_weights=ctx.local_path(args.weights),
+                                  registry_metadata=parse_json_object(args.registry_metadata, "--registry-metadata"),
+                                  registered_at=parse_time(args.version_created_at, "--version-created-at"),
+                                  allowed_specs=ctx.settings.hooks_allowed_specs)
+        except ClassesNotInSplit as exc:  # the operator's own data: listed here, as `xich audit` lists them
+            raise XichError(f"{exc} (available: {', '.join(exc.available)})") from None
         out.print(f"registered {args.model} {args.version}", highlight=False)
         if args.audit:
             out.print(start_registered(ctx, parameters, shards=args.shards), highlight=False)
@@ -280,14 +299,15 @@ def cmd_clustering(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    """The drift between consecutive versions first (what moved, by how much), then the rows on request."""
     import csv
 
-    from .records.history import HISTORY_COLUMNS, csv_row, history_table
+    from .records.history import HISTORY_COLUMNS, csv_row, drift_tables, history_table
     from .run.commands import history
     from .run.context import context
 
     with context() as ctx:
-        rows, page = history(ctx, model=args.model, class_name=args.class_name, report_dir=args.report)
+        rows, drift, page = history(ctx, model=args.model, class_name=args.class_name, report_dir=args.report)
     if args.csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(HISTORY_COLUMNS)
@@ -295,20 +315,43 @@ def cmd_history(args: argparse.Namespace) -> int:
         if page is not None:
             err.print(f"wrote {page}", highlight=False)  # standard output stays CSV
         return 0
-    headings, cells = history_table(rows, wide=args.wide)
-    table = Table(title=f"dominance history of {args.model}", title_justify="left")
+    out.print(f"[bold]drift of {args.model} between consecutive versions[/]\n(clusters matched by key on one "
+              f"clustering; rank 0 = most dominant; each signal before→after)", highlight=False)
+    for drifted in drift_tables(drift):
+        out.print(f"\n{drifted.title}", highlight=False)
+        for line in drifted.lines:
+            out.print(line, highlight=False)
+        out.print(_table(drifted.headings, drifted.cells))
+    if not drift:
+        versions = sorted({r.model_version for r in rows})
+        out.print(f"no drift yet: it needs two versions audited on one clustering with the same settings (audited: "
+                  f"{', '.join(versions)}); later versions use the model's reference clustering by default "
+                  f"(`xich clustering show --model {args.model}`)", highlight=False)
+    if args.rows or args.wide or not drift:
+        headings, cells = history_table(rows, wide=args.wide)
+        table = _table(headings, cells, title=f"dominance history of {args.model}")
+        (Console(width=max(out.width, 220)) if args.wide else out).print(table)  # --wide: never cut, however narrow
+        if not args.wide:
+            out.print("run: its first 8 digits; cluster: <run whose clustering it is>/<index>; train: the cluster's\n"
+                      "share of the class's training images; eval: its evaluation images; --wide: every column,\n"
+                      "--csv: as CSV", highlight=False)
+    else:
+        out.print("--rows: each version's per-cluster rows; --report DIR: the history page", highlight=False)
+    if page is not None:
+        out.print(f"wrote {page}", highlight=False)
+    return 0
+
+
+def _table(headings: list[tuple[str, bool]], cells: list[list[str]], title: str | None = None) -> Table:
+    """A rich table of text cells; (heading, right-aligned) per column."""
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for heading, numeric in headings:
         table.add_column(heading, justify="right" if numeric else "left")
     for row in cells:
         table.add_row(*row)
-    (Console(width=max(out.width, 220)) if args.wide else out).print(table)  # --wide: never cut, however narrow
-    if not args.wide:
-        out.print("run: its first 8 digits; cluster: <run whose clustering it is>/<index>; train: the cluster's share "
-                  "of the class's training images; eval: its evaluation images; --wide: every column, --csv: as CSV",
-                  highlight=False)
-    if page is not None:
-        out.print(f"wrote {page}", highlight=False)
-    return 0
+    return table
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

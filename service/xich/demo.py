@@ -28,7 +28,7 @@ AUGMENT = "rot180"
 # The trained weights depend on the order of floating-point sums, so on the number of torch threads: measured on
 # 2026-12-01 (seed 0, 2-core machine), v1 trained with 2 threads reproduces the README's run (the rare look's cluster
 # last in 4 of 4 classes, moved up in 4 of 4 in v2), while with 1 thread v1 learnt the rare look (found in 0 of 4).
-# The demo therefore trains with a fixed count on every machine.
+# The demo therefore trains (and audits: the scores' sums too) with a fixed count on every machine.
 TRAIN_THREADS = 2
 
 
@@ -71,6 +71,16 @@ def locate_rare(result: AuditResult, truth: dict) -> list[RareFinding]:
     return findings
 
 
+def training_line(step: int, version: str, epochs: int, augment: str, oversample: dict[str, float] | None) -> str:
+    """The line that announces a training: on the data as written (each class's rare look rare), or from the
+    previous version's oversample file (``oversample``: training image id → sampling weight)."""
+    how = ("on the data as written (each class's rare look rare)" if oversample is None
+           else f"from v1's oversample file ({len(oversample)} training images of the flagged looks, weights "
+                f"{min(oversample.values(), default=1):g}-{max(oversample.values(), default=1):g})")
+    return (f"{step}/6 training {version}: {MODEL}, {epochs} epochs (AdamW, label smoothing, warm-up + cosine; "
+            f"augmentation {augment}) {how}")
+
+
 def run_demo(out: str | Path, seed: int = 0, epochs: int = 8, say=print, augment: str = AUGMENT,
              spec: SynthSpec | None = None) -> dict[str, tuple[AuditResult, list[RareFinding]]]:
     """Run the whole demo under ``out`` (its database, store and reports too); ``say`` receives the
@@ -86,8 +96,8 @@ def run_demo(out: str | Path, seed: int = 0, epochs: int = 8, say=print, augment
 
     # the demo's own database, store and cache: a context of its own, the caller's environment untouched
     with context(Settings(database_url=f"sqlite:///{out / 'xich.db'}", store_url=str(out / "store"),
-                          cache_dir=str(out / "cache"))) as ctx:
-        return _versions(ctx, out, spec, seed, epochs, say, augment)
+                          cache_dir=str(out / "cache"))) as ctx, _torch_threads(TRAIN_THREADS):
+        return _versions(ctx, out, spec, seed, epochs, say, augment)  # trained and audited: the same on a machine
 
 
 @contextmanager
@@ -112,16 +122,11 @@ def _versions(ctx, out: Path, spec: SynthSpec, seed: int, epochs: int, say, augm
     settings = {"clusters": spec.subgroups, "seed": seed, "per_image": 12}
     results, oversample, oversample_file = {}, None, out / "v1-oversample.json"
     for step, version in ((2, "v1"), (4, "v2")):
-        how = ("" if oversample is None else
-               f" from v1's oversample file ({len(oversample)} training images of the flagged looks, weights "
-               f"{min(oversample.values()):g}-{max(oversample.values()):g})")
-        say(f"{step}/6 training {version}: {MODEL}, {epochs} epochs (AdamW, label smoothing, warm-up + cosine; "
-            f"augmentation {augment}){how}")
+        say(training_line(step, version, epochs, augment, oversample))
         weights = out / f"{version}.pt"
-        with _torch_threads(TRAIN_THREADS):
-            train(TrainConfig(data=str(out / "data"), model=MODEL, out=str(weights), epochs=epochs, seed=seed,
-                              augment=augment, oversample=oversample),
-                  on_epoch=lambda e, loss, acc: say(f"    epoch {e}: loss {loss:.3f}  eval accuracy {acc:.3f}"))
+        train(TrainConfig(data=str(out / "data"), model=MODEL, out=str(weights), epochs=epochs, seed=seed,
+                          augment=augment, oversample=oversample),
+              on_epoch=lambda e, loss, acc: say(f"    epoch {e}: loss {loss:.3f}  eval accuracy {acc:.3f}"))
         clustering = "own" if version == "v1" else "auto (v1's, the model's reference clustering)"
         say(f"{step + 1}/6 audit of {version} (the audit-model-version flow's sequence, in this process): "
             f"P={spec.subgroups}, J=25, 12 images per class in per-image mode, clustering {clustering}, null model")
@@ -135,7 +140,7 @@ def _versions(ctx, out: Path, spec: SynthSpec, seed: int, epochs: int, say, augm
             say(f"    {f.class_name:9s} flagged {cls.looks['flagged'] if cls.looks else '-'}   rare look "
                 f"{f.rare_subgroup}: {f.rare_in_cluster}/{f.rare_total} of its test images in cluster {f.cluster} "
                 f"(accuracy {_num(f.accuracy)}, representation ratio {_num(f.representation_ratio)}; dominance rank "
-                f"{f.rank} of {f.n_clusters}); {'above' if cls.null and cls.null['above_null'] else 'not above'} "
+                f"{_num(f.rank)} of {f.n_clusters}); {'above' if cls.null and cls.null['above_null'] else 'not above'} "
                 f"the null model")
         if version == "v1":  # its first complete audit: v1's clustering is the reference, with no command
             oversample_file.write_bytes(ctx.store.get_bytes(f"runs/{result.run_id}/oversample.json"))
@@ -162,7 +167,7 @@ def _versions(ctx, out: Path, spec: SynthSpec, seed: int, epochs: int, say, augm
     for a, b in zip(v1, v2):
         say(f"    {a.class_name:9s} cluster {a.cluster}: flagged {_yes(a.flagged)} -> {_yes(b.flagged)}, accuracy "
             f"{_num(a.accuracy)} -> {_num(b.accuracy)}, ratio {_num(a.representation_ratio)} -> "
-            f"{_num(b.representation_ratio)}, rank {a.rank} -> {b.rank}, losses {a.losses} -> {b.losses}")
+            f"{_num(b.representation_ratio)}, rank {_num(a.rank)} -> {_num(b.rank)}, losses {a.losses} -> {b.losses}")
     page = _write_pages(ctx, out, results, lines)
     for line in lines:
         say(line)
@@ -186,8 +191,9 @@ def _yes(flag: bool) -> str:
 DEMO_MODEL = "demo-shapes"
 
 
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
+def _num(x: float | int | None) -> str:
+    """A number as the demo prints it (a rank whole, a score or share to 3 places); ``-`` where there is none."""
+    return "-" if x is None else str(x) if isinstance(x, int) else f"{x:.3f}"
 
 
 def _stored(ctx, run_id: str) -> AuditResult:
@@ -202,11 +208,16 @@ def _write_pages(ctx, out: Path, results: dict, lines: list[str]) -> Path:
     from .reports.history_report import write_history_report
     from .reports.report import write_page
 
-    history = write_history_report(session_or_engine=ctx.engine, model_name=DEMO_MODEL, out_dir=out / "history")
+    from .run.publish import report_link
+
+    # every link relative: the demo's folder moved, or served over HTTP, keeps them working
+    history = write_history_report(session_or_engine=ctx.engine, model_name=DEMO_MODEL, out_dir=out / "history",
+                                   report_uri=lambda run_id: report_link(ctx, run_id, page_dir=out / "history"))
     parts = ["<h1>XICH demo: v1 → v2</h1>", "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines),
              f"<p><a href='../{history.parent.name}/index.html'>history of {DEMO_MODEL} across versions</a></p>"]
-    for version, (result, findings, report_uri) in results.items():
-        parts.append(f"<h2>{version}: <a href='{html.escape(report_uri)}'>audit report</a> (run {result.run_id})</h2>")
+    for version, (result, findings, _uri) in results.items():
+        href = report_link(ctx, result.run_id, page_dir=out / "report")
+        parts.append(f"<h2>{version}: <a href='{html.escape(href)}'>audit report</a> (run {result.run_id})</h2>")
         found = sum(f.found for f in findings)
         parts.append(_findings_html(findings, f"planted rare look's cluster least or second-least dominant in "
                                               f"{found} of {len(findings)} classes"))

@@ -263,8 +263,8 @@ def open_dataset(uri: str, eval_split: str, train_split: str | None, source: Obj
     else:
         splits = _folder_splits(Path(uri), uri, {eval_split, train_split} - {None}, caps, wanted_classes)
     if eval_split not in splits:
-        raise XichError(f"--data {uri}: no evaluation split {eval_split!r} (found: {', '.join(sorted(splits)) or 'none'}); "
-                        f"set --eval-split")
+        found = ", ".join(sorted(splits)) or "no split folder"
+        raise XichError(f"--data {uri}: no evaluation split {eval_split!r} (found: {found}); set --eval-split")
     opened = {eval_split: splits[eval_split]}
     if train_split and train_split in splits:
         opened[train_split] = splits[train_split]

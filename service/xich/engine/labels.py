@@ -16,19 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import XichError
-
-CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-# CIFAR-100's fine labels in their label order (alphabetical, as in the dataset's `meta` file)
-CIFAR100 = tuple("""
-apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle
-caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant flatfish
-forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle
-mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine
-possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar
-sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale
-willow_tree wolf woman worm
-""".split())
+from ..label_sets import BUILTIN_LABEL_SETS, CIFAR10, CIFAR100
 
 
 def _imagenet() -> tuple[str, ...]:
@@ -37,7 +25,8 @@ def _imagenet() -> tuple[str, ...]:
     return tuple(_IMAGENET_CATEGORIES)
 
 
-BUILTIN = {"cifar10": lambda: CIFAR10, "cifar100": lambda: CIFAR100, "imagenet": _imagenet}
+# by the names core knows (label_sets: the boundary tells them from files to check)
+BUILTIN = dict(zip(BUILTIN_LABEL_SETS, (lambda: CIFAR10, lambda: CIFAR100, _imagenet), strict=True))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,13 @@ def settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _source(spec: str, weights_sha256: str | None, weights_uri: str | None) -> str:
+    """A version's model and weights in words, for a refusal: a missing hash is said as what it means."""
+    if weights_sha256:
+        return f"{spec} with weights sha256 {weights_sha256}"
+    return f"{spec} with weights {weights_uri} (not yet hashed)" if weights_uri else f"{spec} without weights"
+
+
 def get_or_create_model_version(*, session: Session, name: str, version: str, spec: str, weights_uri: str | None,
                                 weights_sha256: str | None, registry_metadata: dict | None = None,
                                 labels: list[str] | None = None, labels_source: str | None = None,
@@ -74,8 +81,8 @@ def get_or_create_model_version(*, session: Session, name: str, version: str, sp
         prefix, hint = ((f"{version_flag} {version}: ", f"give this model a new {version_flag}") if version_flag
                         else ("", "register these weights as a new version of the model"))
         raise XichError(f"{prefix}model {name!r} version {version!r} was recorded with "
-                        f"{mv.spec} and weights sha256 {mv.weights_sha256 or 'none'}, not {spec} and "
-                        f"{weights_sha256 or 'none'}; {hint}")
+                        f"{_source(mv.spec, mv.weights_sha256, mv.weights_uri)}, not "
+                        f"{_source(spec, weights_sha256, weights_uri)}; {hint}")
     if (labels is not None and mv.labels is not None and _known(labels_source) and _known(mv.labels_source)
             and list(mv.labels) != list(labels)):
         raise XichError(f"--labels: model {name!r} version {version!r} was recorded with another label list "

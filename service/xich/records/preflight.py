@@ -152,8 +152,18 @@ def check_classes(dataset_uri: str, classes: list[str] | str | None, eval_split:
         return
     missing = [c for c in classes if c not in found]
     if missing:
-        raise XichError(f"settings: class(es) {', '.join(missing)} are not in split {split!r} of dataset "
-                        f"{dataset_uri}; ask only for classes of that split")
+        raise ClassesNotInSplit(f"settings: class(es) {', '.join(missing)} are not in split {split!r} of dataset "
+                                f"{dataset_uri}; ask only for classes of that split", available=sorted(found))
+
+
+class ClassesNotInSplit(XichError):
+    """Classes asked for that the split lacks. The message lists none of the split's classes (a hook's sender is
+    answered with it); ``available`` holds them for the local command line (`xich register`), which lists them as
+    `xich audit` does."""
+
+    def __init__(self, message: str, *, available: list[str]):
+        super().__init__(message)
+        self.available = available
 
 
 def _split_classes(root: Path, split: str) -> set[str] | None:

@@ -7,6 +7,7 @@ superseded and folded away. Per class: each cluster's rank and score across the 
 registry time, else first record; view ``dominance_history``), the drift between consecutive versions
 on one clustering (view ``hierarchy_drift``), the pairs without evidence (view ``pairwise_dominance``)
 and the training share of the least dominant cluster (Fig. 4/5 of the XICH paper, version by version).
+:func:`since_previous_html` is an audit report's section on the version before it (what changed, and a link).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sqlalchemy import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from ..errors import XichError  # noqa: E402
-from ..records.history import dominance_history, read_view  # noqa: E402
+from ..records.history import ClassDrift, dominance_history, drift_tables, read_view  # noqa: E402
 from .report import file_slug, save_figure, write_page  # noqa: E402
 
 HISTORY_COLUMNS = ("model_version", "version_created_at", "run_id", "run_finished_at", "settings_key", "clustering_key",
@@ -59,11 +60,12 @@ class _Section:
 
 
 def write_history_report(*, session_or_engine: Session | Engine, model_name: str, out_dir: str | Path,
-                         class_name: str | None = None, report_uri: Callable[[str], str] | None = None) -> Path:
+                         class_name: str | None = None, report_uri: Callable[[str], str | None] | None = None
+                         ) -> Path:
     """Write ``out_dir/index.html`` and its figures for ``model_name``'s recorded audits; returns the page's path.
 
-    ``class_name`` limits the page to one class. ``report_uri``: run id → the URL of its audit report
-    (linked from each section). Raises :class:`XichError` when the model has no complete audit (of that class).
+    ``class_name`` limits the page to one class. ``report_uri``: run id → the link to its audit report, relative
+    to ``out_dir`` where it can be (None: no report stored), linked from each section. Raises :class:`XichError` when the model has no complete audit (of that class).
     """
     params = {"model": model_name}
     history = dominance_history(session_or_engine, model_name=model_name, columns=HISTORY_COLUMNS)
@@ -130,12 +132,15 @@ def _clustering_name(key: str, history: list) -> str:
     return f"clustering of {made_by} (run {run_id[:8]})" if made_by else key
 
 
-def _section_html(section: _Section, number: int, out: Path, report_uri: Callable[[str], str] | None) -> list[str]:
+def _section_html(section: _Section, number: int, out: Path, report_uri: Callable[[str], str | None] | None
+                  ) -> list[str]:
     datasets = sorted({r.dataset_uri for r in section.history})
     runs = {r.model_version: r.run_id for r in section.history}
+    hrefs = {v: report_uri(runs[v]) if report_uri else None for v in section.versions}
     links = ", ".join(
-        f"<a href='{html.escape(report_uri(runs[v]))}'>{html.escape(v)}</a>" if report_uri else
-        f"{html.escape(v)} (run <code>{html.escape(runs[v][:8])}</code>)" for v in section.versions)
+        f"<a class='report' href='{html.escape(hrefs[v])}'>{html.escape(v)}</a> (run <code>{html.escape(runs[v][:8])}"
+        f"</code>)" if hrefs[v] else f"{html.escape(v)} (run <code>{html.escape(runs[v][:8])}</code>, no report stored)"
+        for v in section.versions)
     parts = [f"<h2 data-settings-key='{html.escape(section.settings_key)}'>Settings "
              f"<code>{html.escape(section.settings_key[:KEY_CHARS])}</code> on "
              f"{html.escape(_clustering_name(section.clustering_key, section.history))}</h2>",
@@ -288,8 +293,29 @@ def _evidence_line(section: _Section, cls: str) -> str:
             if (run, cls) in section.evidence:
                 pairs, without = section.evidence[run, cls]
                 counts.append(f"{html.escape(v)}: {without} of {pairs}")
-    return "<p class='evidence'>pairs without evidence: " + (", ".join(counts) or "none recorded") + "</p>"
+    return ("<p class='evidence'>cluster pairs without evidence (no mosaic of the pair gave a dominance: D is "
+            "undefined), per version: " + (", ".join(counts) or "not recorded")
+            + "</p>")
 
 
 def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
+
+
+def since_previous_html(drift: list[ClassDrift], report_href: Callable[[str], str]) -> str:
+    """An audit report's section on the version before it: a link to its report (``report_href``: run id → href)
+    and what changed, class by class (``records.history.drift_tables``: the lines and cells `xich history` prints).
+    Empty for a first version."""
+    parts = []
+    for table in drift_tables(drift):
+        runs = {d.from_run: d.from_version for d in table.classes}
+        links = ", ".join(f"<a class='previous' href='{html.escape(report_href(run))}'>{html.escape(version)}</a> "
+                          f"(run <code>{html.escape(run[:8])}</code>)" for run, version in runs.items())
+        head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in table.headings)
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.cells)
+        parts.append(f"<h2>Since the version before</h2><p>The version before: {links}; {html.escape(table.title)}. "
+                     "Each cluster is matched by its key on the same clustering; rank 0 is the most dominant, and "
+                     "each signal reads before→after.</p><ul class='since-previous'>"
+                     + "".join(f"<li>{html.escape(' '.join(line.split()))}</li>" for line in table.lines)
+                     + f"</ul><table class='since-previous'><tr>{head}</tr>{rows}</table>")
+    return "\n".join(parts)

@@ -288,15 +288,16 @@ def _per_image_finding(result: AuditResult) -> str:
         measured = (f"{rhos[0]:+.2f} to {rhos[-1]:+.2f} over {len(rhos)} classes "
                     f"(median {float(np.median(rhos)):+.2f})")
     return ("<h2>Per-image dominance and the logit (Fig. 3)</h2>"
-            "<p class='finding'>On ResNet-20/CIFAR-10, per-image dominance follows the class logit "
-            "(Spearman 0.91–0.98), contrary to the paper's Fig. 3 claim that they are non-correlated. "
-            "The reason is the head: with global average pooling followed by a linear layer, Grad-CAM's "
-            "energy and the logit are both built from w·A (the class's weights times the last block's "
-            f"activations). In this run ({html.escape(result.model.spec)}), Spearman(dominance, logit) "
-            f"is <b class='measured'>{measured}</b>. The claim holds only when the mosaic is rescaled to the "
-            "model's input size (<code>--mosaic-size</code> = tile size: mean Spearman 0.45 over the four CIFAR "
-            "ResNets, against 0.95 at native tiles), and only in appearance: against the logit of each image as "
-            "the rescaled mosaic shows it, the correlation is 0.94 again (docs/science.md).</p>")
+            f"<p class='finding'>In this run ({html.escape(result.model.spec)} on "
+            f"<code>{html.escape(result.dataset.uri)}</code>), Spearman(per-image dominance, logit) is "
+            f"<b class='measured'>{measured}</b>. The paper's Fig. 3 claims the two are non-correlated; a high value "
+            "here says otherwise, and the reason is the head: with global average pooling followed by a linear "
+            "layer, Grad-CAM's energy and the logit are both built from w·A (the class's weights times the last "
+            "block's activations). The project measured the same on the four CIFAR ResNets (Spearman 0.91–0.98); "
+            "the claim held there only when the mosaic is rescaled to the model's input size "
+            "(<code>--mosaic-size</code> = tile size: mean Spearman 0.45, against 0.95 at native tiles), and only "
+            "in appearance: against the logit of each image as the rescaled mosaic shows it, the correlation is "
+            "0.94 again (docs/science.md).</p>")
 
 
 def _mean_logit_sentence(cls: ClassResult) -> str:
@@ -419,22 +420,22 @@ BASELINE_HEADINGS = {"mean_logit": "mean logit", "mean_softmax": "mean softmax",
 
 
 def _cluster_table(cls: ClassResult) -> str:
-    """One row per cluster: rank, score, sizes, training share, baselines and the control's score."""
+    """One row per cluster: rank ("no evidence" where its pairs gave none), score, sizes, training share, baselines
+    and the control's score."""
     shown = [b for b in BASELINE_HEADINGS if any(c.baselines for c in cls.clusters)]
     control = cls.control["scores"] if cls.control else None
     rows = "".join(
-        f"<tr><td>{'—' if c.rank is None else c.rank}</td><td>{c.id}</td>"
+        (f"<tr><td class='flag'>no evidence</td>" if c.rank is None else f"<tr><td>{c.rank}</td>") + f"<td>{c.id}</td>"
         f"<td>{'—' if c.score is None else f'{c.score:.3f}'}</td><td>{c.eval_size}</td>"
         f"<td>{'-' if c.train_count is None else c.train_count}</td>"
         f"<td>{'-' if c.train_share is None else f'{c.train_share:.3f}'}{_se(c.train_share_se)}</td>"
         + "".join(f"<td>{_number((c.baselines or {}).get(b))}</td>" for b in shown)
-        + (f"<td>{_number(control[c.id])}</td>" if control else "")
-        + f"<td class='flag'>{'no evidence' if c.rank is None else ''}</td></tr>"
+        + (f"<td>{_number(control[c.id])}</td>" if control else "") + "</tr>"
         for c in sorted(cls.clusters, key=lambda c: (c.rank is None, c.rank or 0, c.id)))
     tau = cls.agreement or {}
     heads = "".join(f"<th>{BASELINE_HEADINGS[b]} (τ {_signed(tau.get(b))})</th>" for b in shown)
     return ("<table><tr><th>rank</th><th>cluster</th><th>score</th><th>eval size</th><th>train count</th>"
-            f"<th>train share</th>{heads}{'<th>control score</th>' if control else ''}<th>evidence</th></tr>"
+            f"<th>train share</th>{heads}{'<th>control score</th>' if control else ''}</tr>"
             f"{rows}</table>")
 
 

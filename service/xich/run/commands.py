@@ -111,7 +111,7 @@ def write_outputs(ctx: Context, done: LocalAudit, *, json_path: str | None = Non
         write_atomically(oversample_path, json.dumps(weights, indent=1, sort_keys=True), what=oversample_path)
         yield (f"wrote {oversample_path}: {len(weights)} training image(s) of the flagged looks, for "
                f"`xich train --oversample {oversample_path}`")
-    from .publish import publish_run, publishing
+    from .publish import publish_run, publishing, since_previous_html
 
     with publishing(ctx, result.run_id) if done.recorded else nullcontext():  # failed: the run is not left complete
         if report_dir:
@@ -121,7 +121,10 @@ def write_outputs(ctx: Context, done: LocalAudit, *, json_path: str | None = Non
             stored = [cls for cls in result.classes if cls.name not in done.examples]  # read back, not recomputed
             for cls, explain in explain_stored(done.opened, stored) if stored else ():
                 done.examples[cls.name] = collect_examples(cls, explain)
-            yield f"wrote {write_report(result, report_dir, done.examples, model=model, version=version)}"
+            # a recorded run's report links the version before it where the store keeps both (runs/<id>/report/)
+            since = since_previous_html(ctx, result) if done.recorded else ""
+            yield (f"wrote "
+                   f"{write_report(result, report_dir, done.examples, model=model, version=version, extra_html=since)}")
         if done.recorded:
             keys = publish_run(ctx, result, report_dir=report_dir)
             yield f"stored {len(keys)} file(s) under {ctx.settings.store_url.rstrip('/')}/runs/{result.run_id}/"
@@ -136,15 +139,13 @@ def start_registered(ctx: Context, parameters: dict, *, shards: int = 1) -> str:
 
         done = audit_registered(ctx, parameters)
         return f"audited: run {done['run_id']}, report {done['report']}"
-    from .deploy import start_run
+    from .deploy import start_run, why_not_started
 
     try:
         run = start_run(settings, {**parameters, "shards": shards})
     except Exception as exc:  # ObjectNotFound, a server that does not answer…
-        raise XichError(f"the version is registered, but its audit did not start: Prefect at "
-                        f"{settings.prefect_api_url} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                        f"deploy the flows (`prefect --no-prompt deploy --all`) or unset PREFECT_API_URL to audit "
-                        f"here; the nightly audit-new-versions flow will also pick it up") from None
+        raise XichError(f"the version is registered, but its audit did not start: {why_not_started(settings, exc)}; "
+                        f"the nightly audit-new-versions flow will also pick it up") from None
     return f"audit started: flow run {run.name} ({run.id}) of deployment {settings.audit_deployment}"
 
 
@@ -171,29 +172,31 @@ def train_to(ctx: Context, out: str, *, create_bucket: bool = False, on_epoch=No
 
 
 def history(ctx: Context, *, model: str, class_name: str | None = None, report_dir: str | None = None
-            ) -> tuple[list, object]:
-    """``xich history``: the model's dominance history (``records.history.model_history``) and, with
-    ``report_dir``, the path of its history page; XichError when nothing is recorded (no database file is
-    created for asking)."""
-    from ..records.history import model_history
+            ) -> tuple[list, list, object]:
+    """``xich history``: the model's dominance history (``records.history.model_history``), its drift between
+    consecutive versions (``records.history.version_drift``) and, with ``report_dir``, the path of its history page;
+    XichError when nothing is recorded (no database file is created for asking)."""
+    from ..records.history import model_history, version_drift
     from .context import existing_database
 
     existing_database(ctx.settings)  # before the engine (and the migration) would create the file
     page = None
     with ctx.session() as session:
         rows = model_history(session, model_name=model, class_name=class_name)
+        drift = version_drift(session, model_name=model, class_name=class_name) if rows else []
         if rows and report_dir:
             from ..reports.history_report import write_history_report
-            from .publish import report_uri
+            from .publish import report_link
 
             check_output_dir(report_dir, "--report")
             page = write_history_report(session_or_engine=session, model_name=model, out_dir=report_dir,
-                                        class_name=class_name, report_uri=lambda run_id: report_uri(ctx, run_id))
+                                        class_name=class_name,
+                                        report_uri=lambda run_id: report_link(ctx, run_id, page_dir=report_dir))
     if not rows:
         raise XichError(f"--model {model}: no complete audit recorded under that name"
                         + (f" for class {class_name}" if class_name else "")
                         + "; record one with `xich audit --model-name NAME`")
-    return rows, page
+    return rows, drift, page
 
 
 def show_references(ctx: Context, *, model: str) -> list[str]:

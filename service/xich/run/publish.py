@@ -7,7 +7,7 @@ first (mosaics rendered again from the stored manifests, never recomputed). The 
 from __future__ import annotations
 
 import json
-
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,9 +59,36 @@ def publish_run(ctx: Context, result: AuditResult, *, report_dir: str | Path | N
 
 def report_uri(ctx: Context, run_id: str) -> str:
     """The URI of run ``run_id``'s published report page (an S3 store is not contacted for it)."""
-    key = f"runs/{run_id}/report/index.html"
+    key = report_key(run_id)
     url = ctx.settings.store_url
     return f"{url.rstrip('/')}/{key}" if url.startswith("s3://") else ctx.store.uri(key)
+
+
+def report_key(run_id: str) -> str:
+    """Where run ``run_id``'s report page lies in the results store."""
+    return f"runs/{run_id}/report/index.html"
+
+
+def report_link(ctx: Context, run_id: str, *, page_dir: str | Path) -> str | None:
+    """A link from a page in ``page_dir`` to run ``run_id``'s report: relative where the store is a local folder
+    (the page and the store moved or served together keep it working; None where no report was stored), the
+    store's URI for an S3 store."""
+    url = ctx.settings.store_url
+    if url.startswith("s3://"):
+        return report_uri(ctx, run_id)
+    page = Path(url).resolve() / report_key(run_id)
+    return Path(os.path.relpath(page, Path(page_dir).resolve())).as_posix() if page.is_file() else None
+
+
+def since_previous_html(ctx: Context, result: AuditResult) -> str:
+    """The report's section on the version before this run's (``records.history.version_drift``): a relative link to
+    its report in the store (both lie under ``runs/``) and what changed; nothing for a first version."""
+    from ..records.history import drift_into
+    from ..reports.history_report import since_previous_html as render
+
+    with ctx.session() as session:
+        drift = drift_into(session, run_id=result.run_id)
+    return render(drift, lambda run_id: f"../../{run_id}/report/index.html")
 
 
 def publish_with_report(ctx: Context, result: AuditResult, opened: OpenedAudit, *, model: str | None = None,
@@ -72,6 +99,6 @@ def publish_with_report(ctx: Context, result: AuditResult, opened: OpenedAudit, 
 
     with publishing(ctx, result.run_id), tempfile.TemporaryDirectory(prefix="xich-report-") as tmp:
         examples = {cls.name: collect_examples(cls, explain) for cls, explain in explain_stored(opened, result.classes)}
-        write_report(result, tmp, examples, model=model, version=version)
+        write_report(result, tmp, examples, model=model, version=version, extra_html=since_previous_html(ctx, result))
         publish_run(ctx, result, report_dir=tmp)
     return report_uri(ctx, result.run_id)

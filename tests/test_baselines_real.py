@@ -1,32 +1,28 @@
 """The baselines of a real audit against an independent forward pass: automobile (output 1) and frog (output 6) of
 CIFAR-10, 48 test JPEGs each, audited with the public ResNet-20; every cluster's ``mean_logit``, ``mean_softmax``,
-``accuracy`` and ``mean_margin`` recomputed here from the checkpoint run by a plain torch model (no tracing, no
-chunking, images decoded here), the audited class's column, and the cluster's members as the document names them.
+``accuracy`` and ``mean_margin`` recomputed from the checkpoint run by a plain torch model (tests/reference.py: no
+tracing, no chunking, images decoded there), the audited class's column, and the cluster's members as the document
+names them.
 
 The two classes are not adjacent outputs, so a baseline taken from a neighbouring column (another audited class's,
 or ``(index + 1) % K``) differs by far more than the tolerance."""
 
 from __future__ import annotations
 
-import io
 import shutil
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
+from reference import baselines_by_hand, resnet20_logits
 from shared_data import CIFAR10, RESNET20, require
 from xich.engine.audit import AuditConfig, run_audit
-from xich.engine.models import build_model
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.shared_data]
 
 CLASSES = {"automobile": 1, "frog": 6}  # CIFAR-10's output order: airplane, automobile, bird, cat, deer, dog, frog …
 N_PER_CLASS = 48
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # --normalize imagenet, the audit's default
 
 
 @pytest.fixture(scope="module")
@@ -56,34 +52,6 @@ def document(subset) -> dict:
     return run_audit(config, run_id="baselines").to_dict()
 
 
-def _plain_resnet20() -> torch.nn.Module:
-    """The checkpoint in the architecture's module tree, loaded by hand (``module.`` prefixes stripped)."""
-    checkpoint = torch.load(RESNET20, map_location="cpu", weights_only=True)
-    state = {k.removeprefix("module."): v for k, v in checkpoint["state_dict"].items()}
-    model = build_model("cifar:resnet20", 10)
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def _logits(files: list[Path]) -> np.ndarray:
-    """(N, 10) float64 logits of the JPEGs, decoded by PIL and normalised here."""
-    pixels = np.stack([np.asarray(Image.open(io.BytesIO(f.read_bytes())).convert("RGB")) for f in files])
-    x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).double() / 255.0 - torch.tensor(MEAN).view(1, 3, 1, 1).double()) \
-        / torch.tensor(STD).view(1, 3, 1, 1).double()
-    with torch.no_grad():
-        return _plain_resnet20().double()(x).numpy()
-
-
-def _expected(logits: np.ndarray, k: int) -> dict[str, float]:
-    """The four baselines of one cluster's logits (N, K) for output ``k``, written out plainly."""
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    softmax = exp[:, k] / exp.sum(axis=1)
-    best_other = np.array([max(v for j, v in enumerate(row) if j != k) for row in logits])
-    return {"mean_logit": logits[:, k].mean(), "mean_softmax": softmax.mean(),
-            "accuracy": np.mean([int(np.argmax(row)) == k for row in logits]),
-            "mean_margin": (logits[:, k] - best_other).mean()}
-
-
 def test_every_cluster_baseline_equals_an_independent_forward_pass(document, subset):
     """Each cluster's four baselines, from the audited class's own column over the document's members, to 1e-5."""
     assert [c["name"] for c in document["classes"]] == list(CLASSES)
@@ -94,7 +62,7 @@ def test_every_cluster_baseline_equals_an_independent_forward_pass(document, sub
         for cluster in cls["clusters"]:
             files = [subset / "test" / cls["name"] / Path(m).name for m in cluster["members"]]
             assert all(f.is_file() for f in files), cluster["members"][:3]
-            expected = _expected(_logits(files), k)
+            expected = baselines_by_hand(resnet20_logits(files), k)
             got = cluster["baselines"]
             for name, value in expected.items():
                 assert got[name] == pytest.approx(value, abs=1e-5), (cls["name"], cluster["id"], name)
@@ -105,6 +73,6 @@ def test_the_baselines_tell_the_classes_apart(document, subset):
     its neighbours' by a margin, and most images are classified right."""
     for cls in document["classes"]:
         k = CLASSES[cls["name"]]
-        logits = _logits(sorted((subset / "test" / cls["name"]).iterdir()))
+        logits = resnet20_logits(sorted((subset / "test" / cls["name"]).iterdir()))
         assert (logits[:, k] - logits[:, (k + 1) % 10]).mean() > 3.0
         assert (logits.argmax(axis=1) == k).mean() > 0.7

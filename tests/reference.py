@@ -3,6 +3,7 @@ four baselines of a cluster written out by hand. Nothing here calls the service'
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
@@ -26,13 +27,31 @@ def plain_resnet20() -> torch.nn.Module:
 
 
 def resnet20_logits(files: list[Path]) -> np.ndarray:
-    """(N, 10) float64 logits of 32 × 32 JPEGs, decoded by PIL and normalised here, in one eager pass."""
+    """(N, 10) float64 logits of 32 × 32 JPEGs through the public ResNet-20 (:func:`logits_of`)."""
+    return logits_of(plain_resnet20(), files)
+
+
+def logits_of(model: torch.nn.Module, files: list[Path]) -> np.ndarray:
+    """(N, K) float64 logits of JPEGs at their own size, decoded by PIL and normalised here, in one eager pass of a
+    float64 copy of ``model``."""
     pixels = np.stack([np.asarray(Image.open(io.BytesIO(Path(f).read_bytes())).convert("RGB")) for f in files])
     mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)
     std = torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
     x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).double() / 255.0 - mean) / std
     with torch.no_grad():
-        return plain_resnet20()(x).numpy()
+        return copy.deepcopy(model).double().eval()(x).numpy()
+
+
+def kendall_tau_of_scored(scores: list[float | None], baseline: list[float]) -> float | None:
+    """scipy's Kendall τ-b of the clusters' scores and a baseline, over the clusters with a score (None where
+    undefined)."""
+    from scipy import stats
+
+    keep = [k for k, s in enumerate(scores) if s is not None]
+    if len(keep) < 2:
+        return None
+    tau = stats.kendalltau([scores[k] for k in keep], [baseline[k] for k in keep]).statistic
+    return None if np.isnan(tau) else float(tau)
 
 
 def baselines_by_hand(logits: np.ndarray, k: int) -> dict[str, float]:

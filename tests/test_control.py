@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference import baselines_by_hand, resnet20_logits
-from scipy import stats
+from reference import baselines_by_hand, kendall_tau_of_scored, resnet20_logits
 from xich.engine.audit import AuditConfig, open_audit, run_audit
 from xich.records.persist import load_audit
 from builders import recorded
@@ -93,13 +92,6 @@ def _independent_baselines(cifar_subset: Path, name: str, members: list[str]) ->
                              CIFAR10_CLASSES.index(name))
 
 
-def _tau(scores: list, baseline: list) -> float | None:
-    """scipy's Kendall τ-b over the clusters with a score (None where undefined)."""
-    keep = [k for k, s in enumerate(scores) if s is not None]
-    tau = stats.kendalltau([scores[k] for k in keep], [baseline[k] for k in keep]).statistic if len(keep) > 1 else None
-    return None if tau is None or np.isnan(tau) else float(tau)
-
-
 def test_baselines_and_agreement_in_the_document(audited, cifar_subset):
     """Every cluster's baselines equal a plain forward pass of the checkpoint over the cluster's members, with the
     audited class's column (cat 3, truck 9: a neighbouring column differs by far more than 1e-5); the agreement is
@@ -113,7 +105,7 @@ def test_baselines_and_agreement_in_the_document(audited, cifar_subset):
             expected = _independent_baselines(cifar_subset, cls["name"], c["members"])
             assert c["baselines"] == pytest.approx(expected, abs=1e-5), (cls["name"], c["id"])
         for name in ("mean_logit", "mean_softmax", "accuracy", "mean_margin"):
-            tau = _tau(scores, [c["baselines"][name] for c in cls["clusters"]])
+            tau = kendall_tau_of_scored(scores, [c["baselines"][name] for c in cls["clusters"]])
             assert cls["agreement"][name] == (pytest.approx(tau, abs=1e-12) if tau is not None else None), name
     assert result.config["method"] == "gradcam"
 
@@ -146,7 +138,7 @@ def test_stored_and_read_back_unchanged(cifar_subset, database_url, tmp_path):
             expected = _independent_baselines(cifar_subset, "cat", cluster.members)
             assert cluster.baselines == pytest.approx(expected, abs=1e-5), cluster.id
         assert stored.agreement["mean_logit"] == pytest.approx(
-            _tau([c.score for c in stored.clusters], [c.baselines["mean_logit"] for c in stored.clusters]), abs=1e-12)
+            kendall_tau_of_scored([c.score for c in stored.clusters], [c.baselines["mean_logit"] for c in stored.clusters]), abs=1e-12)
         with engine.connect() as conn:
             rows = conn.execute(text("SELECT cluster_key, method, mean_logit, mean_margin, control_score, "
                                      "tau_mean_logit, control_tau FROM dominance_history ORDER BY cluster_key")).all()

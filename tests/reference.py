@@ -31,12 +31,13 @@ def resnet20_logits(files: list[Path]) -> np.ndarray:
     return logits_of(plain_resnet20(), files)
 
 
-def logits_of(model: torch.nn.Module, files: list[Path]) -> np.ndarray:
-    """(N, K) float64 logits of JPEGs at their own size, decoded by PIL and normalised here, in one eager pass of a
-    float64 copy of ``model``."""
+def logits_of(model: torch.nn.Module, files: list[Path], mean: tuple[float, ...] = MEAN,
+              std: tuple[float, ...] = STD) -> np.ndarray:
+    """(N, K) float64 logits of image files at their own size, decoded by PIL and normalised here (``mean``, ``std``:
+    --normalize imagenet unless given), in one eager pass of a float64 copy of ``model``."""
     pixels = np.stack([np.asarray(Image.open(io.BytesIO(Path(f).read_bytes())).convert("RGB")) for f in files])
-    mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
     x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).double() / 255.0 - mean) / std
     with torch.no_grad():
         return copy.deepcopy(model).double().eval()(x).numpy()

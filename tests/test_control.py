@@ -19,19 +19,18 @@ from xich.records.db import make_engine
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-WEIGHTS = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
-TEST_TAR = SHARED / "cifar10-jpeg" / "test.tar.gz"
+from shared_data import CIFAR10, RESNET20 as WEIGHTS, require
+
+TEST_TAR = CIFAR10 / "test.tar.gz"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.shared_data]
 
 
 @pytest.fixture(scope="module")
 def cifar_subset(tmp_path_factory) -> Path:
     """The first 24 test JPEGs of cat and truck, as an image folder in a temporary directory (never the repo)."""
-    if not (WEIGHTS.is_file() and TEST_TAR.is_file()):
-        pytest.skip("../shared/data (ResNet-20 checkpoint, CIFAR-10 JPEGs) absent")
+    require()
     root = tmp_path_factory.mktemp("cifar_subset")
     wanted = {"cat": 0, "truck": 0}
     with tarfile.open(TEST_TAR) as tar:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import tarfile
 from io import BytesIO
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +18,9 @@ from xich.method.baselines import BASELINES, baseline_agreement, cluster_baselin
 from xich.engine.models import build_model, load_weights
 from xich.engine.runtime import PreparedModel
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-WEIGHTS = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
-TEST_TAR = SHARED / "cifar10-jpeg" / "test.tar.gz"
+from shared_data import CIFAR10, RESNET20 as WEIGHTS
+
+TEST_TAR = CIFAR10 / "test.tar.gz"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 

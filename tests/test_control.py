@@ -12,14 +12,13 @@ import pytest
 import torch
 
 from reference import baselines_by_hand, kendall_tau_of_scored, resnet20_logits
+from shared_data import CIFAR10, RESNET20 as WEIGHTS, require
 from xich.engine.audit import AuditConfig, open_audit, run_audit
 from xich.records.persist import load_audit
 from builders import recorded
 from xich.records.db import make_engine
 from sqlalchemy import text
 from sqlalchemy.orm import Session
-
-from shared_data import CIFAR10, RESNET20 as WEIGHTS, require
 
 TEST_TAR = CIFAR10 / "test.tar.gz"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from reference import baselines_by_hand, kendall_tau_of_scored, resnet20_logits
+from shared_data import CIFAR10, RESNET20 as WEIGHTS, require
 from xich.engine.audit import AuditConfig, open_audit, run_audit
 from xich.records.persist import load_audit
 from builders import recorded
@@ -18,18 +20,16 @@ from xich.records.db import make_engine
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-WEIGHTS = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
-TEST_TAR = SHARED / "cifar10-jpeg" / "test.tar.gz"
+TEST_TAR = CIFAR10 / "test.tar.gz"
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.shared_data]
 
 
 @pytest.fixture(scope="module")
 def cifar_subset(tmp_path_factory) -> Path:
     """The first 24 test JPEGs of cat and truck, as an image folder in a temporary directory (never the repo)."""
-    if not (WEIGHTS.is_file() and TEST_TAR.is_file()):
-        pytest.skip("../shared/data (ResNet-20 checkpoint, CIFAR-10 JPEGs) absent")
+    require()
     root = tmp_path_factory.mktemp("cifar_subset")
     wanted = {"cat": 0, "truck": 0}
     with tarfile.open(TEST_TAR) as tar:
@@ -84,15 +84,27 @@ def test_another_seed_gives_another_control(cifar_subset):
     assert not torch.equal(one.control.model.linear.weight, zero.control.model.linear.weight)
 
 
-def test_baselines_and_agreement_in_the_document(audited):
+def _independent_baselines(cifar_subset: Path, name: str, members: list[str]) -> dict[str, float]:
+    """A cluster's baselines from a plain forward pass of the checkpoint over its members (tests/reference.py)."""
+    return baselines_by_hand(resnet20_logits([cifar_subset / "test" / name / Path(m).name for m in members]),
+                             CIFAR10_CLASSES.index(name))
+
+
+def test_baselines_and_agreement_in_the_document(audited, cifar_subset):
+    """Every cluster's baselines equal a plain forward pass of the checkpoint over the cluster's members, with the
+    audited class's column (cat 3, truck 9: a neighbouring column differs by far more than 1e-5); the agreement is
+    scipy's Kendall τ of the scores against them."""
     result, _ = audited
     doc = result.to_dict()
+    assert [(c["name"], c["index"]) for c in doc["classes"]] == [("cat", 3), ("truck", 9)]
     for cls in doc["classes"]:
-        assert set(cls["agreement"]) == {"mean_logit", "mean_softmax", "accuracy", "mean_margin"}
+        scores = [c["score"] for c in cls["clusters"]]
         for c in cls["clusters"]:
-            b = c["baselines"]
-            assert 0 <= b["accuracy"] <= 1 and 0 <= b["mean_softmax"] <= 1
-            assert b["mean_margin"] <= b["mean_logit"] + 1e-9 or b["mean_margin"] > 0
+            expected = _independent_baselines(cifar_subset, cls["name"], c["members"])
+            assert c["baselines"] == pytest.approx(expected, abs=1e-5), (cls["name"], c["id"])
+        for name in ("mean_logit", "mean_softmax", "accuracy", "mean_margin"):
+            tau = kendall_tau_of_scored(scores, [c["baselines"][name] for c in cls["clusters"]])
+            assert cls["agreement"][name] == (pytest.approx(tau, abs=1e-12) if tau is not None else None), name
     assert result.config["method"] == "gradcam"
 
 
@@ -107,7 +119,8 @@ def test_no_control_is_another_settings_key_and_leaves_no_control(cifar_subset):
 
 
 def test_stored_and_read_back_unchanged(cifar_subset, database_url, tmp_path):
-    """Baselines, agreement, control and method through the results database (SQLite and PostgreSQL)."""
+    """Baselines, agreement, control and method through the results database (SQLite and PostgreSQL): the stored
+    baselines equal a plain forward pass over each stored cluster's members, not only the run that wrote them."""
     result = recorded(_config(cifar_subset, classes=("cat",)), database_url,
                             cache_dir=str(tmp_path / "cache"))
     engine = make_engine(database_url)
@@ -118,14 +131,25 @@ def test_stored_and_read_back_unchanged(cifar_subset, database_url, tmp_path):
         assert [c.agreement for c in back.classes] == [c.agreement for c in result.classes]
         assert ([k.baselines for c in back.classes for k in c.clusters]
                 == [k.baselines for c in result.classes for k in c.clusters])
+        (stored,) = back.classes
+        for cluster in stored.clusters:
+            expected = _independent_baselines(cifar_subset, "cat", cluster.members)
+            assert cluster.baselines == pytest.approx(expected, abs=1e-5), cluster.id
+        assert stored.agreement["mean_logit"] == pytest.approx(
+            kendall_tau_of_scored([c.score for c in stored.clusters], [c.baselines["mean_logit"] for c in stored.clusters]), abs=1e-12)
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT method, mean_logit, control_score, tau_mean_logit, control_tau "
-                                     "FROM dominance_history ORDER BY cluster_key")).all()
+            rows = conn.execute(text("SELECT cluster_key, method, mean_logit, mean_margin, control_score, "
+                                     "tau_mean_logit, control_tau FROM dominance_history ORDER BY cluster_key")).all()
             timings = conn.execute(text("SELECT timings FROM audit_run")).scalar_one()
         cls = result.classes[0]
         assert [r.method for r in rows] == ["gradcam"] * 3
-        assert [r.mean_logit for r in rows] == pytest.approx([c.baselines["mean_logit"] for c in cls.clusters])
-        assert [r.control_score for r in rows] == pytest.approx(cls.control["scores"])
+        by_index = {int(r.cluster_key.rpartition("/")[2]): r for r in rows}  # <clustering>/<class>/<index>
+        assert sorted(by_index) == [0, 1, 2]
+        for cluster in cls.clusters:
+            expected = _independent_baselines(cifar_subset, "cat", cluster.members)
+            assert by_index[cluster.id].mean_logit == pytest.approx(expected["mean_logit"], abs=1e-5)
+            assert by_index[cluster.id].mean_margin == pytest.approx(expected["mean_margin"], abs=1e-5)
+            assert by_index[cluster.id].control_score == pytest.approx(cls.control["scores"][cluster.id])
         assert [r.tau_mean_logit for r in rows] == pytest.approx([cls.agreement["mean_logit"]] * 3)
         assert [r.control_tau for r in rows] == pytest.approx([cls.control["tau"]] * 3)
         timings = timings if isinstance(timings, dict) else __import__("json").loads(timings)

@@ -110,12 +110,21 @@ def test_views_return_the_expected_rows(two_versions):
     assert len(rows) == 2 * 3 * 3
     by_version = {v: {(r.class_name, r.cluster_key) for r in rows if r.model_version == v} for v in ("v1", "v2")}
     assert by_version["v1"] == by_version["v2"]  # stable keys across versions
+    keys = {(r.class_name, r.cluster_key) for r in rows}
+    prefix = {key.removesuffix(f"/{name}/{key.rpartition('/')[2]}") for name, key in keys}
+    assert len(prefix) == 1  # one frozen clustering: every key is <its key>/<class>/<cluster index>
+    (prefix,) = prefix
     for version, result in (("v1", v1), ("v2", v2)):
+        got = {r.cluster_key: r for r in rows if r.model_version == version}
         for cls in result.classes:
-            got = sorted((r.rank, r.eval_size, r.score) for r in rows if r.model_version == version and r.class_name == cls.name)
-            want = sorted((c.rank, c.eval_size, c.score) for c in cls.clusters)
-            assert [g[:2] for g in got] == [w[:2] for w in want]
-            assert [g[2] for g in got] == pytest.approx([w[2] for w in want])
+            for c in cls.clusters:  # row by row, keyed: a view that swapped clusters within a class fails here
+                row = got.pop(f"{prefix}/{cls.name}/{c.id}")
+                assert row.class_name == cls.name and (row.rank, row.eval_size) == (c.rank, c.eval_size), (version, c.id)
+                assert row.score == pytest.approx(c.score) and row.train_share == pytest.approx(c.train_share)
+        assert got == {}
+    assert len({c.score for r in (v1, v2) for cls in r.classes for c in cls.clusters}) > 9  # distinct: a swap shows
+    for a, b in zip(v1.classes, v2.classes, strict=True):  # the frozen clustering: each key, the same images
+        assert [c.members for c in a.clusters] == [c.members for c in b.clusters]
 
     pairs = _rows(engine, "SELECT model_version, class_name, cluster_i, cluster_j, dominance, p_value_holm "
                           "FROM pairwise_dominance WHERE model_name = 'shapes'")

@@ -1,10 +1,12 @@
 """Migrations over data: a database at every older revision (0001 … head − 1) holding a real audit's rows, upgraded
-to head on SQLite and PostgreSQL, must answer the history views exactly as a database audited at head does; then
-downgraded back, it must hold the same rows again.
+to head on SQLite and PostgreSQL, must answer the history views exactly as a database audited at head does, and keep
+every value of every column of every table it had; downgraded back, it must hold the same values again, and upgraded
+once more, the same as after the first upgrade.
 
-The rows are those of a real audit (two versions of one model on a frozen clustering, recorded at head), written
-into the older schema through SQL: every column the older table has, from the same column at head. A column an
-older revision requires that head lacks would fail here, naming it. Revisions are read from the migrations
+The rows are those of a real audit (two versions of one model on a frozen clustering, recorded at head), with edge
+values added at head (NULLs, long texts with quotes and non-ASCII, nested JSON, an audit request and a webhook
+delivery), written into the older schema through SQL: every column the older table has, from the same column at
+head. A column an older revision requires that head lacks would fail here, naming it. Revisions are read from the migrations
 folder, so revisions added later are covered without editing this test.
 """
 
@@ -63,8 +65,44 @@ def audited(synth_data, tmp_path_factory, one_torch_thread) -> str:
     with Session(engine) as session:
         freeze_clustering(session=session, run_id=v1.run_id)
     engine.dispose()
-    audit("v2", 2)
+    v2 = audit("v2", 2)
+    _add_edge_values(url, v1.run_id, v2.run_id)
     return url
+
+
+LONG = ("«un texte» — 'quoted', \"double\", back\\slash, ✓ ünïcödé\n" * 400)[:20_000]
+NESTED = {"tags": {"stage": "Production", "ünï": ["a", 1, 2.5, None, True]}, "empty": {}, "list": [[1, [2, [3]]]],
+          "text": LONG[:3000]}
+
+
+def _add_edge_values(url: str, run_with: str, run_without: str) -> None:
+    """NULLs, long texts and JSON where the schema takes them; an audit request and a hook delivery (0004, 0005)."""
+    from xich.records.db import AuditRequest, AuditRun, HookDelivery, ModelVersion, RunClass
+
+    engine = make_engine(url)
+    now = datetime(2026, 12, 1, 12, 30, 15, 123456, tzinfo=timezone.utc)
+    try:
+        with Session(engine) as session, session.begin():
+            versions = session.scalars(select(ModelVersion).order_by(ModelVersion.id)).all()
+            versions[0].registry_metadata, versions[0].weights_uri = NESTED, "s3://bucket/" + "w" * 5000 + ".pt"
+            versions[1].registry_metadata, versions[1].weights_uri, versions[1].labels = {}, None, None
+            session.get(AuditRun, run_without).error = LONG
+            session.get(AuditRun, run_without).timings = {"nested": NESTED, "cam_s": 1.25}
+            for cls in session.scalars(select(RunClass).where(RunClass.run_id == run_with)):
+                cls.notes, cls.worker = ["ünï note", LONG[:2000], "", "{not json}"], None
+            session.add_all([
+                AuditRequest(model_version_id=versions[0].id, dataset_uri="s3://" + "d" * 4000, settings=NESTED,
+                             request_key="a" * 64, created_at=now, run_id=run_with, failures=2, last_error=LONG,
+                             next_try_at=now),
+                AuditRequest(model_version_id=versions[1].id, dataset_uri="/data", settings={}, request_key="b" * 64,
+                             created_at=now, run_id=None, last_error=None, next_try_at=None),
+                HookDelivery(source="mlflow", delivery_id="d-1", event="model_version.created", model=None,
+                             version=None, outcome="refused", reason=LONG, flow_run_id=None, received_at=now),
+                HookDelivery(source="generic", delivery_id="ü" * 255, event="e" * 255, model="m" * 255,
+                             version="v", outcome="audited", reason=None, flow_run_id="f" * 64, received_at=now),
+            ])
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -163,6 +201,40 @@ def _counts(url: str) -> dict[str, int]:
         engine.dispose()
 
 
+def _tables(url: str) -> dict[str, list[dict]]:
+    """Every table's rows with every column, in primary-key order (the schema's revision left out)."""
+    engine = make_engine(url)
+    try:
+        meta = MetaData()
+        meta.reflect(engine, views=False)
+        with engine.connect() as conn:
+            return {t.name: [dict(r._mapping) for r in conn.execute(select(t).order_by(*t.primary_key.columns))]
+                    for t in meta.sorted_tables if t.name != "alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def _within(tables: dict[str, list[dict]], shape: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """``tables`` cut to the tables and columns of ``shape`` (what an older schema has)."""
+    columns = {t: set(rows[0]) if rows else set() for t, rows in shape.items()}
+    return {t: [{c: v for c, v in row.items() if c in columns[t]} for row in tables[t]] for t in shape}
+
+
+def _differences(got: dict[str, list[dict]], expected: dict[str, list[dict]]) -> list[str]:
+    """Each table whose row count differs, and each column with a differing value: how many rows, and the first
+    (empty when equal)."""
+    out = [f"{t}: {len(got.get(t, []))} rows, expected {len(rows)}" for t, rows in expected.items()
+           if len(got.get(t, [])) != len(rows)]
+    for t, rows in expected.items():
+        for c in (rows[0] if rows else {}):
+            wrong = [(k, a.get(c), b[c]) for k, (a, b) in enumerate(zip(got.get(t, []), rows)) if a.get(c) != b[c]]
+            if wrong:
+                k, a, b = wrong[0]
+                out.append(f"{t}.{c}: {len(wrong)} of {len(rows)} rows differ, first [{k}]: "
+                           f"{str(a)[:40]!r} != {str(b)[:40]!r}")
+    return out
+
+
 def test_revisions_are_found():
     assert OLDER and OLDER[0] == "0001" and _revisions()[-1] == head_revision()
 
@@ -173,16 +245,26 @@ def test_a_database_with_audits_at_an_older_revision_upgrades_to_the_same_histor
     written = _copy_rows(audited, empty_url)
     assert written["run_cluster"] > 0 and written["pair_dominance"] > 0 and written["audit_run"] == 2
     at_revision = _counts(empty_url)
+    before = _tables(empty_url)
+    errors = [r["error"] for r in before["audit_run"]]
+    assert errors.count(LONG) == 1 and errors.count(None) == 1  # the edge values made it into the older schema
+    if "hook_delivery" in before:
+        assert len(before["hook_delivery"]) == 2 and before["hook_delivery"][0]["reason"] == LONG
     added_later = _columns(audited) - _columns(empty_url)  # e.g. 0003's intervals: an older run never had them
     upgrade(empty_url)
+    after = _tables(empty_url)
+    assert _differences(_within(after, before), before) == []  # every value of every column it had, unchanged
     if empty_url.startswith("sqlite"):
         with make_engine(empty_url).connect() as conn:
             assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
     expected = _views(audited, added_later)
     assert expected["hierarchy_drift"] and expected["dominance_history"] and expected["pairwise_dominance"]
     assert _views(empty_url, added_later) == expected
-    assert _counts(empty_url) == {t: n for t, n in _counts(audited).items()}  # no row lost on the way
-    downgrade(empty_url, revision)  # and back: the same rows as before the upgrade
+    assert _counts(empty_url) == {t: (n if t in at_revision else 0) for t, n in _counts(audited).items()}
+    downgrade(empty_url, revision)  # and back: the same rows and values as before the upgrade
     assert _counts(empty_url) == at_revision
+    assert _differences(_tables(empty_url), before) == []
+    upgrade(empty_url)  # and up again: the same as after the first upgrade
+    assert _differences(_tables(empty_url), after) == []
     downgrade(empty_url)
     assert set(_counts(empty_url)) == set()

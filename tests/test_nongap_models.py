@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from reference import baselines_by_hand, kendall_tau_of_scored, logits_of
 from shared_data import CIFAR10, RESNET20, require
+from xich.method.baselines import BASELINES
 from xich.engine.audit import AuditConfig, open_audit, run_audit
 from xich.method.cam_methods import FAST_METHODS
 from xich.method.dominance import mosaic_dominance, quadrant_relevance
@@ -110,23 +112,36 @@ def flat_audit(cifar_subset, flat_weights):
     return run_audit(_config(cifar_subset, "cifar:resnet20-flat", flat_weights))
 
 
-def _check_audit(result):
-    assert [c.name for c in result.classes] == ["cat", "truck"]
+def _check_agreement(cls) -> None:
+    """Each baseline's agreement is scipy's Kendall τ of the clusters' scores against it."""
+    assert set(cls.agreement) == set(BASELINES)
+    for name in BASELINES:
+        tau = kendall_tau_of_scored([c.score for c in cls.clusters], [c.baselines[name] for c in cls.clusters])
+        assert cls.agreement[name] == (pytest.approx(tau, abs=1e-12) if tau is not None else None), (cls.name, name)
+
+
+def _check_audit(result, model: torch.nn.Module, data: Path, indices: tuple[int, int]):
+    """Scores, hierarchy, agreement; every cluster's baselines against an eager float64 pass of ``model`` over its
+    members, in the audited class's output (``indices`` of cat and truck)."""
+    assert [(c.name, c.index) for c in result.classes] == list(zip(("cat", "truck"), indices))
     for cls in result.classes:
         scores = np.array([c.score for c in cls.clusters], dtype=float)
         assert not np.isnan(scores).all()
         assert sorted(cls.hierarchy) == [0, 1, 2]
-        assert set(cls.agreement) == {"mean_logit", "mean_softmax", "accuracy", "mean_margin"}
+        for c in cls.clusters:
+            logits = logits_of(model, [data / "test" / cls.name / Path(m).name for m in c.members])
+            assert c.baselines == pytest.approx(baselines_by_hand(logits, cls.index), abs=1e-5), (cls.name, c.id)
+        _check_agreement(cls)
         control = np.array(cls.control["scores"], dtype=float)
         assert np.nanmax(np.abs(scores - control)) > 1e-3  # the control is not the model
 
 
 def test_vit_audited_end_to_end(vit_audits, cifar_subset):
     first, second = vit_audits
-    _check_audit(first)
+    opened = open_audit(_config(cifar_subset, "cifar:vit", classes=("cat",)))  # the same seed: the same weights
+    _check_audit(first, opened.prepared.model, cifar_subset, (0, 1))  # outputs: the dataset's classes
     assert first.config["mosaic_size"] == first.config["tile_size"] == 32  # a fixed input size: mosaics shrunk
     assert [c.control for c in first.classes] == [c.control for c in second.classes]  # reproducible for a seed
-    opened = open_audit(_config(cifar_subset, "cifar:vit", classes=("cat",)))
     assert opened.prepared.cam == opened.control.cam == "reference"
     assert opened.prepared.layer_name == opened.control.layer_name == "encoder.layers.encoder_layer_3.ln_1"
     other = open_audit(_config(cifar_subset, "cifar:vit", classes=("cat",), seed=1))
@@ -134,7 +149,9 @@ def test_vit_audited_end_to_end(vit_audits, cifar_subset):
 
 
 def test_non_gap_head_audited_end_to_end(flat_audit, cifar_subset, flat_weights):
-    _check_audit(flat_audit)
+    model = build_model("cifar:resnet20-flat", 10)
+    model.load_state_dict(torch.load(flat_weights, weights_only=True))
+    _check_audit(flat_audit, model, cifar_subset, (3, 9))  # CIFAR-10's ten outputs
     opened = open_audit(_config(cifar_subset, "cifar:resnet20-flat", flat_weights, classes=("cat",)))
     assert opened.prepared.head is None and opened.prepared.cam == "reference"  # not GAP → linear: the library
     trained, control = opened.prepared.model.state_dict(), opened.control.model.state_dict()
@@ -214,4 +231,4 @@ def test_vit_b_16_with_random_weights_audited_end_to_end(cifar_subset, tmp_path)
     assert result.config["layer"] == "encoder.layers.encoder_layer_11.ln_1"
     assert sorted(cls.hierarchy) == [0, 1] and sum(c.eval_size for c in cls.clusters) == 4
     assert cls.control is not None and len(cls.control["scores"]) == 2
-    assert set(cls.agreement) == {"mean_logit", "mean_softmax", "accuracy", "mean_margin"}
+    _check_agreement(cls)

@@ -54,10 +54,79 @@ def test_migrations_up_down_up(database_url):
     assert {t.name for t in Base.metadata.sorted_tables} <= _tables(database_url)
 
 
+def _stored_content(url: str, run_id: str) -> dict[str, dict]:
+    """What the tables hold for a run, read by SQL (not through ``load_classes``): per class its index, clusters
+    (index, size, score, rank, training share, members), dominance matrix, mosaics and per-image rows."""
+    engine = make_engine(url)
+    q = lambda sql: conn.execute(text(sql), {"r": run_id}).all()  # noqa: E731
+    try:
+        with engine.connect() as conn:
+            classes = {r.class_index: r.class_name for r in q("SELECT class_index, class_name FROM run_class "
+                                                              "WHERE run_id = :r")}
+            members = {}
+            for r in q("SELECT rcl.class_index, rcl.cluster_index, m.image_id FROM run_cluster rcl "
+                       "JOIN cluster_member m ON m.cluster_id = rcl.cluster_id WHERE rcl.run_id = :r"):
+                members.setdefault((r.class_index, r.cluster_index), []).append(r.image_id)
+            out = {name: {"index": k, "clusters": [], "dominance": {}, "mosaics": [], "per_image": []}
+                   for k, name in classes.items()}
+            for r in q("SELECT * FROM run_cluster WHERE run_id = :r ORDER BY class_index, cluster_index"):
+                out[classes[r.class_index]]["clusters"].append(
+                    (r.cluster_index, r.eval_size, r.score, r.rank, r.train_share,
+                     sorted(members.get((r.class_index, r.cluster_index), []))))
+            for r in q("SELECT * FROM pair_dominance WHERE run_id = :r"):
+                out[classes[r.class_index]]["dominance"][r.cluster_i, r.cluster_j] = r.dominance
+            for r in q("SELECT * FROM mosaic WHERE run_id = :r ORDER BY class_index, position"):
+                out[classes[r.class_index]]["mosaics"].append(
+                    ([r.pair_i, r.pair_j], [r.image_tl, r.image_tr, r.image_bl, r.image_br],
+                     [r.cluster_tl, r.cluster_tr, r.cluster_bl, r.cluster_br], r.d))
+            for r in q("SELECT * FROM per_image_score WHERE run_id = :r ORDER BY class_index, position"):
+                out[classes[r.class_index]]["per_image"].append((r.image_id, r.score, r.logit, r.softmax))
+        return out
+    finally:
+        engine.dispose()
+
+
+def _content(result: AuditResult) -> dict[str, dict]:
+    """The same content from an audit result (an unrecorded run)."""
+    return {cls.name: {"index": cls.index,
+                       "clusters": [(c.id, c.eval_size, c.score, c.rank, c.train_share, sorted(c.members))
+                                    for c in cls.clusters],
+                       "dominance": {(i, j): cls.dominance[i][j] for i in range(len(cls.clusters))
+                                     for j in range(len(cls.clusters))},
+                       "mosaics": [(m.pair, m.images, m.clusters, m.d) for m in cls.mosaics],
+                       "per_image": [(r.image, r.score, r.logit, r.softmax) for r in cls.per_image.images]}
+            for cls in result.classes}
+
+
+def _assert_stored_content(content: dict[str, dict], expected: dict[str, dict]) -> None:
+    assert sorted(content) == sorted(expected) == ["circle", "square", "triangle"]
+    for name, want in expected.items():
+        got = content[name]
+        assert got["index"] == want["index"], name
+        assert len(got["clusters"]) == len(want["clusters"]) == 3, name
+        for g, w in zip(got["clusters"], want["clusters"]):
+            assert g[:2] == w[:2] and g[3] == w[3] and g[5] == w[5], (name, g[0])  # index, size, rank, members
+            assert g[2] == pytest.approx(w[2]) and g[4] == pytest.approx(w[4]), (name, g[0])
+        assert sum(len(g[5]) for g in got["clusters"]) == 12
+        assert got["dominance"] == pytest.approx(want["dominance"], nan_ok=True), name
+        assert [m[:3] for m in got["mosaics"]] == [m[:3] for m in want["mosaics"]], name
+        assert [m[3] for m in got["mosaics"]] == pytest.approx([m[3] for m in want["mosaics"]]), name
+        assert [r[0] for r in got["per_image"]] == [r[0] for r in want["per_image"]], name
+        for g, w in zip(got["per_image"], want["per_image"], strict=True):
+            assert g[1:] == pytest.approx(w[1:]), (name, g[0])
+
+
 def test_stored_audit_reads_back_equal_to_its_json(database_url, synth_data, one_torch_thread):
     config = _config(synth_data)
-    stored = recorded(config, database_url, model_name="shapes", model_version="v1")
-    direct = run_audit(config, run_id=stored.run_id)
+    with open_recorded_run(context_for(database_url), config, model_name="shapes", model_version="v1") as rec:
+        for _ in rec.audit_pending():
+            pass
+        direct = run_audit(config, run_id=rec.run.id)
+        # the rows as stored, before anything reads the run back, by content: every class with its clusters and
+        # their members, the matrices, mosaics and per-image scores of an unrecorded run of the same audit (a class
+        # stored without clusters, or a cluster with another's members, fails here by name)
+        _assert_stored_content(_stored_content(database_url, rec.run.id), _content(direct))
+        stored = rec.finish()
     assert numbers(stored) == numbers(direct)
     assert AuditResult.from_dict(json.loads(stored.to_json())) == stored  # the document reads back whole
     assert {"fingerprint_s", "audit_s", "decode_s", "embed_s", "cam_s", "control_s", "train_s"} <= set(stored.timings)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from reference import logits_of
 from builders import audit_result, class_result, cluster, resnet20_config
 from xich.engine.audit import assemble_result, audit_classes, explainer, open_audit
 from xich.reports.report import _dominance_heatmap, collect_examples, example_pairs, write_report
@@ -26,24 +27,33 @@ def report(synth_data, tmp_path_factory):
         examples[cls.name] = collect_examples(cls, explainer(opened, images))
     result = assemble_result(opened, classes, "report-test")
     out = tmp_path_factory.mktemp("report")
-    return result, examples, write_report(result, out, examples)
+    return result, examples, write_report(result, out, examples), opened.prepared.model
 
 
-def test_per_image_mode_counts_and_correlations(report):
-    result, _, _ = report
+def test_per_image_mode_counts_and_correlations(report, synth_data):
+    """Counts and ranges, and each sampled image's logit and softmax tied to its image id: an eager float64 pass of
+    the audited model over the file the id names (tests/reference.py), the class's own output."""
+    result, _, _, model = report
     for cls in result.classes:
         pi = cls.per_image
         assert len(pi.images) == 4
         assert pi.mosaics == 4 * 3 // 2 * 3  # all pairs of the 4 images, J = 3 each
         assert len({r.image for r in pi.images}) == 4
+        assert {r.image for r in pi.images} <= {m for c in cls.clusters for m in c.members}
         assert pi.requested == 4
         assert all(0 <= r.softmax <= 1 and (r.score is None or 0 <= r.score <= 1) for r in pi.images)
+        logits = logits_of(model, [synth_data / "test" / r.image for r in pi.images])
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        np.testing.assert_allclose([r.logit for r in pi.images], logits[:, cls.index], rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose([r.softmax for r in pi.images], exp[:, cls.index] / exp.sum(axis=1), rtol=0,
+                                   atol=1e-6)
+        assert np.ptp(logits[:, cls.index]) > 1e-3  # the images' logits differ: one given to another image shows
         for key in ("pearson_logit", "spearman_logit", "pearson_softmax", "spearman_softmax"):
             assert getattr(pi, key) is None or -1 <= getattr(pi, key) <= 1
 
 
 def test_one_figure_per_kind(report):
-    result, examples, page = report
+    result, examples, page, _ = report
     text = page.read_text()
     kinds = re.findall(r'data-kind="([a-z-]+)" src="([^"]+)"', text)
     per_kind = {k: [src for kind, src in kinds if kind == k] for k in ("matrices", "mosaics", "per-image",
@@ -66,7 +76,7 @@ def test_one_figure_per_kind(report):
 
 
 def test_example_pairs_pick_extremes(report):
-    result, _, _ = report
+    result, _, _, _ = report
     for cls in result.classes:
         D = cls.dominance
         defined = [(a, b) for a in range(3) for b in range(3) if a != b and D[a][b] is not None]
@@ -79,7 +89,7 @@ def test_example_pairs_pick_extremes(report):
 
 
 def test_page_renders_in_headless_chromium(report, headless_chromium):
-    _, _, page = report
+    _, _, page, _ = report
     decoded, total, pixels = headless_chromium(page)
     assert decoded == total > 0
     assert pixels.shape[:2] == (2000, 1200)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import tarfile
 from io import BytesIO
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +18,9 @@ from xich.method.baselines import BASELINES, baseline_agreement, cluster_baselin
 from xich.engine.models import build_model, load_weights
 from xich.engine.runtime import PreparedModel
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-WEIGHTS = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
-TEST_TAR = SHARED / "cifar10-jpeg" / "test.tar.gz"
+from shared_data import CIFAR10, RESNET20 as WEIGHTS
+
+TEST_TAR = CIFAR10 / "test.tar.gz"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -79,6 +78,22 @@ def test_baselines_of_a_toy_class():
     np.testing.assert_allclose(got["mean_softmax"], [(e[0, 0] / e[0].sum() + e[1, 0] / e[1].sum()) / 2,
                                                      e[2, 0] / e[2].sum()])
     assert list(got) == list(BASELINES)
+
+
+def test_margin_is_the_class_logit_minus_the_best_other_logit():
+    """By hand, output 1 of four rows: the class on top, below another, every other logit negative, and a tie.
+    Wrong readings give other numbers: the max over all outputs (class included) gives 0 where the class leads,
+    the worst other logit (min) gives a larger margin, the best other logit clipped at 0 a smaller one."""
+    logits = np.array([[1.0, 4.0, -2.0, 3.0],     # class leads: 4 − 3 = 1
+                       [6.0, 2.0, 0.5, -1.0],     # class second: 2 − 6 = −4
+                       [-3.0, -0.5, -1.5, -2.5],  # all others negative: −0.5 − (−1.5) = 1
+                       [2.0, 2.0, 1.0, 0.0]])     # tie with another output: 0
+    got = cluster_baselines(logits, np.array([0, 0, 1, 1]), 2, 1)
+    np.testing.assert_allclose(got["mean_margin"], [(1.0 - 4.0) / 2, (1.0 + 0.0) / 2], atol=1e-12)
+    np.testing.assert_allclose(got["mean_logit"], [3.0, 0.75], atol=1e-12)
+    np.testing.assert_allclose(got["accuracy"], [0.5, 0.5], atol=0)  # the tie goes to the first output (arg-max)
+    per_row = cluster_baselines(logits, np.arange(4), 4, 1)["mean_margin"]
+    np.testing.assert_allclose(per_row, [1.0, -4.0, 1.0, 0.0], atol=1e-12)
 
 
 def test_a_cluster_without_images_has_nan_baselines():

@@ -23,10 +23,11 @@ def test_quadrant_relevance_leaves_input_unmodified():
 
 
 def test_mosaic_dominance_hand_computed():
-    relevance = np.array([[10.0, 18.0, 42.0, 50.0], [1.0, 1.0, 1.0, 1.0]])
-    in_i = np.array([[True, False, False, True], [True, True, False, False]])
+    """The third mosaic is not 0.5 (the first two are), so d of cluster j in place of cluster i's fails here."""
+    relevance = np.array([[10.0, 18.0, 42.0, 50.0], [1.0, 1.0, 1.0, 1.0], [3.0, 1.0, 0.0, 4.0]])
+    in_i = np.array([[True, False, False, True], [True, True, False, False], [True, False, True, False]])
     d = mosaic_dominance(relevance, in_i)
-    np.testing.assert_allclose(d, [(10 + 50) / 120, 0.5])
+    np.testing.assert_allclose(d, [(10 + 50) / 120, 0.5, (3 + 0) / 8])
 
 
 def test_all_zero_cam_has_no_dominance():

@@ -63,10 +63,14 @@ def test_demo_records_v1_and_v2_on_one_clustering(demo_run):
     assert sorted(summary["findings"]) == ["v1", "v2"]
     with sqlite3.connect(demo / "xich.db") as db:
         runs = db.execute("SELECT mv.version, r.status, r.clustering_id FROM audit_run r "
-                          "JOIN model_version mv ON mv.id = r.model_version_id ORDER BY mv.version").fetchall()
+                          "JOIN model_version mv ON mv.id = r.model_version_id JOIN model m ON m.id = mv.model_id "
+                          "WHERE m.name = 'demo-shapes' ORDER BY mv.version").fetchall()
+        nulls = db.execute("SELECT r.status FROM audit_run r JOIN model_version mv ON mv.id = r.model_version_id "
+                           "JOIN model m ON m.id = mv.model_id WHERE m.name = 'null:cifar:resnet20'").fetchall()
         frozen = db.execute("SELECT id FROM clustering WHERE frozen").fetchall()
     assert [(v, s) for v, s, _ in runs] == [("v1", "complete"), ("v2", "complete")]
     assert runs[0][2] == runs[1][2] == frozen[0][0]  # v2 audited on v1's frozen clusters
+    assert nulls == [("complete",)]  # one null model, computed for v1 and read back for v2
     page = (demo / "report" / "index.html").read_text()
     assert "../history/index.html" in page and (demo / "history" / "index.html").is_file()
     assert len(re.findall(r"href='\.\./store/runs/[0-9a-f]+/report/index\.html'", page)) == 2  # both versions'

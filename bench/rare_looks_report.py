@@ -127,10 +127,14 @@ def markdown(summary: dict, models: list[dict], seconds: float, command: str, re
     code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           cwd=Path(__file__).parent).stdout.strip()
     L = [MARK, "", "## 9. Finding the looks a model under-learned: a rare-look benchmark with ground truth", "",
-         f"Command: `make rare-looks` (`.venv/bin/python bench/rare_looks.py`; this run: `bench/rare_looks.py "
-         f"{command}`), code {code}, {date.today().isoformat()}; Python {platform.python_version()}, torch "
-         f"{torch.__version__}, on a 2-core machine shared with other work. Wall time of the cases in this table "
-         f"(training, audits, peers, summed over the processes that made them): {seconds / 60:.1f} min. Records: "
+         f"Command: `make rare-looks` (`.venv/bin/python bench/rare_looks.py`: the cheap tier's full grid and the "
+         f"end-to-end tier's first seed at 5 %; cached models and cases are reused, and `--report-only` rewrites "
+         f"this section from them), tables written by code {code}, {date.today().isoformat()}; "
+         f"Python {platform.python_version()}, torch "
+         f"{torch.__version__}, one torch thread per process, on a 2-core machine shared with five other agents "
+         f"(load average 7-9; up to four processes of this benchmark side by side). Wall time summed over the "
+         f"processes: audits and peers {seconds / 60:.1f} min, training "
+         f"{sum(m['train_seconds'] * m['models'] for m in models) / 60:.1f} min. Records: "
          f"`docs/science/rare_looks.json`; models, extracted data and case folders in `~/.cache/xich-rare-looks` "
          f"(never committed).", "",
          "**Design.** Five superclasses of CIFAR-10 JPEGs, each made of two original classes, its *looks* "
@@ -145,7 +149,10 @@ def markdown(summary: dict, models: list[dict], seconds: float, command: str, re
          "`xich.method.looks` are read on its clusters, top-1 (the cluster of greatest need: always flags one) and "
          "by their flag rule (which may flag nothing). Flagged = the union of the flagged clusters' images; "
          "precision, recall and F1 against the target look's images (F1 0 when nothing is flagged). *Best cluster*: "
-         "the best F1 any single K-Means cluster reaches (what the clustering allows).", "",
+         "the best F1 any single K-Means cluster reaches (what the clustering allows). In the cheap tier the clusters "
+         "are K-Means on the frozen trunk's GAP features, which no head changes: for one seed and target look every "
+         "rarity and the null share the clustering and differ only in the head (and the training shares); in the "
+         "end-to-end tier each model has its own features and clusters.", "",
          "**Peers, run on the same cases.** cleanlab 2.9 Datalab `underperforming_group` (in a benchmark-only venv, "
          "the `peers` extra; never the service's dependency), given the audited model's softmax and GAP features of "
          "the audit's whole evaluation set (5 superclasses, 6,250 images), with its own clustering (DBSCAN on a k-NN "

@@ -212,7 +212,8 @@ def report(records_dir: Path, out: Path, seconds: float, command: str) -> None:
                                      "deer_horse": ["deer", "horse"]},
                     "train_per_super": sorted({r["train_per_super"] for r in recs}), "eval": "1000 common + 250 rare",
                     "clusters": 5, "j": 25, "signals": list(looks.SIGNALS)},
-           "command": f"bench/rare_looks.py {command}", "seconds": case_seconds, "models": models,
+           "command": "make rare-looks (.venv/bin/python bench/rare_looks.py; cases cached, --report-only rewrites the tables)",
+           "last_invocation": f"bench/rare_looks.py {command}", "seconds": case_seconds, "models": models,
            "summary": summary, "records": slim}
     (out / "science" / "rare_looks.json").write_text(json.dumps(_round(doc), indent=1))
     md = markdown(summary, models, case_seconds, command, recs)

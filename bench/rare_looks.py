@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tiers", default="cheap,e2e")
     ap.add_argument("--seeds", default="0,1,2", help="cheap tier seeds")
     ap.add_argument("--conditions", default="2,5,10", help="rarities (percent) of the cheap tier")
-    ap.add_argument("--e2e-seeds", default="0")
+    ap.add_argument("--e2e-seeds", default="0,1,2")
     ap.add_argument("--e2e-conditions", default="5", help="rarities (2, 5, 10) of the end-to-end tier")
     ap.add_argument("--epochs", type=int, default=5, help="end-to-end epochs")
     ap.add_argument("--train-per-super", type=int, default=600)

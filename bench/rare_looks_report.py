@@ -128,7 +128,8 @@ def markdown(summary: dict, models: list[dict], seconds: float, command: str, re
                           cwd=Path(__file__).parent).stdout.strip()
     L = [MARK, "", "## 9. Finding the looks a model under-learned: a rare-look benchmark with ground truth", "",
          f"Command: `make rare-looks` (`.venv/bin/python bench/rare_looks.py`: the cheap tier's full grid and the "
-         f"end-to-end tier's first seed at 5 %; cached models and cases are reused, and `--report-only` rewrites "
+         f"end-to-end tier at 5 % for seeds 0-2 (here seed 1's A-rare and B-rare models did not fit the time "
+         f"budget: its null only); cached models and cases are reused, and `--report-only` rewrites "
          f"this section from them), tables written by code {code}, {date.today().isoformat()}; "
          f"Python {platform.python_version()}, torch "
          f"{torch.__version__}, one torch thread per process, on a 2-core machine shared with five other agents "

@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench study study-nongap
+.PHONY: install demo test bench study study-nongap rare-looks
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,12 @@ study: $(STAMP)
 
 study-nongap: $(STAMP)
 	$(VENV)/bin/python bench/study.py --only nongap
+
+# The rare-look benchmark (docs/science.md section 9; needs ../shared/data): cheap tier (3 rarities x A/B x 3 seeds
+# + the null) and end-to-end ResNet-20s at 5 %, every case audited by the package and by the peers. Models, data and
+# the peers' venv (cleanlab, the `peers` extra) live in ~/.cache/xich-rare-looks, never in the repository.
+PEERS_VENV := $(HOME)/.cache/xich-rare-looks/peers-venv
+rare-looks: $(STAMP)
+	test -x $(PEERS_VENV)/bin/python || ($(VENV)/bin/python -m venv --system-site-packages $(PEERS_VENV) && \
+		$(PEERS_VENV)/bin/pip install --quiet 'cleanlab[datalab]==2.9.0')
+	$(VENV)/bin/python bench/rare_looks.py

@@ -33,8 +33,10 @@ def test_piped_audit_prints_every_number_of_the_document(synth_data, tmp_path):
         control = (cls.get("control") or {}).get("scores")
         for c in cls["clusters"]:
             b = c.get("baselines") or {}
-            want = (_f(c["rank"], "d"), str(c["id"]), _f(c["score"]), str(c["eval_size"]), _f(c["train_count"], "d"),
-                    _f(c["train_share"]),
+            flagged = cls["looks"]["flagged"]
+            want = (_f(c["rank"], "d"), str(c["id"]), str(flagged.index(c["id"]) + 1) if c["id"] in flagged else "",
+                    _f(c["score"]), str(c["eval_size"]), _f(c["train_count"], "d"), _f(c["train_share"]),
+                    _f(c["representation_ratio"], ".2f"),
                     *((_f(b["mean_logit"]), _f(b["mean_softmax"]), _f(b["accuracy"]), _f(b["mean_margin"])) if b else ()),
                     *((_f(control[c["id"]]),) if control else ()))
             assert want in rows, (want, printed)

@@ -196,16 +196,21 @@ def test_history_leads_with_the_drift(two_versions, capsys, monkeypatch, databas
         return a if a == b else f"{a}→{b}"
 
     for c1, c2 in zip(v1.classes, v2.classes, strict=True):
-        hierarchy = (f"{c1.name}: hierarchy {' > '.join(map(str, c1.hierarchy)) or 'no evidence'} → "
+        flagged = [", ".join(map(str, c.looks["flagged"])) or "none" for c in (c1, c2)]
+        hierarchy = (f"{c1.name}: looks flagged {flagged[0]} → {flagged[1]}; hierarchy "
+                     f"{' > '.join(map(str, c1.hierarchy)) or 'no evidence'} → "
                      f"{' > '.join(map(str, c2.hierarchy)) or 'no evidence'}; ")
         assert any(line.strip().startswith(hierarchy) for line in lines), (hierarchy, printed)
         for a, b in zip(c1.clusters, c2.clusters, strict=True):
             move = "" if a.rank is None or b.rank is None or a.rank == b.rank else \
                 f"{'up' if b.rank < a.rank else 'down'} {abs(a.rank - b.rank)}"
-            want = [c1.name, str(a.id), *move.split(), change(a.rank, b.rank, "d"),
-                    change(a.score, b.score, ".3f"), change(a.baselines["mean_logit"], b.baselines["mean_logit"], ".2f"),
+            rank_of = lambda c, k: c.looks["flagged"].index(k) if k in c.looks["flagged"] else None  # noqa: E731
+            flag = change(rank_of(c1, a.id), rank_of(c2, b.id), "d")
+            want = [c1.name, str(a.id), *move.split(), flag,
                     change(a.baselines["accuracy"], b.baselines["accuracy"], ".3f"),
-                    change(a.train_share, b.train_share, ".3f")]
+                    change(a.representation_ratio, b.representation_ratio, ".2f"),
+                    change(a.baselines["mean_logit"], b.baselines["mean_logit"], ".2f"),
+                    change(a.rank, b.rank, "d"), change(a.score, b.score, ".3f")]
             assert [line.split() for line in lines].count(want) == 1, (want, printed)
 
     assert main(["history", "--model", "shapes", "--rows"]) == 0

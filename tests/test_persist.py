@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from xich.engine.audit import run_audit
 from xich.errors import XichError
-from xich.records.db import AuditRun, Base, ModelVersion, RunClass, make_engine
+from xich.records.db import Model, AuditRun, Base, ModelVersion, RunClass, make_engine
 from xich.records.migrate import alembic_config, downgrade, upgrade
 from builders import context_for, numbers, recorded, resnet20_config
 from xich.run.pipeline import open_recorded_run
@@ -41,7 +41,9 @@ def _row_counts(url: str) -> dict[str, int]:
 
 
 def _config(data, **kw):
-    return resnet20_config(data, clusters=3, mosaics_per_pair=3, per_image=3, **kw)
+    # one run's rows, resumption and coordination: the null model's own run (a second run in the database) is
+    # tested in test_looks_and_null.py
+    return resnet20_config(data, clusters=3, mosaics_per_pair=3, per_image=3, **{"null": False, **kw})
 
 
 def test_migrations_up_down_up(database_url):
@@ -188,7 +190,7 @@ def test_killed_process_resumes_and_completes(database_url, synth_data, tmp_path
     """SIGKILL the CLI once two classes are committed; the rerun audits only the third and completes."""
     argv = [sys.executable, "-m", "xich.cli", "audit", "--model", "cifar:resnet20", "--data", str(synth_data),
             "--clusters", "3", "--mosaics-per-pair", "40", "--device", "cpu", "--model-name", "shapes",
-            "--model-version", "v1", "--json", str(tmp_path / "audit.json"), "--no-control"]  # coordination, not the control
+            "--model-version", "v1", "--json", str(tmp_path / "audit.json"), "--no-control", "--no-null"]  # coordination, not the control
     env = {**os.environ, "XICH_DATABASE_URL": database_url, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -218,7 +220,7 @@ def test_killed_process_resumes_and_completes(database_url, synth_data, tmp_path
         run = s.scalars(select(AuditRun)).one()
         assert run.status == "complete" and len(run.timings["resumed_classes"]) == 2
     engine.dispose()
-    config = resnet20_config(synth_data, clusters=3, mosaics_per_pair=40, control=False)  # as audited above
+    config = resnet20_config(synth_data, clusters=3, mosaics_per_pair=40, control=False, null=False)  # as audited above
     assert json.loads((tmp_path / "audit.json").read_text())["classes"] == run_audit(config).to_dict()["classes"]
 
 
@@ -246,10 +248,10 @@ def test_cli_records_the_run_and_publishes_it_to_the_store(synth_data, tmp_path,
         p.unlink()
     assert main(argv) == 0
     assert sorted(p.name for p in (tmp_path / "report").glob("mosaics_*.png")) == figures
-    assert _row_counts(f"sqlite:///{tmp_path / 'xich.db'}")["audit_run"] == 1
+    assert _row_counts(f"sqlite:///{tmp_path / 'xich.db'}")["audit_run"] == 2  # the run and its null model's
     engine = make_engine(f"sqlite:///{tmp_path / 'xich.db'}")
     with Session(engine) as s:
-        mv = s.scalars(select(ModelVersion)).one()
+        mv = s.scalars(select(ModelVersion).join(Model).where(Model.name == "shapes")).one()
         assert (mv.version, mv.weights_sha256) == ("none", None)  # no --weights: random init, version "none"
         assert mv.registry_metadata == {"stage": "staging", "registry_run": "abc123"}
     engine.dispose()
@@ -260,7 +262,7 @@ def test_two_processes_auditing_one_version_compute_each_class_once(database_url
     """Two real processes start the same audit at once: each class is computed by one of them, both succeed."""
     argv = [sys.executable, "-m", "xich.cli", "-v", "audit", "--model", "cifar:resnet20", "--data", str(synth_data),
             "--clusters", "3", "--mosaics-per-pair", "150", "--device", "cpu", "--model-name", "shapes",
-            "--model-version", "v1", "--no-control"]  # coordination, not the control
+            "--model-version", "v1", "--no-control", "--no-null"]  # coordination, not the control
     env = {**os.environ, "XICH_DATABASE_URL": database_url, "OMP_NUM_THREADS": "1",
            "XICH_STORE_URL": str(tmp_path / "store")}
     procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -57,19 +57,24 @@ def test_one_figure_per_kind(report):
     text = page.read_text()
     kinds = re.findall(r'data-kind="([a-z-]+)" src="([^"]+)"', text)
     per_kind = {k: [src for kind, src in kinds if kind == k] for k in ("matrices", "mosaics", "per-image",
-                                                                      "training-distribution")}
+                                                                      "training-distribution", "looks")}
     n = len(result.classes)
     # a class whose mosaics were all excluded (all-zero maps: this model is untrained) has nothing to show
     shown = sum(1 for cls in result.classes if any(m.d is not None for m in cls.mosaics))
     assert 0 < shown
     assert [len(per_kind[k]) for k in ("matrices", "mosaics", "per-image", "training-distribution")] == [n, shown, n, 1]
+    assert len(per_kind["looks"]) == sum(1 for cls in result.classes if cls.looks["flagged"])
     for _, src in kinds:
         with Image.open(page.parent / src) as im:
             assert im.size[0] > 200 and im.size[1] > 100
     for cls in result.classes:
         defined = [sum(1 for m in cls.mosaics if m.pair == sorted((i, j)) and m.d is not None)
                    for _, i, j in example_pairs(cls)]
-        assert len(examples[cls.name]) == sum(min(2, k) for k in defined)
+        pairs = [ex for ex in examples[cls.name] if ex.kind == "pair"]
+        assert len(pairs) == sum(min(2, k) for k in defined)
+        # one mosaic of four example images for each flagged look, titled with its cluster
+        looks = [ex.title for ex in examples[cls.name] if ex.kind == "look"]
+        assert looks == [f"flagged look: cluster {k['id']} (accuracy {k['accuracy']:.3f})" for k in cls.looks["looks"]]
         for ex in examples[cls.name]:
             assert ex.rgb.shape == (64, 64, 3) and ex.rgb.dtype == np.uint8
             assert ex.cam.shape == (64, 64) and 0 <= ex.cam.min() and ex.cam.max() <= 1

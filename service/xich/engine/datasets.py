@@ -392,7 +392,7 @@ def _archive_member(info: tarfile.TarInfo, total: int, caps: ArchiveCaps, where:
                         f"reached at member {name}); nothing more is read: split the archive or raise the cap")
     if info.issparse():
         raise XichError(f"{where}: member {name} is a sparse file ({info.size} bytes of mostly holes); an archive "
-                        f"dataset holds regular files only: archive it without --sparse")
+                        f"dataset holds regular files only: archive it without tar's sparse option")
     if not (info.isreg() or info.isdir()):
         kind = ("a symbolic link" if info.issym() else "a hard link" if info.islnk() else "a device" if info.isdev()
                 else "not a regular file")

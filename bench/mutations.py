@@ -109,6 +109,16 @@ MUTATIONS = [
     Mutation("train-share-denominator", "service/xich/method/distribution.py",
              "total = counts.sum()", "total = counts.max()",
              ("tests/method/test_distribution.py",), "training shares divided by the largest count"),
+    Mutation("representation-ratio-inverted", "service/xich/method/looks.py",
+             "(counts / counts.sum()) / eval_share", "eval_share / (counts / counts.sum())",
+             ("tests/method/test_looks.py",), "the representation ratio as evaluation share over training share"),
+    Mutation("null-verdict-without-error", "service/xich/method/looks.py",
+             "dm - dn > 2.0 * float(np.hypot(model[\"deficit_se\"], null[\"deficit_se\"]))", "dm - dn > 0",
+             ("tests/method/test_looks.py",), "above the null by any deficit, whatever its standard error"),
+    Mutation("null-pairs-counted-alone", "service/xich/method/looks.py",
+             "bool(above and model[\"significant_pairs\"] > null[\"significant_pairs\"])",
+             "bool(model[\"significant_pairs\"] > null[\"significant_pairs\"])",
+             ("tests/method/test_looks.py",), "significant pairs above one null draw's count as evidence alone"),
 ]
 
 

@@ -75,3 +75,18 @@ def audit_result(classes: list[ClassResult], *, run_id: str = "hand-built", mode
                                 labels=LabelList(**(labels or {"source": "test", "names": [c.name for c in classes]})),
                                 dataset=AuditedData(**{"uri": "test-data", **(dataset or {})}), config=config or {},
                                 classes=classes, notes=notes)
+
+
+# The runs of the audited models: every audit also stores its null model's run (model ``null:<spec>``), which tests of
+# one run's bookkeeping leave out.
+AUDITED_RUNS = ("model_version_id IN (SELECT mv.id FROM model_version mv JOIN model m ON m.id = mv.model_id "
+                "WHERE m.name NOT LIKE 'null:%')")
+
+
+def audited_runs():
+    """``select(AuditRun)`` of the audited models' runs (AUDITED_RUNS)."""
+    from sqlalchemy import select, text
+
+    from xich.records.db import AuditRun
+
+    return select(AuditRun).where(text(f"audit_run.{AUDITED_RUNS}"))

@@ -95,9 +95,10 @@ def test_a_class_whose_maps_are_all_zero_has_no_ranks_and_no_place_in_the_summar
     assert result.summary["classes_ranked"] == 1
     engine = make_engine(url)
     with engine.connect() as conn:
-        ranks = conn.execute(text("SELECT rank, score FROM dominance_history WHERE class_name = 'cat'")).all()
+        ranks = conn.execute(text("SELECT rank, score FROM dominance_history WHERE class_name = 'cat' "
+                                  "AND model_name = 'blind'")).all()
         pairs = conn.execute(text("SELECT dominance, ci_low, n_mosaics, n_sets FROM pairwise_dominance "
-                                  "WHERE class_name = 'cat'")).all()
+                                  "WHERE class_name = 'cat' AND model_name = 'blind'")).all()
     engine.dispose()
     assert ranks and all(r.rank is None and r.score is None for r in ranks)
     assert pairs and all(p.dominance is None and p.ci_low is None and p.n_mosaics == 0 for p in pairs)

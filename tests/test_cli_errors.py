@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from builders import AUDITED_RUNS
 import torch
 from PIL import Image
 
@@ -238,7 +240,7 @@ def failing_nets(tmp_path, monkeypatch) -> str:
 def _runs(db: Path) -> list[tuple[str, str | None]]:
     """(status, error) of every audit run recorded in the SQLite file ``db``."""
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT status, error FROM audit_run").fetchall()
+        return conn.execute(f"SELECT status, error FROM audit_run WHERE {AUDITED_RUNS}").fetchall()
 
 
 def test_python_model_factory_that_raises(data, failing_nets, capsys):

@@ -47,8 +47,9 @@ def cifar_subset(tmp_path_factory) -> Path:
 
 
 def _config(data: Path, **kw) -> AuditConfig:
+    # the control's own tests: the null model (another run in the database) is tested in test_looks_and_null.py
     return AuditConfig(model="cifar:resnet20", weights=str(WEIGHTS), data=str(data), train_split=None, clusters=3,
-                       mosaics_per_pair=6, batch_size=32, **kw)
+                       mosaics_per_pair=6, batch_size=32, **{"null": False, **kw})
 
 
 @pytest.fixture(scope="module")

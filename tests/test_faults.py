@@ -31,7 +31,7 @@ def argv(synth_data: Path) -> list[str]:
     """One worker: ``xich audit`` of model ``shapes`` v1 on the synthetic data (about 1 s a class here)."""
     return [sys.executable, "-m", "xich.cli", "audit", "--model", "cifar:resnet20", "--data", str(synth_data),
             "--clusters", "3", "--mosaics-per-pair", "40", "--device", "cpu", "--model-name", "shapes",
-            "--model-version", "v1", "--no-control"]
+            "--model-version", "v1", "--no-control", "--no-null"]
 
 
 def env_for(url: str, tmp: Path) -> dict:
@@ -83,7 +83,7 @@ def wait_mid_class(worker: subprocess.Popen, url: str, k: int = 1, timeout: floa
 def resume(synth_data: Path, url: str) -> dict:
     """Another worker (in this process) audits the same version with the settings of :func:`argv`: it finds the
     run by its settings and computes what is not stored; what is then stored."""
-    config = resnet20_config(synth_data, clusters=3, mosaics_per_pair=40, control=False)
+    config = resnet20_config(synth_data, clusters=3, mosaics_per_pair=40, control=False, null=False)
     recorded(config, url, model_name="shapes", model_version="v1")
     return stored(url)
 

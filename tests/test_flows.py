@@ -28,7 +28,7 @@ from xich.engine.models import build_model  # noqa: E402
 from xich.records.persist import load_audit  # noqa: E402
 from xich.records.registration import register, unaudited  # noqa: E402
 
-SETTINGS = {"clusters": 3, "mosaics_per_pair": 3, "per_image": 3, "device": "cpu"}
+SETTINGS = {"clusters": 3, "mosaics_per_pair": 3, "per_image": 3, "device": "cpu", "null": False}  # one run each
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_flow_stores_the_numbers_the_cli_stores(prefect_server, synth_data, weig
     monkeypatch.setenv("XICH_DATABASE_URL", cli_db)
     assert main(["audit", "--model", "cifar:resnet20", "--weights", weights, "--data", str(synth_data),
                  "--clusters", "3", "--mosaics-per-pair", "3", "--per-image", "3", "--device", "cpu",
-                 "--model-name", "shapes", "--model-version", "v1"]) == 0
+                 "--model-name", "shapes", "--model-version", "v1", "--no-null"]) == 0
     monkeypatch.setenv("XICH_DATABASE_URL", flow_db)
     out = audit_model_version(model="shapes", version="v1", model_spec="cifar:resnet20", weights_uri=weights,
                               dataset_uri=str(synth_data), settings=SETTINGS)

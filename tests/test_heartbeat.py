@@ -41,8 +41,8 @@ def test_a_heartbeat_beats_until_its_block_ends():
 
 
 def test_the_plan_starts_a_running_run_again_once_its_newest_beat_is_stale(database_url, synth_data):
-    config = resnet20_config(synth_data, clusters=3, mosaics_per_pair=2, control=False)
-    request = {"dataset_uri": str(synth_data), "settings": {"clusters": 3}}
+    config = resnet20_config(synth_data, clusters=3, mosaics_per_pair=2, control=False, null=False)
+    request = {"dataset_uri": str(synth_data), "settings": {"clusters": 3, "null": False}}
     rec = open_recorded_run(context_for(database_url), config, model_name="shapes", model_version="v1",
                             request=request)
     try:
@@ -81,7 +81,7 @@ def test_a_frozen_workers_class_is_taken_over_after_the_stale_time(results_db, s
     A's, and once A's heartbeat is XICH_RUN_STALE_S (10 s) old terminates A's session and computes the class."""
     argv = [sys.executable, "-m", "xich.cli", "audit", "--model", "cifar:resnet20", "--data", str(synth_data),
             "--clusters", "3", "--mosaics-per-pair", "40", "--device", "cpu", "--model-name", "shapes",
-            "--model-version", "v1", "--no-control"]
+            "--model-version", "v1", "--no-control", "--no-null"]
     env = {**os.environ, "XICH_DATABASE_URL": results_db, "XICH_STORE_URL": str(tmp_path / "store"),
            "XICH_RUN_STALE_S": "10", "OMP_NUM_THREADS": "1"}
     engine = make_engine(results_db)

@@ -28,6 +28,7 @@ import stack
 from xich.records.db import make_engine
 from xich.hooks.receiver import create_app
 from xich.records.mlflow_registry import download_artifact, resolve_weights
+from builders import AUDITED_RUNS
 from xich.settings import get_hook_settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -212,12 +213,15 @@ def test_a_new_mlflow_version_is_audited_by_itself(mlflow_server, prefect_server
     engine = make_engine(results_db)
     try:
         with engine.connect() as conn:
-            runs = conn.execute(text("SELECT id, status FROM audit_run")).all()
+            runs = conn.execute(text(f"SELECT id, status FROM audit_run WHERE {AUDITED_RUNS}")).all()
             requests = conn.execute(text("SELECT run_id FROM audit_request")).all()
-            classes = sorted(conn.execute(text("SELECT class_name FROM run_class")).scalars())
+            classes = sorted(conn.execute(text("SELECT class_name FROM run_class WHERE run_id = :run"),
+                                          {"run": runs[0].id}).scalars())
             deliveries = conn.execute(text("SELECT event, outcome, flow_run_id FROM hook_delivery ORDER BY id")).all()
-            metadata = conn.execute(text("SELECT registry_metadata FROM model_version")).scalar_one()
-            clusters = conn.execute(text("SELECT class_index, train_share, score FROM run_cluster")).all()
+            metadata = conn.execute(text("SELECT mv.registry_metadata FROM model_version mv JOIN model m ON "
+                                         "m.id = mv.model_id WHERE m.name NOT LIKE 'null:%'")).scalar_one()
+            clusters = conn.execute(text("SELECT class_index, train_share, score FROM run_cluster WHERE run_id = :run"),
+                                    {"run": runs[0].id}).all()
     finally:
         engine.dispose()
     assert [r.status for r in runs] == ["complete"] and classes == CLASSES

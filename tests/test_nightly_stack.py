@@ -20,7 +20,7 @@ from stack import log_tail, prefect_cli, prefect_python, prefect_worker
 from xich.records.db import make_engine
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {"classes": ["circle"], "clusters": 2, "mosaics_per_pair": 2, "train_split": "", "per_image": 0,
+SETTINGS = {"classes": ["circle"], "clusters": 2, "mosaics_per_pair": 2, "train_split": "", "per_image": 0, "null": False,
             "device": "cpu"}
 
 DRIVER = """

@@ -23,7 +23,7 @@ from xich.records.db import AuditRequest, AuditRun, ModelVersion, RunClass, sess
 from xich.engine.models import build_model  # noqa: E402
 from xich.records.persist import MAX_FAILURES, RETRY_AFTER, load_audit  # noqa: E402
 
-SETTINGS = '{"clusters": 2, "mosaics_per_pair": 4, "train_split": "", "device": "cpu", "classes": %s}'
+SETTINGS = '{"clusters": 2, "mosaics_per_pair": 4, "train_split": "", "device": "cpu", "null": false, "classes": %s}'
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

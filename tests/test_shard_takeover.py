@@ -22,7 +22,7 @@ pytest.importorskip("prefect", reason="prefect not installed (pip install -e .)"
 
 from test_flows import weights  # noqa: E402,F401  (the module-scoped ResNet-20 checkpoint fixture)
 
-SETTINGS = {"clusters": 3, "mosaics_per_pair": 3, "per_image": 0, "train_split": "", "device": "cpu",
+SETTINGS = {"clusters": 3, "mosaics_per_pair": 3, "per_image": 0, "train_split": "", "device": "cpu", "null": False,
             "classes": ["circle", "square", "triangle"]}
 
 

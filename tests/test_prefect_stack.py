@@ -17,6 +17,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+
+from builders import AUDITED_RUNS
 from sqlalchemy import text
 
 from stack import (cifar_files, create_process_pool, log_tail, prefect_cli, prefect_missing, prefect_python,
@@ -119,12 +121,17 @@ def test_sharded_audit_on_two_process_workers(prefect_server, seaweedfs, results
     engine = make_engine(results_db)
     try:
         with engine.connect() as conn:
-            run_rows = conn.execute(text("SELECT id, status, timings FROM audit_run")).all()
-            classes = conn.execute(text("SELECT class_name, worker FROM run_class")).all()
+            run_rows = conn.execute(text(f"SELECT id, status, timings FROM audit_run WHERE {AUDITED_RUNS}")).all()
+            classes = conn.execute(text("SELECT class_name, worker FROM run_class WHERE run_id = "
+                                        f"(SELECT id FROM audit_run WHERE {AUDITED_RUNS})")).all()
             request = conn.execute(text("SELECT run_id FROM audit_request")).all()
+            null = conn.execute(text("SELECT r.status, rc.class_name FROM audit_run r JOIN run_class rc ON "
+                                     f"rc.run_id = r.id WHERE NOT r.{AUDITED_RUNS}")).all()
     finally:
         engine.dispose()
     assert len(run_rows) == 1 and run_rows[0].status == "complete"
+    # the null model, computed by the shards class by class beside the model's classes, each class once
+    assert sorted(c for _, c in null) == CLASSES and {s for s, _ in null} == {"complete"}
     assert sorted(c.class_name for c in classes) == CLASSES
     assert len({c.worker for c in classes}) == 2, f"classes computed by {classes}: one shard did nothing\n{logs}"
     assert {c.worker.partition("@")[0] for c in classes} == set(names)  # the Prefect worker that ran each class

@@ -205,10 +205,9 @@ def test_the_database_refusing_writes_mid_class(own_postgres, synth_data, uninte
 
 def test_the_store_refusing_writes_mid_audit(synth_data, uninterrupted, tmp_path, monkeypatch, capsys):
     """The results store (a folder) is replaced by a file while a class computes: every class is still stored in
-    the database, the publish fails with one ``error:`` line naming the report's path, and the same audit run again
-    once the store is writable publishes the report, reading the run back (nothing recomputed). Whether a run whose
-    publish failed may stay ``complete`` (the flows do not publish it again) is issue 25's "a publish that fails"
-    bullet; this checks what the command line does."""
+    the database, the publish fails with one ``error:`` line naming the store's path, the run is left ``failed``
+    ("not published", never complete with an empty store), and the same audit run again once the store is writable
+    computes nothing, publishes the run and marks it complete, with the uninterrupted run's numbers."""
     from xich.cli import main
 
     url, env = f"sqlite:///{tmp_path / 'xich.db'}", env_for(f"sqlite:///{tmp_path / 'xich.db'}", tmp_path)
@@ -220,12 +219,15 @@ def test_the_store_refusing_writes_mid_audit(synth_data, uninterrupted, tmp_path
 
     a, _ = run_until_fault(synth_data, env, url, refuse)
     [line] = error_lines(a.stderr)
-    assert a.returncode == 2 and line.startswith(f"error: file://{store}/runs/") and "cannot write it" in line
+    assert a.returncode == 2 and "could not be published" in line and f"file://{store}/runs/" in line
     left = stored(url)
-    assert left["classes"] == CLASSES and left["numbers"] == uninterrupted["numbers"]  # each class once, whole
+    assert left["classes"] == CLASSES  # each class once
+    assert left["status"] == "failed" and left["error"].startswith("not published")
     store.unlink()
     monkeypatch.setenv("XICH_DATABASE_URL", url)
     monkeypatch.setenv("XICH_STORE_URL", str(store))
     assert main(argv(synth_data)[3:]) == 0, capsys.readouterr().err
-    assert "read back, nothing recomputed" in capsys.readouterr().out
-    assert [p.name for p in store.rglob("*.json")] == ["audit.json"]
+    again = stored(url)
+    assert again["status"] == "complete" and again["numbers"] == uninterrupted["numbers"]
+    assert again["timings"]["computed_here"] == []  # nothing recomputed
+    assert sorted(p.name for p in store.rglob("*.json")) == ["audit.json", "oversample.json"]

@@ -264,7 +264,9 @@ def failure_line(exc: BaseException) -> str:
     without the SQL statement, parameters and documentation link SQLAlchemy appends on lines of their own."""
     if not isinstance(exc, DBAPIError):
         return f"{type(exc).__name__}: {exc}"
-    return f"{type(exc).__name__}: {' '.join((str(exc).splitlines() or [''])[0].split())}"[:2000]
+    lines = [line for line in str(exc).splitlines()  # an autoflush's error leads with a line of SQLAlchemy's advice
+             if not line.startswith("(raised as a result of Query-invoked autoflush")] or [""]
+    return f"{type(exc).__name__}: {' '.join(lines[0].split())}"[:2000]
 
 
 def open_recorded_run(ctx: Context, config: AuditConfig, *, model_name: str | None = None,

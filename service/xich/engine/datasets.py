@@ -30,6 +30,7 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -420,26 +421,20 @@ def _archive_splits(path: Path, uri: str, wanted: set[str], caps: ArchiveCaps = 
     digests: dict[str, str] = {}
     by_split: dict[str, dict[str, list[str]]] = {}
     prefixes: dict[str, str] = {}
-    where, total = f"--data {uri}: archive {path}", 0
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for info in tar:
-                total += info.size
-                _archive_member(info, total, caps, where)
-                name = info.name.lstrip("./")
-                place = _archive_place(name, wanted) if info.isreg() else None
-                if place is None:
-                    continue
-                split, prefix, cls = place
-                if classes is None or cls in classes:
-                    members[name] = tar.extractfile(info).read()
-                    digests[name] = hashlib.sha256(members[name]).hexdigest()
-                else:  # hashed in chunks, for the fingerprint, and let go
-                    digests[name] = hashlib.file_digest(tar.extractfile(info), "sha256").hexdigest()
-                prefixes.setdefault(split, prefix)
-                by_split.setdefault(split, {}).setdefault(cls, []).append(name.removeprefix(prefix + "/"))
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise XichError(f"--data {uri}: cannot read archive {path} ({exc})") from None
+    with _archive_errors(path, uri):
+        for tar, info in _capped_members(path, uri, caps):
+            name = info.name.lstrip("./")
+            place = _archive_place(name, wanted) if info.isreg() else None
+            if place is None:
+                continue
+            split, prefix, cls = place
+            if classes is None or cls in classes:
+                members[name] = tar.extractfile(info).read()
+                digests[name] = hashlib.sha256(members[name]).hexdigest()
+            else:  # hashed in chunks, for the fingerprint, and let go
+                digests[name] = hashlib.file_digest(tar.extractfile(info), "sha256").hexdigest()
+            prefixes.setdefault(split, prefix)
+            by_split.setdefault(split, {}).setdefault(cls, []).append(name.removeprefix(prefix + "/"))
     splits = {}
     for split, images in by_split.items():
         prefix = prefixes[split]
@@ -461,17 +456,32 @@ def _archive_splits(path: Path, uri: str, wanted: set[str], caps: ArchiveCaps = 
 def _read_member(path: Path, name: str, uri: str, caps: ArchiveCaps) -> bytes:
     """One member of an archive not kept in memory (a class the audit did not ask for), found by a pass under the
     same caps."""
+    with _archive_errors(path, uri):
+        for tar, info in _capped_members(path, uri, caps):
+            if info.isreg() and info.name.lstrip("./") == name:
+                return tar.extractfile(info).read()
+    raise XichError(f"--data {uri}: archive {path}: member {escape(name, 120)} is gone; the archive changed during "
+                    f"the audit")
+
+
+def _capped_members(path: Path, uri: str, caps: ArchiveCaps) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """Each member of the archive with its tar, in order, every header checked against the caps before its data is
+    read (``_archive_member``). Read inside :func:`_archive_errors`."""
     where, total = f"--data {uri}: archive {path}", 0
+    with tarfile.open(path, "r:*") as tar:
+        for info in tar:
+            total += info.size
+            _archive_member(info, total, caps, where)
+            yield tar, info
+
+
+@contextmanager
+def _archive_errors(path: Path, uri: str) -> Iterator[None]:
+    """An archive that cannot be read (a bad header, a truncated member) as one XichError."""
     try:
-        with tarfile.open(path, "r:*") as tar:
-            for info in tar:
-                total += info.size
-                _archive_member(info, total, caps, where)
-                if info.isreg() and info.name.lstrip("./") == name:
-                    return tar.extractfile(info).read()
+        yield
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise XichError(f"--data {uri}: cannot read archive {path} ({exc})") from None
-    raise XichError(f"{where}: member {escape(name, 120)} is gone; the archive changed during the audit")
 
 
 class ObjectSource(Protocol):

@@ -30,3 +30,24 @@ def require() -> None:
     """Skip the calling test (a failure under XICH_REQUIRE_ALL) when the data is absent."""
     if not present():
         pytest.skip(REASON)
+
+
+def extract_test_images(root: Path, classes: list[str], per_class: int) -> Path:
+    """The first ``per_class`` CIFAR-10 test JPEGs of each of ``classes``, as the image folder ``root/test/<class>/``
+    (a temporary copy for one test module, never the repo); returns ``root``."""
+    import shutil
+    import tarfile
+
+    wanted = dict.fromkeys(classes, 0)
+    with tarfile.open(CIFAR10 / "test.tar.gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 3 and wanted.get(parts[1], per_class) < per_class:
+                target = root / "test" / parts[1] / parts[2]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                wanted[parts[1]] += 1
+            if all(v >= per_class for v in wanted.values()):
+                break
+    return root

@@ -9,14 +9,12 @@ or ``(index + 1) % K``) differs by far more than the tolerance."""
 
 from __future__ import annotations
 
-import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from reference import baselines_by_hand, resnet20_logits
-from shared_data import CIFAR10, RESNET20, require
+from shared_data import RESNET20, extract_test_images, require
 from xich.engine.audit import AuditConfig, run_audit
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.shared_data]
@@ -30,19 +28,7 @@ def subset(tmp_path_factory) -> Path:
     """The first 48 test JPEGs of automobile and frog as an image folder in a temporary directory."""
     require()
     root = tmp_path_factory.mktemp("cifar_baselines")
-    wanted = dict.fromkeys(CLASSES, 0)
-    with tarfile.open(CIFAR10 / "test.tar.gz") as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) == 3 and wanted.get(parts[1], N_PER_CLASS) < N_PER_CLASS:
-                target = root / "test" / parts[1] / parts[2]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                wanted[parts[1]] += 1
-            if all(v == N_PER_CLASS for v in wanted.values()):
-                break
-    return root
+    return extract_test_images(root, CLASSES, N_PER_CLASS)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ reproducible for a seed, different from the trained model, part of the settings 
 
 from __future__ import annotations
 
-import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 import torch
 
 from reference import baselines_by_hand, kendall_tau_of_scored, resnet20_logits
-from shared_data import CIFAR10, RESNET20 as WEIGHTS, require
+from shared_data import RESNET20 as WEIGHTS, extract_test_images, require
 from xich.engine.audit import AuditConfig, open_audit, run_audit
 from xich.records.persist import load_audit
 from builders import recorded
@@ -20,7 +18,6 @@ from xich.records.db import make_engine
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-TEST_TAR = CIFAR10 / "test.tar.gz"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.shared_data]
@@ -31,19 +28,7 @@ def cifar_subset(tmp_path_factory) -> Path:
     """The first 24 test JPEGs of cat and truck, as an image folder in a temporary directory (never the repo)."""
     require()
     root = tmp_path_factory.mktemp("cifar_subset")
-    wanted = {"cat": 0, "truck": 0}
-    with tarfile.open(TEST_TAR) as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) == 3 and wanted.get(parts[1], 99) < 24:
-                target = root / "test" / parts[1] / parts[2]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                wanted[parts[1]] += 1
-            if all(v == 24 for v in wanted.values()):
-                break
-    return root
+    return extract_test_images(root, ["cat", "truck"], 24)
 
 
 def _config(data: Path, **kw) -> AuditConfig:

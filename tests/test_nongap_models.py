@@ -6,7 +6,6 @@ Audited end to end on real CIFAR-10 JPEGs (../shared/data); the maps compared wi
 from __future__ import annotations
 
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from reference import baselines_by_hand, kendall_tau_of_scored, logits_of
-from shared_data import CIFAR10, RESNET20, require
+from shared_data import RESNET20, extract_test_images, require
 from xich.method.baselines import BASELINES
 from xich.engine.audit import AuditConfig, open_audit, run_audit
 from xich.method.cam_methods import FAST_METHODS
@@ -34,19 +33,7 @@ def cifar_subset(tmp_path_factory) -> Path:
     """The first 12 test JPEGs of cat and truck as an image folder in a temporary directory (never the repo)."""
     require()
     root = tmp_path_factory.mktemp("cifar_nongap")
-    wanted = {"cat": 0, "truck": 0}
-    with tarfile.open(CIFAR10 / "test.tar.gz") as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) == 3 and wanted.get(parts[1], 99) < N_PER_CLASS:
-                target = root / "test" / parts[1] / parts[2]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                wanted[parts[1]] += 1
-            if all(v == N_PER_CLASS for v in wanted.values()):
-                break
-    return root
+    return extract_test_images(root, ["cat", "truck"], N_PER_CLASS)
 
 
 @pytest.fixture(scope="module")

@@ -136,3 +136,10 @@ def test_class_evidence_by_hand():
     assert ev["look"] == 1 and ev["accuracy_deficit"] == pytest.approx(0.22) and ev["looks_flagged"] == 2
     assert ev["deficit_se"] == pytest.approx(np.sqrt(0.25 / 40))
     assert ev["score_spread"] == pytest.approx(0.2) and ev["significant_pairs"] == 2
+
+
+def test_the_config_names_the_same_signals():
+    """engine/config.py keeps its own copy of the signal names (it loads no numpy): the two must agree."""
+    from xich.engine.config import DEFAULT_LOOKS, LOOK_SIGNALS
+
+    assert LOOK_SIGNALS == SIGNALS and DEFAULT_LOOKS in SIGNALS

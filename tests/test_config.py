@@ -40,3 +40,16 @@ def test_the_clis_defaults_are_the_configs():
     assert {name: args[name] for name in given} == given
     assert AuditConfig(**{f.name: args[f.name] for f in fields(AuditConfig) if f.name in args}) == \
         AuditConfig(model="cifar:resnet20", data="d")
+
+
+def test_the_control_is_off_unless_asked_for():
+    """Retired from the default audit by the rare-look benchmark (docs/science.md, section 9); ``--control`` turns it
+    on, and ``--no-control`` (old scripts) keeps the default."""
+    parser = argparse.ArgumentParser()
+    _audit_parser(parser.add_subparsers(dest="command"))
+    base = ["audit", "--model", "cifar:resnet20", "--data", "d"]
+    assert AuditConfig(model="m", data="d").control is False
+    assert vars(parser.parse_args(base))["control"] is False
+    assert vars(parser.parse_args([*base, "--control"]))["control"] is True
+    assert vars(parser.parse_args([*base, "--no-control"]))["control"] is False
+    assert vars(parser.parse_args([*base, "--control", "--no-control"]))["control"] is False

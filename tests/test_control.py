@@ -32,9 +32,10 @@ def cifar_subset(tmp_path_factory) -> Path:
 
 
 def _config(data: Path, **kw) -> AuditConfig:
-    # the control's own tests: the null model (another run in the database) is tested in test_looks_and_null.py
+    # the control's own tests (it runs on request: --control): the null model (another run in the database) is
+    # tested in test_looks_and_null.py
     return AuditConfig(model="cifar:resnet20", weights=str(WEIGHTS), data=str(data), train_split=None, clusters=3,
-                       mosaics_per_pair=6, batch_size=32, **{"null": False, **kw})
+                       mosaics_per_pair=6, batch_size=32, **{"null": False, "control": True, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_baselines_and_agreement_in_the_document(audited, cifar_subset):
 
 def test_no_control_is_another_settings_key_and_leaves_no_control(cifar_subset):
     on = open_audit(_config(cifar_subset, classes=("cat",)))
-    off = open_audit(_config(cifar_subset, classes=("cat",), control=False))
+    off = open_audit(_config(cifar_subset, classes=("cat",), control=AuditConfig.control))  # the default: off
     other = open_audit(_config(cifar_subset, classes=("cat",), method="gradcam++"))
     assert off.control is None and off.control_seed is None
     assert len({str(sorted(o.settings().items())) for o in (on, off, other)}) == 3

@@ -50,6 +50,7 @@ def flat_weights(tmp_path_factory) -> Path:
 
 
 def _config(data: Path, model: str, weights: Path | None = None, **kw) -> AuditConfig:
+    kw = {"control": True, **kw}  # these tests read the randomized control too (on request: --control)
     return AuditConfig(model=model, weights=str(weights) if weights else None, data=str(data), train_split=None,
                        clusters=3, mosaics_per_pair=4, batch_size=32, **kw)
 
@@ -212,7 +213,7 @@ def test_vit_b_16_with_random_weights_audited_end_to_end(cifar_subset, tmp_path)
         for f in sorted((cifar_subset / "test" / name).glob("*"))[:4]:
             shutil.copy(f, tmp_path / "test" / name / f.name)
     result = run_audit(AuditConfig(model="torchvision:vit_b_16", data=str(tmp_path), train_split=None, classes=("cat",),
-                                   clusters=2, mosaics_per_pair=1, batch_size=4, device="cpu"))
+                                   clusters=2, mosaics_per_pair=1, batch_size=4, device="cpu", control=True))
     cls = result.classes[0]
     assert (result.config["tile_size"], result.config["mosaic_size"], result.config["cam"]) == (224, 224, "reference")
     assert result.config["layer"] == "encoder.layers.encoder_layer_11.ln_1"

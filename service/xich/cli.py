@@ -43,8 +43,11 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cam", choices=["auto", "fast", "reference"])
     p.add_argument("--method", help="attribution map, from pytorch-grad-cam: "
                    + ", ".join(CAM_METHODS) + f" (default {AuditConfig.method})")
-    p.add_argument("--no-control", dest="control", action="store_false",
-                   help="skip the randomized control (the same mosaics under the architecture re-initialised)")
+    p.add_argument("--control", dest="control", action="store_true",
+                   help="also score the same mosaics under the architecture re-initialised (the paper-era randomized "
+                        "control; off by default: on the rare-look benchmark it carried no information, "
+                        "docs/science.md section 9; the null model is the yardstick)")
+    p.add_argument("--no-control", dest="control", action="store_false", help="the default (kept for old scripts)")
     p.add_argument("--looks", choices=LOOK_SIGNALS,
                    help=f"the signal that flags the looks the model under-learned (default {DEFAULT_LOOKS}: a "
                         f"training share under half the evaluation share; docs/science.md, section 9)")

@@ -82,7 +82,7 @@ class OpenedAudit:
     prepared: PreparedModel
     tile_size: int
     mosaic_size: int
-    control: PreparedModel | None = None  # the same architecture, re-initialised (None: --no-control)
+    control: PreparedModel | None = None  # the same architecture, re-initialised (None: without --control)
     control_seed: int | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES), summed over classes
     null: OpenedAudit | None = None  # the null model's audit (null_audit); None with --no-null or without one
@@ -260,7 +260,7 @@ def control_model(config: AuditConfig, prepared: PreparedModel, outputs: int, mo
     trained, fresh = prepared.model.state_dict(), model.state_dict()
     if all(k in trained and torch.equal(v.cpu(), trained[k].cpu()) for k, v in fresh.items() if v.is_floating_point()):
         raise XichError(f"--model {config.model!r}: building it again gives the same weights as the audited model, "
-                        f"so there is no re-initialised control; audit with --no-control")
+                        f"so there is no re-initialised control; audit without --control")
     return PreparedModel(model, model_spec=config.model, num_classes=outputs, mosaic_size=mosaic_size,
                          device=str(prepared.device), normalize=config.normalize,
                          layer=prepared.layer_name, cam=prepared.cam, method=config.method,

@@ -55,7 +55,9 @@ class AuditConfig:
     layer: str = "auto"
     cam: str = "auto"
     method: str = "gradcam"  # --method: the attribution map (a key of method.cam_methods.CAM_METHODS)
-    control: bool = True  # score the same mosaics under the architecture with re-initialised weights
+    # --control: also score the same mosaics under the architecture with re-initialised weights (off by default since
+    # the rare-look benchmark: it carried no information about an under-learned look; the null model replaces it)
+    control: bool = False
     looks: str = DEFAULT_LOOKS  # --looks: the signal that flags the looks the model under-learned (LOOK_SIGNALS)
     null: bool = True  # audit the null model too (the architecture with random weights, end to end) and compare
     tile_size: int | None = None

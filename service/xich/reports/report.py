@@ -367,7 +367,7 @@ def _control_sentence(cls: ClassResult) -> str:
     """The randomized control beside the hierarchy, and its flag."""
     ctl = cls.control
     if ctl is None:
-        return "No randomized control (--no-control)."
+        return "No randomized control (off by default: the null model is the yardstick; --control turns it on)."
     text = (f"Randomized control (the architecture re-initialised, seed {ctl['seed']}): hierarchy "
             f"{' > '.join(map(str, ctl['hierarchy'])) or 'none'}, {len(ctl['significant_pairs'])} significant "
             f"pair(s) against the model's {len(cls.significant_pairs())}, Kendall τ with the model's scores "

@@ -65,6 +65,10 @@ P, J = 5, 25
 METHODS_TOP1 = tuple(f"{s}:top1" for s in looks.SIGNALS)
 METHODS_RULE = tuple(f"{s}:rule" for s in looks.SIGNALS)
 PEERS = ("cleanlab:own", "cleanlab:xich", "domino_like:top1")
+# tier → model spec: cheap = frozen public trunk + new head; e2e = from scratch; ft / ft-flat = the public trunk
+# fine-tuned end to end with a new GAP → linear / Flatten head (the Flatten head: Grad-CAM is not the CAM)
+TIER_SPECS = {"cheap": "cifar:resnet20", "e2e": "cifar:resnet20", "ft": "cifar:resnet20",
+              "ft-flat": "cifar:resnet20-flat"}
 IMAGE_SCORES = ("image_logit", "image_margin", "cleanlab:own", "cleanlab:xich", "domino_like:top1")
 
 
@@ -171,15 +175,17 @@ def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def gap_and_logits(model: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """GAP features and logits of uint8 images, the model's own forward pass (the CIFAR ResNet's layers)."""
+    """GAP features (of the last block's map, the audit's embedding for a Flatten head too) and logits of uint8
+    images, the model's own forward pass (the CIFAR ResNet's layers)."""
     feats, logits = [], []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
             x = imagenet_normalize(images[i:i + batch])
             out = F.relu(model.bn1(model.conv1(x)))
-            g = model.layer3(model.layer2(model.layer1(out))).mean(dim=(2, 3))
+            fmap = model.layer3(model.layer2(model.layer1(out)))
+            g = fmap.mean(dim=(2, 3))
             feats.append(g)
-            logits.append(model.linear(g))
+            logits.append(model.linear(g) if model.head == "gap" else model(x))
     return torch.cat(feats).numpy(), torch.cat(logits).numpy()
 
 
@@ -276,18 +282,23 @@ def train_cheap(root: Path, seed: int, trunk: torch.nn.Module, feature_cache: di
                       "lr 0.01, wd 1e-4, 400 full-batch steps"}
 
 
-def train_e2e(root: Path, seed: int, spec: str, epochs: int, path: Path) -> dict:
-    """``spec`` trained from scratch on ``root``'s training split with the project's recipe (``xich train``:
-    AdamW lr 2e-3, weight decay 0.05, label smoothing 0.1, one warm-up epoch then cosine, horizontal flips,
-    batch 64), ``epochs`` epochs; the loop is the bench's so that the images are decoded once and no epoch pays
-    an evaluation."""
+def train_e2e(root: Path, seed: int, spec: str, epochs: int, path: Path, trunk: torch.nn.Module | None = None,
+              lr: float = 2e-3) -> dict:
+    """``spec`` trained on ``root``'s training split with the project's recipe (``xich train``: AdamW, weight decay
+    0.05, label smoothing 0.1, one warm-up epoch then cosine, horizontal flips, batch 64), ``epochs`` epochs, from
+    scratch, or from ``trunk``'s convolutional layers (the public ResNet-20) with a new head, every layer trained
+    (fine-tuning: the trunk too is shifted by the imbalanced split, though it saw every look in its pretraining);
+    the loop is the bench's so that the images are decoded once and no epoch pays an evaluation."""
     t0 = time.perf_counter()
     ids, y = split_ids(root, "train")
     x = load_images(root, "train", ids)
     y = torch.tensor(y)
     torch.manual_seed(seed)
     model = build_model(spec, len(SUPERS))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    if trunk is not None:
+        sd = {k: v for k, v in trunk.state_dict().items() if not k.startswith("linear.")}
+        model.load_state_dict({**model.state_dict(), **sd})
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = math.ceil(len(x) / 64)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps * epochs, steps))
     gen = torch.Generator().manual_seed(seed)
@@ -307,8 +318,8 @@ def train_e2e(root: Path, seed: int, spec: str, epochs: int, path: Path) -> dict
             sched.step()
     save_checkpoint(model.eval(), path)
     return {"seconds": time.perf_counter() - t0, "train_images": len(ids), "epochs": epochs,
-            "recipe": f"{spec} from scratch, xich train's recipe (AdamW lr 2e-3, wd 0.05, label smoothing 0.1, "
-                      f"1 warm-up epoch + cosine, hflip, batch 64), {epochs} epochs"}
+            "recipe": f"{spec} {'fine-tuned from the public ResNet-20 trunk (new head, every layer trained)' if trunk is not None else 'from scratch'}, xich train's recipe (AdamW lr {lr:g}, wd 0.05, "
+                      f"label smoothing 0.1, 1 warm-up epoch + cosine, hflip, batch 64), {epochs} epochs"}
 
 
 # ---------------------------------------------------------------------------------------------- peers
@@ -363,11 +374,13 @@ def run_cleanlab(pending: dict[str, dict]) -> dict[str, dict]:
 
 # ---------------------------------------------------------------------------------------------- one audit
 
-def audit_case(root: Path, ckpt: Path, seed: int, target: str, model: torch.nn.Module) -> tuple[list[dict], dict]:
+def audit_case(root: Path, ckpt: Path, seed: int, target: str, model: torch.nn.Module,
+               spec: str = "cifar:resnet20", control: bool = True) -> tuple[list[dict], dict]:
     """The package's audit of one case (every superclass), the signals on its clusters, the image-level scores
-    and the domino-like peer; returns per-superclass records and the arrays cleanlab needs."""
-    opened = open_audit(AuditConfig(model="cifar:resnet20", data=str(root), weights=str(ckpt), seed=seed,
-                                    clusters=P, mosaics_per_pair=J, control=True, device="cpu", batch_size=256))
+    and the domino-like peer; returns per-superclass records and the arrays cleanlab needs. ``control``: the
+    same-mosaics control too (the cheap and e2e tiers measured it; retired from the default audit since)."""
+    opened = open_audit(AuditConfig(model=spec, data=str(root), weights=str(ckpt), seed=seed, clusters=P,
+                                    mosaics_per_pair=J, control=control, null=False, device="cpu", batch_size=256))
     records, probs_all, feats_all, labels_all, clusters_all, supers_all = [], [], [], [], [], []
     for images in opened.iter_classes(opened.classes):
         t0 = time.perf_counter()
@@ -390,9 +403,9 @@ def audit_case(root: Path, ckpt: Path, seed: int, target: str, model: torch.nn.M
                              "score": c.score, "rank": c.rank, "baselines": c.baselines,
                              "look_members": int(truth[labels == c.id].sum())} for c in cls.clusters],
                "significant_pairs": len(cls.significant_pairs()),
-               "control": {"significant_pairs": len(cls.control["significant_pairs"]),
-                           "image_statistics": cls.control["image_statistics"], "tau": cls.control["tau"],
-                           "hierarchy": cls.control["hierarchy"]},
+               "control": cls.control and {"significant_pairs": len(cls.control["significant_pairs"]),
+                                           "image_statistics": cls.control["image_statistics"],
+                                           "tau": cls.control["tau"], "hierarchy": cls.control["hierarchy"]},
                "best_cluster_f1": best_cluster_f1(labels, truth), "methods": {}, "auroc": {}}
         scores = np.array([np.nan if pos[c].score is None else pos[c].score for c in range(P)])
         base = {b: np.array([np.nan if pos[c].baselines[b] is None else pos[c].baselines[b] for c in range(P)])
@@ -410,8 +423,9 @@ def audit_case(root: Path, ckpt: Path, seed: int, target: str, model: torch.nn.M
             img = nd[labels]
             rec["auroc"][f"{sig}:cluster"] = auroc(np.where(np.isnan(img), -np.inf, img), truth) \
                 if not np.isnan(img).all() else None
-        ctrl = cls.control["hierarchy"]
-        rec["methods"]["control_least_dominant:top1"] = _scored(np.isin(labels, ctrl[-1:]), truth, ctrl[-1:])
+        if cls.control:
+            ctrl = cls.control["hierarchy"]
+            rec["methods"]["control_least_dominant:top1"] = _scored(np.isin(labels, ctrl[-1:]), truth, ctrl[-1:])
         rec["auroc"]["image_logit"] = auroc(-own, truth)
         rec["auroc"]["image_margin"] = auroc(-margin, truth)
         flag, member_p = domino_like(emb, prob[:, k], seed)
@@ -465,9 +479,9 @@ def run(args) -> None:
     tiers = []
     if "cheap" in args.tiers:
         tiers.append(("cheap", "cifar:resnet20", args.conditions.split(","), seeds))
-    if "e2e" in args.tiers:
-        tiers.append(("e2e", "cifar:resnet20", args.e2e_conditions.split(","),
-                      [int(s) for s in args.e2e_seeds.split(",")]))
+    for tier, spec in TIER_SPECS.items():
+        if tier != "cheap" and tier in args.tiers.split(","):
+            tiers.append((tier, spec, args.e2e_conditions.split(","), [int(s) for s in args.e2e_seeds.split(",")]))
     for tier, spec, conditions, tier_seeds in tiers:
         n_super = args.train_per_super
         for m in plan_cases(conditions, tier_seeds):
@@ -482,8 +496,10 @@ def run(args) -> None:
             if not ckpt.exists() or args.fresh:
                 if tier == "cheap":
                     info = train_cheap(train_root, seed, trunk, feature_cache, ckpt)
-                else:
+                elif tier == "e2e":
                     info = train_e2e(train_root, seed, spec, args.epochs, ckpt)
+                else:  # ft, ft-flat: the public trunk fine-tuned with a new head
+                    info = train_e2e(train_root, seed, spec, args.ft_epochs, ckpt, trunk=trunk, lr=args.ft_lr)
                 model = build_model(spec, len(SUPERS))
                 load_weights(model, ckpt)
                 _, test_logits = gap_and_logits(model.eval(), x_test)
@@ -498,7 +514,7 @@ def run(args) -> None:
             for target in m["targets"]:
                 root = case_root(cifar, cond, rare, target, seed, n_super)
                 t0 = time.perf_counter()
-                recs, arrays = audit_case(root, ckpt, seed, target, model)
+                recs, arrays = audit_case(root, ckpt, seed, target, model, spec, control=tier in ("cheap", "e2e"))
                 cl = run_cleanlab({"case": arrays})["case"] if not args.no_cleanlab else None
                 if cl is not None:
                     add_cleanlab(recs, cl)
@@ -517,17 +533,20 @@ def run(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tiers", default="cheap,e2e")
+    ap.add_argument("--tiers", default="cheap,e2e", help="comma-separated: cheap, e2e, ft, ft-flat")
     ap.add_argument("--seeds", default="0,1,2", help="cheap tier seeds")
     ap.add_argument("--conditions", default="2,5,10", help="rarities (percent) of the cheap tier")
     ap.add_argument("--e2e-seeds", default="0,1,2")
     ap.add_argument("--e2e-conditions", default="5", help="rarities (2, 5, 10) of the end-to-end tier")
-    ap.add_argument("--epochs", type=int, default=5, help="end-to-end epochs")
+    ap.add_argument("--epochs", type=int, default=5, help="end-to-end epochs (from scratch)")
+    ap.add_argument("--ft-epochs", type=int, default=8, help="fine-tuning epochs (tiers ft, ft-flat)")
+    ap.add_argument("--ft-lr", type=float, default=1e-3, help="fine-tuning learning rate (tiers ft, ft-flat)")
     ap.add_argument("--train-per-super", type=int, default=600)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fresh", action="store_true", help="retrain and re-audit cached cases")
     ap.add_argument("--no-cleanlab", action="store_true")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--machine", help="the machine and its load, as the tables should state it")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -535,7 +554,8 @@ def main(argv: list[str] | None = None) -> None:
         run(args)
     from rare_looks_report import report
 
-    report(CACHE / "records", Path(args.out), time.perf_counter() - t0, " ".join(sys.argv[1:]))
+    report(CACHE / "records", Path(args.out), time.perf_counter() - t0, " ".join(sys.argv[1:]),
+           args.machine or f"a {os.cpu_count()}-core machine, {args.threads} torch threads per process")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 from collections import defaultdict
@@ -22,7 +23,15 @@ METHODS = (*(f"{s}:top1" for s in looks.SIGNALS), *(f"{s}:rule" for s in looks.S
            "control_least_dominant:top1", "cleanlab:own", "cleanlab:xich", "domino_like:top1")
 AUROCS = ("image_logit", "image_margin", *(f"{s}:cluster" for s in looks.SIGNALS), "cleanlab:own",
           "cleanlab:xich", "domino_like:top1")
-TIER_NAMES = {"cheap": "cheap (frozen public trunk, new head)", "e2e": "end-to-end (ResNet-20 from scratch)"}
+TIER_NAMES = {"cheap": "cheap (frozen public trunk, new head)", "e2e": "end-to-end (ResNet-20 from scratch)",
+              "ft": "end-to-end fine-tuned (public ResNet-20, GAP → linear, every layer trained)",
+              "ft-flat": "end-to-end fine-tuned (public ResNet-20 trunk, Flatten head: Grad-CAM is not the CAM)"}
+# the run that made the first published records (cheap and e2e tiers), before runs carried their provenance
+FIRST_RUN = {"tiers": ["cheap", "e2e"], "code": "d5275ea", "date": "2026-12-07", "audit_minutes": 104.5,
+             "train_minutes": 45.7, "invocation": "bench/rare_looks.py (default tiers)",
+             "machine": "a 2-core machine shared with five other agents (load average 7-9; up to four processes of "
+                        "this benchmark side by side), one torch thread per process",
+             "note": "the end-to-end tier's seed 1 A-rare and B-rare models did not fit the time budget: its null only"}
 MARK, END = "<!-- rare_looks -->", "<!-- /rare_looks -->"
 
 
@@ -74,13 +83,17 @@ def summarize(recs: list[dict]) -> dict:
             aur = {a: {"auroc": (s := mean_ci([r["auroc"].get(a) for r in cases]))[0], "ci": [s[1], s[2]], "n": s[3],
                        "null": mean_ci([r["auroc"].get(a) for r in nulls])[0]}
                    for a in AUROCS}
+            ctl = [r for r in cases if r.get("control")]
             out[f"{tier}/{cond}"] = {"tier": tier, "condition": cond, "seeds": sorted({r["seed"] for r in cases}),
                                      "methods": rows, "auroc": aur,
-                                     "control": {"significant_pairs": _mean([r["significant_pairs"] for r in cases]),
+                                     "significant_pairs": _mean([r["significant_pairs"] for r in cases]),
+                                     "null_significant_pairs": _mean([r["significant_pairs"] for r in nulls]),
+                                     "control": {"significant_pairs": _mean([r["significant_pairs"] for r in ctl]),
                                                  "control_significant_pairs": _mean(
-                                                     [r["control"]["significant_pairs"] for r in cases]),
+                                                     [r["control"]["significant_pairs"] for r in ctl]),
                                                  "image_statistics": _mean(
-                                                     [float(r["control"]["image_statistics"]) for r in cases])}}
+                                                     [float(r["control"]["image_statistics"]) for r in ctl])}
+                                     if ctl else None}
     return out
 
 
@@ -123,21 +136,18 @@ def _ci(row) -> str:
     return f"**{_fmt(row['f1'])}** [{_fmt(lo)}, {_fmt(hi)}]"
 
 
-def markdown(summary: dict, models: list[dict], seconds: float, command: str, recs: list[dict]) -> str:
-    code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).parent).stdout.strip()
+def markdown(summary: dict, models: list[dict], runs: list[dict], recs: list[dict]) -> str:
     L = [MARK, "", "## 9. Finding the looks a model under-learned: a rare-look benchmark with ground truth", "",
-         f"Command: `make rare-looks` (`.venv/bin/python bench/rare_looks.py`: the cheap tier's full grid and the "
-         f"end-to-end tier at 5 % for seeds 0-2 (here seed 1's A-rare and B-rare models did not fit the time "
-         f"budget: its null only); cached models and cases are reused, and `--report-only` rewrites "
-         f"this section from them), tables written by code {code}, {date.today().isoformat()}; "
-         f"Python {platform.python_version()}, torch "
-         f"{torch.__version__}, one torch thread per process, on a 2-core machine shared with five other agents "
-         f"(load average 7-9; up to four processes of this benchmark side by side). Wall time summed over the "
-         f"processes: audits and peers {seconds / 60:.1f} min, training "
-         f"{sum(m['train_seconds'] * m['models'] for m in models) / 60:.1f} min. Records: "
-         f"`docs/science/rare_looks.json`; models, extracted data and case folders in `~/.cache/xich-rare-looks` "
-         f"(never committed).", "",
+         "Command: `make rare-looks` (`.venv/bin/python bench/rare_looks.py`; `--tiers cheap,e2e,ft,ft-flat` picks "
+         "the tiers; cached models and cases are reused, and `--report-only` rewrites this section from them; a "
+         "tier not in the cache keeps the records published in `docs/science/rare_looks.json`). Records: "
+         "`docs/science/rare_looks.json`; models, extracted data and case folders in `~/.cache/xich-rare-looks` "
+         "(never committed). The runs behind the tables (wall time summed over processes):", ""]
+    L += [f"- {', '.join(r['tiers'])}: `{r['invocation']}`, code {r['code']}, {r['date']}, Python "
+          f"{r.get('python', '3.11.7')}, torch {r.get('torch', '2.14.1+cu130')}, on {r['machine']}; audits and peers "
+          f"{r['audit_minutes']:.1f} min, training {r['train_minutes']:.1f} min"
+          + (f" ({r['note']})" if r.get("note") else "") + "." for r in runs]
+    L += ["",
          "**Design.** Five superclasses of CIFAR-10 JPEGs, each made of two original classes, its *looks* "
          "(A/B): airplane/ship, automobile/truck, bird/frog, cat/dog, deer/horse; a 5-way classifier. Training: "
          "600 images per superclass, one look of every superclass rare (2 %, 5 %, 10 %: 12, 30, 60 images), "
@@ -192,20 +202,46 @@ def markdown(summary: dict, models: list[dict], seconds: float, command: str, re
         L += ["", "Per-image AUROC against the look (mean over cases; null: the same score in the null cases): "
               + "; ".join(f"{a} {_fmt(v['auroc'])} (null {_fmt(v['null'])})" for a, v in s["auroc"].items()
                           if v["n"]) + ". `image_logit` / `image_margin`: minus the image's class logit / margin "
-              "(the bench's own forward pass); `<signal>:cluster`: the cluster's need given to its images.", "",
-              f"Same-mosaics control: significant pairs per case {_fmt(s['control']['significant_pairs'], 1)} "
-              f"(model) against {_fmt(s['control']['control_significant_pairs'], 1)} (control); share of cases "
-              f"flagged as image statistics {_fmt(s['control']['image_statistics'])}.", ""]
+              "(the bench's own forward pass); `<signal>:cluster`: the cluster's need given to its images.", ""]
+        if s["control"]:
+            L += [f"Same-mosaics control: significant pairs per case {_fmt(s['control']['significant_pairs'], 1)} "
+                  f"(model) against {_fmt(s['control']['control_significant_pairs'], 1)} (control); share of cases "
+                  f"flagged as image statistics {_fmt(s['control']['image_statistics'])}.", ""]
+        else:
+            L += [f"Significant pairs per case {_fmt(s.get('significant_pairs'), 1)} (the balanced null's "
+                  f"{_fmt(s.get('null_significant_pairs'), 1)}); the same-mosaics control was not run (retired from "
+                  f"the default audit).", ""]
     L += [END]
     return "\n".join(L)
 
 
-def report(records_dir: Path, out: Path, seconds: float, command: str) -> None:
+def published(out: Path) -> dict:
+    path = out / "science" / "rare_looks.json"
+    return json.loads(path.read_text()) if path.exists() else {"records": [], "models": [], "runs": []}
+
+
+def report(records_dir: Path, out: Path, seconds: float, command: str, machine: str | None = None) -> None:
+    """Tables from the cached records; the tiers the cache lacks keep their published records, models and run."""
     recs, case_seconds = load(records_dir)
-    if not recs:
+    old = published(out)
+    tiers = sorted({r["tier"] for r in recs})
+    kept = [r for r in old["records"] if r["tier"] not in tiers]
+    runs = [r for r in (old["runs"] if "runs" in old else [FIRST_RUN]) if set(r["tiers"]) - set(tiers)]
+    runs = [{**r, "tiers": [t for t in r["tiers"] if t not in tiers]} for r in runs]
+    if recs:
+        code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+        models = models_table(recs)
+        runs.append({"tiers": tiers, "code": code, "date": date.today().isoformat(),
+                     "python": platform.python_version(), "torch": torch.__version__,
+                     "audit_minutes": case_seconds / 60, "invocation": f"bench/rare_looks.py {command}".strip(),
+                     "train_minutes": sum(m["train_seconds"] * m["models"] for m in models) / 60,
+                     "machine": machine or f"a {os.cpu_count()}-core machine"})
+    if not recs and not kept:
         raise SystemExit(f"error: no case records in {records_dir}; run bench/rare_looks.py without --report-only")
+    models = [m for m in old["models"] if m["tier"] not in tiers] + models_table(recs)
+    recs = kept + recs
     summary = summarize(recs)
-    models = models_table(recs)
     (out / "science").mkdir(parents=True, exist_ok=True)
     slim = [{k: v for k, v in r.items() if k != "model_info"} for r in recs]
     doc = {"plan": {"superclasses": {"airplane_ship": ["airplane", "ship"], "automobile_truck": ["automobile", "truck"],
@@ -214,10 +250,9 @@ def report(records_dir: Path, out: Path, seconds: float, command: str) -> None:
                     "train_per_super": sorted({r["train_per_super"] for r in recs}), "eval": "1000 common + 250 rare",
                     "clusters": 5, "j": 25, "signals": list(looks.SIGNALS)},
            "command": "make rare-looks (.venv/bin/python bench/rare_looks.py; cases cached, --report-only rewrites the tables)",
-           "last_invocation": f"bench/rare_looks.py {command}", "seconds": case_seconds, "models": models,
-           "summary": summary, "records": slim}
+           "runs": runs, "models": models, "summary": summary, "records": slim}
     (out / "science" / "rare_looks.json").write_text(json.dumps(_round(doc), indent=1))
-    md = markdown(summary, models, case_seconds, command, recs)
+    md = markdown(summary, models, runs, recs)
     page = out / "science.md"
     text = page.read_text() if page.exists() else ""
     if MARK in text:

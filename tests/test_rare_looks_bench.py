@@ -65,3 +65,52 @@ def test_domino_like_flags_the_weak_blob():
     truth = np.arange(250) >= 200
     assert precision_recall_f1(flagged, truth)[2] > 0.9
     assert auroc(member, truth) > 0.95
+
+
+def _record(tier: str, condition: str, rare: str | None, f1: float) -> dict:
+    """One hand-built case record of the benchmark (one superclass of one audited model), F1 ``f1`` for the
+    representation ratio's top-1 reading."""
+    return {"superclass": "cat_dog", "target_look": "cat", "eval_n": 10, "truth_n": 3, "clusters": [],
+            "significant_pairs": 2, "control": None, "best_cluster_f1": 0.9, "auroc": {},
+            "methods": {"under_represented:top1": {"precision": f1, "recall": f1, "f1": f1, "flagged_images": 3}},
+            "tier": tier, "model": "cifar:resnet20", "condition": condition, "rare": rare, "seed": 0,
+            "target": "A", "train_per_super": 600,
+            "model_info": {"recipe": f"{tier} recipe", "train_images": 3000, "test_accuracy": 0.8,
+                           "rare_look_accuracy": 0.7 if rare else None, "common_look_accuracy": 0.9 if rare else None,
+                           "seconds": 60.0}}
+
+
+def test_report_keeps_the_published_tiers_the_cache_lacks(tmp_path):
+    """A rerun of one tier rewrites that tier's tables and keeps every other tier's published records, models and
+    run; attributable F1 is against the same tier's null."""
+    import json
+
+    from rare_looks_report import report
+
+    out, cache = tmp_path / "docs", tmp_path / "records"
+    (out / "science").mkdir(parents=True)
+    cache.mkdir()
+    (out / "science.md").write_text("# Study\n\nintro\n")
+    (cache / "a.json").write_text(json.dumps({"seconds": 120.0, "records": [
+        _record("cheap", "5", "A", 0.75), _record("cheap", "null", None, 0.25)]}))
+    report(cache, out, 0.0, "--tiers cheap", "a test machine")
+    first = json.loads((out / "science" / "rare_looks.json").read_text())
+    assert first["summary"]["cheap/5"]["methods"]["under_represented:top1"]["attributable_f1"] == 0.5
+    assert [r["tiers"] for r in first["runs"]] == [["cheap"]]  # the first run's cheap tier is replaced
+    assert first["runs"][0]["audit_minutes"] == 2.0 and first["runs"][0]["machine"] == "a test machine"
+
+    (cache / "a.json").unlink()  # a later run of another tier only
+    (cache / "b.json").write_text(json.dumps({"seconds": 60.0, "records": [
+        _record("ft", "5", "A", 0.5), _record("ft", "null", None, 0.5)]}))
+    report(cache, out, 0.0, "--tiers ft", "another machine")
+    second = json.loads((out / "science" / "rare_looks.json").read_text())
+    assert sorted(second["summary"]) == ["cheap/5", "ft/5"]
+    assert second["summary"]["cheap/5"] == first["summary"]["cheap/5"]
+    assert second["summary"]["ft/5"]["methods"]["under_represented:top1"]["attributable_f1"] == 0.0
+    assert [(r["tiers"], r["machine"]) for r in second["runs"]] == [(["cheap"], "a test machine"),
+                                                                    (["ft"], "another machine")]
+    assert [m["tier"] for m in second["models"]] == ["cheap", "cheap", "ft", "ft"]
+    page = (out / "science.md").read_text()
+    assert page.startswith("# Study\n\nintro\n") and page.count("<!-- rare_looks -->") == 1
+    assert "### end-to-end fine-tuned (public ResNet-20, GAP → linear, every layer trained), look rare at 5 %" in page
+    assert "### cheap (frozen public trunk, new head), look rare at 5 %" in page

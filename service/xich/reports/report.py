@@ -364,10 +364,8 @@ def _looks_html(cls: ClassResult) -> str:
 
 
 def _control_sentence(cls: ClassResult) -> str:
-    """The randomized control beside the hierarchy, and its flag."""
+    """The randomized control beside the hierarchy, and its flag (an audit run with --control)."""
     ctl = cls.control
-    if ctl is None:
-        return "No randomized control (off by default: the null model is the yardstick; --control turns it on)."
     text = (f"Randomized control (the architecture re-initialised, seed {ctl['seed']}): hierarchy "
             f"{' > '.join(map(str, ctl['hierarchy'])) or 'none'}, {len(ctl['significant_pairs'])} significant "
             f"pair(s) against the model's {len(cls.significant_pairs())}, Kendall τ with the model's scores "
@@ -380,7 +378,7 @@ def _control_sentence(cls: ClassResult) -> str:
 
 def _class_baseline_sentences(cls: ClassResult) -> str:
     return (f"<p class='baselines'>{html.escape(_mean_logit_sentence(cls))}</p>"
-            f"<p class='control'>{_control_sentence(cls)}</p>")
+            + (f"<p class='control'>{_control_sentence(cls)}</p>" if cls.control else ""))
 
 
 def _baselines_and_control_finding(result: AuditResult) -> str:

@@ -1,6 +1,8 @@
 """What every benchmark sets up: where the repository and the shared data are, the CIFAR-10 classes and the
 public checkpoints, a clock that prints elapsed time, the number formats and the line that says where a number
 was measured.
+Only the standard library is imported here (numpy and torch where a function needs them), so that a benchmark
+measuring what its imports cost (``bench_full_audit.py``) measures its own.
 
 A script in ``bench/`` is run as ``python bench/NAME.py``; it puts the repository root on ``sys.path`` and imports
 ``bench.shared`` (and, for the study, ``bench.sections``), so nothing here depends on the working directory.
@@ -8,14 +10,13 @@ A script in ``bench/`` is run as ``python bench/NAME.py``; it puts the repositor
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data beside the checkout, or $XICH_SHARED_DATA (as the tests read it)
@@ -56,13 +57,23 @@ def say(clock: Clock, msg: str) -> None:
 
 def fmt(v, nd: int = 2) -> str:
     """``v`` to ``nd`` decimals; ``–`` for a missing or NaN value."""
-    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{nd}f}"
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
 
 
 def mean_known(vals) -> float | None:
     """The mean of the values that are neither None nor NaN; None when there are none."""
+    import numpy as np
+
     v = [x for x in vals if x is not None and not np.isnan(x)]
     return float(np.mean(v)) if v else None
+
+
+def absent(*paths: Path) -> bool:
+    """Whether a file a benchmark needs is missing; if so, says which (the benchmark then skips)."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"skipped: {', '.join(missing)} absent (../shared/data is needed; see its README.md)")
+    return bool(missing)
 
 
 def peak_rss_mb(field: str = "VmHWM") -> float:

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "method"))
-from bench.shared import RESNET20, absent  # noqa: E402
+from bench.shared import CLASSES, ROOT, RESNET20, absent  # noqa: E402
 from xich.engine.models import build_model, load_weights  # noqa: E402
 from xich.engine.runtime import PreparedModel  # noqa: E402
 from xich.method.cam_methods import CAM_METHODS  # noqa: E402
@@ -36,7 +35,8 @@ def main() -> int:
     args = ap.parse_args()
     if absent(RESNET20):
         return 0
-    from test_baselines import CLASSES, cifar_test_images
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "method")]  # the tests' CIFAR reader and its data
+    from test_baselines import cifar_test_images
 
     model = build_model("cifar:resnet20", 10)
     load_weights(model, RESNET20)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from xich.engine.audit import AuditConfig, assemble_result, audit_classes, open_audit
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
+from bench.shared import CIFAR_JPEG, RESNET20, absent  # noqa: E402
+from xich.engine.audit import AuditConfig, assemble_result, audit_classes, open_audit  # noqa: E402
 
 
 def timed_audit(config: AuditConfig) -> tuple[float, dict[str, float]]:
@@ -33,11 +33,9 @@ def main() -> int:
     ap.add_argument("--train-split", default="")
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
-    weights = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
-    if not weights.is_file():
-        print(f"skipped: {weights} absent (../shared/data is needed)")
+    if absent(RESNET20):
         return 0
-    base = dict(model="cifar:resnet20", weights=str(weights), data=str(SHARED / "cifar10-jpeg"),
+    base = dict(model="cifar:resnet20", weights=str(RESNET20), data=str(CIFAR_JPEG),
                 classes=tuple(args.classes.split(",")), train_split=args.train_split or None)
     walls: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(args.repeats):

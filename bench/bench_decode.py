@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -23,15 +24,15 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from imagenet_like import image
-from xich.engine.datasets import _decode
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
+from bench.imagenet_like import image  # noqa: E402
+from bench.shared import CIFAR_JPEG  # noqa: E402
+from xich.engine.datasets import _decode  # noqa: E402
 
 
 def cifar_jpegs(n: int) -> list[bytes]:
     out = []
-    with tarfile.open(SHARED / "cifar10-jpeg" / "test.tar.gz", "r:gz") as tar:
+    with tarfile.open(CIFAR_JPEG / "test.tar.gz", "r:gz") as tar:
         for info in tar:
             if info.isfile() and info.name.endswith(".jpg"):
                 out.append(tar.extractfile(info).read())
@@ -80,7 +81,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     sets = {"224-px synthetic": synthetic_jpegs(args.n224)}
-    if (SHARED / "cifar10-jpeg" / "test.tar.gz").is_file():
+    if (CIFAR_JPEG / "test.tar.gz").is_file():
         sets = {"CIFAR-10 32-px": cifar_jpegs(args.n), **sets}
     for name, datas in sets.items():
         a = [pil(d) for d in datas]

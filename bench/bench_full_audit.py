@@ -37,29 +37,20 @@ import time
 import uuid
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-WEIGHTS = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
-DATA = SHARED / "cifar10-jpeg"
-
-
-def peak_rss_mib(field: str = "VmHWM") -> float:
-    """The process's peak resident memory (``VmRSS``: the current one), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
+from bench.shared import CIFAR_JPEG, RESNET20, absent, peak_rss_mb  # noqa: E402  (stdlib only: child() measures its imports)
 
 
 def child(variant: str, classes: int | None) -> dict:
     """One audit in this process; returns its numbers."""
     import torch
 
-    torch_rss = peak_rss_mib("VmRSS")
+    torch_rss = peak_rss_mb("VmRSS")
     from xich.engine.audit import AuditConfig, assemble_result, audit_classes, open_audit
     from xich.engine.datasets import content_fingerprint
     from xich.engine.labels import model_indices, resolve_labels
 
-    rss_imports = {"torch": torch_rss, "xich": peak_rss_mib("VmRSS")}  # what the libraries cost before any data
+    rss_imports = {"torch": torch_rss, "xich": peak_rss_mb("VmRSS")}  # what the libraries cost before any data
     if variant == "literal":
         from xich.engine.runtime import PreparedModel
 
@@ -67,12 +58,12 @@ def child(variant: str, classes: int | None) -> dict:
     if variant in ("recorded", "null"):
         return child_recorded(variant, classes)
     t0 = time.perf_counter()
-    config = AuditConfig(model="cifar:resnet20", weights=str(WEIGHTS), data=str(DATA), null=False,
+    config = AuditConfig(model="cifar:resnet20", weights=str(RESNET20), data=str(CIFAR_JPEG), null=False,
                          cam="reference" if variant in ("reference", "literal") else "auto")
     opened = open_audit(config)
     open_s = time.perf_counter() - t0
     out: dict = {"variant": variant, "open_s": open_s, "torch_threads": torch.get_num_threads(),
-                 "rss_after_import_mib": rss_imports, "rss_after_open_mib": peak_rss_mib("VmRSS")}
+                 "rss_after_import_mib": rss_imports, "rss_after_open_mib": peak_rss_mb("VmRSS")}
     t = time.perf_counter()
     labels = resolve_labels(labels_arg=config.labels, checkpoint_labels=None, model_spec=config.model,
                             head_outputs=10, dataset_classes=opened.dataset.classes)
@@ -86,14 +77,14 @@ def child(variant: str, classes: int | None) -> dict:
         out["fingerprint"], out["fingerprint_images"] = content_fingerprint([opened.eval_split, opened.train_split])
         out["fingerprint_s"] = out["train_index_s"] + time.perf_counter() - t
         out["hashing_s"] = time.perf_counter() - t
-        out["rss_after_fingerprint_mib"] = peak_rss_mib()
+        out["rss_after_fingerprint_mib"] = peak_rss_mb()
     names = opened.classes[:classes] if classes else opened.classes
     results, ends = [], []
     for _images, cls in audit_classes(opened, names):
         results.append(cls)
         ends.append(round(time.perf_counter() - t0, 1))
     result = assemble_result(opened, results, uuid.uuid4().hex)
-    out.update(wall_s=time.perf_counter() - t0, peak_rss_mib=peak_rss_mib(), class_end_s=ends,
+    out.update(wall_s=time.perf_counter() - t0, peak_rss_mib=peak_rss_mb(), class_end_s=ends,
                cam=result.config["cam"], timings=result.timings, classes=len(result.classes),
                mosaics=sum(len(c.mosaics) for c in result.classes),
                train_share_by_rank=[round(v, 4) for v in result.summary["train_share_by_rank"]],
@@ -115,19 +106,19 @@ def child_recorded(variant: str, classes: int | None) -> dict:
     from xich.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="xich-bench-") as tmp:
-        sd, _ = read_checkpoint(str(WEIGHTS))
+        sd, _ = read_checkpoint(str(RESNET20))
         nudged = {k: v.clone() for k, v in sd.items()}
         nudged["linear.bias"][0] += 1e-6  # another version: other weights, the same architecture
         torch.save(nudged, Path(tmp) / "v2.pt")
         names = None
         runs = []
         with context(Settings(database_url=f"sqlite:///{tmp}/x.db", store_url=f"{tmp}/store")) as ctx:
-            for version, weights in (("v1", str(WEIGHTS)), ("v2", f"{tmp}/v2.pt")):
+            for version, weights in (("v1", str(RESNET20)), ("v2", f"{tmp}/v2.pt")):
                 if classes and names is None:
                     from xich.engine.datasets import open_dataset
 
-                    names = tuple(open_dataset(str(DATA), "test", "train").classes[:classes])
-                config = AuditConfig(model="cifar:resnet20", weights=weights, data=str(DATA), null=variant == "null",
+                    names = tuple(open_dataset(str(CIFAR_JPEG), "test", "train").classes[:classes])
+                config = AuditConfig(model="cifar:resnet20", weights=weights, data=str(CIFAR_JPEG), null=variant == "null",
                                      classes=names)
                 t0 = time.perf_counter()
                 result = recorded_audit(ctx, config, model_name="bench", model_version=version)
@@ -135,7 +126,7 @@ def child_recorded(variant: str, classes: int | None) -> dict:
                              "notes": [n for n in result.notes if n.startswith("null model")],
                              "above_null": [c.name for c in result.classes if c.null and c.null["above_null"]]})
     last = runs[-1]
-    return {"variant": variant, "wall_s": last["wall_s"], "peak_rss_mib": peak_rss_mib(), "runs": runs,
+    return {"variant": variant, "wall_s": last["wall_s"], "peak_rss_mib": peak_rss_mb(), "runs": runs,
             "timings": last["timings"], "classes": classes or 10, "mosaics": None, "cam": "auto", "open_s": 0.0,
             "label_matching_s": 0.0, "class_end_s": [], "rss_after_import_mib": {"torch": 0.0, "xich": 0.0},
             "rss_after_open_mib": 0.0}
@@ -151,8 +142,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child, args.classes)))
         return 0
-    if not WEIGHTS.is_file():
-        print(f"skipped: {WEIGHTS} absent (../shared/data is needed)")
+    if absent(RESNET20):
         return 0
     runs = {}
     for variant in args.variants.split(","):

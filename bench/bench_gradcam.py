@@ -11,6 +11,7 @@ else a random-init ResNet-20 on random tiles (ratios still meaningful, dominance
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -20,15 +21,15 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from xich.engine.audit import AuditConfig
-from xich.engine.runtime import PreparedModel
-from xich.engine.datasets import open_dataset
-from xich.method.dominance import mosaic_dominance, quadrant_relevance
-from xich.method.gradcam import reference_cams
-from xich.method.mosaic import assemble_mosaics, plan_mosaics
-from xich.engine.models import build_model, load_weights
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
+from bench.shared import CIFAR_JPEG, RESNET20  # noqa: E402
+from xich.engine.audit import AuditConfig  # noqa: E402
+from xich.engine.datasets import open_dataset  # noqa: E402
+from xich.engine.models import build_model, load_weights  # noqa: E402
+from xich.engine.runtime import PreparedModel  # noqa: E402
+from xich.method.dominance import mosaic_dominance, quadrant_relevance  # noqa: E402
+from xich.method.gradcam import reference_cams  # noqa: E402
+from xich.method.mosaic import assemble_mosaics, plan_mosaics  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--class-index", type=int, default=3)
     args = ap.parse_args()
-    weights = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
+    weights = RESNET20
     real = weights.is_file()
     config = AuditConfig(model="cifar:resnet20", data="", weights=str(weights) if real else None, device="cpu")
     model = build_model(config.model, 10)
@@ -45,7 +46,7 @@ def main() -> None:
         load_weights(model, weights)
     pm = PreparedModel(model, model_spec=config.model, num_classes=10, mosaic_size=64, device="cpu")
     if real:
-        ds = open_dataset(str(SHARED / "cifar10-jpeg"), "test", None)
+        ds = open_dataset(str(CIFAR_JPEG), "test", None)
         split = ds.splits["test"]
         images = split.load(split.images[ds.classes[args.class_index]][:200], 32)
     else:

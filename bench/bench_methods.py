@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xich.method.cam_methods import CAM_METHODS
-from xich.method.dominance import mosaic_dominance, quadrant_relevance
-from xich.method.mosaic import assemble_mosaics, plan_mosaics
-from xich.engine.models import build_model, load_weights
-from xich.engine.runtime import PreparedModel
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "method"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
+from bench.shared import CLASSES, ROOT, RESNET20, absent  # noqa: E402
+from xich.engine.models import build_model, load_weights  # noqa: E402
+from xich.engine.runtime import PreparedModel  # noqa: E402
+from xich.method.cam_methods import CAM_METHODS  # noqa: E402
+from xich.method.dominance import mosaic_dominance, quadrant_relevance  # noqa: E402
+from xich.method.mosaic import assemble_mosaics, plan_mosaics  # noqa: E402
 
 
 def main() -> int:
@@ -34,14 +33,13 @@ def main() -> int:
     ap.add_argument("--class", dest="cls", default="cat")
     ap.add_argument("--methods", default=",".join(CAM_METHODS), help="comma-separated (gradcam is always run first)")
     args = ap.parse_args()
-    weights = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
-    if not weights.is_file():
-        print(f"skipped: {weights} absent (../shared/data is needed)")
+    if absent(RESNET20):
         return 0
-    from test_baselines import CLASSES, cifar_test_images
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "method")]  # the tests' CIFAR reader and its data
+    from test_baselines import cifar_test_images
 
     model = build_model("cifar:resnet20", 10)
-    load_weights(model, weights)
+    load_weights(model, RESNET20)
     images = cifar_test_images(60, (args.cls,))[args.cls]
     rng = np.random.default_rng(0)
     plan = plan_mosaics(np.arange(60) % 3, 3, max(1, args.mosaics // 3), rng)

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imagenet_like import make_dataset  # noqa: E402
-from scale import peak_rss_mb  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
+from bench.imagenet_like import make_dataset  # noqa: E402
+from bench.shared import peak_rss_mb  # noqa: E402
 
 from xich.engine.audit import (AuditConfig, audit_classes, open_audit, score_mosaics_with, stage_timings,  # noqa: E402
                                _scoring_models)

@@ -28,7 +28,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
+from bench.shared import ROOT, SHARED  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -124,10 +125,10 @@ MUTATIONS = [
 
 def scratch_copy(into: Path) -> None:
     """The working tree's files (tracked, and untracked ones git does not ignore) copied under ``into``."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             check=True, capture_output=True).stdout.split(b"\0")
     for rel in filter(None, (p.decode() for p in listed)):
-        src = REPO / rel
+        src = ROOT / rel
         if src.is_file() and not src.is_symlink():
             (into / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, into / rel)
@@ -148,7 +149,7 @@ def run_tests(root: Path, tests: tuple[str, ...], timeout: float, stop_first: bo
     """pytest on ``tests`` in ``root``: its return code, seconds, and the first failing test with its seconds."""
     report = root / "junit.xml"
     env = {**os.environ, "PYTHONPATH": f"{root / 'service'}{os.pathsep}{root}",
-           "XICH_SHARED_DATA": os.environ.get("XICH_SHARED_DATA") or str(REPO.parent / "shared" / "data"),
+           "XICH_SHARED_DATA": str(SHARED),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
            *(["-x"] if stop_first else []), *tests]
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             if outcome["rc"] != 0:
                 return 1
         for m in chosen:  # every replacement checked before any test runs: a stale list fails at once
-            probe = (REPO / m.path).read_text().count(m.old)
+            probe = (ROOT / m.path).read_text().count(m.old)
             if probe != 1:
                 raise SystemExit(f"error: mutation {m.name}: the text to replace occurs {probe} times in {m.path} "
                                  f"(expected once); update bench/mutations.py to the current code")

@@ -35,20 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imagenet_like import make_dataset  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
+from bench.imagenet_like import make_dataset  # noqa: E402
+from bench.shared import peak_rss_mb  # noqa: E402
 
 from xich.engine.audit import AuditConfig, audit_class, open_audit  # noqa: E402
 
 RESNET_GFLOPS = {"resnet18": 1.82, "resnet50": 4.11}  # per 224-px image (torchvision's model table)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def sized_dataset(base: Path, out: Path, train: int) -> Path:

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imagenet_like import make_dataset  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
+from bench.imagenet_like import make_dataset  # noqa: E402
 
 from stack import ACCESS_KEY, SECRET_KEY, seaweedfs_server  # noqa: E402  (tests/ on PYTHONPATH)
 from xich.engine.audit import sample_training  # noqa: E402

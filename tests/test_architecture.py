@@ -1,9 +1,11 @@
 """The import rules of docs/architecture.md: which layer of service/xich/ may import which, read from the source
-(every import statement, also those inside functions), and flows/ imported by no module of xich."""
+(every import statement, also those inside functions), and flows/ imported by no module of xich; and the modules
+of bench/ importing each other without a cycle."""
 
 from __future__ import annotations
 
 import ast
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,27 @@ def test_the_rules_see_a_violation(tmp_path):
     found = imports(bad, "xich.records.bad")
     assert found == ["xich.run.context", "flows.audit"]
     assert layer(found[0]) not in ALLOWED["records"]
+
+
+def bench_imports(folder: Path) -> dict[str, set[str]]:
+    """Module of ``folder`` (bench/, read as the package ``bench``) -> the modules of ``folder`` it imports: named
+    ``bench.x``, or ``x`` as a script in bench/ (on ``sys.path`` as it runs) may name them."""
+    mods = {".".join(("bench", *p.relative_to(folder).with_suffix("").parts)).removesuffix(".__init__"): p
+            for p in sorted(folder.rglob("*.py"))}
+    return {name: {m for t in imports(path, name) for m in (t, f"bench.{t}") if m in mods and m != name}
+            for name, path in mods.items()}
+
+
+def test_bench_modules_import_each_other_without_a_cycle():
+    graph = bench_imports(ROOT / "bench")
+    assert {"bench.sections.doc", "bench.shared"} <= graph["bench.study"]  # the reader sees the package's imports
+    TopologicalSorter(graph).prepare()  # raises CycleError with the modules of a cycle
+
+
+def test_the_bench_rule_sees_a_cycle(tmp_path):
+    """A cycle through an import inside a function and a script's bare name (as study.py and study_sections.py
+    had one)."""
+    (tmp_path / "a.py").write_text("from bench.b import f\n")
+    (tmp_path / "b.py").write_text("def f():\n    import a\n")
+    with pytest.raises(CycleError):
+        TopologicalSorter(bench_imports(tmp_path)).prepare()

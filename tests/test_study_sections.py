@@ -1,4 +1,4 @@
-"""The held-out section's statistics (bench/study_sections.py) on a record small enough to compute by hand."""
+"""The held-out section's statistics (bench/sections/heldout.py) on a record small enough to compute by hand."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from study_sections import heldout_stats  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
+from bench.sections.heldout import heldout_stats  # noqa: E402
 
 
 def _cluster(cid, score_a, score_a2, score_b, share, size_a, size_b, logit_a, logit_b, logit_train):

@@ -16,9 +16,11 @@ Each variant runs in a fresh process (its own peak RSS, read from VmHWM), one af
 - ``recorded``: two recorded audits (``pipeline.recorded_audit``, one fresh SQLite database), version 1 and version 2
   (the same checkpoint with one weight nudged), with the randomized control and no null model: the default audit
   before the null model existed;
-- ``null``: the same two versions with the null model on (the default now): version 1 computes the null and stores
+- ``null``: the same two versions with the null model on (and the control): version 1 computes the null and stores
   it, version 2 reads it back — the cost the first time and the cost of every later version, each against the same
-  version of ``recorded`` (version 2 finds the dataset's fingerprint and tarballs cached by version 1 in both).
+  version of ``recorded`` (version 2 finds the dataset's fingerprint and tarballs cached by version 1 in both);
+- ``default``: the same two versions as the audit runs by default since the control was retired: the null model on,
+  no control.
 
 ``fast``, ``reference``, ``literal`` and ``fingerprint`` run with ``--no-null`` (the null model doubles an
 unrecorded audit: each computes its own).
@@ -55,10 +57,10 @@ def child(variant: str, classes: int | None) -> dict:
         from xich.engine.runtime import PreparedModel
 
         PreparedModel._trace = lambda self, probe: self._tap  # the eager model, as written
-    if variant in ("recorded", "null"):
+    if variant in ("recorded", "null", "default"):
         return child_recorded(variant, classes)
     t0 = time.perf_counter()
-    config = AuditConfig(model="cifar:resnet20", weights=str(RESNET20), data=str(CIFAR_JPEG), null=False,
+    config = AuditConfig(model="cifar:resnet20", weights=str(RESNET20), data=str(CIFAR_JPEG), null=False, control=True,
                          cam="reference" if variant in ("reference", "literal") else "auto")
     opened = open_audit(config)
     open_s = time.perf_counter() - t0
@@ -118,8 +120,8 @@ def child_recorded(variant: str, classes: int | None) -> dict:
                     from xich.engine.datasets import open_dataset
 
                     names = tuple(open_dataset(str(CIFAR_JPEG), "test", "train").classes[:classes])
-                config = AuditConfig(model="cifar:resnet20", weights=weights, data=str(CIFAR_JPEG), null=variant == "null",
-                                     classes=names)
+                config = AuditConfig(model="cifar:resnet20", weights=weights, data=str(CIFAR_JPEG),
+                                     null=variant != "recorded", control=variant != "default", classes=names)
                 t0 = time.perf_counter()
                 result = recorded_audit(ctx, config, model_name="bench", model_version=version)
                 runs.append({"version": version, "wall_s": time.perf_counter() - t0, "timings": result.timings,
@@ -174,11 +176,14 @@ def main() -> int:
                     for a, b in zip(ra, rb) if a is not None and b is not None), default=float("nan"))
         print(f"full audit, {other} / fast: wall {ref['wall_s'] / fast['wall_s']:.2f}x, CAM passes (model + "
               f"control) {cam(ref) / cam(fast):.2f}x; max |D_fast - D_{other}| {diff:.1e}")
-    if "recorded" in runs and "null" in runs:
-        (r1, r2), (first, cached) = runs["recorded"]["runs"], runs["null"]["runs"]
-        print(f"null model: version 1 (computing and storing it) {first['wall_s']:.1f} s against {r1['wall_s']:.1f} s "
-              f"without it ({first['wall_s'] / r1['wall_s']:.2f}x); version 2 (reading it back) {cached['wall_s']:.1f} s "
-              f"against {r2['wall_s']:.1f} s ({cached['wall_s'] / r2['wall_s']:.2f}x); classes above the null: "
+    for name in ("null", "default"):  # against the audit before the null model (control on, no null)
+        if "recorded" not in runs or name not in runs:
+            continue
+        (r1, r2), (first, cached) = runs["recorded"]["runs"], runs[name]["runs"]
+        print(f"{name} ({'null model and control' if name == 'null' else 'null model, no control'}): version 1 "
+              f"(computing and storing the null) {first['wall_s']:.1f} s against {r1['wall_s']:.1f} s without it "
+              f"({first['wall_s'] / r1['wall_s']:.2f}x); version 2 (reading it back) {cached['wall_s']:.1f} s against "
+              f"{r2['wall_s']:.1f} s ({cached['wall_s'] / r2['wall_s']:.2f}x); classes above the null: "
               f"{', '.join(cached['above_null']) or 'none'}")
     if "fast" in runs and "fingerprint" in runs:
         fast, fp = runs["fast"], runs["fingerprint"]

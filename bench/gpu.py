@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {out['make_data_s']:.0f} s", flush=True)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     config = AuditConfig(model=args.model, data=str(data), clusters=3, mosaics_per_pair=10, seed=0,
-                         device=args.device, batch_size=args.batch_size)
+                         device=args.device, batch_size=args.batch_size, control=True)  # as measured: model + control
     opened = open_audit(config)
     device, prepared, tile = opened.prepared.device, opened.prepared, opened.tile_size
     if device.type == "cuda":

@@ -55,7 +55,8 @@ def sized_dataset(base: Path, out: Path, train: int) -> Path:
 
 
 def config_for(data: Path, model: str, **overrides) -> AuditConfig:
-    return AuditConfig(model=model, data=str(data), clusters=3, mosaics_per_pair=4, seed=0, **overrides)
+    return AuditConfig(model=model, data=str(data), clusters=3, mosaics_per_pair=4, seed=0,
+                       **{"control": True, **overrides})  # as measured: the model's and the control's mosaics
 
 
 def one_audit(data: Path, model: str) -> dict:

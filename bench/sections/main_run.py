@@ -95,7 +95,8 @@ TRANSFORMS = {
 def config_for(data: Path, model: str, scale: int, plan: Plan, **kw) -> AuditConfig:
     return AuditConfig(model=f"cifar:{model}", weights=str(data / "cifar-resnet" / WEIGHTS[model]),
                        data=str(data / "cifar10-jpeg"), clusters=plan.clusters, mosaics_per_pair=plan.main_j,
-                       seed=plan.seed, mosaic_size=scale, classes=tuple(plan.main_classes), device="cpu", **kw)
+                       seed=plan.seed, mosaic_size=scale, classes=tuple(plan.main_classes), device="cpu",
+                       **{"control": True, **kw})  # the study reads the control (published with it on)
 
 
 def with_settings(opened: OpenedAudit, **changes) -> OpenedAudit:

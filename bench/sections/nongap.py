@@ -84,7 +84,7 @@ def run_nongap(data: Path, plan: NongapPlan, weights: dict[str, str], clock: Clo
     for model in plan.models:
         base = AuditConfig(model=model, weights=weights[model], data=str(data / "cifar10-jpeg"),
                            clusters=plan.clusters, mosaics_per_pair=plan.j, seed=plan.seed, mosaic_size=INPUT_SIZE,
-                           classes=tuple(plan.classes), device="cpu")
+                           classes=tuple(plan.classes), device="cpu", control=True)  # section 5 reads the control
         opened = open_audit(base)
         for name in plan.classes:
             with clock.section("nongap"):

@@ -21,14 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CHECKPOINTS = {"cifar:resnet20": "resnet20-12fca82f.th", "cifar:resnet56": "resnet56-4bfd9763.th"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
+from bench.shared import CIFAR_JPEG, SHARED, WEIGHTS  # noqa: E402
+
+CHECKPOINTS = {f"cifar:{name}": WEIGHTS[name] for name in ("resnet20", "resnet56")}
 
 
 def extract(root: Path, classes: list[str], per_class: int) -> Path:
     """The first ``per_class`` test JPEGs of each class, as an image folder (a temporary copy, never the repo)."""
     wanted = dict.fromkeys(classes, 0)
-    with tarfile.open(SHARED / "cifar10-jpeg" / "test.tar.gz") as tar:
+    with tarfile.open(CIFAR_JPEG / "test.tar.gz") as tar:
         for member in tar:
             parts = member.name.split("/")
             if member.isfile() and len(parts) == 3 and wanted.get(parts[1], per_class) < per_class:

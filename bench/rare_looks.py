@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
+from bench.shared import CIFAR_JPEG, RESNET20, ROOT  # noqa: E402
 from rare_looks_metrics import attributable, auroc, best_cluster_f1, mean_ci, precision_recall_f1  # noqa: E402
 
 from xich.engine.audit import AuditConfig, audit_class, open_audit  # noqa: E402
@@ -50,8 +52,6 @@ from xich.engine.models import build_model, load_weights  # noqa: E402
 from xich.engine.train import augment_batch, warmup_cosine  # noqa: E402
 from xich.method import looks  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("XICH_SHARED_DATA") or ROOT.parent / "shared" / "data")
 CACHE = Path(os.environ.get("XICH_RARE_LOOKS_CACHE") or Path.home() / ".cache" / "xich-rare-looks")
 PEERS_PYTHON = Path(os.environ.get("XICH_PEERS_PYTHON") or CACHE / "peers-venv" / "bin" / "python")
 LOOKS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -80,7 +80,7 @@ def extract_cifar() -> Path:
     if not (root / "train" / "truck").is_dir() or not (root / "test" / "truck").is_dir():
         root.mkdir(parents=True, exist_ok=True)
         for split in ("test", "train"):
-            with tarfile.open(SHARED / "cifar10-jpeg" / f"{split}.tar.gz") as tar:
+            with tarfile.open(CIFAR_JPEG / f"{split}.tar.gz") as tar:
                 tar.extractall(root, filter="data")
     return root
 
@@ -164,7 +164,7 @@ def plan_cases(conditions: list[str], seeds: list[int]) -> list[dict]:
 
 def public_resnet20() -> torch.nn.Module:
     model = build_model("cifar:resnet20", 10)
-    load_weights(model, SHARED / "cifar-resnet" / "resnet20-12fca82f.th")
+    load_weights(model, RESNET20)
     return model.eval()
 
 

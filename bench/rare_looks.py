@@ -13,10 +13,13 @@ images per superclass (the look well represented, as after a shift). Each case i
 into one extracted copy of the CIFAR JPEG tarballs (``<root>/train`` = exactly the imbalanced training set, so the
 audit's training shares are those of what the model learnt from), with the truth (image → look) in its file names.
 
-Tiers: ``cheap`` (the public ResNet-20 trunk frozen, a new Linear(64, 5) head fitted on the split's GAP features)
-and ``e2e`` (``cifar:resnet20`` trained from scratch on the split with the project's recipe, so the trunk too saw
-the look rarely). Each case is audited by the package (``open_audit`` / ``audit_class``, P = 5, J = 25, seed =
-case seed, the same-mosaics control on), and on the same clusters every signal of ``xich.method.looks`` is read,
+Tiers: ``cheap`` (the public ResNet-20 trunk frozen, a new Linear(64, 5) head fitted on the split's GAP features),
+``e2e`` (``cifar:resnet20`` trained from scratch on the split with the project's recipe, so the trunk too saw
+the look rarely), ``ft`` and ``ft-flat`` (the public ResNet-20 trunk with a new GAP → linear / Flatten head, every
+layer fine-tuned on the split: the trunk is shifted by the imbalance too, though its pretraining saw every look).
+Each case is audited by the package (``open_audit`` / ``audit_class``, P = 5, J = 25, seed = case seed; the
+same-mosaics control on in the cheap and e2e tiers, which measured it), and on the same clusters every signal of
+``xich.method.looks`` is read,
 top-1 and by its flag rule. Peers on the same cases: cleanlab 2.9 Datalab ``underperforming_group`` (its own
 clustering, and given XICH's clusters; run in the benchmark-only venv of the ``peers`` extra), and an error-aware
 Gaussian mixture in the spirit of Domino's DominoSlicer (``domino`` 0.1.5 does not install here; see
@@ -533,11 +536,11 @@ def run(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tiers", default="cheap,e2e", help="comma-separated: cheap, e2e, ft, ft-flat")
+    ap.add_argument("--tiers", default="cheap,e2e,ft,ft-flat", help="comma-separated: cheap, e2e, ft, ft-flat")
     ap.add_argument("--seeds", default="0,1,2", help="cheap tier seeds")
     ap.add_argument("--conditions", default="2,5,10", help="rarities (percent) of the cheap tier")
-    ap.add_argument("--e2e-seeds", default="0,1,2")
-    ap.add_argument("--e2e-conditions", default="5", help="rarities (2, 5, 10) of the end-to-end tier")
+    ap.add_argument("--e2e-seeds", default="0,1,2", help="seeds of the end-to-end tiers (e2e, ft, ft-flat)")
+    ap.add_argument("--e2e-conditions", default="5", help="rarities (2, 5, 10) of the end-to-end tiers (e2e, ft, ft-flat)")
     ap.add_argument("--epochs", type=int, default=5, help="end-to-end epochs (from scratch)")
     ap.add_argument("--ft-epochs", type=int, default=8, help="fine-tuning epochs (tiers ft, ft-flat)")
     ap.add_argument("--ft-lr", type=float, default=1e-3, help="fine-tuning learning rate (tiers ft, ft-flat)")

@@ -238,3 +238,11 @@ def test_a_document_reads_back_as_the_same_typed_result(hand_built):
     again = AuditResult.from_dict(hand_built.to_dict())
     assert again == hand_built and isinstance(again.classes[1].per_image.images[0], ImageScore)
     assert again.to_json() == hand_built.to_json()
+
+
+def test_an_audit_without_the_control_says_nothing_of_it(report):
+    """The control is off by default (--control turns it on): no paragraph, column or finding speaks of it."""
+    result, _, page, _ = report
+    text = page.read_text()
+    assert result.config["control_seed"] is None and all(c.control is None for c in result.classes)
+    assert "<p class='control'>" not in text and "control score" not in text and "Randomized control" not in text

@@ -1,4 +1,4 @@
-"""The rare-look benchmark's metrics (bench/rare_looks_metrics.py) on a hand-built 10-image case, values worked by
+"""The rare-look benchmark's metrics (bench/sections/rare_looks_metrics.py) on a hand-built 10-image case, values worked by
 hand; and its Domino-like peer on two blobs whose weak one it must flag."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
 
-from rare_looks_metrics import attributable, auroc, best_cluster_f1, mean_ci, precision_recall_f1  # noqa: E402
+from bench.sections.rare_looks_metrics import (attributable, auroc, best_cluster_f1, mean_ci,  # noqa: E402
+                                               precision_recall_f1)
 
 # images 0-2 are the rare look
 TRUTH = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0], dtype=bool)
@@ -56,7 +57,7 @@ def test_mean_ci_by_hand():
 
 
 def test_domino_like_flags_the_weak_blob():
-    from rare_looks import domino_like
+    from bench.sections.rare_looks import domino_like
 
     rng = np.random.default_rng(0)
     emb = np.concatenate([rng.normal(0, 1, (200, 8)), rng.normal(4, 1, (50, 8))])
@@ -85,7 +86,7 @@ def test_report_keeps_the_published_tiers_the_cache_lacks(tmp_path):
     run; attributable F1 is against the same tier's null."""
     import json
 
-    from rare_looks_report import report
+    from bench.sections.rare_looks_report import report
 
     out, cache = tmp_path / "docs", tmp_path / "records"
     (out / "science").mkdir(parents=True)

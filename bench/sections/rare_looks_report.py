@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rare_looks_metrics import attributable, mean_ci
+from bench.sections.rare_looks_metrics import attributable, mean_ci
 from xich.method import looks
 
 CONDITIONS = ("2", "5", "10")
@@ -171,7 +171,7 @@ def markdown(summary: dict, models: list[dict], runs: list[dict], recs: list[dic
          "Domino 0.1.5 does not install here (`pip install domino==0.1.5` in a fresh Python 3.11 venv: it pins "
          "scikit-learn 0.24.2, which pip must build from source, and the build fails with `ModuleNotFoundError: No "
          "module named 'pkg_resources'`); in its place `domino_like`: an error-aware Gaussian mixture in the spirit "
-         "of DominoSlicer (bench/rare_looks.py `domino_like`: per superclass, 5 diagonal Gaussians over the "
+         "of DominoSlicer (bench/sections/rare_looks.py `domino_like`: per superclass, 5 diagonal Gaussians over the "
          "standardised GAP features (PCA to 16 dimensions) and the class probability, the probability's "
          "log-likelihood weighted 10 as DominoSlicer's `y_hat_log_likelihood_weight`; the slice of highest mean "
          "error flagged).", ""]

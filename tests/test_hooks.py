@@ -453,7 +453,9 @@ def test_without_prefect_the_version_is_still_recorded_for_the_nightly_flow(worl
             "X-MLflow-Signature": sign(SECRET, "d-1", stamp, body)})
         took = time.monotonic() - began
     assert (status, answer["outcome"]) == (202, "registered"), f"{answer}\n{stack.log_tail(hooks.log)}"
-    assert answer["reason"].startswith("shapes 1 is recorded, but its audit did not start (ConnectError: ")
+    # the cause in the words `xich register --audit` uses (run/deploy.why_not_started): the server, at that URL
+    assert answer["reason"].startswith(f"shapes 1 is recorded, but its audit did not start: Prefect at "
+                                       f"{env['PREFECT_API_URL']} is not reachable: "), answer["reason"]
     assert answer["reason"].endswith("the nightly audit-new-versions flow will audit it")
     assert took < 15, f"answered in {took:.1f} s"
     assert [(r["model"], r["version"]) for r in unaudited(engine=context_for(url_of(world)).engine)] == [("shapes", "1")]

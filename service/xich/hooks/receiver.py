@@ -62,6 +62,7 @@ from .mapping import NotMapped, read_mapping, resolve, tag_overrides
 from ..records.mlflow_registry import resolve_weights, version_facts, without_credentials
 from ..records.registration import REQUEST_SETTINGS, OriginConflict, audit_status, register, registry_time
 from ..run.context import Context, open_context
+from ..run.deploy import why_not_started
 from ..settings import HookSettings
 
 log = logging.getLogger(__name__)
@@ -329,9 +330,10 @@ class HookReceiver:
         try:
             flow_run_id = self.start_audit(parameters)
         except Exception as exc:  # no Prefect, a server that does not answer, no deployment: the nightly flow audits it
-            cause = " ".join(str(exc).split())[:300] or type(exc).__name__
-            return Answer(202, "registered", f"{a.model} {a.version} is recorded, but its audit did not start "
-                                             f"({type(exc).__name__}: {cause}); the nightly audit-new-versions flow "
+            cause = (why_not_started(self.settings, exc) if self.settings.prefect_api_url and
+                     not isinstance(exc, XichError) else " ".join(str(exc).split()) or type(exc).__name__)
+            return Answer(202, "registered", f"{a.model} {a.version} is recorded, but its audit did not start: "
+                                             f"{' '.join(cause.split())[:400]}; the nightly audit-new-versions flow "
                                              f"will audit it")
         return Answer(202, "started", f"audit of {a.model} {a.version} started: flow run {flow_run_id}", flow_run_id)
 

@@ -315,3 +315,20 @@ def test_same_images_elsewhere_are_the_same_dataset_and_keep_the_frozen_clusteri
                [[c.members for c in cls.clusters] for cls in first.classes]
     finally:
         engine.dispose()
+
+
+def test_a_run_stored_before_the_looks_shows_a_dash_not_none():
+    """A version audited before the audit flagged looks (no looks signal: migration 0009) has no flagged looks to
+    show ("-"); a version audited since, that flags nothing, says "none" — even where both have accuracies."""
+    from xich.records.history import ClassDrift, ClusterDrift
+
+    def side(flagged_rank):
+        return {"flagged_rank": flagged_rank, "accuracy": 0.9, "representation_ratio": None, "mean_logit": 1.0,
+                "rank": 0, "score": 0.5}
+
+    clusters = [ClusterDrift("c/0", side(None), side(None)), ClusterDrift("c/1", side(None), side(0))]
+    old_new = ClassDrift("cat", "v1", "v2", "r1", "r2", "k", "c", clusters, (None, "under_represented"))
+    assert (old_new.flagged("before"), old_new.flagged("after")) == ("-", "1")
+    none = ClassDrift("cat", "v1", "v2", "r1", "r2", "k", "c", [ClusterDrift("c/0", side(None), side(None))],
+                      ("under_represented", "under_represented"))
+    assert (none.flagged("before"), none.flagged("after")) == ("none", "none")

@@ -82,7 +82,7 @@ DRIFT_SIGNALS = (("flagged_rank", "flagged", "d"), ("accuracy", "accuracy", ".3f
                  ("rank", "rank", "d"), ("score", "score", ".3f"))
 TEXT_WIDTH = 100  # a class's line, wrapped and indented: `xich history` reads in 100 columns
 DRIFT_COLUMNS = ("model_version", "version_created_at", "run_id", "run_finished_at", "settings_key",
-                 "clustering_key", "class_name", "cluster_key", *(s for s, _, _ in DRIFT_SIGNALS))
+                 "clustering_key", "class_name", "cluster_key", "looks_signal", *(s for s, _, _ in DRIFT_SIGNALS))
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ class ClassDrift:
     settings_key: str
     clustering_key: str
     clusters: list[ClusterDrift]
+    looks_signals: tuple[str | None, str | None] = (None, None)  # each version's looks signal (None: run before 0009)
 
     def hierarchy(self, side: str) -> list[str]:
         """The ranked clusters' indices, most dominant first, in the version ``side`` ("before" or "after")."""
@@ -125,11 +126,11 @@ class ClassDrift:
         return [index for _, index in sorted(ranked)]
 
     def flagged(self, side: str) -> str:
-        """The looks flagged in the version ``side``, most in need first (``none``; ``-`` for runs before 0009)."""
-        ranks = [(getattr(c, side)["flagged_rank"], c.index) for c in self.clusters]
-        if all(r is None for r, _ in ranks) and not any(getattr(c, side).get("accuracy") is not None
-                                                         for c in self.clusters):
+        """The looks flagged in the version ``side``, most in need first (``none``; ``-`` for a run stored before the
+        audit flagged looks, migration 0009)."""
+        if self.looks_signals[0 if side == "before" else 1] is None:
             return "-"
+        ranks = [(getattr(c, side)["flagged_rank"], c.index) for c in self.clusters]
         return ", ".join(index for r, index in sorted(x for x in ranks if x[0] is not None)) or "none"
 
     def moves(self) -> list[str]:
@@ -163,7 +164,8 @@ def version_drift(session_or_engine: Session | Engine, *, model_name: str, class
                                      {s: getattr(r, s) for s, _, _ in DRIFT_SIGNALS})
                         for r in rows2 if r.cluster_key in by_key]
             drift.append(ClassDrift(cls, v1, v2, rows1[0].run_id, rows2[0].run_id, settings_key, clustering_key,
-                                    sorted(clusters, key=lambda c: _natural(c.index))))
+                                    sorted(clusters, key=lambda c: _natural(c.index)),
+                                    (rows1[0].looks_signal, rows2[0].looks_signal)))
     return sorted(drift, key=lambda d: (d.settings_key, d.clustering_key, d.class_name))
 
 

@@ -8,7 +8,8 @@ Per seed (4 classes, one rare look each): the classes whose rare look's cluster 
 signal), the classes where the look's accuracy rose / fell from v1 to v2, its mean accuracy v1 -> v2, the classes
 where dominance ranked it least or second-least in v1 and where it moved up in v2, and the significant losses of
 those clusters v1 -> v2. ``--augment`` is the training augmentation (default: the demo's, ``rot180``).
-Measured runs are in docs/benchmarks.md.
+Measured runs are in docs/benchmarks.md (2026-12-07, seeds 0-4: flagged in 20 of 20 classes, accuracy up in 6 and
+down in none, moved up in 12 of 20, losses 49 -> 30).
 """
 
 from __future__ import annotations

@@ -215,6 +215,18 @@ def markdown(summary: dict, models: list[dict], runs: list[dict], recs: list[dic
     return "\n".join(L)
 
 
+def _invocation(recs: list[dict], command: str) -> str:
+    """The command line that made the cached records: the one given, or, for tables rewritten with --report-only,
+    the tiers, rarities, seeds and epochs the records hold."""
+    if "--report-only" not in command:
+        return command.strip()
+    conds = [c for c in CONDITIONS if any(r["condition"] == c for r in recs)]
+    epochs = sorted({r["model_info"]["epochs"] for r in recs if r.get("model_info", {}).get("epochs")})
+    return (f"--tiers {','.join(sorted({r['tier'] for r in recs}))} --e2e-conditions {','.join(conds)} --e2e-seeds "
+            f"{','.join(str(s) for s in sorted({r['seed'] for r in recs}))}"
+            + (f" --ft-epochs {','.join(map(str, epochs))}" if epochs else "") + " (tables: --report-only)")
+
+
 def published(out: Path) -> dict:
     path = out / "science" / "rare_looks.json"
     return json.loads(path.read_text()) if path.exists() else {"records": [], "models": [], "runs": []}
@@ -234,7 +246,7 @@ def report(records_dir: Path, out: Path, seconds: float, command: str, machine: 
         models = models_table(recs)
         runs.append({"tiers": tiers, "code": code, "date": date.today().isoformat(),
                      "python": platform.python_version(), "torch": torch.__version__,
-                     "audit_minutes": case_seconds / 60, "invocation": f"bench/rare_looks.py {command}".strip(),
+                     "audit_minutes": case_seconds / 60, "invocation": f"bench/rare_looks.py {_invocation(recs, command)}",
                      "train_minutes": sum(m["train_seconds"] * m["models"] for m in models) / 60,
                      "machine": machine or f"a {os.cpu_count()}-core machine"})
     if not recs and not kept:

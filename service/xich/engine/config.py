@@ -12,7 +12,7 @@ from ..method.cam_methods import CAM_METHODS, FAST_METHODS
 # The per-cluster signals an audit can lead with (method.looks.SIGNALS; kept here so that this module loads no numpy)
 # and the one it leads with by default: the one bench/rare_looks.py found best at finding the rare look against ground
 # truth in every tier whose clustering separates the looks (docs/science.md, section 9; its false flags on balanced
-# data: 3 % with a frozen trunk, 20-83 % fine-tuned end to end).
+# data: 3 % with a frozen trunk, 23-83 % fine-tuned end to end).
 LOOK_SIGNALS = ("least_dominant", "lowest_mean_logit", "lowest_accuracy", "lowest_margin",
                 "under_represented", "weak_under_represented")
 DEFAULT_LOOKS = "under_represented"

@@ -156,14 +156,15 @@ def markdown(summary: dict, models: list[dict], runs: list[dict], recs: list[dic
          "rare one per superclass, the look well represented as after a shift. A *case* is one superclass of one "
          "audited model; each rare case is matched with the null case of the same seed, superclass and target look "
          "(the null model audited on the same evaluation set). Each case is audited by the package (`open_audit` / "
-         "`audit_class`: P = 5, J = 25, seed = the case's seed, randomized control on), and the signals of "
+         "`audit_class`: P = 5, J = 25, seed = the case's seed; the randomized control on in the cheap and "
+         "from-scratch tiers, which measured it, off in the fine-tuned ones), and the signals of "
          "`xich.method.looks` are read on its clusters, top-1 (the cluster of greatest need: always flags one) and "
          "by their flag rule (which may flag nothing). Flagged = the union of the flagged clusters' images; "
          "precision, recall and F1 against the target look's images (F1 0 when nothing is flagged). *Best cluster*: "
          "the best F1 any single K-Means cluster reaches (what the clustering allows). In the cheap tier the clusters "
          "are K-Means on the frozen trunk's GAP features, which no head changes: for one seed and target look every "
          "rarity and the null share the clustering and differ only in the head (and the training shares); in the "
-         "end-to-end tier each model has its own features and clusters.", "",
+         "end-to-end tiers each model has its own features and clusters.", "",
          "**Peers, run on the same cases.** cleanlab 2.9 Datalab `underperforming_group` (in a benchmark-only venv, "
          "the `peers` extra; never the service's dependency), given the audited model's softmax and GAP features of "
          "the audit's whole evaluation set (5 superclasses, 6,250 images), with its own clustering (DBSCAN on a k-NN "

@@ -128,3 +128,29 @@ def test_report_links_are_relative_to_the_page_where_the_store_is_a_folder(tmp_p
     assert report_link(ctx, "nothing-stored", page_dir=tmp_path / "site" / "history") is None
     s3 = context_for(f"sqlite:///{tmp_path / 'y.db'}", store_url="s3://bucket/prefix")
     assert report_link(s3, "abc", page_dir=tmp_path) == "s3://bucket/prefix/runs/abc/report/index.html"
+
+
+def test_a_report_written_outside_the_store_links_the_version_before_where_it_lies(tmp_path, monkeypatch, capsys):
+    """`xich audit --report DIR` of a recorded run: the copy in DIR links the version before by its report's URI in
+    the store (where it resolves from DIR), and the copy published in the store keeps the relative link (issue 26)."""
+    from urllib.parse import unquote, urlparse
+
+    from toy_nets import write_grey_tiles
+
+    data = write_grey_tiles(tmp_path / "data", {"test": [10, 30, 60, 90, 120, 150], "train": [20, 50, 80, 140]})
+    store = tmp_path / "store"
+    monkeypatch.setenv("XICH_DATABASE_URL", f"sqlite:///{tmp_path / 'xich.db'}")
+    monkeypatch.setenv("XICH_STORE_URL", str(store))
+    base = ["audit", "--data", str(data), "--model", "python:toy_nets:brightness", "--clusters", "2",
+            "--mosaics-per-pair", "2", "--normalize", "none", "--device", "cpu", "--model-name", "m"]
+    for version in ("v1", "v2"):
+        assert main([*base, "--model-version", version, "--report", str(tmp_path / version)]) == 0, \
+            capsys.readouterr().err
+    [link] = re.findall(r"<a class='previous' href='([^']+)'", (tmp_path / "v2" / "index.html").read_text())
+    assert link.startswith("file://") and Path(unquote(urlparse(link).path)).is_file(), link
+    v1_report = Path(unquote(urlparse(link).path))
+    assert v1_report.parent.parent.parent == store / "runs" and v1_report.name == "index.html"
+    assert not re.findall(r"class='previous'", (tmp_path / "v1" / "index.html").read_text())  # v1: none before it
+    [v2_published] = [p for p in (store / "runs").glob("*/report/index.html") if p != v1_report]
+    [relative] = re.findall(r"<a class='previous' href='([^']+)'", v2_published.read_text())
+    assert "://" not in relative and (v2_published.parent / relative).resolve() == v1_report.resolve()

@@ -111,7 +111,7 @@ def write_outputs(ctx: Context, done: LocalAudit, *, json_path: str | None = Non
         write_atomically(oversample_path, json.dumps(weights, indent=1, sort_keys=True), what=oversample_path)
         yield (f"wrote {oversample_path}: {len(weights)} training image(s) of the flagged looks, for "
                f"`xich train --oversample {oversample_path}`")
-    from .publish import publish_run, publishing, since_previous_html
+    from .publish import point_previous_at_store, publish_run, publishing, since_previous_html
 
     with publishing(ctx, result.run_id) if done.recorded else nullcontext():  # failed: the run is not left complete
         if report_dir:
@@ -127,6 +127,8 @@ def write_outputs(ctx: Context, done: LocalAudit, *, json_path: str | None = Non
                    f"{write_report(result, report_dir, done.examples, model=model, version=version, extra_html=since)}")
         if done.recorded:
             keys = publish_run(ctx, result, report_dir=report_dir)
+            if report_dir:  # published with the store's relative link; in DIR the link points into the store
+                point_previous_at_store(ctx, Path(report_dir) / "index.html")
             yield f"stored {len(keys)} file(s) under {ctx.settings.store_url.rstrip('/')}/runs/{result.run_id}/"
 
 

@@ -6,8 +6,10 @@ first (mosaics rendered again from the stored manifests, never recomputed). The 
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,6 +91,17 @@ def since_previous_html(ctx: Context, result: AuditResult) -> str:
     with ctx.session() as session:
         drift = drift_into(session, run_id=result.run_id)
     return render(drift, lambda run_id: f"../../{run_id}/report/index.html")
+
+
+def point_previous_at_store(ctx: Context, page: Path) -> None:
+    """A report written outside the store (``xich audit --report DIR``) names the version before it by the store's
+    relative path (``../../<run id>/report/index.html``, right in the published copy); in ``page`` that link is
+    rewritten to the previous report's URI in the store, the one place it resolves from DIR."""
+    text = page.read_text(encoding="utf-8")
+    local = re.sub(r"<a class='previous' href='\.\./\.\./([0-9A-Za-z_-]+)/report/index\.html'",
+                   lambda m: f"<a class='previous' href='{html.escape(report_uri(ctx, m.group(1)), quote=True)}'", text)
+    if local != text:
+        page.write_text(local, encoding="utf-8")
 
 
 def publish_with_report(ctx: Context, result: AuditResult, opened: OpenedAudit, *, model: str | None = None,

@@ -14,34 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
-from bench.shared import CIFAR_JPEG, SHARED, WEIGHTS  # noqa: E402
+from bench.shared import SHARED, WEIGHTS, extract_test_images  # noqa: E402
 
 CHECKPOINTS = {f"cifar:{name}": WEIGHTS[name] for name in ("resnet20", "resnet56")}
-
-
-def extract(root: Path, classes: list[str], per_class: int) -> Path:
-    """The first ``per_class`` test JPEGs of each class, as an image folder (a temporary copy, never the repo)."""
-    wanted = dict.fromkeys(classes, 0)
-    with tarfile.open(CIFAR_JPEG / "test.tar.gz") as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) == 3 and wanted.get(parts[1], per_class) < per_class:
-                target = root / "test" / parts[1] / parts[2]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                wanted[parts[1]] += 1
-            if all(v >= per_class for v in wanted.values()):
-                break
-    return root
 
 
 def main() -> int:
@@ -65,7 +46,7 @@ def main() -> int:
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory(prefix="xich-null-check-") as tmp:
-        data = extract(Path(tmp) / "data", args.classes.split(","), args.per_class)
+        data = extract_test_images(Path(tmp) / "data", args.classes.split(","), args.per_class)
         with context(Settings(database_url=f"sqlite:///{tmp}/x.db", store_url=f"{tmp}/store")) as ctx:
             for name, w in (("trained", str(weights)), ("random weights", None)):
                 config = AuditConfig(model=args.model, weights=w, labels="cifar10", data=str(data), train_split=None,

@@ -68,6 +68,27 @@ def mean_known(vals) -> float | None:
     return float(np.mean(v)) if v else None
 
 
+def extract_test_images(root: Path, classes: list[str], per_class: int) -> Path:
+    """The first ``per_class`` CIFAR-10 test JPEGs of each of ``classes``, as the image folder ``root/test/<class>/``
+    (a temporary copy, never the repository); returns ``root``. The tests' CIFAR subsets are made by it too."""
+    import shutil
+    import tarfile
+
+    wanted = dict.fromkeys(classes, 0)
+    with tarfile.open(CIFAR_JPEG / "test.tar.gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 3 and wanted.get(parts[1], per_class) < per_class:
+                target = root / "test" / parts[1] / parts[2]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                wanted[parts[1]] += 1
+            if all(v >= per_class for v in wanted.values()):
+                break
+    return root
+
+
 def absent(*paths: Path) -> bool:
     """Whether a file a benchmark needs is missing; if so, says which (the benchmark then skips)."""
     missing = [str(p) for p in paths if not p.is_file()]

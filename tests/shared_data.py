@@ -7,14 +7,14 @@ Tests that need it carry ``@pytest.mark.shared_data`` and skip through :func:`re
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(os.environ.get("XICH_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
-CIFAR10 = SHARED / "cifar10-jpeg"
-RESNET20 = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
+# one definition of where the data lies and of the CIFAR subsets, for the tests and the benchmarks
+from bench.shared import CIFAR_JPEG as CIFAR10, RESNET20, SHARED, extract_test_images  # noqa: E402,F401
 
 
 def present() -> bool:
@@ -30,24 +30,3 @@ def require() -> None:
     """Skip the calling test (a failure under XICH_REQUIRE_ALL) when the data is absent."""
     if not present():
         pytest.skip(REASON)
-
-
-def extract_test_images(root: Path, classes: list[str], per_class: int) -> Path:
-    """The first ``per_class`` CIFAR-10 test JPEGs of each of ``classes``, as the image folder ``root/test/<class>/``
-    (a temporary copy for one test module, never the repo); returns ``root``."""
-    import shutil
-    import tarfile
-
-    wanted = dict.fromkeys(classes, 0)
-    with tarfile.open(CIFAR10 / "test.tar.gz") as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) == 3 and wanted.get(parts[1], per_class) < per_class:
-                target = root / "test" / parts[1] / parts[2]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                wanted[parts[1]] += 1
-            if all(v >= per_class for v in wanted.values()):
-                break
-    return root

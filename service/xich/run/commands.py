@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import check_output_dir, check_output_file
+from ..atomic import check_output_dir, check_output_file, write_atomically
 from ..engine.config import AuditConfig
 from ..errors import XichError
 from ..result import AuditResult
@@ -105,13 +105,11 @@ def write_outputs(ctx: Context, done: LocalAudit, *, json_path: str | None = Non
         result.write_json(json_path)
         yield f"wrote {json_path}"
     if oversample_path:
-        from ..atomic import write_atomically
-
         weights = result.oversample()
         write_atomically(oversample_path, json.dumps(weights, indent=1, sort_keys=True), what=oversample_path)
         yield (f"wrote {oversample_path}: {len(weights)} training image(s) of the flagged looks, for "
                f"`xich train --oversample {oversample_path}`")
-    from .publish import point_previous_at_store, publish_run, publishing, since_previous_html
+    from .publish import publish_run, publishing, since_previous_html
 
     with publishing(ctx, result.run_id) if done.recorded else nullcontext():  # failed: the run is not left complete
         if report_dir:
@@ -121,14 +119,15 @@ def write_outputs(ctx: Context, done: LocalAudit, *, json_path: str | None = Non
             stored = [cls for cls in result.classes if cls.name not in done.examples]  # read back, not recomputed
             for cls, explain in explain_stored(done.opened, stored) if stored else ():
                 done.examples[cls.name] = collect_examples(cls, explain)
-            # a recorded run's report links the version before it where the store keeps both (runs/<id>/report/)
-            since = since_previous_html(ctx, result) if done.recorded else ""
-            yield (f"wrote "
-                   f"{write_report(result, report_dir, done.examples, model=model, version=version, extra_html=since)}")
+            # a recorded run's report links the version before it: written with the link the store's copy needs
+            # (runs/<id>/report/), published, then given the link that resolves from DIR
+            in_store, in_dir = since_previous_html(ctx, result, page_dir=report_dir) if done.recorded else ("", "")
+            page = write_report(result, report_dir, done.examples, model=model, version=version, extra_html=in_store)
+            yield f"wrote {page}"
         if done.recorded:
             keys = publish_run(ctx, result, report_dir=report_dir)
-            if report_dir:  # published with the store's relative link; in DIR the link points into the store
-                point_previous_at_store(ctx, Path(report_dir) / "index.html")
+            if report_dir and in_dir != in_store:
+                write_atomically(page, page.read_text(encoding="utf-8").replace(in_store, in_dir), what=page)
             yield f"stored {len(keys)} file(s) under {ctx.settings.store_url.rstrip('/')}/runs/{result.run_id}/"
 
 

@@ -6,10 +6,8 @@ first (mosaics rendered again from the stored manifests, never recomputed). The 
 
 from __future__ import annotations
 
-import html
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,26 +80,20 @@ def report_link(ctx: Context, run_id: str, *, page_dir: str | Path) -> str | Non
     return Path(os.path.relpath(page, Path(page_dir).resolve())).as_posix() if page.is_file() else None
 
 
-def since_previous_html(ctx: Context, result: AuditResult) -> str:
-    """The report's section on the version before this run's (``records.history.version_drift``): a relative link to
-    its report in the store (both lie under ``runs/``) and what changed; nothing for a first version."""
+def since_previous_html(ctx: Context, result: AuditResult, *, page_dir: str | Path | None = None) -> tuple[str, str]:
+    """The report's section on the version before this run's (``records.history.version_drift``: what changed, and
+    a link to its report), twice: as published in the store (a relative link: both reports lie under ``runs/``), and
+    as written in ``page_dir`` outside the store (``xich audit --report DIR``: :func:`report_link`, as the history
+    page links reports); both empty for a first version, the same twice without ``page_dir``."""
     from ..records.history import drift_into
     from ..reports.history_report import since_previous_html as render
 
     with ctx.session() as session:
         drift = drift_into(session, run_id=result.run_id)
-    return render(drift, lambda run_id: f"../../{run_id}/report/index.html")
-
-
-def point_previous_at_store(ctx: Context, page: Path) -> None:
-    """A report written outside the store (``xich audit --report DIR``) names the version before it by the store's
-    relative path (``../../<run id>/report/index.html``, right in the published copy); in ``page`` that link is
-    rewritten to the previous report's URI in the store, the one place it resolves from DIR."""
-    text = page.read_text(encoding="utf-8")
-    local = re.sub(r"<a class='previous' href='\.\./\.\./([0-9A-Za-z_-]+)/report/index\.html'",
-                   lambda m: f"<a class='previous' href='{html.escape(report_uri(ctx, m.group(1)), quote=True)}'", text)
-    if local != text:
-        page.write_text(local, encoding="utf-8")
+    in_store = render(drift, lambda run_id: f"../../{run_id}/report/index.html")
+    if page_dir is None:
+        return in_store, in_store
+    return in_store, render(drift, lambda run_id: report_link(ctx, run_id, page_dir=page_dir) or report_uri(ctx, run_id))
 
 
 def publish_with_report(ctx: Context, result: AuditResult, opened: OpenedAudit, *, model: str | None = None,
@@ -112,6 +104,6 @@ def publish_with_report(ctx: Context, result: AuditResult, opened: OpenedAudit, 
 
     with publishing(ctx, result.run_id), tempfile.TemporaryDirectory(prefix="xich-report-") as tmp:
         examples = {cls.name: collect_examples(cls, explain) for cls, explain in explain_stored(opened, result.classes)}
-        write_report(result, tmp, examples, model=model, version=version, extra_html=since_previous_html(ctx, result))
+        write_report(result, tmp, examples, model=model, version=version, extra_html=since_previous_html(ctx, result)[0])
         publish_run(ctx, result, report_dir=tmp)
     return report_uri(ctx, result.run_id)

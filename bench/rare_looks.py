@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench/ is a package
@@ -39,10 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--machine", help="the machine and its load, as the tables should state it")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     args = ap.parse_args(argv)
-    t0 = time.perf_counter()
     if not args.report_only:
         run(args)
-    report(CACHE / "records", Path(args.out), time.perf_counter() - t0, " ".join(sys.argv[1:]),
+    report(CACHE / "records", Path(args.out), " ".join(sys.argv[1:]),
            args.machine or f"a {os.cpu_count()}-core machine, {args.threads} torch threads per process")
 
 

@@ -94,7 +94,7 @@ def test_report_keeps_the_published_tiers_the_cache_lacks(tmp_path):
     (out / "science.md").write_text("# Study\n\nintro\n")
     (cache / "a.json").write_text(json.dumps({"seconds": 120.0, "records": [
         _record("cheap", "5", "A", 0.75), _record("cheap", "null", None, 0.25)]}))
-    report(cache, out, 0.0, "--tiers cheap", "a test machine")
+    report(cache, out, "--tiers cheap", "a test machine")
     first = json.loads((out / "science" / "rare_looks.json").read_text())
     assert first["summary"]["cheap/5"]["methods"]["under_represented:top1"]["attributable_f1"] == 0.5
     assert [r["tiers"] for r in first["runs"]] == [["cheap"]]  # the first run's cheap tier is replaced
@@ -103,7 +103,7 @@ def test_report_keeps_the_published_tiers_the_cache_lacks(tmp_path):
     (cache / "a.json").unlink()  # a later run of another tier only
     (cache / "b.json").write_text(json.dumps({"seconds": 60.0, "records": [
         _record("ft", "5", "A", 0.5), _record("ft", "null", None, 0.5)]}))
-    report(cache, out, 0.0, "--tiers ft", "another machine")
+    report(cache, out, "--tiers ft", "another machine")
     second = json.loads((out / "science" / "rare_looks.json").read_text())
     assert sorted(second["summary"]) == ["cheap/5", "ft/5"]
     assert second["summary"]["cheap/5"] == first["summary"]["cheap/5"]

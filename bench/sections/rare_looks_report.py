@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from bench.sections.rare_looks_metrics import attributable, mean_ci
+from bench.shared import fmt
 from xich.method import looks
 
 CONDITIONS = ("2", "5", "10")
@@ -127,13 +128,9 @@ def models_table(recs: list[dict]) -> list[dict]:
     return out
 
 
-def _fmt(x, d=2) -> str:
-    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{d}f}"
-
-
 def _ci(row) -> str:
     lo, hi = row["f1_ci"]
-    return f"**{_fmt(row['f1'])}** [{_fmt(lo)}, {_fmt(hi)}]"
+    return f"**{fmt(row['f1'])}** [{fmt(lo)}, {fmt(hi)}]"
 
 
 def markdown(summary: dict, models: list[dict], runs: list[dict], recs: list[dict]) -> str:
@@ -181,8 +178,8 @@ def markdown(summary: dict, models: list[dict], runs: list[dict], recs: list[dic
           "|---|---|---|---|---|---|---|---|---|"]
     for m in models:
         L.append(f"| {m['tier']} | {m['condition']} | {m['rare'] or '–'} | {m['models']} | {m['train_images']} | "
-                 f"{_fmt(m['test_accuracy'], 3)} | {_fmt(m['rare_look_accuracy'], 3)} | "
-                 f"{_fmt(m['common_look_accuracy'], 3)} | {_fmt(m['train_seconds'], 0)} |")
+                 f"{fmt(m['test_accuracy'], 3)} | {fmt(m['rare_look_accuracy'], 3)} | "
+                 f"{fmt(m['common_look_accuracy'], 3)} | {fmt(m['train_seconds'], 0)} |")
     recipes = sorted({(m["tier"], m["recipe"]) for m in models})
     L += [""] + [f"- {t}: {r}." for t, r in recipes] + [""]
     for key, s in summary.items():
@@ -196,21 +193,21 @@ def markdown(summary: dict, models: list[dict], runs: list[dict], recs: list[dic
               "|---|---|---|---|---|---|---|---|"]
         for m, row in s["methods"].items():
             ff = row["null_false_flags"]
-            ff_s = "always" if m in METHODS and not can_flag_nothing(m) else _fmt(ff)
-            L.append(f"| {m} | {_ci(row)} | {row['n']} | {_fmt(row['precision'])} | {_fmt(row['recall'])} | "
-                     f"{_fmt(row['attributable_f1'])} | {_fmt(row['null_f1'])} | "
+            ff_s = "always" if m in METHODS and not can_flag_nothing(m) else fmt(ff)
+            L.append(f"| {m} | {_ci(row)} | {row['n']} | {fmt(row['precision'])} | {fmt(row['recall'])} | "
+                     f"{fmt(row['attributable_f1'])} | {fmt(row['null_f1'])} | "
                      f"{ff_s if m != 'best_cluster' else '–'} |")
         L += ["", "Per-image AUROC against the look (mean over cases; null: the same score in the null cases): "
-              + "; ".join(f"{a} {_fmt(v['auroc'])} (null {_fmt(v['null'])})" for a, v in s["auroc"].items()
+              + "; ".join(f"{a} {fmt(v['auroc'])} (null {fmt(v['null'])})" for a, v in s["auroc"].items()
                           if v["n"]) + ". `image_logit` / `image_margin`: minus the image's class logit / margin "
               "(the bench's own forward pass); `<signal>:cluster`: the cluster's need given to its images.", ""]
         if s["control"]:
-            L += [f"Same-mosaics control: significant pairs per case {_fmt(s['control']['significant_pairs'], 1)} "
-                  f"(model) against {_fmt(s['control']['control_significant_pairs'], 1)} (control); share of cases "
-                  f"flagged as image statistics {_fmt(s['control']['image_statistics'])}.", ""]
+            L += [f"Same-mosaics control: significant pairs per case {fmt(s['control']['significant_pairs'], 1)} "
+                  f"(model) against {fmt(s['control']['control_significant_pairs'], 1)} (control); share of cases "
+                  f"flagged as image statistics {fmt(s['control']['image_statistics'])}.", ""]
         else:
-            L += [f"Significant pairs per case {_fmt(s.get('significant_pairs'), 1)} (the balanced null's "
-                  f"{_fmt(s.get('null_significant_pairs'), 1)}); the same-mosaics control was not run (retired from "
+            L += [f"Significant pairs per case {fmt(s.get('significant_pairs'), 1)} (the balanced null's "
+                  f"{fmt(s.get('null_significant_pairs'), 1)}); the same-mosaics control was not run (retired from "
                   f"the default audit).", ""]
     L += [END]
     return "\n".join(L)
@@ -233,7 +230,7 @@ def published(out: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"records": [], "models": [], "runs": []}
 
 
-def report(records_dir: Path, out: Path, seconds: float, command: str, machine: str | None = None) -> None:
+def report(records_dir: Path, out: Path, command: str, machine: str | None = None) -> None:
     """Tables from the cached records; the tiers the cache lacks keep their published records, models and run."""
     recs, case_seconds = load(records_dir)
     old = published(out)

@@ -330,8 +330,8 @@ class HookReceiver:
         try:
             flow_run_id = self.start_audit(parameters)
         except Exception as exc:  # no Prefect, a server that does not answer, no deployment: the nightly flow audits it
-            cause = (why_not_started(self.settings, exc) if self.settings.prefect_api_url and
-                     not isinstance(exc, XichError) else " ".join(str(exc).split()) or type(exc).__name__)
+            cause = (why_not_started(self.settings, exc) if self.settings.prefect_api_url
+                     and not isinstance(exc, XichError) else str(exc) or type(exc).__name__)
             return Answer(202, "registered", f"{a.model} {a.version} is recorded, but its audit did not start: "
                                              f"{' '.join(cause.split())[:400]}; the nightly audit-new-versions flow "
                                              f"will audit it")

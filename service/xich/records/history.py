@@ -75,8 +75,8 @@ def csv_row(row) -> list:
 
 # The signals whose drift `xich history` leads with, and the report of a version shows: (view column, heading,
 # format) — the looks first (flagged_rank: the cluster's place among its class's flagged looks, 0 = most in need; its
-# accuracy and representation ratio, which stands for the training share), then the paper's view. One more signal (a column of ``dominance_history``) is
-# one more entry here.
+# accuracy and representation ratio, which stands for the training share), then the paper's view. One more signal
+# (a column of ``dominance_history``) is one more entry here.
 DRIFT_SIGNALS = (("flagged_rank", "flagged", "d"), ("accuracy", "accuracy", ".3f"),
                  ("representation_ratio", "ratio", ".2f"), ("mean_logit", "mean logit", ".2f"),
                  ("rank", "rank", "d"), ("score", "score", ".3f"))
